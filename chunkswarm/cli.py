@@ -1,0 +1,22 @@
+"""The ``chunkswarm`` command: a click group whose subcommands build config objects and run trio.
+
+Lives outside ``common/`` because it imports both ``tracker`` and ``peer``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from chunkswarm import __version__
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="chunkswarm")
+def cli() -> None:
+    """Share files as verified chunks: run a tracker, seed files, get them from the swarm."""
+
+
+def main() -> None:
+    cli()

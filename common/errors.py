@@ -1,0 +1,81 @@
+"""The one exception hierarchy of chunkswarm.
+
+Every error the project raises on purpose derives from :class:`ChunkswarmError`,
+so callers can catch "anything chunkswarm complains about" in one place while
+programming errors (``TypeError``, ``AssertionError`` ...) still surface.
+
+``ProtocolError`` is split as in h11 / wsproto: ``LocalProtocolError`` means *we*
+tried to break the protocol (a bug on our side), ``RemoteProtocolError`` means the
+other side did (close that connection, keep serving the rest).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkswarmError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "ValidationError",
+    "IntegrityError",
+    "TrackerError",
+    "ConnectionClosed",
+    "PeerTimeout",
+    "StorageError",
+]
+
+
+class ChunkswarmError(Exception):
+    """Base class of every error chunkswarm raises deliberately."""
+
+
+class ValidationError(ChunkswarmError, ValueError):
+    """A value does not satisfy the rules of its type (bad hash length, bad name ...)."""
+
+
+class ProtocolError(ChunkswarmError):
+    """The framed protocol was violated.
+
+    ``error_code`` is the :class:`common.messages.ErrorCode` value a server
+    sends back before closing, when it can.
+    """
+
+    def __init__(self, reason: str, *, error_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_code = error_code
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote side sent something the protocol forbids."""
+
+
+class IntegrityError(ChunkswarmError):
+    """Data does not match its hash: a corrupt chunk, manifest or file."""
+
+
+class TrackerError(ChunkswarmError):
+    """The tracker answered a request with an error reply.
+
+    ``code`` is the :class:`common.messages.ErrorCode` it sent.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectionClosed(ChunkswarmError):
+    """The connection is gone (closed by either side, reset or broken)."""
+
+
+class PeerTimeout(ChunkswarmError):
+    """The remote side did not answer in time."""
+
+
+class StorageError(ChunkswarmError):
+    """Reading or writing local files failed (disk full, not writable, vanished ...)."""

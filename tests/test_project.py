@@ -1,0 +1,54 @@
+"""The project's own promises: the README's commands, CI calling them, the layout."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+from click.testing import CliRunner
+
+from chunkswarm import __version__
+from chunkswarm.cli import cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```sh\n(.+?)\n```", text)
+
+
+def test_readme_opens_with_two_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 2
+    head = (ROOT / "README.md").read_text().split("\n\n")
+    assert head[1].startswith("```sh") and head[2].startswith("```sh")
+    assert "pip install" in commands[0] and "pip install" in commands[1] and "[test]" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _readme_commands()[1] in ci
+
+
+def test_common_imports_neither_tracker_nor_peer_nor_trio() -> None:
+    for path in (ROOT / "common").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                root = name.split(".")[0]
+                assert root not in {"tracker", "peer", "trio", "socket", "chunkswarm"}, f"{path.name} imports {name}"
+
+
+def test_cli_version_and_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
