@@ -181,6 +181,7 @@ class Welcome(_Fields):
     observed_host: str = attrs.field(default="127.0.0.1", validator=_host)
     observed_port: int = attrs.field(default=0, validator=_u16)
     protocol_version: int = attrs.field(default=PROTOCOL_VERSION, validator=_int_in(0, 255))
+    agent: str = attrs.field(default="", validator=_text(64))  # software and a label, for logs
 
 
 @attrs.frozen

@@ -1,0 +1,42 @@
+"""Parsing and formatting ``HOST:PORT`` addresses, IPv4 and IPv6 alike."""
+
+from __future__ import annotations
+
+from common.errors import ValidationError
+
+__all__ = ["parse_address", "format_address"]
+
+
+def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"``, ``"v6"`` or ``"host"`` (with ``default_port``) -> ``(host, port)``."""
+    text = text.strip()
+    if not text:
+        raise ValidationError("empty address")
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValidationError(f"address {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValidationError(f"address {text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        # No colon (a host name or IPv4), or a bare IPv6 address without brackets.
+        host, port_text = text, None
+    if not host:
+        raise ValidationError(f"address {text!r}: missing host")
+    if port_text is None:
+        if default_port is None:
+            raise ValidationError(f"address {text!r}: missing ':PORT'")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValidationError(f"address {text!r}: port must be a number 0..65535")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
