@@ -1,0 +1,325 @@
+"""Which chunk to ask which peer for: the pure scheduling core of a download.
+
+No trio, no sockets, no clocks: the download task tree (``peer/download.py``)
+tells the picker what happened (a peer appeared, data arrived, a chunk
+verified or failed) and asks it what to request next. Keeping it synchronous
+makes every policy testable in isolation.
+
+Policies, as in BitTorrent clients:
+
+* **rarest first**: among the chunks a peer can give us, pick one held by the
+  fewest live peers, random among equals (a fresh random rank per chunk, so
+  downloaders spread over different chunks and the swarm gets every chunk
+  quickly);
+* **pipelining**: at most ``max_in_flight`` outstanding requests per peer;
+* **endgame**: once every missing chunk is requested somewhere, an idle peer
+  duplicates requests still outstanding elsewhere (at most ``endgame_copies``
+  requests per chunk); the first verified copy wins and the rest are returned
+  as cancellations;
+* **banning**: a peer whose data fails verification ``ban_threshold`` times is
+  banned for the rest of the download and its requests are reassigned.
+
+Peers are identified by any hashable key (the download uses peer ids).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+
+import attrs
+
+from common.chunkset import ChunkSet
+
+__all__ = ["Picker", "PeerKey"]
+
+PeerKey = Hashable
+
+
+@attrs.define(eq=False)
+class _PeerState:
+    chunks: int = 0  # bitmask of the chunks the peer is believed to hold
+    in_flight: set[int] = attrs.field(factory=set)
+    failures: int = 0
+
+
+@attrs.define(eq=False)
+class Picker:
+    """Chunk scheduling for one file of ``chunk_count`` chunks of which ``have`` are already verified."""
+
+    chunk_count: int
+    max_in_flight: int = 8
+    ban_threshold: int = 2
+    endgame_copies: int = 2
+    rng: random.Random = attrs.field(factory=random.Random)
+
+    #: Verified chunks (bitmask).
+    _done: int = attrs.field(init=False, default=0)
+    #: Chunks whose data is being verified (bitmask): not requested again meanwhile.
+    _verifying: int = attrs.field(init=False, default=0)
+    #: Chunk -> peers it is requested from.
+    _requested: dict[int, set[PeerKey]] = attrs.field(init=False, factory=dict)
+    _peers: dict[PeerKey, _PeerState] = attrs.field(init=False, factory=dict)
+    _banned: set[PeerKey] = attrs.field(init=False, factory=set)
+    _availability: list[int] = attrs.field(init=False)
+    _rank: list[float] = attrs.field(init=False)
+    #: Idle chunks (missing, not requested, not verifying) in pick order; rebuilt lazily.
+    _order: list[int] = attrs.field(init=False, factory=list)
+    _order_start: int = attrs.field(init=False, default=0)
+    _order_dirty: bool = attrs.field(init=False, default=True)
+    #: Chunks requested at least once, to count re-fetches.
+    _ever_requested: int = attrs.field(init=False, default=0)
+    refetched: int = attrs.field(init=False, default=0)
+    duplicates: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        self._availability = [0] * self.chunk_count
+        self._rank = [self.rng.random() for _ in range(self.chunk_count)]
+
+    # -- what we have ------------------------------------------------------
+    def mark_have(self, indexes: Iterable[int]) -> None:
+        """Chunks verified before the download started (resume)."""
+        for index in indexes:
+            self._done |= 1 << index
+        self._order_dirty = True
+
+    @property
+    def have(self) -> ChunkSet:
+        return ChunkSet(self.chunk_count, self._done)
+
+    @property
+    def complete(self) -> bool:
+        return self._done == (1 << self.chunk_count) - 1
+
+    @property
+    def missing_count(self) -> int:
+        return self.chunk_count - self._done.bit_count()
+
+    @property
+    def in_flight_total(self) -> int:
+        return sum(len(p.in_flight) for p in self._peers.values())
+
+    @property
+    def verifying_count(self) -> int:
+        return self._verifying.bit_count()
+
+    @property
+    def endgame(self) -> bool:
+        """True once no missing chunk is left unrequested."""
+        return not self._idle_mask() and not self.complete
+
+    # -- peers -------------------------------------------------------------
+    @property
+    def peers(self) -> list[PeerKey]:
+        return list(self._peers)
+
+    @property
+    def banned(self) -> frozenset[PeerKey]:
+        return frozenset(self._banned)
+
+    def is_banned(self, key: PeerKey) -> bool:
+        return key in self._banned
+
+    def set_peer_chunks(self, key: PeerKey, chunks: ChunkSet) -> None:
+        """Add ``key`` or replace what it is believed to hold. Banned peers are ignored."""
+        if key in self._banned:
+            return
+        state = self._peers.get(key)
+        if state is None:
+            state = self._peers[key] = _PeerState()
+        self._change_availability(state.chunks, -1)
+        state.chunks = chunks.mask
+        self._change_availability(state.chunks, +1)
+
+    def peer_has(self, key: PeerKey, index: int) -> bool:
+        state = self._peers.get(key)
+        return state is not None and bool(state.chunks >> index & 1)
+
+    def in_flight(self, key: PeerKey) -> frozenset[int]:
+        state = self._peers.get(key)
+        return frozenset(state.in_flight) if state is not None else frozenset()
+
+    def remove_peer(self, key: PeerKey) -> None:
+        """The peer is gone: forget its chunks; its requests go back to the pool."""
+        state = self._peers.pop(key, None)
+        if state is None:
+            return
+        self._change_availability(state.chunks, -1)
+        for index in state.in_flight:
+            self._unrequest(key, index)
+
+    def useful_peers(self) -> list[PeerKey]:
+        """Peers holding at least one chunk we still miss."""
+        missing = self._missing_mask()
+        return [key for key, state in self._peers.items() if state.chunks & missing]
+
+    def unavailable(self) -> list[int]:
+        """Missing chunks that no known peer holds."""
+        held = 0
+        for state in self._peers.values():
+            held |= state.chunks
+        return list(ChunkSet(self.chunk_count, self._missing_mask() & ~held))
+
+    # -- picking -----------------------------------------------------------
+    def pick(self, key: PeerKey) -> int | None:
+        """The next chunk to request from ``key``, recorded as in flight; None if none now."""
+        state = self._peers.get(key)
+        if state is None or len(state.in_flight) >= self.max_in_flight:
+            return None
+        index = self._pick_idle(state)
+        if index is None:
+            index = self._pick_endgame(key, state)
+            if index is None:
+                return None
+            self.duplicates += 1
+        elif self._ever_requested >> index & 1:
+            self.refetched += 1
+        self._ever_requested |= 1 << index
+        state.in_flight.add(index)
+        self._requested.setdefault(index, set()).add(key)
+        return index
+
+    def pick_many(self, key: PeerKey) -> list[int]:
+        """Fill ``key``'s pipeline: every chunk to request from it now."""
+        picked: list[int] = []
+        while (index := self.pick(key)) is not None:
+            picked.append(index)
+        return picked
+
+    def _pick_idle(self, state: _PeerState) -> int | None:
+        if self._order_dirty:
+            self._rebuild_order()
+        idle = self._idle_mask()
+        candidates = idle & state.chunks
+        if not candidates:
+            return None
+        order = self._order
+        start = self._order_start
+        # Chunks at the front that stopped being idle for everyone are skipped for good.
+        while start < len(order) and not idle >> order[start] & 1:
+            start += 1
+        self._order_start = start
+        for position in range(start, len(order)):
+            index = order[position]
+            if candidates >> index & 1:
+                return index
+        # An idle chunk missing from the order (it became idle again): rebuild once.
+        self._rebuild_order()
+        for index in self._order:
+            if candidates >> index & 1:
+                return index
+        return None  # pragma: no cover - the rebuilt order holds every idle chunk
+
+    def _pick_endgame(self, key: PeerKey, state: _PeerState) -> int | None:
+        # Duplicate the outstanding request with the fewest copies (rarest rank breaks ties).
+        best: int | None = None
+        best_copies = 0
+        for index, requesters in self._requested.items():
+            copies = len(requesters)
+            if copies >= self.endgame_copies or key in requesters or not state.chunks >> index & 1 or self._verifying >> index & 1:
+                continue
+            if best is None or (copies, self._rank[index]) < (best_copies, self._rank[best]):
+                best, best_copies = index, copies
+        return best
+
+    def _rebuild_order(self) -> None:
+        idle = list(ChunkSet(self.chunk_count, self._idle_mask()))
+        availability, rank = self._availability, self._rank
+        idle.sort(key=lambda i: (availability[i], rank[i]))
+        self._order = idle
+        self._order_start = 0
+        self._order_dirty = False
+
+    # -- outcomes ----------------------------------------------------------
+    def on_data(self, key: PeerKey, index: int) -> bool:
+        """Data for ``index`` arrived from ``key``: True if it should be verified, False to discard it.
+
+        Data nobody asked for is still welcome while the chunk is missing and
+        no other copy is being verified (a cancelled endgame request that the
+        server had already started).
+        """
+        state = self._peers.get(key)
+        if state is not None:
+            state.in_flight.discard(index)
+        self._drop_request(key, index)
+        if not 0 <= index < self.chunk_count or (self._done | self._verifying) >> index & 1:
+            return False
+        self._verifying |= 1 << index
+        return True
+
+    def on_verified(self, key: PeerKey, index: int) -> list[tuple[PeerKey, int]]:
+        """``index`` from ``key`` verified and written: returns the (peer, chunk) requests to cancel."""
+        self._verifying &= ~(1 << index)
+        self._done |= 1 << index
+        cancels = []
+        for other in self._requested.pop(index, set()):
+            other_state = self._peers.get(other)
+            if other_state is not None:
+                other_state.in_flight.discard(index)
+                cancels.append((other, index))
+        return cancels
+
+    def on_hash_failure(self, key: PeerKey, index: int) -> bool:
+        """``key`` sent bad data for ``index``: returns True if that got it banned."""
+        self._verifying &= ~(1 << index)
+        self._order_dirty = True
+        state = self._peers.get(key)
+        if state is None:
+            return key in self._banned
+        state.failures += 1
+        # Never ask that peer for that chunk again.
+        self._change_availability(state.chunks & (1 << index), -1)
+        state.chunks &= ~(1 << index)
+        if state.failures >= self.ban_threshold:
+            self._banned.add(key)
+            self.remove_peer(key)
+            return True
+        return False
+
+    def on_rejected(self, key: PeerKey, index: int, *, not_held: bool) -> None:
+        """The peer answered ``index`` with an error (or we gave up on it); it goes back to the pool.
+
+        ``not_held``: the peer does not have it, so stop believing it does.
+        """
+        state = self._peers.get(key)
+        if state is not None:
+            state.in_flight.discard(index)
+            if not_held and state.chunks >> index & 1:
+                self._change_availability(1 << index, -1)
+                state.chunks &= ~(1 << index)
+        self._unrequest(key, index)
+
+    def on_write_failed(self, index: int) -> None:
+        """Verified data could not be stored: the chunk is missing again."""
+        self._verifying &= ~(1 << index)
+        self._order_dirty = True
+
+    # -- internals ---------------------------------------------------------
+    def _missing_mask(self) -> int:
+        return ((1 << self.chunk_count) - 1) & ~self._done
+
+    def _idle_mask(self) -> int:
+        requested = 0
+        for index in self._requested:
+            requested |= 1 << index
+        return self._missing_mask() & ~self._verifying & ~requested
+
+    def _drop_request(self, key: PeerKey, index: int) -> None:
+        requesters = self._requested.get(index)
+        if requesters is not None:
+            requesters.discard(key)
+            if not requesters:
+                del self._requested[index]
+
+    def _unrequest(self, key: PeerKey, index: int) -> None:
+        self._drop_request(key, index)
+        if index not in self._requested:
+            self._order_dirty = True
+
+    def _change_availability(self, mask: int, delta: int) -> None:
+        if not mask:
+            return
+        availability = self._availability
+        for index in ChunkSet(self.chunk_count, mask):
+            availability[index] += delta
+        self._order_dirty = True

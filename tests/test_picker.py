@@ -1,0 +1,188 @@
+"""The chunk picker: pure, synchronous, no trio."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from common.chunkset import ChunkSet
+from peer.picker import Picker
+
+
+def make(count: int, **kwargs: object) -> Picker:
+    return Picker(count, rng=random.Random(1), **kwargs)  # type: ignore[arg-type]
+
+
+def full(count: int) -> ChunkSet:
+    return ChunkSet.full(count)
+
+
+def test_rarest_first_order() -> None:
+    picker = make(4, max_in_flight=10)
+    picker.set_peer_chunks("a", full(4))
+    picker.set_peer_chunks("b", ChunkSet.from_indexes(4, [0, 1, 2]))
+    picker.set_peer_chunks("c", ChunkSet.from_indexes(4, [0, 1]))
+    # Availability: 0 -> 3, 1 -> 3, 2 -> 2, 3 -> 1.
+    assert picker.pick_many("a")[:2] == [3, 2]
+
+
+def test_random_tie_break_differs_between_pickers() -> None:
+    orders = set()
+    for seed in range(8):
+        picker = Picker(16, max_in_flight=16, rng=random.Random(seed))
+        picker.set_peer_chunks("a", full(16))
+        orders.add(tuple(picker.pick_many("a")))
+    assert len(orders) > 1
+
+
+def test_pipeline_limit_and_only_held_chunks() -> None:
+    picker = make(10, max_in_flight=3)
+    picker.set_peer_chunks("a", ChunkSet.from_indexes(10, [1, 5, 7, 9]))
+    picked = picker.pick_many("a")
+    assert len(picked) == 3 and set(picked) <= {1, 5, 7, 9}
+    assert picker.pick("a") is None
+    assert picker.on_data("a", picked[0])
+    assert picker.pick("a") is not None  # a slot freed
+
+
+def test_have_chunks_are_never_picked() -> None:
+    picker = make(4, max_in_flight=10)
+    picker.mark_have([0, 2])
+    picker.set_peer_chunks("a", full(4))
+    assert sorted(picker.pick_many("a")) == [1, 3]
+
+
+def test_verify_completes() -> None:
+    picker = make(2, max_in_flight=10)
+    picker.set_peer_chunks("a", full(2))
+    for index in picker.pick_many("a"):
+        assert picker.on_data("a", index)
+        assert picker.on_verified("a", index) == []
+    assert picker.complete and picker.missing_count == 0
+
+
+def test_endgame_duplicates_and_cancels() -> None:
+    picker = make(2, max_in_flight=10, endgame_copies=2)
+    picker.set_peer_chunks("a", full(2))
+    picker.set_peer_chunks("b", full(2))
+    assert sorted(picker.pick_many("a")) == [0, 1]
+    assert picker.endgame
+    # b is idle: it duplicates a's outstanding requests.
+    assert sorted(picker.pick_many("b")) == [0, 1]
+    assert picker.duplicates == 2
+    # No third copy with endgame_copies=2.
+    picker.set_peer_chunks("c", full(2))
+    assert picker.pick("c") is None
+    # b answers chunk 1 first: a's request for 1 is cancelled.
+    assert picker.on_data("b", 1)
+    assert picker.on_verified("b", 1) == [("a", 1)]
+    assert picker.in_flight("a") == {0}
+    # a's late copy of 1 is discarded.
+    assert not picker.on_data("a", 1)
+
+
+def test_endgame_not_while_idle_chunks_remain() -> None:
+    picker = make(3, max_in_flight=1)
+    picker.set_peer_chunks("a", full(3))
+    picker.set_peer_chunks("b", full(3))
+    first = picker.pick("a")
+    second = picker.pick("b")
+    assert first != second and not picker.endgame
+
+
+def test_data_being_verified_is_not_duplicated() -> None:
+    picker = make(1, max_in_flight=4)
+    picker.set_peer_chunks("a", full(1))
+    picker.set_peer_chunks("b", full(1))
+    assert picker.pick("a") == 0
+    assert picker.on_data("a", 0)
+    assert picker.pick("b") is None
+    assert not picker.on_data("b", 0)  # unsolicited copy while verifying
+
+
+def test_hash_failure_reassigns_and_bans() -> None:
+    picker = make(4, max_in_flight=4, ban_threshold=2)
+    picker.set_peer_chunks("bad", full(4))
+    picker.set_peer_chunks("good", full(4))
+    picked = picker.pick_many("bad")
+    assert len(picked) == 4
+    first, second = picked[0], picked[1]
+    assert picker.on_data("bad", first)
+    assert not picker.on_hash_failure("bad", first)
+    assert not picker.peer_has("bad", first)  # never asked for that chunk again
+    assert picker.pick("good") == first
+    assert picker.refetched == 1
+    assert picker.on_data("bad", second)
+    assert picker.on_hash_failure("bad", second)
+    assert picker.is_banned("bad") and "bad" not in picker.peers
+    # Everything the banned peer had in flight is requestable again.
+    assert sorted(picker.pick_many("good")) == sorted(set(picked) - {first})
+    # A banned peer stays out.
+    picker.set_peer_chunks("bad", full(4))
+    assert picker.pick("bad") is None and "bad" not in picker.peers
+
+
+def test_dead_peer_requests_are_reassigned() -> None:
+    picker = make(4, max_in_flight=4)
+    picker.set_peer_chunks("a", full(4))
+    picker.set_peer_chunks("b", full(4))
+    taken = picker.pick_many("a")
+    assert picker.pick_many("b") != []  # endgame duplicates
+    picker.remove_peer("a")
+    assert picker.in_flight_total == len(picker.in_flight("b"))
+    picker.set_peer_chunks("c", full(4))
+    assert set(picker.pick_many("c")) | picker.in_flight("b") >= set(taken)
+
+
+def test_not_held_rejection_updates_belief() -> None:
+    picker = make(2, max_in_flight=4)
+    picker.set_peer_chunks("a", full(2))
+    for index in picker.pick_many("a"):
+        picker.on_rejected("a", index, not_held=True)
+    assert picker.pick("a") is None
+    assert sorted(picker.unavailable()) == [0, 1]
+    picker.set_peer_chunks("b", ChunkSet.from_indexes(2, [1]))
+    assert picker.unavailable() == [0]
+    assert picker.useful_peers() == ["b"]
+
+
+def test_busy_rejection_keeps_belief() -> None:
+    picker = make(1, max_in_flight=4)
+    picker.set_peer_chunks("a", full(1))
+    assert picker.pick("a") == 0
+    picker.on_rejected("a", 0, not_held=False)
+    assert picker.pick("a") == 0
+
+
+def test_availability_update_changes_order() -> None:
+    picker = make(3, max_in_flight=1)
+    picker.set_peer_chunks("a", full(3))
+    picker.set_peer_chunks("b", ChunkSet.from_indexes(3, [0, 1]))
+    assert picker.pick("a") == 2
+    picker.on_rejected("a", 2, not_held=False)
+    picker.set_peer_chunks("b", ChunkSet.from_indexes(3, [1, 2]))
+    assert picker.pick("a") == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_swarm_always_completes(seed: int) -> None:
+    rng = random.Random(seed)
+    count = 40
+    picker = Picker(count, max_in_flight=3, rng=rng)
+    peers = {f"p{i}": ChunkSet.from_indexes(count, rng.sample(range(count), 25)) for i in range(5)}
+    peers["seed"] = full(count)
+    for key, chunks in peers.items():
+        picker.set_peer_chunks(key, chunks)
+    for _ in range(10_000):
+        if picker.complete:
+            break
+        key = rng.choice(picker.peers)
+        index = picker.pick(key)
+        if index is None:
+            flight = picker.in_flight(key)
+            if flight:
+                done = rng.choice(sorted(flight))
+                if picker.on_data(key, done):
+                    picker.on_verified(key, done)
+    assert picker.complete
