@@ -33,7 +33,8 @@ def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, i
         if default_port is None:
             raise ValidationError(f"address {text!r}: missing ':PORT'")
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # isascii: str.isdigit also accepts digits int() refuses ("²") or reads oddly ("٨٠").
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValidationError(f"address {text!r}: port must be a number 0..65535")
     return host, int(port_text)
 

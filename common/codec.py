@@ -80,7 +80,12 @@ def _payload(message: Message) -> bytes:
         return _CHUNK_PREFIX.pack(message.file_id, message.index)
     if isinstance(message, ChunkData):
         return _CHUNK_PREFIX.pack(message.file_id, message.index) + bytes(message.data)
-    return msgpack.packb(message.to_fields(), use_bin_type=True)
+    try:
+        return msgpack.packb(message.to_fields(), use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        # Values the validators let through but MessagePack cannot carry: integers
+        # beyond 64 bits, text with lone surrogates. Our bug, not the peer's.
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
 
 
 def encode_message(message: Message, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -172,6 +177,7 @@ class Codec:
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written into the view from :meth:`get_buffer`; 0 means end of stream."""
+        self._check_usable()
         if nbytes == 0:
             self.receive_data(b"")
             return
@@ -192,7 +198,7 @@ class Codec:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages (for idle/slow-loris accounting)."""
-        return len(self._buffer) + self._filled
+        return len(self._buffer) + self._filled + (HEADER_SIZE if self._header is not None else 0)
 
     def _next_event(self) -> Message | Sentinel:
         header = self._header
@@ -244,8 +250,13 @@ class Codec:
     def _grow_body(self) -> None:
         # Doubling keeps the total copying under twice the frame size.
         assert self._body is not None and self._header is not None
+        # A new buffer rather than extend(): resizing fails with BufferError while a
+        # view from get_buffer() is still alive (a shell's local, a traceback), and
+        # such a view is full by now, so nothing more is written through it.
         new_size = min(self._header.length, 2 * len(self._body))
-        self._body.extend(bytes(new_size - len(self._body)))
+        body = bytearray(new_size)
+        body[: self._filled] = memoryview(self._body)[: self._filled]
+        self._body = body
 
     def _check_usable(self) -> None:
         if self._error is not None:
