@@ -1,0 +1,273 @@
+"""The tracker registry, pure and synchronous: no sockets, no trio, a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.chunkset import ChunkSet
+from common.errors import TrackerError, ValidationError
+from common.framing import ErrorCode
+from common.manifest import Manifest
+from tests.tracker_client_helper import make_manifest
+from tracker.registry import Registry, _mask_from_ranges, check_manifest
+
+A, B, C = b"A" * 20, b"B" * 20, b"C" * 20
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def registry(clock: FakeClock) -> Registry:
+    return Registry(peer_timeout=90.0, clock=clock, rng=random.Random(7))
+
+
+def code_of(excinfo: pytest.ExceptionInfo[TrackerError]) -> ErrorCode:
+    return ErrorCode(excinfo.value.code)
+
+
+# -- peers ---------------------------------------------------------------------
+def test_register_then_reconnect_from_same_host_keeps_replicas(registry: Registry) -> None:
+    manifest = make_manifest(chunks=8)
+    registry.publish(manifest)
+    peer, new = registry.register(A, "10.0.0.1", 6881)
+    assert new
+    registry.announce(peer, manifest.file_id, ((0, 8),))
+    again, new = registry.register(A, "10.0.0.1", 7000)  # a reconnect on a new port
+    assert again is peer and not new and peer.port == 7000
+    _, holders = registry.holders(manifest.file_id, limit=50)
+    assert [(r.peer.port, len(r.chunks)) for r in holders] == [(7000, 8)]
+
+
+def test_a_live_peer_id_cannot_be_taken_from_another_host(registry: Registry, clock: FakeClock) -> None:
+    registry.register(A, "10.0.0.1", 6881)
+    with pytest.raises(TrackerError) as excinfo:
+        registry.register(A, "10.0.0.2", 6881)
+    assert code_of(excinfo) is ErrorCode.IDENTITY_CONFLICT
+    with pytest.raises(TrackerError) as excinfo:
+        registry.deregister(A, "10.0.0.2")
+    assert code_of(excinfo) is ErrorCode.IDENTITY_CONFLICT
+    clock.now += 91  # once the first registration has expired, the id is free
+    peer, new = registry.register(A, "10.0.0.2", 6881)
+    assert new and peer.host == "10.0.0.2"
+
+
+def test_requests_need_registration_from_the_same_host(registry: Registry) -> None:
+    with pytest.raises(TrackerError) as excinfo:
+        registry.peer(A, "10.0.0.1")
+    assert code_of(excinfo) is ErrorCode.NOT_REGISTERED
+    registry.register(A, "10.0.0.1", 6881)
+    assert registry.peer(A, "10.0.0.1").peer_id == A
+    with pytest.raises(TrackerError):
+        registry.peer(A, "10.0.0.9")
+
+
+def test_expiry_with_a_fake_clock(registry: Registry, clock: FakeClock) -> None:
+    manifest = make_manifest(chunks=4)
+    registry.publish(manifest)
+    for peer_id in (A, B, C):
+        peer, _ = registry.register(peer_id, "10.0.0.1", 6881)
+        registry.announce(peer, manifest.file_id, ((0, 4),))
+    clock.now += 60
+    registry.peer(B, "10.0.0.1")  # any request of a registered peer is a sign of life
+    clock.now += 30
+    assert registry.expire() == []  # exactly peer_timeout of silence is still alive
+    clock.now += 0.5
+    assert {p.peer_id for p in registry.expire()} == {A, C}
+    assert registry.counts() == {"peers": 1, "files": 1, "replicas": 1, "chunk_replicas": 4}
+    [summary] = registry.list_files()
+    assert (summary.holders, summary.complete_copies) == (1, 1)
+    clock.now += 61
+    assert [p.peer_id for p in registry.expire()] == [B]
+    assert registry.counts() == {"peers": 0, "files": 1, "replicas": 0, "chunk_replicas": 0}
+
+
+def test_a_stale_peer_is_gone_even_before_the_sweep(registry: Registry, clock: FakeClock) -> None:
+    registry.register(A, "10.0.0.1", 6881)
+    clock.now += 91
+    with pytest.raises(TrackerError):
+        registry.peer(A, "10.0.0.1")
+    assert registry.peer_count == 0
+
+
+def test_deregister_drops_the_replicas_and_is_idempotent(registry: Registry) -> None:
+    manifest = make_manifest(chunks=4)
+    registry.publish(manifest)
+    peer, _ = registry.register(A, "10.0.0.1", 6881)
+    registry.announce(peer, manifest.file_id, ((0, 4),))
+    assert registry.deregister(A, "10.0.0.1") is peer
+    assert registry.deregister(A, "10.0.0.1") is None
+    assert registry.holders(manifest.file_id, limit=50)[1] == []
+    assert registry.counts()["replicas"] == 0
+
+
+# -- files ---------------------------------------------------------------------
+def test_publish_is_idempotent_by_file_id(registry: Registry) -> None:
+    manifest = make_manifest("a.bin")
+    assert registry.publish(manifest) is True
+    assert registry.publish(manifest) is False
+    assert registry.publish(attrs.evolve(manifest, name="renamed.bin")) is False  # the first manifest stays
+    assert [s.manifest for s in registry.list_files()] == [manifest]
+
+
+def test_two_files_with_one_name_are_both_listed(registry: Registry) -> None:
+    first = make_manifest("same.txt", seed=b"1")
+    second = make_manifest("same.txt", seed=b"2")
+    registry.publish(first)
+    registry.publish(second)
+    assert [s.manifest.file_id for s in registry.list_files("same")] == [second.file_id, first.file_id]
+
+
+def test_an_inconsistent_manifest_is_refused(registry: Registry) -> None:
+    good = make_manifest(chunks=4)
+    forged = attrs.evolve(good, file_id=bytes(32))
+    with pytest.raises(TrackerError) as excinfo:
+        registry.publish(forged)
+    assert code_of(excinfo) is ErrorCode.INVALID_MANIFEST
+    assert "chunk hashes give" in str(excinfo.value)
+    swapped = attrs.evolve(good, chunk_hashes=good.chunk_hashes[::-1])
+    with pytest.raises(TrackerError):
+        check_manifest(swapped)
+    assert registry.file_count == 0
+    # A hash count that does not fit the size cannot even be built (nor decoded).
+    with pytest.raises(ValidationError, match="needs 4 chunk hashes"):
+        Manifest("x", 4096, 1024, good.chunk_hashes[:3], good.file_id)
+
+
+@pytest.mark.parametrize(
+    "name", ["../etc/passwd", "a/b", "a\\b", "..", ".", "", " lead", "bell\x07", "new\nline", "x" * 256, "é" * 128]
+)
+def test_names_are_labels_never_paths(name: str) -> None:
+    with pytest.raises(ValidationError):
+        make_manifest(name)
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "ünïcödé ファイル.txt", "x" * 255, "a..b", "..hidden"])
+def test_ordinary_names_are_accepted(registry: Registry, name: str) -> None:
+    assert registry.publish(make_manifest(name))
+
+
+def test_listing_searches_case_insensitively_newest_first_with_counts(registry: Registry) -> None:
+    holiday = make_manifest("Holiday Photos.zip", chunks=3)
+    notes = make_manifest("notes.txt", chunks=2)
+    video = make_manifest("HOLIDAY.mp4", chunks=5)
+    for manifest in (holiday, notes, video):
+        registry.publish(manifest)
+    a, _ = registry.register(A, "10.0.0.1", 1)
+    b, _ = registry.register(B, "10.0.0.2", 1)
+    registry.announce(a, holiday.file_id, ((0, 3),))
+    registry.announce(b, holiday.file_id, ((1, 2),))
+    assert [s.manifest.name for s in registry.list_files("holiday")] == ["HOLIDAY.mp4", "Holiday Photos.zip"]
+    assert [s.manifest.name for s in registry.list_files("")] == ["HOLIDAY.mp4", "notes.txt", "Holiday Photos.zip"]
+    assert [s.manifest.name for s in registry.list_files("", limit=1)] == ["HOLIDAY.mp4"]
+    [summary] = registry.list_files("photos")
+    assert (summary.holders, summary.complete_copies) == (2, 1)
+    assert registry.list_files("nothing") == []
+
+
+# -- replicas ------------------------------------------------------------------
+def test_announcements_accumulate_and_count_complete_copies_once(registry: Registry) -> None:
+    manifest = make_manifest(chunks=10)
+    registry.publish(manifest)
+    peer, _ = registry.register(A, "10.0.0.1", 1)
+    assert registry.announce(peer, manifest.file_id, ()) is None  # nothing held yet: not a holder
+    replica = registry.announce(peer, manifest.file_id, ((0, 3),))
+    assert replica is not None and replica.bitfield() == ChunkSet.from_ranges(10, ((0, 3),)).bitfield()
+    registry.announce(peer, manifest.file_id, ((5, 6), (8, 10)))
+    assert list(replica.chunks) == [0, 1, 2, 5, 8, 9]
+    assert replica.bitfield() == ChunkSet.from_indexes(10, [0, 1, 2, 5, 8, 9]).bitfield()  # the cache was refreshed
+    assert registry.list_files()[0].complete_copies == 0
+    registry.announce(peer, manifest.file_id, ((0, 10),))
+    registry.announce(peer, manifest.file_id, ((4, 5),))  # again: still one complete copy
+    assert (registry.list_files()[0].holders, registry.list_files()[0].complete_copies) == (1, 1)
+    assert registry.counts()["chunk_replicas"] == 10
+
+
+def test_announcements_of_unknown_files_or_chunks_are_refused(registry: Registry) -> None:
+    manifest = make_manifest(chunks=4)
+    registry.publish(manifest)
+    peer, _ = registry.register(A, "10.0.0.1", 1)
+    with pytest.raises(TrackerError) as excinfo:
+        registry.announce(peer, bytes(32), ((0, 1),))
+    assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE
+    with pytest.raises(TrackerError) as excinfo:
+        registry.announce(peer, manifest.file_id, ((2, 5),))
+    assert code_of(excinfo) is ErrorCode.BAD_REQUEST
+    many = tuple((i, i + 1) for i in range(0, 200, 2))  # the byte-buffer path checks bounds too
+    with pytest.raises(TrackerError):
+        registry.announce(peer, manifest.file_id, many)
+
+
+def test_an_empty_file_has_complete_copies(registry: Registry) -> None:
+    empty = Manifest.from_hashes("empty", 0, 1024, [])
+    registry.publish(empty)
+    peer, _ = registry.register(A, "10.0.0.1", 1)
+    assert registry.announce(peer, empty.file_id, ()) is not None
+    assert registry.list_files()[0].complete_copies == 1
+
+
+@given(st.integers(1, 3000), st.data())
+def test_many_ranges_make_the_same_mask_as_chunkset(count: int, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(0, count), min_size=2, max_size=300)))
+    ranges = tuple((cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2))
+    assert _mask_from_ranges(count, ranges) == ChunkSet.from_ranges(count, ranges).mask
+
+
+# -- holder selection ----------------------------------------------------------
+def _swarm(registry: Registry, peers: int, chunks: int = 8) -> Manifest:
+    manifest = make_manifest(chunks=chunks)
+    registry.publish(manifest)
+    for i in range(peers):
+        peer, _ = registry.register(i.to_bytes(20, "big"), "10.0.0.1", 1000 + i)
+        registry.announce(peer, manifest.file_id, ((i % chunks, i % chunks + 1),))
+    return manifest
+
+
+def test_holders_exclude_the_asker(registry: Registry) -> None:
+    manifest = _swarm(registry, 3)
+    asker = (1).to_bytes(20, "big")
+    returned, holders = registry.holders(manifest.file_id, limit=50, exclude=asker)
+    assert returned == manifest
+    assert sorted(r.peer.port for r in holders) == [1000, 1002]
+    assert len(registry.holders(manifest.file_id, limit=2, exclude=asker)[1]) == 2
+    assert len(registry.holders(manifest.file_id, limit=1, exclude=asker)[1]) == 1
+
+
+def test_holders_are_a_random_choice_when_there_are_more(registry: Registry) -> None:
+    manifest = _swarm(registry, 200)
+    asker = (5).to_bytes(20, "big")
+    seen: set[bytes] = set()
+    for _ in range(20):
+        _, holders = registry.holders(manifest.file_id, limit=50, exclude=asker)
+        ids = [r.peer.peer_id for r in holders]
+        assert len(ids) == 50 == len(set(ids)) and asker not in ids
+        seen.update(ids)
+    assert len(seen) > 150  # 20 draws of 50 among 199 cover most of them
+
+
+def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: FakeClock) -> None:
+    manifest = _swarm(registry, 30)
+    rng = random.Random(1)
+    for i in rng.sample(range(30), 20):
+        registry.deregister(i.to_bytes(20, "big"), "10.0.0.1")
+    _, holders = registry.holders(manifest.file_id, limit=100)
+    assert len(holders) == 10 == registry.counts()["replicas"]
+    assert all(holders[r.slot] is r for r in holders)
+    with pytest.raises(TrackerError) as excinfo:
+        registry.holders(bytes(32), limit=5)
+    assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE

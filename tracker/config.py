@@ -1,0 +1,55 @@
+"""The tracker's configuration: one frozen attrs object, built by the CLI or by tests."""
+
+from __future__ import annotations
+
+import attrs
+
+from common.framing import DEFAULT_MAX_FRAME_SIZE
+from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
+
+__all__ = ["TrackerConfig", "MIN_FRAME_SIZE"]
+
+#: The largest legitimate frame a tracker receives is a PUBLISH of a manifest
+#: with MAX_CHUNKS hashes: 16 MiB of hashes plus the name and a few integers.
+#: A smaller cap would refuse files the peers are allowed to publish.
+MIN_FRAME_SIZE = MAX_CHUNKS * HASH_SIZE + MAX_NAME_BYTES + 128
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
+
+
+@attrs.frozen
+class TrackerConfig:
+    """Everything ``serve_tracker`` needs; times are in seconds.
+
+    ``db_path=None`` keeps the catalogue in an in-memory SQLite database (tests).
+    ``peer_timeout`` is how long a registered peer may stay silent before it and
+    its replicas are dropped; ``idle_timeout`` is how long one connection may go
+    without completing a request before it is closed (the peer itself stays
+    registered until ``peer_timeout``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=7070, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)))
+    db_path: str | None = None
+    heartbeat_interval: float = attrs.field(default=30.0, validator=_positive)
+    peer_timeout: float = attrs.field(default=90.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=120.0, validator=_positive)
+    max_connections: int = attrs.field(default=4096, validator=_at_least_one)
+    max_holders: int = attrs.field(default=50, validator=_at_least_one)
+    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=attrs.validators.ge(MIN_FRAME_SIZE))
+    stats_interval: float = attrs.field(default=60.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.peer_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                f"peer_timeout ({self.peer_timeout:g}s) must exceed heartbeat_interval ({self.heartbeat_interval:g}s), "
+                "or every peer would expire between two heartbeats"
+            )

@@ -1,0 +1,367 @@
+"""The tracker's state, pure and synchronous: peers, files, replicas, expiry, holder selection.
+
+No sockets, no trio, no SQLite: the server feeds it requests that are already
+decoded and the peer's *observed* host, and turns its answers (or its
+:class:`~common.errors.TrackerError`, whose ``code`` is an
+:class:`~common.framing.ErrorCode`) into replies. Time comes from an injected
+clock, so expiry is tested with a fake one.
+
+Costs are kept per request rather than per swarm, because a tracker with 1000
+peers x 100 files answers tens of thousands of requests a second:
+
+* peers live in an ordered dict in order of last activity, so touching a peer
+  is O(1) and an expiry sweep only looks at the peers that actually expired;
+* each file keeps its replicas in a list (swap-removal, O(1)) so choosing N
+  random holders needs no copy, and counts its complete copies incrementally;
+* a replica caches its bitfield until its chunks change.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import attrs
+
+from common.chunkset import ChunkSet, Ranges
+from common.errors import IntegrityError, TrackerError, ValidationError
+from common.framing import ErrorCode
+from common.manifest import Manifest, validate_name
+
+__all__ = ["Registry", "Peer", "Replica", "FileRecord", "FileSummary", "check_manifest"]
+
+#: Above this many ranges an announcement is turned into a mask through a byte
+#: buffer rather than by OR-ing big ints (which is quadratic in the file size).
+_MANY_RANGES: Final = 64
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Raise ``TrackerError(INVALID_MANIFEST)`` unless ``manifest`` is self-consistent.
+
+    The hash count against size and chunk size is checked when a ``Manifest``
+    is built, so a decoded manifest always passes that; the name rules are
+    re-checked here for manifests built elsewhere; the Merkle root costs one
+    SHA-256 per tree node (about 2 per chunk), so callers run this off the
+    event loop for large manifests.
+    """
+    try:
+        validate_name(manifest.name)
+        manifest.verify()
+    except (IntegrityError, ValidationError) as exc:
+        raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
+
+
+def _mask_from_ranges(count: int, ranges: Ranges) -> int:
+    """The bitmask of ``ranges`` (bit i = chunk i), linear in the file size whatever the number of ranges."""
+    if len(ranges) <= _MANY_RANGES:
+        return ChunkSet.from_ranges(count, ranges).mask
+    buffer = bytearray((count + 7) // 8)  # little-endian: bit i is bit i % 8 of byte i // 8
+    for start, stop in ranges:
+        if not 0 <= start < stop <= count:
+            raise ValidationError(f"chunk range [{start}, {stop}) outside 0..{count}")
+        first, last = start >> 3, (stop - 1) >> 3
+        if first == last:
+            buffer[first] |= ((1 << (stop - start)) - 1) << (start & 7)
+            continue
+        buffer[first] |= (0xFF << (start & 7)) & 0xFF
+        buffer[first + 1 : last] = b"\xff" * (last - first - 1)
+        buffer[last] |= (1 << ((stop - 1) & 7) + 1) - 1
+    return int.from_bytes(buffer, "little")
+
+
+class Replica:
+    """The chunks of one file that one peer holds.
+
+    ``slot`` is its index in the file's replica list (for O(1) removal);
+    ``entry`` is an opaque cache for the server's wire encoding, cleared
+    whenever the chunks or the peer's address change.
+    """
+
+    __slots__ = ("peer", "file", "chunks", "slot", "_bitfield", "entry")
+
+    def __init__(self, peer: Peer, file: FileRecord, chunks: ChunkSet) -> None:
+        self.peer = peer
+        self.file = file
+        self.chunks = chunks
+        self.slot = -1
+        self._bitfield: bytes | None = None
+        self.entry: bytes | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks.complete
+
+    def bitfield(self) -> bytes:
+        if self._bitfield is None:
+            self._bitfield = self.chunks.bitfield()
+        return self._bitfield
+
+    def changed(self) -> None:
+        self._bitfield = None
+        self.entry = None
+
+    def __repr__(self) -> str:
+        return f"Replica({self.peer.peer_id.hex()[:8]}, {self.file.manifest.name!r}, {len(self.chunks)}/{self.chunks.count})"
+
+
+@attrs.define(eq=False)
+class Peer:
+    """A registered, live peer: serves chunks at ``(host, port)``; ``host`` is what the tracker saw."""
+
+    peer_id: bytes
+    host: str
+    port: int
+    last_seen: float
+    replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
+
+
+@attrs.define(eq=False)
+class FileRecord:
+    """A published file and its live replicas."""
+
+    manifest: Manifest
+    folded_name: str  # for case-insensitive search
+    replicas: list[Replica] = attrs.field(factory=list, repr=False)
+    complete_copies: int = 0
+
+
+@attrs.frozen
+class FileSummary:
+    """One row of a listing."""
+
+    manifest: Manifest
+    holders: int  # live peers holding at least one chunk
+    complete_copies: int  # live peers holding every chunk
+
+
+@attrs.define(eq=False)
+class Registry:
+    """Peers, files and replicas of one swarm.
+
+    Peers are keyed by peer id, bound to the host they registered from while
+    they are live: the same id from the same host may re-register (a
+    reconnect, possibly on a new port) and keeps its replicas; from another
+    host it is refused until the first registration expires.
+    """
+
+    peer_timeout: float
+    clock: Callable[[], float]
+    rng: random.Random = attrs.field(factory=random.Random)
+    _peers: OrderedDict[bytes, Peer] = attrs.field(init=False, factory=OrderedDict)  # least recently seen first
+    _files: dict[bytes, FileRecord] = attrs.field(init=False, factory=dict)  # publish order
+    replica_count: int = attrs.field(init=False, default=0)
+    chunk_replica_count: int = attrs.field(init=False, default=0)
+
+    # -- peers -----------------------------------------------------------------
+    def register(self, peer_id: bytes, host: str, port: int) -> tuple[Peer, bool]:
+        """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new."""
+        now = self.clock()
+        peer = self._live(peer_id, now)
+        if peer is not None:
+            if peer.host != host:
+                raise TrackerError(
+                    f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
+                )
+            if peer.port != port:
+                peer.port = port
+                for replica in peer.replicas.values():
+                    replica.entry = None
+            self._touch(peer, now)
+            return peer, False
+        peer = Peer(peer_id, host, port, now)
+        self._peers[peer_id] = peer
+        return peer, True
+
+    def peer(self, peer_id: bytes, host: str) -> Peer:
+        """The live peer registered as ``peer_id`` from ``host``, marked as seen now.
+
+        Any request that needs registration goes through here, so each one
+        counts as a sign of life, not only HEARTBEAT.
+        """
+        now = self.clock()
+        peer = self._live(peer_id, now)
+        if peer is None or peer.host != host:
+            raise TrackerError("not registered: send REGISTER first", code=ErrorCode.NOT_REGISTERED)
+        self._touch(peer, now)
+        return peer
+
+    def deregister(self, peer_id: bytes, host: str) -> Peer | None:
+        """Forget the peer and its replicas; None if it was not registered (leaving twice is harmless)."""
+        peer = self._live(peer_id, self.clock())
+        if peer is None:
+            return None
+        if peer.host != host:
+            raise TrackerError(
+                f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
+            )
+        self._remove_peer(peer)
+        return peer
+
+    def expire(self) -> list[Peer]:
+        """Drop every peer silent for longer than ``peer_timeout``; returns them."""
+        deadline = self.clock() - self.peer_timeout
+        expired = []
+        for peer in self._peers.values():  # least recently seen first
+            if peer.last_seen >= deadline:
+                break
+            expired.append(peer)
+        for peer in expired:
+            self._remove_peer(peer)
+        return expired
+
+    def get_peer(self, peer_id: bytes) -> Peer | None:
+        """The registered peer, or None (no liveness check, no touch): for logs and tests."""
+        return self._peers.get(peer_id)
+
+    def _live(self, peer_id: bytes, now: float) -> Peer | None:
+        peer = self._peers.get(peer_id)
+        if peer is not None and now - peer.last_seen > self.peer_timeout:
+            # Expired but not swept yet: gone all the same.
+            self._remove_peer(peer)
+            return None
+        return peer
+
+    def _touch(self, peer: Peer, now: float) -> None:
+        peer.last_seen = now
+        self._peers.move_to_end(peer.peer_id)
+
+    def _remove_peer(self, peer: Peer) -> None:
+        del self._peers[peer.peer_id]
+        for replica in peer.replicas.values():
+            self._unlink(replica)
+        peer.replicas.clear()
+
+    # -- files -----------------------------------------------------------------
+    def publish(self, manifest: Manifest, *, checked: bool = False) -> bool:
+        """List ``manifest``; True if it is new, False if that file id was already listed.
+
+        Idempotent by file id: the first manifest of an id stays. ``checked``
+        skips :func:`check_manifest` when the caller has just run it (off the
+        event loop) or loads the catalogue it wrote itself.
+        """
+        if manifest.file_id in self._files:
+            return False
+        if not checked:
+            check_manifest(manifest)
+        self._files[manifest.file_id] = FileRecord(manifest, manifest.name.casefold())
+        return True
+
+    def has_file(self, file_id: bytes) -> bool:
+        return file_id in self._files
+
+    def manifest(self, file_id: bytes) -> Manifest:
+        return self._file(file_id).manifest
+
+    def _file(self, file_id: bytes) -> FileRecord:
+        record = self._files.get(file_id)
+        if record is None:
+            raise TrackerError(f"no file with id {file_id.hex()[:16]}", code=ErrorCode.UNKNOWN_FILE)
+        return record
+
+    def list_files(self, pattern: str = "", limit: int | None = None) -> list[FileSummary]:
+        """Files whose name contains ``pattern`` (case-insensitive; empty: all), newest first."""
+        folded = pattern.casefold()
+        out: list[FileSummary] = []
+        for record in reversed(self._files.values()):
+            if folded in record.folded_name:
+                out.append(FileSummary(record.manifest, len(record.replicas), record.complete_copies))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def files(self) -> Iterator[Manifest]:
+        return (record.manifest for record in self._files.values())
+
+    # -- replicas --------------------------------------------------------------
+    def announce(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
+        """Record that ``peer`` holds the chunks in ``ranges`` of ``file_id`` (added to what it held).
+
+        Returns the replica, or None when nothing is held yet (an empty
+        announcement of a file with chunks).
+        """
+        record = self._file(file_id)
+        count = record.manifest.chunk_count
+        try:
+            mask = _mask_from_ranges(count, ranges)
+        except ValidationError as exc:
+            raise TrackerError(f"bad announcement for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None
+        replica = peer.replicas.get(file_id)
+        if replica is None:
+            if not mask and count:
+                return None
+            replica = Replica(peer, record, ChunkSet(count, mask))
+            self._link(replica)
+            return replica
+        chunks = replica.chunks
+        merged = chunks.mask | mask
+        if merged != chunks.mask:
+            was_complete = chunks.complete
+            self.chunk_replica_count += merged.bit_count() - chunks.mask.bit_count()
+            chunks.mask = merged
+            replica.changed()
+            if chunks.complete and not was_complete:
+                record.complete_copies += 1
+        return replica
+
+    def holders(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[Manifest, list[Replica]]:
+        """The manifest and up to ``limit`` replicas of ``file_id``, chosen at random when there are more.
+
+        ``exclude`` (the asking peer's id) is never among them.
+        """
+        record = self._file(file_id)
+        replicas = record.replicas
+        mine = None
+        if exclude is not None:
+            peer = self._peers.get(exclude)
+            if peer is not None:
+                mine = peer.replicas.get(file_id)
+        available = len(replicas) - (mine is not None)
+        if available <= limit:
+            chosen = [r for r in replicas if r is not mine]
+        else:
+            chosen = self.rng.sample(replicas, limit + (mine is not None))
+            if mine is not None:
+                chosen = [r for r in chosen if r is not mine][:limit]
+        return record.manifest, chosen
+
+    def _link(self, replica: Replica) -> None:
+        record = replica.file
+        replica.slot = len(record.replicas)
+        record.replicas.append(replica)
+        replica.peer.replicas[record.manifest.file_id] = replica
+        if replica.complete:
+            record.complete_copies += 1
+        self.replica_count += 1
+        self.chunk_replica_count += len(replica.chunks)
+
+    def _unlink(self, replica: Replica) -> None:
+        # Swap-remove from the file's list; the peer's dict is cleared by the caller.
+        record = replica.file
+        last = record.replicas.pop()
+        if last is not replica:
+            record.replicas[replica.slot] = last
+            last.slot = replica.slot
+        replica.slot = -1
+        if replica.complete:
+            record.complete_copies -= 1
+        self.replica_count -= 1
+        self.chunk_replica_count -= len(replica.chunks)
+
+    # -- counters --------------------------------------------------------------
+    @property
+    def peer_count(self) -> int:
+        return len(self._peers)
+
+    @property
+    def file_count(self) -> int:
+        return len(self._files)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "peers": len(self._peers),
+            "files": len(self._files),
+            "replicas": self.replica_count,
+            "chunk_replicas": self.chunk_replica_count,
+        }
