@@ -22,6 +22,10 @@ __all__ = [
     "ConnectionClosed",
     "PeerTimeout",
     "StorageError",
+    "TrackerUnavailable",
+    "UnknownFile",
+    "AmbiguousFile",
+    "NoHolders",
 ]
 
 
@@ -79,3 +83,27 @@ class PeerTimeout(ChunkswarmError):
 
 class StorageError(ChunkswarmError):
     """Reading or writing local files failed (disk full, not writable, vanished ...)."""
+
+
+class TrackerUnavailable(ChunkswarmError):
+    """The tracker cannot be reached (refused, timed out, or gone and not back in time)."""
+
+
+class UnknownFile(ChunkswarmError):
+    """No file on the tracker matches a name or id prefix."""
+
+
+class AmbiguousFile(ChunkswarmError):
+    """Several files match a name or id prefix; ``candidates`` lists them."""
+
+    def __init__(self, message: str, candidates: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class NoHolders(ChunkswarmError):
+    """Some chunks of a download are held by no reachable peer; ``missing`` lists them."""
+
+    def __init__(self, message: str, missing: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing

@@ -1,0 +1,1 @@
+"""The chunkswarm peer: chunk server, downloader, storage, tracker client and CLI."""

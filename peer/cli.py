@@ -1,0 +1,177 @@
+"""``chunkswarm seed | get | ls``: click commands that build a :class:`PeerConfig` and run trio.
+
+Exported as ``peer_commands`` for the ``chunkswarm`` group; ``python -m peer``
+runs them on their own (subprocess tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from common.address import format_address, parse_address
+from common.errors import ChunkswarmError, ValidationError
+from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from peer.config import PeerConfig, default_state_dir
+from peer.node import Peer, open_peer
+from peer.ui import progress_display
+
+__all__ = ["peer_commands", "seed", "get", "ls", "main"]
+
+logger = logging.getLogger("peer")
+
+DEFAULT_TRACKER = "127.0.0.1:7070"
+
+
+def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--tracker", default=DEFAULT_TRACKER, envvar="CHUNKSWARM_TRACKER", show_default=True, show_envvar=True,
+                     callback=_parse_tracker, help="Tracker address HOST:PORT."),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
+                     help=f"Where this peer keeps its state [default: {default_state_dir()}]."),
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on."),
+        click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port)."),
+        click.option("--label", default="", help="A name for this peer in logs and in other peers' logs."),
+        click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(tracker: tuple[str, int], state_dir: pathlib.Path | None, host: str, port: int, label: str, **extra: Any) -> PeerConfig:
+    kwargs: dict[str, Any] = {"tracker": tracker, "listen_host": host, "listen_port": port, "label": label, **extra}
+    if state_dir is not None:
+        kwargs["state_dir"] = state_dir
+    return PeerConfig(**kwargs)
+
+
+def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
+    """trio.run, with chunkswarm's errors as click errors and Ctrl-C as a quiet exit."""
+    try:
+        return trio.run(async_fn, *args)
+    except ChunkswarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+
+
+async def _serve_until_signalled(peer: Peer) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
+            return
+
+
+# -- seed --------------------------------------------------------------------------
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
+@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE, show_default=True,
+              help="Chunk size in bytes for newly published files.")
+@_peer_options
+def seed(paths: tuple[pathlib.Path, ...], chunk_size: int, log_level: str, **options: Any) -> None:
+    """Publish files (directories: every file inside) and serve them until interrupted."""
+    setup_logging(log_level)
+    config = _config(chunk_size=chunk_size, **options)
+    _run(_seed, config, paths)
+
+
+async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
+    async with open_peer(config) as peer:
+        logger.info("serving on %s", format_address(*peer.listen_address))
+        await peer.connect()
+        manifests = await peer.publish(paths)
+        for manifest in manifests:
+            logger.info("seeding %s (%s, %d bytes, %d chunks)", manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count)
+        await _serve_until_signalled(peer)
+
+
+# -- get ---------------------------------------------------------------------------
+@click.command()
+@click.argument("file")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("."),
+              show_default=True, help="Directory to put the file in.")
+@click.option("--seed", "keep_seeding", is_flag=True, help="Keep serving the file once it is downloaded.")
+@click.option("--force", is_flag=True, help="Overwrite an existing different file of that name.")
+@_peer_options
+def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, log_level: str, **options: Any) -> None:
+    """Download FILE (a file id, or a unique id prefix, or an exact name) from the swarm."""
+    setup_logging(log_level)
+    config = _config(**options)
+    _run(_get, config, file, output_dir, keep_seeding, force)
+
+
+async def _get(config: PeerConfig, query: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool) -> None:
+    async with open_peer(config) as peer:
+        logger.debug("serving on %s", format_address(*peer.listen_address))
+        await peer.connect()
+        with progress_display(console) as progress:
+            result = await peer.download(query, output_dir, force=force, progress=progress)
+        mib = result.bytes_received / 2**20
+        rate = mib / result.seconds if result.seconds > 0 else 0.0
+        sources = ", ".join(f"{name}: {count.chunks}" for name, count in result.received.items()) or "none needed"
+        logger.info("%s -> %s (%.1f MiB in %.2f s, %.1f MiB/s; chunks from %s)", result.manifest.name, result.path, mib, result.seconds, rate, sources)
+        if keep_seeding:
+            logger.info("serving on %s", format_address(*peer.listen_address))
+            await _serve_until_signalled(peer)
+
+
+# -- ls ----------------------------------------------------------------------------
+@click.command()
+@click.argument("pattern", default="")
+@_peer_options
+def ls(pattern: str, log_level: str, **options: Any) -> None:
+    """List the tracker's files whose name contains PATTERN."""
+    setup_logging(log_level)
+    config = _config(**options)
+    entries = _run(_ls, config, pattern)
+    table = Table(title=f"files on {format_address(*config.tracker)}")
+    for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"), ("holders", "right"), ("complete", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for entry in entries:
+        table.add_row(entry.name, _size(entry.size), entry.file_id.hex()[:16], str(entry.chunk_count), str(entry.holders), str(entry.complete_copies))
+    Console().print(table)
+
+
+async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
+    async with open_peer(config) as peer:
+        await peer.connect()
+        return await peer.list_files(pattern)
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(size)  # pragma: no cover
+
+
+peer_commands = [seed, get, ls]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """A chunkswarm peer: seed, get and ls."""
+
+
+for _command in peer_commands:
+    main.add_command(_command)

@@ -1,0 +1,83 @@
+"""The peer's configuration: one frozen attrs object, built by the CLI (or a demo) and passed down."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import attrs
+import platformdirs
+
+from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+
+__all__ = ["PeerConfig", "default_state_dir"]
+
+
+def default_state_dir() -> pathlib.Path:
+    """The per-user data directory where peers keep manifests and identity by default."""
+    return platformdirs.user_data_path("chunkswarm", appauthor=False)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen
+class PeerConfig:
+    """Everything a peer needs to know; nothing reads the environment below the CLI."""
+
+    tracker: tuple[str, int] = ("127.0.0.1", 7070)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = attrs.field(default=0, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)))
+    state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
+    #: A human name such as "peer-1": sent as the HELLO/WELCOME agent and used in logs.
+    label: str = ""
+    chunk_size: int = attrs.field(
+        default=DEFAULT_CHUNK_SIZE, validator=attrs.validators.and_(attrs.validators.ge(MIN_CHUNK_SIZE), attrs.validators.le(MAX_CHUNK_SIZE))
+    )
+    #: Level of the one-line-per-received-chunk log (the demo sets INFO).
+    chunk_log_level: int = logging.DEBUG
+
+    # -- serving ------------------------------------------------------------
+    #: Connections served at once; more are told BUSY and closed.
+    max_upload_connections: int = 32
+    #: Requests queued per connection; more are answered BUSY at once.
+    max_queued_requests: int = 16
+
+    # -- downloading ----------------------------------------------------------
+    #: Peers downloaded from at once.
+    max_download_peers: int = 8
+    #: Requests in flight per peer connection (pipeline depth).
+    pipeline_depth: int = 8
+    #: Requests per chunk once everything is requested (endgame).
+    endgame_copies: int = 2
+    #: Bad chunks from one peer before it is dropped for the rest of the download.
+    ban_threshold: int = 2
+    #: Worker threads hashing and writing chunks.
+    io_threads: int = 2
+    #: WHO_HAS refresh period while downloading.
+    refresh_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Verified chunks are announced in batches at most this late.
+    announce_delay: float = attrs.field(default=0.1, validator=_positive)
+    #: The resume state is written at most this often.
+    state_save_interval: float = attrs.field(default=0.25, validator=_positive)
+    #: Give up when missing chunks have had no holder for this long.
+    stall_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: A peer that leaves requests unanswered this long is dropped.
+    request_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: A failed peer is retried after this long.
+    peer_retry_delay: float = attrs.field(default=2.0, validator=_positive)
+
+    # -- tracker ------------------------------------------------------------
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    tracker_timeout: float = attrs.field(default=10.0, validator=_positive)
+    reconnect_min_delay: float = attrs.field(default=0.2, validator=_positive)
+    reconnect_max_delay: float = attrs.field(default=5.0, validator=_positive)
+    #: Time allowed for DEREGISTER and closing on shutdown.
+    shutdown_timeout: float = attrs.field(default=2.0, validator=_positive)
+
+    @property
+    def name(self) -> str:
+        """The label, or "peer" when none was given."""
+        return self.label or "peer"

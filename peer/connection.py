@@ -1,0 +1,162 @@
+"""A thin trio shell around the sans-I/O :class:`~common.codec.Codec`, over any ``trio.abc.Stream``.
+
+Trio's errors are translated here, once: a broken, closed or reset stream
+becomes :class:`~common.errors.ConnectionClosed`, a timeout
+:class:`~common.errors.PeerTimeout`.
+
+Two fast paths apply when the stream is a socket (it has a ``socket``
+attribute, as ``trio.SocketStream`` does); with any other stream, memory
+streams in tests for instance, the plain ``receive_some``/``send_all`` paths
+give the same results:
+
+* receiving a large frame body goes straight into the codec's body buffer
+  with ``recv_into`` (no intermediate bytes object);
+* :meth:`Connection.send_file_range` sends chunk bytes from a file with
+  ``os.sendfile`` (no copy through Python at all).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from common.codec import CLOSED, NEED_DATA, Codec
+from common.errors import ConnectionClosed, PeerTimeout, StorageError
+from common.messages import Message
+from peer.storage import read_chunk
+
+__all__ = ["Connection", "RECEIVE_SIZE"]
+
+#: Bytes asked for per ``receive_some`` outside large frame bodies.
+RECEIVE_SIZE = 256 * 1024
+
+
+class Connection:
+    """Framed messages over one stream; one receiver task, any number of senders (they share a lock)."""
+
+    def __init__(self, stream: trio.abc.Stream, *, codec: Codec | None = None) -> None:
+        self.stream = stream
+        self.codec = codec if codec is not None else Codec()
+        self._send_lock = trio.Lock()
+        sock = getattr(stream, "socket", None)
+        self._socket: Any = sock if sock is not None and hasattr(sock, "recv_into") else None
+        self.closed = False
+
+    # -- addresses -----------------------------------------------------------
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        if self._socket is None:
+            return None
+        try:
+            name = self._socket.getpeername()
+        except OSError:
+            return None
+        return str(name[0]), int(name[1])
+
+    # -- receiving -----------------------------------------------------------
+    async def receive(self) -> Message:
+        """The next message; :class:`ConnectionClosed` at end of stream."""
+        codec = self.codec
+        while True:
+            event = codec.next_event()
+            if event is NEED_DATA:
+                await self._receive_more()
+                continue
+            if event is CLOSED:
+                raise ConnectionClosed("the other side closed the connection")
+            return event  # type: ignore[return-value]
+
+    async def receive_within(self, seconds: float) -> Message:
+        """:meth:`receive`, or :class:`PeerTimeout` after ``seconds``."""
+        try:
+            with trio.fail_after(seconds):
+                return await self.receive()
+        except trio.TooSlowError:
+            raise PeerTimeout(f"no message within {seconds:g} s") from None
+
+    async def _receive_more(self) -> None:
+        codec = self.codec
+        try:
+            buffer = codec.get_buffer() if self._socket is not None else None
+            if buffer is not None:
+                codec.buffer_updated(await self._socket.recv_into(buffer))
+            else:
+                codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
+
+    # -- sending -------------------------------------------------------------
+    async def send(self, message: Message) -> None:
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[Message]) -> None:
+        """Send several messages in one write (requests are batched this way)."""
+        data = b"".join(self.codec.send(m) for m in messages)
+        async with self._send_lock:
+            await self._send_all(data)
+
+    async def send_file_range(self, prefix: bytes, fd: int, offset: int, count: int) -> None:
+        """Send ``prefix`` then ``count`` bytes of the file ``fd`` at ``offset``, as one frame.
+
+        With a socket the file bytes go by ``os.sendfile``; otherwise they are
+        read in a worker thread. A file that turns out shorter than ``count``
+        raises :class:`StorageError` after the frame has been started, so the
+        caller must close the connection then.
+        """
+        async with self._send_lock:
+            if self._socket is None:
+                data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
+                await self._send_all(prefix + data)
+                return
+            await self._send_all(prefix)
+            await self._sendfile(fd, offset, count)
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        sock = self._socket
+        out = sock.fileno()
+        sent = 0
+        try:
+            while sent < count:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    n = os.sendfile(out, fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    continue
+                if n == 0:
+                    raise StorageError(f"file ended {count - sent} bytes early while sending")
+                sent += n
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                raise ConnectionClosed(f"connection lost: {exc.strerror}") from None
+            raise StorageError(f"sendfile failed: {exc.strerror or exc}") from None
+
+    async def _send_all(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
+
+    # -- closing -------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the stream, bounded: forcefully if a graceful close would block."""
+        if self.closed:
+            return
+        self.closed = True
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self.stream)

@@ -1,0 +1,505 @@
+"""The download task tree: one file from many peers at once.
+
+::
+
+    Downloader.run
+    ├── refresher     WHO_HAS every refresh_interval (or when peers run out); starts sessions; stall detection
+    ├── announcer     ANNOUNCE verified chunks in batches (at most announce_delay late)
+    ├── state saver   writes the resume state (after the pwrite of every chunk it lists)
+    ├── session × N   one connection per holder:
+    │   ├── requester     keeps up to pipeline_depth REQUEST_CHUNKs in flight (the picker chooses)
+    │   └── receiver      CHUNK_DATA -> verifier task; CHUNK_ERROR -> back to the picker
+    └── verifier × M  SHA-256 + pwrite in a worker thread; then announce, serve, log, cancel endgame duplicates
+
+Scheduling decisions are the pure :class:`~peer.picker.Picker`'s; this module
+only does I/O and time. Every verified chunk is added to the
+:class:`~peer.storage.HeldFile` in the library at once, so the chunk server
+serves it to other downloaders while this download goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from typing import Protocol
+
+import attrs
+import trio
+
+from common.chunkset import ChunkSet
+from common.errors import (
+    ChunkswarmError,
+    ConnectionClosed,
+    IntegrityError,
+    NoHolders,
+    PeerTimeout,
+    ProtocolError,
+    StorageError,
+    TrackerError,
+    TrackerUnavailable,
+    ValidationError,
+)
+from common.framing import ErrorCode
+from common.manifest import Manifest
+from common.messages import (
+    Announce,
+    CancelChunk,
+    ChunkData,
+    ChunkError,
+    Error,
+    Hello,
+    Holders,
+    Ok,
+    RequestChunk,
+    Welcome,
+    WhoHas,
+)
+from peer.config import PeerConfig
+from peer.connection import Connection
+from peer.picker import Picker
+from peer.status import TransferCount, Transfers, describe_remote
+from peer.storage import (
+    HeldFile,
+    Library,
+    PartFile,
+    hash_chunks,
+    open_published,
+    place_file,
+    same_content,
+    verify_and_write,
+)
+from peer.tasks import Signal, open_nursery
+from peer.tracker_client import TrackerClient
+
+__all__ = ["ProgressSink", "DownloadResult", "Downloader"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressSink(Protocol):
+    """What the engine tells a progress display (``peer/ui.py``); every method is optional in spirit."""
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None: ...
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None: ...
+
+    def peers(self, count: int) -> None: ...
+
+    def finished(self) -> None: ...
+
+
+@attrs.frozen
+class DownloadResult:
+    """What :meth:`peer.node.Peer.download` did."""
+
+    path: pathlib.Path
+    manifest: Manifest
+    #: Chunks and bytes received per source peer, named ``label (host:port)``.
+    received: dict[str, TransferCount]
+    chunks_received: int
+    chunks_resumed: int
+    #: Chunks requested again after a bad chunk, a dead peer or a refusal.
+    chunks_refetched: int
+    #: Chunks whose data failed verification (never written).
+    bad_chunks: int
+    seconds: float
+    #: The file was already in place; nothing was transferred.
+    already_complete: bool = False
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(c.bytes for c in self.received.values())
+
+
+class _PeerBusy(ChunkswarmError):
+    pass
+
+
+@attrs.define(eq=False)
+class _Source:
+    peer_id: bytes
+    address: tuple[str, int]
+    name: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    conn: Connection | None = None
+    pause_until: float = 0.0
+
+
+@attrs.define(eq=False)
+class Downloader:
+    """Downloads ``manifest`` into ``out_dir`` from the swarm; see the module docstring."""
+
+    config: PeerConfig
+    manifest: Manifest
+    out_dir: pathlib.Path
+    tracker: TrackerClient
+    library: Library
+    transfers: Transfers
+    hello: Hello
+    peer_id: bytes
+    force: bool = False
+    progress: ProgressSink | None = None
+
+    _picker: Picker = attrs.field(init=False)
+    _part: PartFile = attrs.field(init=False)
+    _held: HeldFile = attrs.field(init=False)
+    _sources: dict[bytes, _Source] = attrs.field(init=False, factory=dict)
+    _retry_after: dict[bytes, float] = attrs.field(init=False, factory=dict)
+    _changed: Signal = attrs.field(init=False, factory=Signal)
+    _refresh_now: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _done: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _to_announce: ChunkSet = attrs.field(init=False)
+    _announce_due: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _state_due: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _io_limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _verify_slots: trio.Semaphore = attrs.field(init=False)
+    _received: dict[str, TransferCount] = attrs.field(init=False, factory=dict)
+    _bad_chunks: int = attrs.field(init=False, default=0)
+    _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        count = self.manifest.chunk_count
+        self._picker = Picker(
+            count,
+            max_in_flight=self.config.pipeline_depth,
+            ban_threshold=self.config.ban_threshold,
+            endgame_copies=self.config.endgame_copies,
+        )
+        self._part = PartFile(self.manifest, self.out_dir / self.manifest.name)
+        self._to_announce = ChunkSet(count)
+        self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
+        self._verify_slots = trio.Semaphore(max(4, 3 * self.config.io_threads))
+
+    @property
+    def final_path(self) -> pathlib.Path:
+        return self._part.final_path
+
+    @property
+    def _label(self) -> str:
+        return self.config.name
+
+    # -- the whole download ----------------------------------------------------
+    async def run(self) -> DownloadResult:
+        started = time.monotonic()
+        manifest = self.manifest
+        manifest.verify()  # the manifest against the file id, before trusting any chunk hash
+        final = self.final_path
+        if final.exists():
+            if await trio.to_thread.run_sync(same_content, final, manifest):
+                logger.info("%s is already complete at %s", manifest.name, final)
+                self._serve_final(final)
+                return self._result(started, resumed=manifest.chunk_count, already=True)
+            if not self.force:
+                raise StorageError(f"{final} already exists with other content (use --force to overwrite it)")
+        claimed = await trio.to_thread.run_sync(self._part.open)
+        resumed = await self._verify_on_disk(claimed) if claimed else []
+        if claimed:
+            lost = len(claimed) - len(resumed)
+            logger.info("resuming %s: %d of %d chunks already verified%s", manifest.name, len(resumed), manifest.chunk_count,
+                        f" ({lost} listed chunks failed re-verification)" if lost else "")
+        self._picker.mark_have(resumed)
+        self._held = HeldFile(manifest, self._part.path, self._part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed))
+        self._part.fd = -1  # the library's HeldFile owns the descriptor now
+        self.library.add(self._held)
+        if self.progress is not None:
+            self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
+        try:
+            if not self._picker.complete:
+                self._to_announce.update(self._held.have)
+                await self._swarm()
+            await self._flush_announce()
+            await self._finish()
+        except BaseException:
+            self.library.remove(manifest.file_id)
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.shutdown_timeout):
+                await trio.to_thread.run_sync(self._part.save_state, self._held.have.copy())
+            raise
+        if self.progress is not None:
+            self.progress.finished()
+        return self._result(started, resumed=len(resumed))
+
+    def _result(self, started: float, *, resumed: int, already: bool = False) -> DownloadResult:
+        return DownloadResult(
+            path=self.final_path,
+            manifest=self.manifest,
+            received=dict(self._received),
+            chunks_received=sum(c.chunks for c in self._received.values()),
+            chunks_resumed=resumed,
+            chunks_refetched=self._picker.refetched,
+            bad_chunks=self._bad_chunks,
+            seconds=time.monotonic() - started,
+            already_complete=already,
+        )
+
+    async def _verify_on_disk(self, indexes: list[int]) -> list[int]:
+        """Hash ``indexes`` of the part file in worker threads (in parallel); the ones that match."""
+        threads = max(1, self.config.io_threads)
+        fd = self._part.fd
+        good: list[int] = []
+
+        async def one(part: list[int]) -> None:
+            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part))
+
+        async with open_nursery() as nursery:
+            for k in range(threads):
+                nursery.start_soon(one, indexes[k::threads])
+        return sorted(good)
+
+    async def _finish(self) -> None:
+        """Check the whole file against the file id, then move it into place."""
+        manifest = self.manifest
+        self._part.fd = self._held.fd
+        try:
+            good = await self._verify_on_disk(list(range(manifest.chunk_count)))
+        finally:
+            self._part.fd = -1
+        if len(good) != manifest.chunk_count:
+            bad = sorted(set(range(manifest.chunk_count)) - set(good))
+            for index in bad:
+                self._held.have.discard(index)
+            raise IntegrityError(f"{manifest.name}: {len(bad)} chunks changed on disk after verification; run get again")
+        await trio.to_thread.run_sync(lambda: place_file(self._part.path, self.final_path, manifest, force=self.force))
+        self._part.discard_state()
+        self._serve_final(self.final_path)
+        logger.info("%s complete: %s", manifest.name, self.final_path)
+
+    def _serve_final(self, final: pathlib.Path) -> None:
+        held = self.library.get(self.manifest.file_id)
+        st = os.stat(final)
+        if held is None or held.path != self._part.path:
+            self.library.add(open_published(final, self.manifest, (st.st_size, st.st_mtime_ns)))
+            return
+        held.path = final
+        held.signature = (st.st_size, st.st_mtime_ns)
+
+    # -- the swarm ---------------------------------------------------------------
+    async def _swarm(self) -> None:
+        async with open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._refresher)
+            nursery.start_soon(self._announcer)
+            nursery.start_soon(self._state_saver)
+            await self._done.wait()
+            nursery.cancel_scope.cancel()
+        self._nursery = None
+        await trio.to_thread.run_sync(self._part.save_state, self._held.have.copy())
+
+    async def _refresher(self) -> None:
+        stalled_since: float | None = None
+        while True:
+            try:
+                holders = await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
+                self._apply_holders(holders)
+            except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
+                logger.debug("%s: holder refresh failed: %s", self._label, exc)
+            picker = self._picker
+            if picker.in_flight_total == 0 and picker.verifying_count == 0 and not self._connecting():
+                now = time.monotonic()
+                stalled_since = stalled_since if stalled_since is not None else now
+                if now - stalled_since >= self.config.stall_timeout:
+                    self._give_up()
+            else:
+                stalled_since = None
+            self._refresh_now = trio.Event()
+            with trio.move_on_after(self.config.refresh_interval):
+                await self._refresh_now.wait()
+
+    def _connecting(self) -> bool:
+        return any(source.conn is None for source in self._sources.values())
+
+    def _give_up(self) -> None:
+        missing = tuple(self._picker.unavailable()) or tuple(self._picker.have.missing())
+        shown = ", ".join(str(i + 1) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise NoHolders(
+            f"no reachable peer holds {len(missing)} chunk(s) of {self.manifest.name} (chunks {shown}); "
+            f"the partial download is kept in {self._part.path}: run get again to resume",
+            missing,
+        )
+
+    def _apply_holders(self, holders: Holders) -> None:
+        count = self.manifest.chunk_count
+        missing = ~self._picker.have.mask & ((1 << count) - 1)
+        now = time.monotonic()
+        for holder in holders.holders:
+            if holder.peer_id == self.peer_id or self._picker.is_banned(holder.peer_id):
+                continue
+            try:
+                chunks = ChunkSet.from_bitfield(count, holder.bitfield)
+            except ValidationError:
+                continue
+            source = self._sources.get(holder.peer_id)
+            if source is not None:
+                self._picker.set_peer_chunks(holder.peer_id, chunks)
+                continue
+            if len(self._sources) >= self.config.max_download_peers or not chunks.mask & missing:
+                continue
+            if self._retry_after.get(holder.peer_id, 0.0) > now:
+                continue
+            address = (holder.host, holder.port)
+            source = _Source(holder.peer_id, address, describe_remote("", address))
+            self._sources[holder.peer_id] = source
+            self._picker.set_peer_chunks(holder.peer_id, chunks)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._session, source)
+        if self.progress is not None:
+            self.progress.peers(len(self._sources))
+        self._changed.notify()
+
+    # -- one source peer -----------------------------------------------------------
+    async def _session(self, source: _Source) -> None:
+        key = source.peer_id
+        try:
+            with source.scope:
+                try:
+                    await self._run_session(source)
+                except _PeerBusy as exc:
+                    logger.debug("%s: %s is busy: %s", self._label, source.name, exc)
+                except (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as exc:
+                    logger.info("%s: dropping %s: %s", self._label, source.name, exc or type(exc).__name__)
+            if self._picker.is_banned(key):
+                logger.warning("%s: banned %s for sending bad data", self._label, source.name)
+        finally:
+            self._sources.pop(key, None)
+            self._picker.remove_peer(key)
+            self._retry_after[key] = time.monotonic() + self.config.peer_retry_delay
+            self._changed.notify()
+            self._refresh_now.set()
+            if self.progress is not None:
+                self.progress.peers(len(self._sources))
+            if source.conn is not None:
+                await source.conn.aclose()
+
+    async def _run_session(self, source: _Source) -> None:
+        with trio.fail_after(self.config.connect_timeout):
+            stream = await trio.open_tcp_stream(*source.address)
+            conn = Connection(stream)
+            source.conn = conn
+            await conn.send(self.hello)
+            welcome = await conn.receive()
+        if isinstance(welcome, Error):
+            if welcome.code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS):
+                raise _PeerBusy(welcome.message)
+            raise ConnectionClosed(f"refused: {welcome.message}")
+        if not isinstance(welcome, Welcome):
+            raise ConnectionClosed(f"answered HELLO with {type(welcome).__name__}")
+        source.name = describe_remote(welcome.agent, source.address)
+        logger.debug("%s: connected to %s", self._label, source.name)
+        async with open_nursery() as nursery:
+            nursery.start_soon(self._requester, source, conn)
+            await self._receiver(source, conn)
+
+    async def _requester(self, source: _Source, conn: Connection) -> None:
+        file_id = self.manifest.file_id
+        key = source.peer_id
+        while True:
+            pause = source.pause_until - time.monotonic()
+            if pause > 0:
+                await trio.sleep(pause)
+            indexes = self._picker.pick_many(key)
+            if indexes:
+                await conn.send_many([RequestChunk(file_id, i) for i in indexes])
+                continue
+            if not self._picker.in_flight(key) and key not in self._picker.useful_peers():
+                self._refresh_now.set()
+            await self._changed.wait()
+
+    async def _receiver(self, source: _Source, conn: Connection) -> None:
+        key = source.peer_id
+        picker = self._picker
+        manifest = self.manifest
+        assert self._nursery is not None
+        while True:
+            with trio.move_on_after(self.config.request_timeout) as waited:
+                message = await conn.receive()
+            if waited.cancelled_caught:
+                if picker.in_flight(key):
+                    raise PeerTimeout(f"no answer within {self.config.request_timeout:g} s")
+                continue
+            if isinstance(message, ChunkData):
+                if message.file_id != manifest.file_id or not picker.on_data(key, message.index):
+                    self._changed.notify()
+                    continue
+                self._changed.notify()
+                await self._verify_slots.acquire()
+                self._nursery.start_soon(self._verify, source, message.index, message.data)
+            elif isinstance(message, ChunkError):
+                not_held = message.code != ErrorCode.BUSY
+                picker.on_rejected(key, message.index, not_held=not_held)
+                if not not_held:
+                    source.pause_until = time.monotonic() + 0.05
+                self._changed.notify()
+            elif isinstance(message, Error):
+                raise ConnectionClosed(f"sent ERROR {message.code_name}: {message.message}")
+            else:
+                raise ConnectionClosed(f"sent an unexpected {type(message).__name__}")
+
+    async def _verify(self, source: _Source, index: int, data: memoryview | bytes | bytearray) -> None:
+        key = source.peer_id
+        manifest = self.manifest
+        try:
+            try:
+                await trio.to_thread.run_sync(verify_and_write, manifest, self._held.fd, index, data, limiter=self._io_limiter)
+            finally:
+                self._verify_slots.release()
+        except IntegrityError as exc:
+            self._bad_chunks += 1
+            banned = self._picker.on_hash_failure(key, index)
+            logger.warning("%s: bad chunk %d/%d of %s from %s: %s", self._label, index + 1, manifest.chunk_count, manifest.name, source.name, exc)
+            if banned:
+                source.scope.cancel()
+            self._changed.notify()
+            return
+        except StorageError:
+            self._picker.on_write_failed(index)
+            raise
+        for other, other_index in self._picker.on_verified(key, index):
+            other_source = self._sources.get(other)
+            if other_source is not None and other_source.conn is not None:
+                try:
+                    await other_source.conn.send(CancelChunk(manifest.file_id, other_index))
+                except ChunkswarmError:
+                    pass
+        nbytes = manifest.chunk_length(index)
+        self._held.have.add(index)
+        self._to_announce.add(index)
+        self._announce_due.set()
+        self._state_due.set()
+        self._received.setdefault(source.name, TransferCount()).add(nbytes)
+        self.transfers.record_download(source.name, nbytes)
+        logger.log(self.config.chunk_log_level, "%s <- chunk %d/%d of %s from %s",
+                   self._label, index + 1, manifest.chunk_count, manifest.name, source.name)
+        if self.progress is not None:
+            self.progress.chunk(index, nbytes, source.name)
+        self._changed.notify()
+        if self._picker.complete:
+            self._done.set()
+
+    # -- announcing and resume state -----------------------------------------------
+    async def _announcer(self) -> None:
+        while True:
+            await self._announce_due.wait()
+            await trio.sleep(self.config.announce_delay)
+            await self._flush_announce()
+
+    async def _flush_announce(self) -> None:
+        self._announce_due = trio.Event()
+        batch = self._to_announce
+        if not batch.mask:
+            return
+        self._to_announce = ChunkSet(self.manifest.chunk_count)
+        try:
+            await self.tracker.request(Announce(self.manifest.file_id, batch.ranges()), Ok)
+        except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
+            # A reconnection re-announces everything held, so nothing is lost.
+            logger.debug("%s: announce failed: %s", self._label, exc)
+
+    async def _state_saver(self) -> None:
+        while True:
+            await self._state_due.wait()
+            await trio.sleep(self.config.state_save_interval)
+            self._state_due = trio.Event()
+            # Only chunks whose pwrite has returned are in ``have``.
+            await trio.to_thread.run_sync(self._part.save_state, self._held.have.copy())
+

@@ -1,0 +1,266 @@
+"""The programmatic face of a peer: :func:`open_peer` yields a :class:`Peer`.
+
+::
+
+    async with open_peer(PeerConfig(state_dir=..., label="peer-1")) as peer:
+        await peer.connect()
+        await peer.publish(["some/dir"])
+        result = await peer.download("file.txt", out_dir)
+
+The chunk server is listening as soon as the context is entered; the tracker
+is contacted by :meth:`Peer.connect`. Leaving the context deregisters
+(bounded by ``shutdown_timeout``) and closes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import string
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from chunkswarm import __version__
+from common.chunkset import ChunkSet
+from common.errors import AmbiguousFile, ChunkswarmError, IntegrityError, UnknownFile
+from common.manifest import Manifest
+from common.messages import (
+    PEER_ID_SIZE,
+    Announce,
+    FileEntry,
+    FileList,
+    GetManifest,
+    Hello,
+    ListFiles,
+    ManifestReply,
+    Message,
+    Ok,
+    Publish,
+    Published,
+)
+from peer.config import PeerConfig
+from peer.download import DownloadResult, Downloader, ProgressSink
+from peer.server import ChunkServer
+from peer.status import PeerStatus, Transfers
+from peer.storage import Library, ManifestCache, expand_paths, open_published
+from peer.tasks import open_nursery
+from peer.tracker_client import TrackerClient, TrackerLink, check_reply
+
+__all__ = ["open_peer", "Peer"]
+
+logger = logging.getLogger(__name__)
+
+_HEX = frozenset(string.hexdigits)
+
+
+@attrs.define(eq=False)
+class Peer:
+    """A running peer; create it with :func:`open_peer`."""
+
+    config: PeerConfig
+    nursery: trio.Nursery
+    peer_id: bytes
+    library: Library = attrs.field(factory=Library)
+    transfers: Transfers = attrs.field(factory=Transfers)
+    listen_address: tuple[str, int] = ("", 0)
+    _server: ChunkServer | None = attrs.field(init=False, default=None)
+    _tracker: TrackerClient | None = attrs.field(init=False, default=None)
+    _cache: ManifestCache = attrs.field(init=False)
+    _downloads: list[str] = attrs.field(init=False, factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        self._cache = ManifestCache(self.config.state_dir / "manifests")
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def connected(self) -> bool:
+        return self._tracker is not None and self._tracker.connected
+
+    @property
+    def hello(self) -> Hello:
+        agent = self.config.label or f"chunkswarm/{__version__}"
+        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent[:64])
+
+    async def _start(self) -> None:
+        config = self.config
+        self._server = ChunkServer(
+            self.library,
+            self.peer_id,
+            label=config.label,
+            max_connections=config.max_upload_connections,
+            max_queued=config.max_queued_requests,
+            transfers=self.transfers,
+        )
+        self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
+        self._tracker = TrackerClient(
+            config.tracker,
+            self.hello,
+            self.listen_address[1],
+            self.nursery,
+            self._on_connected,
+            timeout=config.tracker_timeout,
+            min_delay=config.reconnect_min_delay,
+            max_delay=config.reconnect_max_delay,
+        )
+
+    @property
+    def tracker(self) -> TrackerClient:
+        assert self._tracker is not None
+        return self._tracker
+
+    # -- tracker membership ----------------------------------------------------
+    async def connect(self) -> None:
+        """HELLO + REGISTER; then heartbeats and automatic reconnection in the background."""
+        await self.tracker.connect()
+        logger.info("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
+
+    async def disconnect(self) -> None:
+        """DEREGISTER and stop heartbeating; :meth:`connect` works again later."""
+        await self.tracker.disconnect(timeout=self.config.shutdown_timeout)
+
+    async def _on_connected(self, link: TrackerLink) -> None:
+        # After a (re)connection: the tracker may have forgotten us (or everything): tell it again.
+        messages: list[Message] = []
+        for held in list(self.library.files.values()):
+            if held.withdrawn or not held.have.mask:
+                continue
+            messages.append(Publish(held.manifest))
+            messages.append(Announce(held.manifest.file_id, held.have.ranges()))
+        if messages:
+            replies = await link.request_many(messages, timeout=self.config.tracker_timeout)
+            for reply in replies:
+                if not isinstance(reply, (Ok, Published)):
+                    logger.warning("%s: re-announcing after reconnection: %s", self.name, reply)
+
+    # -- publishing --------------------------------------------------------------
+    async def publish(self, paths: Iterable[os.PathLike[str] | str], *, progress: ProgressSink | None = None) -> list[Manifest]:
+        """Hash (or take from the cache), serve, PUBLISH and ANNOUNCE every file under ``paths``."""
+        files = await trio.to_thread.run_sync(lambda: expand_paths(paths))
+        manifests = []
+        for path in files:
+            manifest, signature, cached = await trio.to_thread.run_sync(self._cache.manifest_for, path, self.config.chunk_size)
+            logger.info("%s: %s %s (%d bytes, %d chunks, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
+                        path, manifest.size, manifest.chunk_count, manifest.hex_id[:16])
+            self.library.add(open_published(path, manifest, signature))
+            if progress is not None:
+                progress.started(manifest.name, manifest.size, manifest.size)
+                progress.finished()
+            if self.connected:
+                replies = await self.tracker.request_many(
+                    [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
+                )
+                check_reply(replies[0], Published)
+                check_reply(replies[1], Ok)
+            manifests.append(manifest)
+        return manifests
+
+    # -- catalogue -----------------------------------------------------------------
+    async def list_files(self, pattern: str = "") -> list[FileEntry]:
+        reply = await self.tracker.request(ListFiles(pattern, limit=100_000), FileList)
+        return list(reply.entries)
+
+    async def resolve(self, query: str) -> FileEntry:
+        """The one file whose id starts with ``query`` (hex) or whose name is exactly ``query``."""
+        query = query.strip()
+        if not query:
+            raise UnknownFile("no file given")
+        entries = await self.list_files("")
+        prefix = query.lower()
+        matches: dict[bytes, FileEntry] = {}
+        for entry in entries:
+            if entry.name == query or (set(prefix) <= _HEX and entry.file_id.hex().startswith(prefix)):
+                matches[entry.file_id] = entry
+        if not matches:
+            raise UnknownFile(f"no file named {query!r} or with an id starting with {query!r} on the tracker")
+        if len(matches) > 1:
+            candidates = tuple(matches.values())
+            listing = "; ".join(f"{e.name} ({e.file_id.hex()[:16]}, {e.size} bytes)" for e in candidates)
+            raise AmbiguousFile(f"{query!r} matches {len(candidates)} files: {listing}; give a longer id prefix", candidates)
+        return next(iter(matches.values()))
+
+    async def get_manifest(self, file_id: bytes) -> Manifest:
+        reply = await self.tracker.request(GetManifest(file_id), ManifestReply)
+        manifest = reply.manifest
+        if manifest.file_id != file_id:
+            raise IntegrityError(f"the tracker sent the manifest of {manifest.hex_id[:16]} for {file_id.hex()[:16]}")
+        manifest.verify()
+        return manifest
+
+    # -- downloading ----------------------------------------------------------------
+    async def download(
+        self, query: str, out_dir: os.PathLike[str] | str, *, force: bool = False, progress: ProgressSink | None = None
+    ) -> DownloadResult:
+        """Download the file ``query`` names into ``out_dir``; afterwards the peer serves it."""
+        entry = await self.resolve(query)
+        manifest = await self.get_manifest(entry.file_id)
+        downloader = Downloader(
+            self.config,
+            manifest,
+            pathlib.Path(out_dir),
+            self.tracker,
+            self.library,
+            self.transfers,
+            self.hello,
+            self.peer_id,
+            force=force,
+            progress=progress,
+        )
+        self._downloads.append(manifest.name)
+        try:
+            return await downloader.run()
+        finally:
+            self._downloads.remove(manifest.name)
+
+    # -- status ---------------------------------------------------------------------
+    def status(self) -> PeerStatus:
+        files = tuple(
+            (held.manifest.name, held.manifest.hex_id, len(held.have), held.manifest.chunk_count)
+            for held in self.library.files.values()
+            if not held.withdrawn
+        )
+        return PeerStatus(
+            label=self.label,
+            peer_id=self.peer_id,
+            connected=self.connected,
+            tracker=self.config.tracker,
+            listen_address=self.listen_address,
+            files=files,
+            active_downloads=tuple(self._downloads),
+            upload_connections=self._server.active if self._server is not None else 0,
+            uploaded=dict(self.transfers.uploaded),
+            downloaded=dict(self.transfers.downloaded),
+        )
+
+
+@asynccontextmanager
+async def open_peer(config: PeerConfig) -> AsyncIterator[Peer]:
+    """A peer whose chunk server is listening; not yet connected to the tracker."""
+    peer_id = os.urandom(PEER_ID_SIZE)
+    library = Library()
+    try:
+        async with open_nursery() as nursery:
+            peer = Peer(config, nursery, peer_id, library)
+            await peer._start()
+            logger.debug("%s serving on %s:%d", peer.name, *peer.listen_address)
+            try:
+                yield peer
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_timeout):
+                    try:
+                        await peer.disconnect()
+                    except ChunkswarmError as exc:
+                        logger.debug("%s: leaving the tracker: %s", peer.name, exc)
+                nursery.cancel_scope.cancel()
+    finally:
+        library.close()

@@ -1,0 +1,412 @@
+"""All disk access of a peer: held files, part files, resume state, manifest cache, final placement.
+
+Functions here are synchronous and blocking on purpose: the trio code runs
+them through ``trio.to_thread.run_sync`` (chunk-sized reads, writes and hashes
+release the GIL, so two worker threads really use two cores).
+
+Crash safety of a download without an fsync per chunk: the state file lists a
+chunk only after its ``pwrite`` has returned, it is replaced atomically
+(write a temporary file, then ``os.replace``), and on resume every chunk it
+lists is hashed again, so a part file truncated or corrupted by a power cut
+is never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import attrs
+import msgpack
+
+from common.chunkset import ChunkSet
+from common.errors import IntegrityError, StorageError, ValidationError
+from common.manifest import Manifest, build_manifest, merkle_root
+
+__all__ = [
+    "HeldFile",
+    "Library",
+    "ManifestCache",
+    "PartFile",
+    "expand_paths",
+    "open_published",
+    "read_chunk",
+    "verify_and_write",
+    "hash_chunks",
+    "place_file",
+    "STATE_SUFFIX",
+    "PART_SUFFIX",
+]
+
+logger = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+STATE_SUFFIX = ".state"
+_STATE_VERSION = 1
+
+
+def _storage_error(action: str, path: os.PathLike[str] | str, exc: OSError) -> StorageError:
+    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return StorageError(f"cannot {action} {os.fspath(path)}: {reason}")
+
+
+# ---------------------------------------------------------------------------
+# Files a peer holds and serves
+# ---------------------------------------------------------------------------
+@attrs.define(eq=False)
+class HeldFile:
+    """A file the peer serves chunks of: a published file or a (partial) download.
+
+    ``fd`` stays open for the life of the entry; it survives the rename of a
+    part file into place. ``signature`` is the (size, mtime_ns) recorded when
+    the file was verified; if the file on disk stops matching it, the file is
+    withdrawn (a published file edited under our feet must not be served).
+    """
+
+    manifest: Manifest
+    path: pathlib.Path
+    fd: int
+    have: ChunkSet
+    signature: tuple[int, int] | None = None
+    withdrawn: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.have.complete
+
+    def offers(self, index: int) -> bool:
+        """True if chunk ``index`` may be served now (re-checks the file on disk)."""
+        if self.withdrawn or index not in self.have:
+            return False
+        if self.signature is not None and _signature(self.path) != self.signature:
+            logger.warning("%s changed on disk: no longer serving it", self.path)
+            self.withdrawn = True
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _signature(path: pathlib.Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@attrs.define(eq=False)
+class Library:
+    """The files a peer holds, by file id."""
+
+    files: dict[bytes, HeldFile] = attrs.field(factory=dict)
+
+    def get(self, file_id: bytes) -> HeldFile | None:
+        return self.files.get(file_id)
+
+    def add(self, held: HeldFile) -> None:
+        old = self.files.get(held.manifest.file_id)
+        if old is not None and old is not held:
+            old.close()
+        self.files[held.manifest.file_id] = held
+
+    def remove(self, file_id: bytes) -> None:
+        held = self.files.pop(file_id, None)
+        if held is not None:
+            held.close()
+
+    def close(self) -> None:
+        for held in self.files.values():
+            held.close()
+        self.files.clear()
+
+
+def open_published(path: pathlib.Path, manifest: Manifest, signature: tuple[int, int]) -> HeldFile:
+    """A complete file to serve; ``signature`` is the (size, mtime_ns) its manifest was computed for."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise _storage_error("open", path, exc) from None
+    return HeldFile(manifest, path, fd, ChunkSet.full(manifest.chunk_count), signature)
+
+
+def read_chunk(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` (blocking); a short file is an error, never a short chunk."""
+    parts = []
+    got = 0
+    while got < length:
+        data = os.pread(fd, length - got, offset + got)
+        if not data:
+            raise StorageError(f"file shorter than expected: {got} of {length} bytes at offset {offset}")
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def expand_paths(paths: Iterable[os.PathLike[str] | str]) -> list[pathlib.Path]:
+    """Regular files named by ``paths``; a directory stands for every regular file inside it."""
+    out: list[pathlib.Path] = []
+    for raw in paths:
+        path = pathlib.Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    child = pathlib.Path(root, name)
+                    if child.is_file() and not child.is_symlink():
+                        out.append(child)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise StorageError(f"{path}: no such file or directory")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Manifest cache
+# ---------------------------------------------------------------------------
+@attrs.define(eq=False)
+class ManifestCache:
+    """Manifests of published files, keyed by absolute path, size, mtime and chunk size.
+
+    One small MessagePack file per entry under ``state_dir/manifests``, written
+    atomically, so peers sharing a state directory never see half an entry.
+    """
+
+    directory: pathlib.Path
+
+    @staticmethod
+    def _key(path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> str:
+        text = f"{path.resolve()}\0{signature[0]}\0{signature[1]}\0{chunk_size}"
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def get(self, path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> Manifest | None:
+        entry = self.directory / self._key(path, signature, chunk_size)
+        try:
+            name, size, csize, hashes, file_id = msgpack.unpackb(entry.read_bytes(), raw=False)
+            manifest = Manifest(name, size, csize, tuple(hashes[i : i + 32] for i in range(0, len(hashes), 32)), file_id)
+            manifest.verify()
+        except (OSError, ValueError, TypeError, ValidationError, IntegrityError, msgpack.UnpackException):
+            return None
+        return manifest
+
+    def put(self, path: pathlib.Path, signature: tuple[int, int], manifest: Manifest) -> None:
+        entry = self.directory / self._key(path, signature, manifest.chunk_size)
+        fields = [manifest.name, manifest.size, manifest.chunk_size, b"".join(manifest.chunk_hashes), manifest.file_id]
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _atomic_write(entry, msgpack.packb(fields, use_bin_type=True))
+        except OSError as exc:
+            logger.warning("cannot cache the manifest of %s: %s", path, exc)
+
+    def manifest_for(self, path: pathlib.Path, chunk_size: int) -> tuple[Manifest, tuple[int, int], bool]:
+        """The manifest of ``path`` (cached, or hashed now), its signature, and whether it came from the cache."""
+        signature = _signature(path)
+        if signature is None:
+            raise StorageError(f"{path}: cannot read it")
+        cached = self.get(path, signature, chunk_size)
+        if cached is not None:
+            return cached, signature, True
+        try:
+            manifest = build_manifest(path, chunk_size)
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from None
+        after = _signature(path)
+        if after != signature:
+            raise StorageError(f"{path} changed while it was being hashed")
+        self.put(path, signature, manifest)
+        return manifest, signature, False
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------
+# Hashing and writing chunks (blocking, for worker threads)
+# ---------------------------------------------------------------------------
+def verify_and_write(manifest: Manifest, fd: int, index: int, data: bytes | bytearray | memoryview) -> None:
+    """Check ``data`` against chunk ``index``'s hash, then write it at its offset.
+
+    Raises :class:`IntegrityError` (nothing written) or :class:`StorageError`.
+    """
+    manifest.verify_chunk(index, data)
+    offset = manifest.chunk_offset(index)
+    view = memoryview(data)
+    written = 0
+    try:
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], offset + written)
+    except OSError as exc:
+        raise _storage_error("write chunk to", f"fd {fd}", exc) from None
+
+
+def hash_chunks(manifest: Manifest, fd: int, indexes: Sequence[int]) -> list[int]:
+    """The chunks among ``indexes`` whose bytes on disk match the manifest."""
+    good = []
+    buffer = bytearray(manifest.chunk_size)
+    view = memoryview(buffer)
+    for index in indexes:
+        length = manifest.chunk_length(index)
+        try:
+            got = os.preadv(fd, [view[:length]], manifest.chunk_offset(index))
+        except OSError:
+            continue
+        if got == length and hashlib.sha256(view[:length]).digest() == manifest.chunk_hashes[index]:
+            good.append(index)
+    return good
+
+
+# ---------------------------------------------------------------------------
+# Part files and resume state
+# ---------------------------------------------------------------------------
+@attrs.define(eq=False)
+class PartFile:
+    """``NAME.part`` in the output directory, with its resume state in ``NAME.part.state``."""
+
+    manifest: Manifest
+    final_path: pathlib.Path
+    fd: int = -1
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.final_path.with_name(self.final_path.name + PART_SUFFIX)
+
+    @property
+    def state_path(self) -> pathlib.Path:
+        return self.final_path.with_name(self.final_path.name + PART_SUFFIX + STATE_SUFFIX)
+
+    def open(self) -> list[int]:
+        """Open (or create and preallocate) the part file; return the chunks the resume state claims."""
+        claimed = self._read_state()
+        flags = os.O_RDWR | os.O_CREAT
+        if not claimed:
+            flags |= os.O_TRUNC
+        try:
+            self.final_path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise _storage_error("create", self.path, exc) from None
+        try:
+            size = os.fstat(self.fd).st_size
+            if size != self.manifest.size:
+                os.ftruncate(self.fd, self.manifest.size)
+            if hasattr(os, "posix_fallocate") and self.manifest.size:
+                try:
+                    os.posix_fallocate(self.fd, 0, self.manifest.size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", -1)):
+                        raise
+        except OSError as exc:
+            self.close()
+            raise _storage_error("preallocate", self.path, exc) from None
+        # Chunks entirely beyond a truncated file cannot be there.
+        return [i for i in claimed if i < self.manifest.chunk_count and size >= self.manifest.chunk_offset(i) + self.manifest.chunk_length(i)]
+
+    def _read_state(self) -> list[int]:
+        try:
+            state = json.loads(self.state_path.read_text())
+            if (
+                state.get("version") != _STATE_VERSION
+                or state.get("file_id") != self.manifest.hex_id
+                or state.get("chunk_size") != self.manifest.chunk_size
+                or not self.path.exists()
+            ):
+                return []
+            done = ChunkSet.from_ranges(self.manifest.chunk_count, tuple(tuple(r) for r in state["done"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError):
+            return []
+        return list(done)
+
+    def save_state(self, done: ChunkSet) -> None:
+        """Record ``done`` (chunks already written) atomically."""
+        state = {
+            "version": _STATE_VERSION,
+            "file_id": self.manifest.hex_id,
+            "name": self.manifest.name,
+            "size": self.manifest.size,
+            "chunk_size": self.manifest.chunk_size,
+            "done": [list(r) for r in done.ranges()],
+        }
+        try:
+            _atomic_write(self.state_path, json.dumps(state).encode())
+        except OSError as exc:
+            raise _storage_error("save download state", self.state_path, exc) from None
+
+    def verify_all(self, indexes: Sequence[int] | None = None) -> list[int]:
+        """Hash chunks on disk (blocking); the ones that match."""
+        return hash_chunks(self.manifest, self.fd, range(self.manifest.chunk_count) if indexes is None else indexes)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard_state(self) -> None:
+        try:
+            self.state_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def check_hashes_give_id(manifest: Manifest, hashes: Sequence[bytes]) -> None:
+    """The whole-file check: the chunk hashes read back from disk must give the file id."""
+    if merkle_root(list(hashes)) != manifest.file_id:
+        raise IntegrityError(f"{manifest.name}: the file on disk does not match its id")
+
+
+def same_content(path: pathlib.Path, manifest: Manifest) -> bool:
+    """True if ``path`` already holds exactly the file of ``manifest`` (blocking)."""
+    try:
+        if os.stat(path).st_size != manifest.size:
+            return False
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return len(hash_chunks(manifest, fd, range(manifest.chunk_count))) == manifest.chunk_count
+    finally:
+        os.close(fd)
+
+
+def place_file(part: pathlib.Path, final: pathlib.Path, manifest: Manifest, *, force: bool) -> None:
+    """Move the verified part file to ``final`` atomically.
+
+    Never replaces a different existing file unless ``force``; an existing
+    identical file is kept and the part file dropped.
+    """
+    try:
+        if force:
+            os.replace(part, final)
+            return
+        try:
+            os.link(part, final)  # fails if final exists: no window where another file is overwritten
+        except FileExistsError:
+            if same_content(final, manifest):
+                os.unlink(part)
+                return
+            raise StorageError(f"{final} already exists with other content (use --force to overwrite it)") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP):
+                raise
+            if final.exists():
+                if same_content(final, manifest):
+                    os.unlink(part)
+                    return
+                raise StorageError(f"{final} already exists with other content (use --force to overwrite it)") from None
+            os.replace(part, final)
+            return
+        os.unlink(part)
+    except OSError as exc:
+        raise _storage_error("move into place", final, exc) from None

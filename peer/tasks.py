@@ -1,0 +1,64 @@
+"""Small structured-concurrency helpers shared by the peer's trio code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+from common.errors import ChunkswarmError
+
+__all__ = ["open_nursery", "Signal"]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@asynccontextmanager
+async def open_nursery() -> AsyncIterator[trio.Nursery]:
+    """``trio.open_nursery``, except that a lone error leaves as itself, not wrapped in an ExceptionGroup.
+
+    Callers then catch ``ConnectionClosed`` or ``StorageError`` as usual.
+    When several tasks failed, the first :class:`ChunkswarmError` wins (the
+    others are usually its consequences); anything else stays a group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        errors = [exc for exc in _leaves(group) if not isinstance(exc, trio.Cancelled)]
+        if len(errors) == 1:
+            raise errors[0] from None
+        for exc in errors:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise exc from None
+        for exc in errors:
+            if isinstance(exc, ChunkswarmError):
+                raise exc from None
+        raise
+
+
+class Signal:
+    """A re-armable broadcast: :meth:`wait` sleeps until the next :meth:`notify`."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()

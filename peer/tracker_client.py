@@ -1,0 +1,271 @@
+"""The peer's side of the tracker conversation.
+
+:class:`TrackerLink` is one connection: HELLO/WELCOME and REGISTER/OK on
+opening, then requests answered in order (pipelining allowed: every request
+queues a waiter, one reader task hands replies to waiters in FIFO order).
+
+:class:`TrackerClient` keeps a link up: heartbeats at the interval WELCOME
+asked for, and when the tracker goes away it reconnects with exponential
+backoff, re-registers, and lets the peer re-publish and re-announce what it
+holds (``on_connected``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import attrs
+import trio
+
+from common.address import format_address
+from common.errors import (
+    ChunkswarmError,
+    ConnectionClosed,
+    PeerTimeout,
+    RemoteProtocolError,
+    TrackerError,
+    TrackerUnavailable,
+)
+from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
+from peer.connection import Connection
+from peer.tasks import open_nursery
+
+__all__ = ["TrackerLink", "TrackerClient"]
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M")
+
+
+class _Waiter:
+    __slots__ = ("event", "reply", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Message | None = None
+        self.error: ChunkswarmError | None = None
+
+
+class TrackerLink:
+    """One registered connection to the tracker."""
+
+    def __init__(self, conn: Connection, welcome: Welcome) -> None:
+        self.conn = conn
+        self.welcome = welcome
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._dead: ChunkswarmError | None = None
+
+    @classmethod
+    async def open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
+        """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure."""
+        where = format_address(*address)
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(*address)
+        except (OSError, trio.TooSlowError) as exc:
+            raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
+        conn = Connection(stream)
+        try:
+            await conn.send(hello)
+            welcome = await conn.receive_within(timeout)
+            if isinstance(welcome, Error):
+                raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
+            if not isinstance(welcome, Welcome):
+                raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+            if register_port is not None:
+                await conn.send(Register(register_port))
+                reply = await conn.receive_within(timeout)
+                if isinstance(reply, Error):
+                    raise TrackerError(f"tracker refused REGISTER: {reply.message}", code=reply.code)
+                if not isinstance(reply, Ok):
+                    raise RemoteProtocolError(f"tracker answered REGISTER with {type(reply).__name__}")
+        except (ConnectionClosed, PeerTimeout, RemoteProtocolError) as exc:
+            await conn.aclose()
+            raise TrackerUnavailable(f"tracker at {where} did not complete the handshake: {exc}") from None
+        except BaseException:
+            await conn.aclose()
+            raise
+        return cls(conn, welcome)
+
+    async def run(self) -> None:
+        """Hand replies to waiters until the connection ends; then raises :class:`ConnectionClosed`."""
+        try:
+            while True:
+                message = await self.conn.receive()
+                if not self._waiters:
+                    raise RemoteProtocolError(f"unsolicited {type(message).__name__} from the tracker")
+                waiter = self._waiters.popleft()
+                waiter.reply = message
+                waiter.event.set()
+        except ChunkswarmError as exc:
+            self._fail(exc)
+            raise ConnectionClosed(f"tracker connection lost: {exc}") from None
+        finally:
+            self._fail(ConnectionClosed("tracker connection closed"))
+            with trio.CancelScope(shield=True):
+                await self.conn.aclose()
+
+    def _fail(self, exc: ChunkswarmError) -> None:
+        if self._dead is None:
+            self._dead = exc if isinstance(exc, ConnectionClosed) else ConnectionClosed(str(exc))
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = self._dead
+            waiter.event.set()
+
+    async def request_many(self, messages: Sequence[Message], *, timeout: float) -> list[Message]:
+        """Send ``messages`` in one write; their replies, in order. ERROR replies are returned, not raised."""
+        if self._dead is not None:
+            raise self._dead
+        waiters = [_Waiter() for _ in messages]
+        self._waiters.extend(waiters)
+        try:
+            with trio.fail_after(timeout):
+                await self.conn.send_many(messages)
+                for waiter in waiters:
+                    await waiter.event.wait()
+        except trio.TooSlowError:
+            # Replies would now pair with the wrong requests: this link is done.
+            self._fail(ConnectionClosed("tracker request timed out"))
+            await self.conn.aclose()
+            raise PeerTimeout(f"the tracker did not answer within {timeout:g} s") from None
+        except ConnectionClosed as exc:
+            self._fail(exc)
+            raise
+        replies = []
+        for waiter in waiters:
+            if waiter.error is not None:
+                raise waiter.error
+            assert waiter.reply is not None
+            replies.append(waiter.reply)
+        return replies
+
+    async def request(self, message: Message, expect: type[M], *, timeout: float) -> M:
+        """One request; its reply of type ``expect``, :class:`TrackerError` for an ERROR reply."""
+        (reply,) = await self.request_many((message,), timeout=timeout)
+        return check_reply(reply, expect)
+
+
+def check_reply(reply: Message, expect: type[M]) -> M:
+    """``reply`` if it is an ``expect``; :class:`TrackerError` for ERROR; protocol error otherwise."""
+    if isinstance(reply, expect):
+        return reply
+    if isinstance(reply, Error):
+        raise TrackerError(f"tracker error {reply.code_name}: {reply.message}", code=reply.code)
+    raise RemoteProtocolError(f"tracker sent {type(reply).__name__}, expected {expect.__name__}")
+
+
+@attrs.define(eq=False)
+class TrackerClient:
+    """A tracker link kept alive: heartbeats, reconnection with backoff, re-registration."""
+
+    address: tuple[str, int]
+    hello: Hello
+    listen_port: int
+    nursery: trio.Nursery
+    #: Called on every (re)connection, after REGISTER: re-publish and re-announce.
+    on_connected: Callable[[TrackerLink], Awaitable[None]]
+    timeout: float = 10.0
+    min_delay: float = 0.2
+    max_delay: float = 5.0
+    _link: TrackerLink | None = attrs.field(init=False, default=None)
+    _up: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    @property
+    def link(self) -> TrackerLink | None:
+        return self._link
+
+    async def connect(self) -> None:
+        """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected."""
+        if self._scope is not None:
+            return
+        link = await self._open()
+        await self.nursery.start(self._supervise, link)
+
+    async def disconnect(self, *, timeout: float = 2.0) -> None:
+        """DEREGISTER (bounded by ``timeout``) and stop; :meth:`connect` works again later."""
+        link, scope = self._link, self._scope
+        if link is not None:
+            with trio.move_on_after(timeout):
+                try:
+                    await link.request(Deregister(), Ok, timeout=timeout)
+                except ChunkswarmError as exc:
+                    logger.debug("DEREGISTER failed: %s", exc)
+        if scope is not None:
+            scope.cancel()
+        self._scope = None
+        self._link = None
+        self._up = trio.Event()
+
+    async def request_many(self, messages: Sequence[Message]) -> list[Message]:
+        """Send on the current link, waiting up to ``timeout`` for a reconnection if it is down."""
+        link = await self._current()
+        return await link.request_many(messages, timeout=self.timeout)
+
+    async def request(self, message: Message, expect: type[M]) -> M:
+        link = await self._current()
+        return await link.request(message, expect, timeout=self.timeout)
+
+    async def _current(self) -> TrackerLink:
+        if self._scope is None:
+            raise TrackerUnavailable("not connected to the tracker")
+        if self._link is None:
+            with trio.move_on_after(self.timeout):
+                await self._up.wait()
+        if self._link is None:
+            raise TrackerUnavailable(f"tracker at {format_address(*self.address)} unreachable")
+        return self._link
+
+    async def _open(self) -> TrackerLink:
+        return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port)
+
+    async def _supervise(self, link: TrackerLink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        where = format_address(*self.address)
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            first = True
+            while True:
+                try:
+                    async with open_nursery() as nursery:
+                        nursery.start_soon(link.run)
+                        self._link = link
+                        await self.on_connected(link)
+                        self._up.set()
+                        if first:
+                            first = False
+                            task_status.started()
+                        interval = link.welcome.heartbeat_interval
+                        if interval > 0:
+                            nursery.start_soon(self._heartbeat, link, interval)
+                except (ChunkswarmError, OSError) as exc:
+                    logger.warning("lost the tracker at %s: %s; reconnecting", where, exc)
+                if first:
+                    first = False
+                    task_status.started()
+                self._link = None
+                self._up = trio.Event()
+                link = await self._reconnect()
+                logger.info("reconnected to the tracker at %s", where)
+
+    async def _reconnect(self) -> TrackerLink:
+        delay = self.min_delay
+        while True:
+            await trio.sleep(delay)
+            try:
+                return await self._open()
+            except (ChunkswarmError, OSError) as exc:
+                logger.debug("tracker still unreachable: %s", exc)
+            delay = min(delay * 2, self.max_delay)
+
+    async def _heartbeat(self, link: TrackerLink, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await link.request(Heartbeat(), Ok, timeout=self.timeout)

@@ -1,0 +1,119 @@
+"""Progress display: the engine's progress events as rich bars on a terminal, log lines elsewhere.
+
+The only module of ``peer`` that imports rich; the engine just calls a
+:class:`~peer.download.ProgressSink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from peer.download import ProgressSink
+
+__all__ = ["RichProgress", "LogProgress", "progress_display"]
+
+logger = logging.getLogger(__name__)
+
+
+def _short(source: str) -> str:
+    return source.split(" (")[0] if " (" in source else source
+
+
+class RichProgress:
+    """Bars with filename, bytes, speed, ETA, peer count and chunks per source peer."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+        self._sources: Counter[str] = Counter()
+        self._peers = 0
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, peers=0, sources="")
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        self._sources[_short(source_label)] += 1
+        if self._task is not None:
+            sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
+            self._progress.update(self._task, advance=nbytes, sources=sources)
+
+    def peers(self, count: int) -> None:
+        self._peers = count
+        if self._task is not None:
+            self._progress.update(self._task, peers=count)
+
+    def finished(self) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[self._task]
+            self._progress.update(self._task, completed=task.total)
+
+
+class LogProgress:
+    """Plain log lines (at most one a second) when stderr is not a terminal."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._name = ""
+        self._total = 0
+        self._done = 0
+        self._start = 0.0
+        self._last = 0.0
+        self._peers = 0
+        self._sources: Counter[str] = Counter()
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        self._name, self._total, self._done = name, total_bytes, already_have_bytes
+        self._start = self._last = time.monotonic()
+        logger.info("%s: %d bytes, %d already here", name, total_bytes, already_have_bytes)
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        self._done += nbytes
+        self._sources[_short(source_label)] += 1
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            rate = self._done / max(now - self._start, 1e-9) / 2**20
+            percent = 100 * self._done / self._total if self._total else 100
+            logger.info("%s: %.0f%% (%.1f MiB/s, %d peers)", self._name, percent, rate, self._peers)
+
+    def peers(self, count: int) -> None:
+        self._peers = count
+
+    def finished(self) -> None:
+        elapsed = time.monotonic() - self._start
+        sources = ", ".join(f"{name}: {count}" for name, count in self._sources.most_common())
+        logger.info("%s: done in %.1f s (chunks from %s)", self._name, elapsed, sources or "nobody: already here")
+
+
+@contextmanager
+def progress_display(console: Console) -> Iterator[ProgressSink]:
+    """A rich progress display on a terminal, log lines otherwise."""
+    if not console.is_terminal:
+        yield LogProgress()
+        return
+    columns = (
+        TextColumn("[bold blue]{task.description}", justify="right"),
+        BarColumn(bar_width=None),
+        "[progress.percentage]{task.percentage:>3.1f}%",
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[peers]} peers {task.fields[sources]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield RichProgress(progress)

@@ -1,0 +1,169 @@
+"""The connection shell and the chunk server, over in-memory streams."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import trio
+import trio.testing
+
+from common.errors import ConnectionClosed, PeerTimeout
+from common.framing import ErrorCode
+from common.manifest import Manifest, build_manifest
+from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk, Welcome
+from peer.connection import Connection
+from peer.server import ChunkServer
+from peer.storage import Library, open_published
+
+CHUNK = 1024
+PEER_ID = b"s" * 20
+
+
+@pytest.fixture
+def published(tmp_path: pathlib.Path) -> tuple[Library, Manifest, bytes]:
+    path = tmp_path / "data.bin"
+    data = os.urandom(40 * CHUNK + 10)
+    path.write_bytes(data)
+    manifest = build_manifest(path, CHUNK)
+    st = os.stat(path)
+    library = Library()
+    library.add(open_published(path, manifest, (st.st_size, st.st_mtime_ns)))
+    return library, manifest, data
+
+
+async def handshake(conn: Connection) -> Welcome:
+    await conn.send(Hello(b"c" * 20, listen_port=1234, agent="tester"))
+    welcome = await conn.receive()
+    assert isinstance(welcome, Welcome)
+    return welcome
+
+
+def chunk_of(data: bytes, index: int) -> bytes:
+    return data[index * CHUNK : (index + 1) * CHUNK]
+
+
+async def test_connection_closed_and_timeout(autojump_clock: trio.abc.Clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    conn = Connection(left)
+    with pytest.raises(PeerTimeout):
+        await conn.receive_within(5)
+    await right.aclose()
+    with pytest.raises(ConnectionClosed):
+        await conn.receive()
+    with pytest.raises(ConnectionClosed):
+        await Connection(right).send(Hello(b"c" * 20))
+
+
+async def test_pipelined_requests_and_errors(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, data = published
+    server = ChunkServer(library, PEER_ID, label="seed-1")
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        welcome = await handshake(conn)
+        assert welcome.agent == "seed-1" and welcome.peer_id == PEER_ID
+        other = bytes(32)
+        await conn.send_many([RequestChunk(manifest.file_id, 3), RequestChunk(manifest.file_id, 40), RequestChunk(other, 0),
+                              RequestChunk(manifest.file_id, 41), RequestChunk(manifest.file_id, 0)])
+        replies = [await conn.receive() for _ in range(5)]
+        assert replies[0] == ChunkData(manifest.file_id, 3, chunk_of(data, 3))
+        assert replies[1] == ChunkData(manifest.file_id, 40, data[40 * CHUNK :])
+        assert isinstance(replies[2], ChunkError) and replies[2].code == ErrorCode.NOT_HELD
+        assert isinstance(replies[3], ChunkError) and replies[3].code == ErrorCode.BAD_REQUEST
+        assert replies[4] == ChunkData(manifest.file_id, 0, chunk_of(data, 0))
+        assert sum(c.chunks for c in server.transfers.uploaded.values()) == 3
+        assert list(server.transfers.uploaded) == ["tester (127.0.0.1:1234)"]
+        await conn.aclose()
+
+
+async def test_cancelled_request_gets_no_reply(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, data = published
+    server = ChunkServer(library, PEER_ID)
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        fid = manifest.file_id
+        await conn.send_many([RequestChunk(fid, 1), RequestChunk(fid, 2), RequestChunk(fid, 3), CancelChunk(fid, 2)])
+        first = await conn.receive()
+        second = await conn.receive()
+        assert isinstance(first, ChunkData) and isinstance(second, ChunkData)
+        assert (first.index, second.index) == (1, 3)
+        await conn.send(RequestChunk(fid, 4))
+        fourth = await conn.receive()
+        assert isinstance(fourth, ChunkData) and fourth.index == 4
+        await conn.aclose()
+
+
+async def test_full_queue_answers_busy(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, data = published
+    server = ChunkServer(library, PEER_ID, max_queued=4)
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        await conn.send_many([RequestChunk(manifest.file_id, i) for i in range(20)])
+        replies = [await conn.receive() for _ in range(20)]
+        busy = [r.index for r in replies if isinstance(r, ChunkError) and r.code == ErrorCode.BUSY]
+        served = [r.index for r in replies if isinstance(r, ChunkData)]
+        assert busy and served and sorted(busy + served) == list(range(20))
+        assert all(r == ChunkData(manifest.file_id, r.index, chunk_of(data, r.index)) for r in replies if isinstance(r, ChunkData))
+        await conn.aclose()
+
+
+async def test_connection_cap_says_busy(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, _ = published
+    server = ChunkServer(library, PEER_ID, max_connections=1)
+    async with trio.open_nursery() as nursery:
+        first_client, first_server = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.handle_stream, first_server)
+        first = Connection(first_client)
+        await handshake(first)
+        second_client, second_server = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.handle_stream, second_server)
+        second = Connection(second_client)
+        await second.send(Hello(b"d" * 20))
+        refusal = await second.receive()
+        assert isinstance(refusal, Error) and refusal.code == ErrorCode.BUSY
+        with pytest.raises(ConnectionClosed):
+            await second.receive()
+        await first.aclose()
+
+
+async def test_changed_file_is_no_longer_served(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, _ = published
+    held = library.get(manifest.file_id)
+    assert held is not None
+    server = ChunkServer(library, PEER_ID)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        with open(held.path, "r+b") as handle:
+            handle.write(b"edited")
+        os.utime(held.path, ns=(1, 1))
+        await conn.send(RequestChunk(manifest.file_id, 0))
+        reply = await conn.receive()
+        assert isinstance(reply, ChunkError) and reply.code == ErrorCode.NOT_HELD
+        await conn.aclose()
+
+
+async def test_garbage_gets_an_error_and_a_close(published: tuple[Library, Manifest, bytes]) -> None:
+    library, _, _ = published
+    server = ChunkServer(library, PEER_ID)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        await client_stream.send_all(b"XX" + bytes(30))
+        reply = await conn.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
+        with pytest.raises(ConnectionClosed):
+            await conn.receive()

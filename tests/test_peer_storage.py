@@ -1,0 +1,156 @@
+"""peer/storage.py: part files, resume state, manifest cache, placement, change detection."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from common.chunkset import ChunkSet
+from common.errors import IntegrityError, StorageError
+from common.manifest import build_manifest
+from peer.storage import (
+    ManifestCache,
+    PartFile,
+    expand_paths,
+    open_published,
+    place_file,
+    read_chunk,
+    verify_and_write,
+)
+
+CHUNK = 1024
+
+
+@pytest.fixture
+def source(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "src" / "data.bin"
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(10 * CHUNK + 100))
+    return path
+
+
+def test_expand_paths(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/b", "d/a", "d/sub/c"):
+        (tmp_path / name).write_text(name)
+    assert [p.relative_to(tmp_path).as_posix() for p in expand_paths([tmp_path / "d"])] == ["d/a", "d/b", "d/sub/c"]
+    with pytest.raises(StorageError):
+        expand_paths([tmp_path / "nope"])
+
+
+def test_manifest_cache_hits_and_misses(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    cache = ManifestCache(tmp_path / "state")
+    manifest, signature, cached = cache.manifest_for(source, CHUNK)
+    assert not cached and manifest == build_manifest(source, CHUNK)
+    again, _, cached = cache.manifest_for(source, CHUNK)
+    assert cached and again == manifest
+    _, _, cached = cache.manifest_for(source, 2 * CHUNK)  # another chunk size
+    assert not cached
+    source.write_bytes(source.read_bytes()[:-1])  # size changes
+    changed, _, cached = cache.manifest_for(source, CHUNK)
+    assert not cached and changed.file_id != manifest.file_id
+
+
+def test_published_file_withdrawn_when_changed(source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    st = os.stat(source)
+    held = open_published(source, manifest, (st.st_size, st.st_mtime_ns))
+    try:
+        assert held.offers(0)
+        assert read_chunk(held.fd, 0, CHUNK) == source.read_bytes()[:CHUNK]
+        with open(source, "ab") as handle:
+            handle.write(b"more")
+        assert not held.offers(0) and held.withdrawn
+    finally:
+        held.close()
+
+
+def test_verify_and_write_rejects_bad_data(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    assert part.open() == []
+    try:
+        assert os.path.getsize(part.path) == manifest.size
+        data = source.read_bytes()
+        with pytest.raises(IntegrityError):
+            verify_and_write(manifest, part.fd, 3, b"x" * CHUNK)
+        assert read_chunk(part.fd, 3 * CHUNK, CHUNK) == bytes(CHUNK)  # nothing written
+        verify_and_write(manifest, part.fd, 10, memoryview(data)[10 * CHUNK :])
+        assert read_chunk(part.fd, 10 * CHUNK, 100) == data[10 * CHUNK :]
+    finally:
+        part.close()
+
+
+def test_resume_state_is_reverified(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    data = source.read_bytes()
+    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    part.open()
+    for index in (0, 1, 5):
+        verify_and_write(manifest, part.fd, index, data[index * CHUNK : (index + 1) * CHUNK])
+    # The state claims chunk 7 too, which was never written (as after a crash).
+    part.save_state(ChunkSet.from_indexes(manifest.chunk_count, [0, 1, 5, 7]))
+    part.close()
+
+    again = PartFile(manifest, tmp_path / "out" / manifest.name)
+    claimed = again.open()
+    assert claimed == [0, 1, 5, 7]
+    try:
+        assert again.verify_all(claimed) == [0, 1, 5]
+    finally:
+        again.close()
+
+
+def test_resume_state_of_truncated_part_file(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    data = source.read_bytes()
+    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    part.open()
+    for index in range(manifest.chunk_count):
+        verify_and_write(manifest, part.fd, index, data[index * CHUNK : (index + 1) * CHUNK])
+    part.save_state(ChunkSet.full(manifest.chunk_count))
+    part.close()
+    os.truncate(part.path, 4 * CHUNK)
+    again = PartFile(manifest, part.final_path)
+    try:
+        assert again.open() == [0, 1, 2, 3]
+        assert os.path.getsize(again.path) == manifest.size
+    finally:
+        again.close()
+
+
+def test_state_for_another_file_is_ignored(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    other = build_manifest(source, 2 * CHUNK)
+    part = PartFile(other, tmp_path / manifest.name)
+    part.open()
+    part.save_state(ChunkSet.full(other.chunk_count))
+    part.close()
+    assert PartFile(manifest, tmp_path / manifest.name).open() == []
+
+
+def test_place_file_never_overwrites_a_different_file(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    part = tmp_path / "x.part"
+    final = tmp_path / "x"
+    part.write_bytes(source.read_bytes())
+    final.write_bytes(b"precious")
+    with pytest.raises(StorageError, match="--force"):
+        place_file(part, final, manifest, force=False)
+    assert final.read_bytes() == b"precious" and part.exists()
+    place_file(part, final, manifest, force=True)
+    assert final.read_bytes() == source.read_bytes() and not part.exists()
+    # The same content already in place: fine, the part file goes.
+    part.write_bytes(source.read_bytes())
+    place_file(part, final, manifest, force=False)
+    assert not part.exists()
+
+
+def test_unwritable_output_is_a_storage_error(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot"):
+        PartFile(manifest, blocker / "sub" / manifest.name).open()
