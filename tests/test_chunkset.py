@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from common.chunkset import ChunkSet
@@ -61,14 +61,14 @@ def test_bitfield_known_bytes() -> None:
     assert ChunkSet(0).bitfield() == b""
 
 
-@given(chunk_sets(), st.integers(-2, 2))
+@given(chunk_sets(), st.sampled_from([-2, -1, 1, 2]))
 def test_bitfield_of_the_wrong_length(case: tuple[int, set[int]], extra: int) -> None:
     count, indexes = case
     bitfield = ChunkSet.from_indexes(count, indexes).bitfield()
-    wrong = bitfield + bytes(extra) if extra > 0 else bitfield[: len(bitfield) + extra]
-    if wrong != bitfield:
-        with pytest.raises(ValidationError):
-            ChunkSet.from_bitfield(count, wrong)
+    assume(len(bitfield) + extra >= 0)
+    wrong = bitfield + bytes(extra) if extra > 0 else bitfield[:extra]
+    with pytest.raises(ValidationError):
+        ChunkSet.from_bitfield(count, wrong)
 
 
 @given(st.integers(1, 300).filter(lambda n: n % 8), st.data())
