@@ -418,11 +418,14 @@ class Downloader:
                     raise PeerTimeout(f"no answer within {self.config.request_timeout:g} s")
                 continue
             if isinstance(message, ChunkData):
+                # Wait for a verification slot first (backpressure on this peer), so that
+                # nothing can cancel us between accepting the data and starting its check.
+                await self._verify_slots.acquire()
                 if message.file_id != manifest.file_id or not picker.on_data(key, message.index):
+                    self._verify_slots.release()
                     self._changed.notify()
                     continue
                 self._changed.notify()
-                await self._verify_slots.acquire()
                 self._nursery.start_soon(self._verify, source, message.index, message.data)
             elif isinstance(message, ChunkError):
                 not_held = message.code != ErrorCode.BUSY

@@ -56,6 +56,7 @@ class TrackerLink:
         self.conn = conn
         self.welcome = welcome
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._send_lock = trio.Lock()
         self._dead: ChunkswarmError | None = None
 
     @classmethod
@@ -121,10 +122,17 @@ class TrackerLink:
         if self._dead is not None:
             raise self._dead
         waiters = [_Waiter() for _ in messages]
-        self._waiters.extend(waiters)
         try:
             with trio.fail_after(timeout):
-                await self.conn.send_many(messages)
+                async with self._send_lock:
+                    # Queue the waiters and send as one step that cancellation cannot split:
+                    # a waiter without its request (or half a request on the wire) would
+                    # pair every later reply with the wrong request.
+                    self._waiters.extend(waiters)
+                    with trio.CancelScope(shield=True), trio.move_on_after(timeout) as sending:
+                        await self.conn.send_many(messages)
+                    if sending.cancelled_caught:
+                        raise trio.TooSlowError
                 for waiter in waiters:
                     await waiter.event.wait()
         except trio.TooSlowError:

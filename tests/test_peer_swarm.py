@@ -1,0 +1,223 @@
+"""Peers swarming over 127.0.0.1 with an in-process tracker and in-process peers."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+
+from common.chunkset import ChunkSet
+from common.errors import AmbiguousFile, NoHolders, StorageError, UnknownFile
+from common.manifest import Manifest, build_manifest
+from common.messages import Announce, Publish
+from peer.config import PeerConfig
+from peer.node import Peer, open_peer
+from peer.storage import HeldFile
+from tracker.config import TrackerConfig
+from tracker.server import serve_tracker
+
+CHUNK = 64 * 1024
+SIZE = 4 * 1024 * 1024 + 1000
+
+
+@pytest.fixture
+async def tracker(nursery: trio.Nursery) -> tuple[str, int]:
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=1.0, peer_timeout=3.0))
+    return running.host, running.port
+
+
+@pytest.fixture
+def source(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "src" / "data.bin"
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(SIZE))
+    return path
+
+
+class Swarm:
+    def __init__(self, tracker: tuple[str, int], root: pathlib.Path) -> None:
+        self.tracker = tracker
+        self.root = root
+        self.count = 0
+
+    @asynccontextmanager
+    async def peer(self, **overrides: object) -> AsyncIterator[Peer]:
+        self.count += 1
+        label = f"peer-{self.count}"
+        settings: dict[str, object] = dict(tracker=self.tracker, state_dir=self.root / label, label=label, chunk_size=CHUNK,
+                                           refresh_interval=0.2, announce_delay=0.05, stall_timeout=5.0, request_timeout=5.0,
+                                           peer_retry_delay=0.5)
+        settings.update(overrides)
+        async with open_peer(PeerConfig(**settings)) as peer:  # type: ignore[arg-type]
+            await peer.connect()
+            yield peer
+
+
+@pytest.fixture
+def swarm(tracker: tuple[str, int], tmp_path: pathlib.Path) -> Swarm:
+    return Swarm(tracker, tmp_path)
+
+
+async def offer(peer: Peer, path: pathlib.Path, manifest: Manifest, indexes: list[int] | range, *, cls: type[HeldFile] = HeldFile) -> None:
+    """Make ``peer`` serve only ``indexes`` of ``manifest`` from ``path`` (no change detection)."""
+    have = ChunkSet.from_indexes(manifest.chunk_count, indexes)
+    peer.library.add(cls(manifest, path, os.open(path, os.O_RDONLY), have))
+    await peer.tracker.request_many([Publish(manifest), Announce(manifest.file_id, have.ranges())])
+
+
+@attrs.define(eq=False)
+class ServeOnce(HeldFile):
+    """Hands out each chunk once: other downloaders must get it from whoever got it."""
+
+    served: set[int] = attrs.field(factory=set)
+
+    def offers(self, index: int) -> bool:
+        if index in self.served:
+            return False
+        self.served.add(index)
+        return super().offers(index)
+
+
+async def test_publish_then_download(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer() as getter:
+            (manifest,) = await seeder.publish([source.parent])
+            result = await getter.download(manifest.hex_id[:10], tmp_path / "out")
+            assert result.path.read_bytes() == source.read_bytes()
+            assert result.chunks_received == manifest.chunk_count
+            assert list(result.received) == [f"peer-1 (127.0.0.1:{seeder.listen_address[1]})"]
+            assert not (tmp_path / "out" / "data.bin.part").exists()
+            assert getter.status().files == (("data.bin", manifest.hex_id, manifest.chunk_count, manifest.chunk_count),)
+            upload = seeder.status().uploaded
+            assert sum(c.bytes for c in upload.values()) == SIZE
+            # A second download of a file already in place transfers nothing.
+            again = await getter.download("data.bin", tmp_path / "out")
+            assert again.already_complete and again.chunks_received == 0
+
+
+async def test_two_seeders_with_disjoint_halves(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    half = manifest.chunk_count // 2
+    with trio.fail_after(20):
+        async with swarm.peer() as first, swarm.peer() as second, swarm.peer() as getter:
+            await offer(first, source, manifest, range(half))
+            await offer(second, source, manifest, range(half, manifest.chunk_count))
+            result = await getter.download("data.bin", tmp_path / "out")
+            assert result.path.read_bytes() == source.read_bytes()
+            by_label = {name.split(" ")[0]: count.chunks for name, count in result.received.items()}
+            assert by_label == {"peer-1": half, "peer-2": manifest.chunk_count - half}
+
+
+async def test_two_downloaders_feed_each_other(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    with trio.fail_after(30):
+        async with swarm.peer() as seeder, swarm.peer() as one, swarm.peer() as two:
+            await offer(seeder, source, manifest, range(manifest.chunk_count), cls=ServeOnce)
+            results = {}
+
+            async def get(peer: Peer, out: str) -> None:
+                results[peer.label] = await peer.download("data.bin", tmp_path / out)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get, one, "one")
+                nursery.start_soon(get, two, "two")
+            for result in results.values():
+                assert result.path.read_bytes() == source.read_bytes()
+            one_up = one.status().uploaded
+            two_up = two.status().uploaded
+            assert any(name.startswith("peer-3") and c.chunks > 0 for name, c in one_up.items())
+            assert any(name.startswith("peer-2") and c.chunks > 0 for name, c in two_up.items())
+
+
+async def test_corrupt_peer_is_banned_and_never_written(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    chunk = 16 * 1024
+    manifest = build_manifest(source, chunk)
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(bytes(b ^ 0x5A for b in source.read_bytes()))
+    with trio.fail_after(30):
+        async with swarm.peer(chunk_size=chunk) as liar, swarm.peer(chunk_size=chunk) as honest, \
+                swarm.peer(chunk_size=chunk, ban_threshold=2) as getter:
+            await offer(liar, corrupt, manifest, range(manifest.chunk_count))
+            await offer(honest, source, manifest, range(manifest.chunk_count))
+            result = await getter.download("data.bin", tmp_path / "out")
+            assert result.path.read_bytes() == source.read_bytes()
+            assert liar.status().uploaded, "the corrupt peer was never asked"
+            assert result.bad_chunks >= 2
+            assert not any(name.startswith("peer-1") for name in result.received)  # nothing from the liar was kept
+            assert result.chunks_refetched >= 2
+
+
+async def test_no_holder_keeps_the_part_file(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    with trio.fail_after(20):
+        async with swarm.peer() as partial, swarm.peer(stall_timeout=0.5) as getter:
+            await offer(partial, source, manifest, range(10))
+            with pytest.raises(NoHolders, match="run get again") as info:
+                await getter.download("data.bin", tmp_path / "out")
+            assert len(info.value.missing) == manifest.chunk_count - 10
+            assert (tmp_path / "out" / "data.bin.part").exists()
+            assert not (tmp_path / "out" / "data.bin").exists()
+            # The rest appears: the next attempt resumes and fetches only what is missing.
+            async with swarm.peer() as full:
+                await full.publish([source])
+                result = await getter.download("data.bin", tmp_path / "out")
+            assert result.chunks_resumed == 10
+            assert result.chunks_received == manifest.chunk_count - 10
+            assert result.path.read_bytes() == source.read_bytes()
+
+
+async def test_resolve_errors_and_existing_file(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    other = tmp_path / "other" / "data.bin"
+    other.parent.mkdir()
+    other.write_bytes(b"another file with the same name")
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer() as getter:
+            (manifest,) = await seeder.publish([source])
+            await seeder.publish([other])
+            with pytest.raises(AmbiguousFile) as info:
+                await getter.resolve("data.bin")
+            assert len(info.value.candidates) == 2
+            with pytest.raises(UnknownFile):
+                await getter.resolve("nothing-like-this")
+            out = tmp_path / "out"
+            out.mkdir()
+            (out / "data.bin").write_bytes(b"precious")
+            with pytest.raises(StorageError, match="--force"):
+                await getter.download(manifest.hex_id, out)
+            assert (out / "data.bin").read_bytes() == b"precious"
+            result = await getter.download(manifest.hex_id, out, force=True)
+            assert result.path.read_bytes() == source.read_bytes()
+
+
+async def stoppable_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[tuple[object, trio.CancelScope]]) -> None:
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve_tracker, config)
+            task_status.started((running, scope))
+
+
+async def test_reconnects_and_reannounces_after_tracker_restart(source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            config = TrackerConfig(port=0, db_path=None, heartbeat_interval=0.2, peer_timeout=3.0)
+            running, first_tracker = await nursery.start(stoppable_tracker, config)
+            address = (running.host, running.port)
+            swarm = Swarm(address, tmp_path)
+            async with swarm.peer(reconnect_max_delay=0.2) as seeder:
+                await seeder.publish([source])
+                first_tracker.cancel()
+                while seeder.connected:
+                    await trio.sleep(0.01)
+                # A new, empty tracker on the same port: the seeder registers and publishes again.
+                await nursery.start(serve_tracker, attrs.evolve(config, port=address[1]))
+                async with swarm.peer() as getter:
+                    while not await getter.list_files():
+                        await trio.sleep(0.05)
+                    result = await getter.download("data.bin", tmp_path / "out")
+                    assert result.path.read_bytes() == source.read_bytes()
+            nursery.cancel_scope.cancel()
