@@ -1,0 +1,168 @@
+"""Scenarios that need a real kill: peers as ``python -m peer`` subprocesses, SIGKILLed mid-transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from common.manifest import build_manifest
+from peer.node import Peer
+from tests.test_peer_swarm import Swarm, offer, swarm, tracker  # noqa: F401  (fixtures)
+
+CHUNK = 16 * 1024
+
+
+class Child:
+    """A subprocess whose stderr is collected (and drained, so it never blocks)."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.output = bytearray()
+        self._grew = trio.Event()
+
+    async def drain(self) -> None:
+        assert self.process.stderr is not None
+        while data := await self.process.stderr.receive_some(65536):
+            self.output += data
+            self._grew.set()
+            self._grew = trio.Event()
+
+    async def wait_for(self, text: str) -> None:
+        while text.encode() not in self.output:
+            if self.process.poll() is not None:
+                raise AssertionError(f"process exited early:\n{self.output.decode(errors='replace')}")
+            await self._grew.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+
+
+@asynccontextmanager
+async def child(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "peer", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    proc = Child(process)
+    nursery.start_soon(proc.drain)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+def common_args(swarm: Swarm, state: pathlib.Path, label: str) -> list[str]:
+    return ["--tracker", f"{swarm.tracker[0]}:{swarm.tracker[1]}", "--state-dir", str(state), "--label", label]
+
+
+class KillOnFirstChunk:
+    """A progress sink that SIGKILLs a seeder as soon as one chunk came from it."""
+
+    def __init__(self, victim: Child, label: str) -> None:
+        self.victim, self.label = victim, label
+        self.killed = False
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        pass
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        if not self.killed and source_label.startswith(self.label):
+            self.victim.kill()
+            self.killed = True
+
+    def peers(self, count: int) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+
+async def test_seeder_killed_mid_transfer(swarm: Swarm, nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "src" / "big.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(8 * 1024 * 1024))
+    manifest = build_manifest(source, CHUNK)
+    with trio.fail_after(40):
+        async with child(nursery, "seed", str(source), "--chunk-size", str(CHUNK), *common_args(swarm, tmp_path / "a", "seed-a")) as a, \
+                child(nursery, "seed", str(source), "--chunk-size", str(CHUNK), *common_args(swarm, tmp_path / "b", "seed-b")) as b:
+            await a.wait_for("seeding big.bin")
+            await b.wait_for("seeding big.bin")
+            assert b"serving on 127.0.0.1:" in a.output
+            async with swarm.peer(chunk_size=CHUNK, request_timeout=3.0) as getter:
+                sink = KillOnFirstChunk(a, "seed-a")
+                result = await getter.download("big.bin", tmp_path / "out", progress=sink)
+            assert sink.killed
+            assert result.path.read_bytes() == source.read_bytes()
+            counts = {name.split(" ")[0]: c.chunks for name, c in result.received.items()}
+            assert 0 < counts["seed-a"] < manifest.chunk_count
+            assert counts["seed-b"] == manifest.chunk_count - counts["seed-a"]
+
+
+async def test_killed_download_resumes_with_only_the_missing_chunks(swarm: Swarm, nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "src" / "data.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(4 * 1024 * 1024 + 7))
+    manifest = build_manifest(source, CHUNK)
+    half = manifest.chunk_count // 2
+    out = tmp_path / "out"
+    state_file = out / "data.bin.part.state"
+    with trio.fail_after(40):
+        async with swarm.peer(chunk_size=CHUNK) as partial:
+            await offer(partial, source, manifest, range(half))
+            async with child(nursery, "get", "data.bin", "-o", str(out), *common_args(swarm, tmp_path / "g", "getter")) as get:
+                # The getter takes the half it can find, then waits for the rest: kill it then.
+                while True:
+                    await trio.sleep(0.05)
+                    try:
+                        state = json.loads(state_file.read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if state["done"] == [[0, half]]:
+                        break
+                get.kill()
+                assert await get.process.wait() == -signal.SIGKILL
+            assert (out / "data.bin.part").exists() and not (out / "data.bin").exists()
+
+            async def full_seeder(peer: Peer) -> None:
+                await peer.publish([source])
+
+            async with swarm.peer(chunk_size=CHUNK) as full, swarm.peer(chunk_size=CHUNK) as getter:
+                await full_seeder(full)
+                result = await getter.download("data.bin", out)
+            assert result.chunks_resumed == half
+            assert result.chunks_received == manifest.chunk_count - half
+            assert result.path.read_bytes() == source.read_bytes()
+            assert not state_file.exists()
+
+
+async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "src" / "data.bin"
+    source.parent.mkdir()
+    source.write_bytes(b"x" * 5000)
+    with trio.fail_after(30):
+        async with swarm.peer(chunk_size=CHUNK) as seeder:
+            await seeder.publish([source])
+            tracker = f"{swarm.tracker[0]}:{swarm.tracker[1]}"
+            env = {**os.environ, "CHUNKSWARM_TRACKER": tracker, "COLUMNS": "200"}
+            listing = await trio.run_process([sys.executable, "-m", "peer", "ls", "--state-dir", str(tmp_path / "l")],
+                                             capture_stdout=True, capture_stderr=True, env=env)
+            assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
+            unknown = await trio.run_process([sys.executable, "-m", "peer", "get", "nope.bin", "--state-dir", str(tmp_path / "u")],
+                                             capture_stdout=True, capture_stderr=True, env=env, check=False)
+            assert unknown.returncode != 0 and b"no file named 'nope.bin'" in unknown.stderr
+            down = await trio.run_process([sys.executable, "-m", "peer", "get", "--tracker", "127.0.0.1:1", "data.bin",
+                                           "--state-dir", str(tmp_path / "u")], capture_stdout=True, capture_stderr=True, check=False)
+            assert down.returncode != 0 and b"unreachable" in down.stderr
+            got = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "-o", str(tmp_path / "out"),
+                                          "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env)
+            assert (tmp_path / "out" / "data.bin").read_bytes() == source.read_bytes(), got.stderr
