@@ -1,0 +1,69 @@
+"""demo.py as a user runs it: a subprocess from another directory, judged by its exit status and output."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import trio
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHUNK_LINE = re.compile(r"(peer-\d+) <- chunk (\d+)/(\d+) of (\S+) from (peer-\d+) \(127\.0\.0\.1:\d+\)")
+
+
+async def run_demo(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, str(ROOT / "demo.py"), *args], cwd=cwd, capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+def output(result: subprocess.CompletedProcess[bytes]) -> str:
+    return (result.stdout + result.stderr).decode(errors="replace")
+
+
+async def test_default_scenario_succeeds_with_chunks_from_two_sources(tmp_path: pathlib.Path) -> None:
+    result = await run_demo(tmp_path)
+    text = output(result)
+    assert result.returncode == 0, text
+    lines = CHUNK_LINE.findall(text)
+    # Two downloaders (peer-3, peer-4), each receiving all 9 chunks of 1 KiB exactly once.
+    received = {(downloader, int(index)) for downloader, index, count, name, _ in lines}
+    assert {name for *_, name, _ in lines} == {"file1_dir1.txt"} and {count for _, _, count, _, _ in lines} == {"9"}
+    assert received == {(downloader, index) for downloader in ("peer-3", "peer-4") for index in range(1, 10)}
+    assert len({source for *_, source in lines}) >= 2
+    assert text.count("SHA-256 matches") == 4
+    assert "OK: peer-3, peer-4 each hold a byte-identical copy of file1_dir1.txt" in text
+    # The temporary folder is gone.
+    folders = re.findall(r"(/\S*chunkswarm-demo-\w+)/peer-\d+/", text)
+    assert folders and not any(pathlib.Path(folder).exists() for folder in folders)
+
+
+async def test_other_file_more_peers_and_keep(tmp_path: pathlib.Path) -> None:
+    source = ROOT / "sample_files" / "dir3" / "gradient.bmp"
+    result = await run_demo(tmp_path, "--peers", "5", "--file", str(source), "--chunk-size", "16384", "--keep")
+    text = output(result)
+    assert result.returncode == 0, text
+    chunks = -(-source.stat().st_size // 16384)
+    lines = CHUNK_LINE.findall(text)
+    assert {downloader for downloader, *_ in lines} == {"peer-3", "peer-4", "peer-5"}
+    assert len(lines) == 3 * chunks
+    assert text.count("SHA-256 matches") == 5
+    kept = re.search(r"kept the demo's folder: (\S+)", text)
+    assert kept is not None
+    folder = pathlib.Path(kept.group(1))
+    try:
+        for label in ("peer-3", "peer-4", "peer-5"):
+            assert (folder / label / "downloads" / "gradient.bmp").read_bytes() == source.read_bytes()
+    finally:
+        shutil.rmtree(folder)
+
+
+async def test_bad_options_are_explained(tmp_path: pathlib.Path) -> None:
+    missing = await run_demo(tmp_path, "--file", str(tmp_path / "nope.bin"))
+    assert missing.returncode == 2 and "nope.bin" in output(missing) and "does not exist" in output(missing)
+    lonely = await run_demo(tmp_path, "--peers", "1")
+    assert lonely.returncode == 2 and "--peers" in output(lonely)
