@@ -1,0 +1,298 @@
+"""The interactive peer shell behind ``demo_peer.py``.
+
+One peer, one line-oriented shell: the peer's chunk server keeps serving
+while the shell waits for a line (read in a worker thread, so trio runs on).
+Commands are single letters (``h`` lists them); every command answers with a
+line, and every mistake with a one-line explanation, then the shell goes on.
+
+Ctrl-C during a download cancels that download (its part file and resume
+state stay, so ``d`` again resumes); at the prompt it only prints a hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from common.address import format_address
+from common.errors import ChunkswarmError
+from peer.config import PeerConfig
+from peer.node import Peer, open_peer
+from peer.storage import PART_SUFFIX, STATE_SUFFIX, expand_paths
+from peer.ui import progress_display
+
+__all__ = ["HELP", "Shell", "ShellConfig", "run_shell", "format_size"]
+
+logger = logging.getLogger(__name__)
+
+HELP = """\
+commands:
+  c          connect to the tracker (register, start heartbeats)
+  q          disconnect from the tracker (the peer keeps running; c connects again)
+  u          upload: publish every file in the share directory
+  f [TEXT]   list the files on the network (only names containing TEXT)
+  d [NAME]   download a file by name or id prefix (asks when NAME is left out)
+  s          status: connection, address, files held, transfers
+  h, ?       this help
+  x          exit (deregisters first); end of input (Ctrl-D) does the same
+Ctrl-C cancels a running download (d again resumes it)."""
+
+#: Files at least this large get a "hashing ..." spinner while ``u`` publishes them.
+SPINNER_BYTES = 8 * 1024 * 1024
+
+
+def format_size(size: int) -> str:
+    """``8983`` -> ``8.8 KiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+@attrs.frozen
+class ShellConfig:
+    peer: PeerConfig
+    share_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
+    download_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
+    #: Show a prompt (only when stdin is a terminal: a pipe gets answers only).
+    prompt: bool = False
+
+
+#: Reads one line; None at end of input.
+Reader = Callable[[str], Awaitable[str | None]]
+
+
+@attrs.define(eq=False)
+class Shell:
+    """Parses command lines and runs them against one :class:`Peer`."""
+
+    peer: Peer
+    config: ShellConfig
+    #: Answers (stdout); logs and progress bars go to ``progress_console`` (stderr).
+    out: Console
+    progress_console: Console
+    read: Reader
+    _download: trio.CancelScope | None = attrs.field(init=False, default=None)
+
+    @property
+    def tracker(self) -> str:
+        return format_address(*self.peer.config.tracker)
+
+    def say(self, text: str) -> None:
+        self.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    async def handle(self, line: str) -> bool:
+        """Run one command line; False means the shell should exit."""
+        command, _, argument = line.strip().partition(" ")
+        command, argument = command.lower(), argument.strip()
+        if not command:
+            return True
+        if command in ("x", "exit", "quit"):
+            return False
+        handler = {
+            "c": self.connect,
+            "q": self.disconnect,
+            "u": self.upload,
+            "f": self.files,
+            "d": self.download,
+            "s": self.status,
+            "h": self.help,
+            "?": self.help,
+        }.get(command)
+        if handler is None:
+            self.say(f"unknown command {command!r}: type h for help")
+            return True
+        try:
+            await handler(argument)
+        except ChunkswarmError as exc:
+            self.say(f"error: {exc}")
+        except OSError as exc:
+            self.say(f"error: {exc.strerror or exc}")
+        return True
+
+    async def help(self, _: str) -> None:
+        self.say(HELP)
+
+    def _connected(self, before: str) -> bool:
+        if self.peer.connected:
+            return True
+        self.say(f"not connected to the tracker: type c to connect before {before}")
+        return False
+
+    # -- tracker membership -----------------------------------------------------
+    async def connect(self, _: str) -> None:
+        if self.peer.connected:
+            self.say(f"already connected to the tracker at {self.tracker}")
+            return
+        await self.peer.connect()
+        if not self.peer.connected:
+            # connect() returns at once while an earlier link is still being re-established.
+            self.say(f"the tracker at {self.tracker} is unreachable; still trying in the background (q stops)")
+            return
+        where = format_address(*self.peer.listen_address)
+        self.say(f"connected to the tracker at {self.tracker} as {self.peer.name}; serving chunks on {where}")
+
+    async def disconnect(self, _: str) -> None:
+        if not self.peer.connected:
+            await self.peer.disconnect()  # stops a background reconnection, if any
+            self.say("not connected to the tracker")
+            return
+        await self.peer.disconnect()
+        self.say(f"disconnected from the tracker at {self.tracker}; still serving chunks (c connects again)")
+
+    # -- files ---------------------------------------------------------------------
+    async def upload(self, _: str) -> None:
+        if not self._connected("uploading"):
+            return
+        share = self.config.share_dir
+        if not share.is_dir():
+            self.say(f"nothing to upload: share directory {share} does not exist")
+            return
+        paths = await trio.to_thread.run_sync(expand_paths, [share])
+        paths = [p for p in paths if not p.name.endswith((PART_SUFFIX, PART_SUFFIX + STATE_SUFFIX))]
+        if not paths:
+            self.say(f"nothing to upload: {share} has no files")
+            return
+        for path in paths:
+            size = path.stat().st_size
+            if size >= SPINNER_BYTES and self.progress_console.is_terminal:
+                with self.progress_console.status(f"hashing {path.name} ({format_size(size)}) ..."):
+                    (manifest,) = await self.peer.publish([path])
+            else:
+                (manifest,) = await self.peer.publish([path])
+            self.say(
+                f"published {manifest.name} ({format_size(manifest.size)}, {_count(manifest.chunk_count, 'chunk')}, id {manifest.hex_id[:12]})"
+            )
+        self.say(f"uploaded {len(paths)} file(s) from {share}: the swarm can download them from this peer now")
+
+    async def files(self, pattern: str) -> None:
+        if not self._connected("listing files"):
+            return
+        entries = await self.peer.list_files(pattern)
+        if not entries:
+            self.say("no files on the network" + (f" with {pattern!r} in their name" if pattern else ""))
+            return
+        table = Table(title=f"{len(entries)} file(s) on the network")
+        for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"),
+                                ("holders", "right"), ("complete", "right")):  # fmt: skip
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for entry in sorted(entries, key=lambda e: e.name):
+            table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:12], str(entry.chunk_count),
+                          str(entry.holders), str(entry.complete_copies))  # fmt: skip
+        self.out.print(table)
+
+    async def download(self, query: str) -> None:
+        if not self._connected("downloading"):
+            return
+        if not query:
+            answer = await self.read("file name or id prefix: ")
+            query = (answer or "").strip()
+            if not query:
+                self.say("no file named: nothing downloaded")
+                return
+        started = time.monotonic()
+        with trio.CancelScope() as scope:
+            self._download = scope
+            try:
+                with progress_display(self.progress_console) as progress:
+                    result = await self.peer.download(query, self.config.download_dir, progress=progress)
+            finally:
+                self._download = None
+        if scope.cancelled_caught:
+            self.say(f"download of {query} cancelled; the part file is kept in {self.config.download_dir}: d {query} resumes it")
+            return
+        if result.already_complete:
+            self.say(f"{result.manifest.name} is already complete at {result.path}; serving it")
+            return
+        sources = ", ".join(f"{name}: {count.chunks}" for name, count in result.received.items())
+        resumed = f", {result.chunks_resumed} resumed" if result.chunks_resumed else ""
+        self.say(
+            f"saved {result.manifest.name} ({format_size(result.manifest.size)}) to {result.path} "
+            f"in {time.monotonic() - started:.2f} s ({_count(result.chunks_received, 'chunk')} from {sources or 'nobody'}{resumed}); now serving it"
+        )
+
+    def cancel_download(self) -> bool:
+        """Cancel the running download, if any; True when there was one."""
+        if self._download is None:
+            return False
+        self._download.cancel()
+        return True
+
+    async def status(self, _: str) -> None:
+        peer = self.peer
+        status = peer.status()
+        where = format_address(*status.listen_address)
+        state = "connected to" if status.connected else "not connected to"
+        self.say(f"{peer.name}: {state} the tracker at {self.tracker}; serving chunks on {where}")
+        self.say(f"files held: {len(status.files)}")
+        for name, hex_id, held, count in sorted(status.files):
+            self.say(f"  {name}  {held}/{count} chunks  id {hex_id[:12]}")
+        up, down = list(status.uploaded.values()), list(status.downloaded.values())
+        self.say(
+            f"transfers: uploaded {_count(sum(c.chunks for c in up), 'chunk')} ({format_size(sum(c.bytes for c in up))}) "
+            f"to {_count(len(up), 'peer')}, downloaded {_count(sum(c.chunks for c in down), 'chunk')} "
+            f"({format_size(sum(c.bytes for c in down))}) from {_count(len(down), 'peer')}; "
+            f"{status.upload_connections} upload connection(s) open"
+            + (f"; downloading {', '.join(status.active_downloads)}" if status.active_downloads else "")
+        )
+
+
+async def _read_line(prompt: str) -> str | None:
+    """One line of stdin from a worker thread (trio keeps serving meanwhile); None at end of input."""
+    try:
+        return await trio.to_thread.run_sync(input, prompt, abandon_on_cancel=True)
+    except EOFError:
+        return None
+
+
+async def _watch_interrupts(shell: Shell) -> None:
+    """Ctrl-C cancels the running download; at the prompt it only explains how to leave."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            if shell.cancel_download():
+                shell.say("\ncancelling the download ...")
+            else:
+                shell.say("\n(Ctrl-C cancels downloads; type x or press Ctrl-D to exit)")
+
+
+async def run_shell(config: ShellConfig, out: Console, progress_console: Console) -> None:
+    """Start the peer and run the shell until ``x`` or end of input; leaving deregisters."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where available)
+    except ImportError:  # pragma: no cover  (Windows)
+        pass
+    async with open_peer(config.peer) as peer:
+        prompt = f"{peer.name}> " if config.prompt else ""
+
+        async def read(question: str) -> str | None:
+            return await _read_line(question if config.prompt else "")
+
+        shell = Shell(peer, config, out, progress_console, read)
+        shell.say(
+            f"{peer.name} serving chunks on {format_address(*peer.listen_address)}; tracker {shell.tracker}; "
+            f"share {config.share_dir}; downloads to {config.download_dir}. Type h for help."
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_interrupts, shell)
+            while True:
+                line = await _read_line(prompt)
+                if line is None or not await shell.handle(line):
+                    break
+            nursery.cancel_scope.cancel()
+        was_connected = peer.connected
+        await peer.disconnect()
+        shell.say(f"bye: {'deregistered from the tracker, ' if was_connected else ''}{peer.name} stopped")

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""One chunkswarm peer with an interactive shell: connect, upload, list, download, status.
+
+The peer serves chunks to the swarm the whole time the shell waits for input.
+Type ``h`` at the prompt for the commands; ``x`` or Ctrl-D leaves.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import click
+import trio
+from rich.console import Console
+
+from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.shell import ShellConfig, run_shell
+from common.address import parse_address
+from common.errors import ChunkswarmError, ValidationError
+from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from peer.config import PeerConfig, default_state_dir
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--tracker", default="127.0.0.1:7070", show_default=True, callback=_parse_tracker, help="Tracker address HOST:PORT.")
+@click.option("--share-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=HERE / "sample_files" / "dir2",
+              help="Directory whose files u publishes  [default: sample_files/dir2]")
+@click.option("--download-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("downloads"),
+              show_default=True, help="Directory d saves files in.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on.")
+@click.option("--label", default="demo-peer", show_default=True, help="This peer's name in its own and other peers' logs.")
+@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=64 * 1024, show_default=True,
+              help="Chunk size in bytes for the files u publishes.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
+              help=f"Where the peer keeps its manifest cache  [default: {default_state_dir()}]")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
+def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
+         chunk_size: int, state_dir: pathlib.Path | None, log_level: str) -> None:  # fmt: skip
+    """Start one peer and an interactive shell (h lists the commands)."""
+    setup_logging(log_level)
+    peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size,
+                      **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
+    config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty())
+    try:
+        trio.run(run_shell, config, Console(), console)
+    except ChunkswarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve chunks on {host}:{port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+
+
+if __name__ == "__main__":
+    main()

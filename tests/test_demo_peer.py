@@ -1,0 +1,137 @@
+"""demo_peer.py driven through a pipe against a real tracker and a real seeding peer (all subprocesses)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from common.manifest import build_manifest
+from tests.test_peer_processes import Child
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SEEDED = ROOT / "sample_files" / "dir3"
+CHUNK = 4096
+
+
+@asynccontextmanager
+async def start(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
+    """A ``python -m ...`` subprocess whose stderr (the log) is collected; killed on the way out."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    child = Child(process)
+    nursery.start_soon(child.drain)
+    try:
+        yield child
+    finally:
+        child.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+@pytest.fixture
+async def seeded_tracker(nursery: trio.Nursery, tmp_path: pathlib.Path) -> AsyncIterator[str]:
+    """A tracker subprocess and a ``python -m peer seed`` of sample_files/dir3; yields HOST:PORT."""
+    with trio.fail_after(15):
+        async with start(nursery, "-m", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
+            await tracker.wait_for("tracker listening on")
+            match = re.search(rb"tracker listening on (127\.0\.0\.1:\d+)", tracker.output)
+            assert match is not None, tracker.output
+            address = match.group(1).decode()
+            async with start(nursery, "-m", "peer", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK),
+                             "--state-dir", str(tmp_path / "seeder"), "--label", "seeder") as seeder:  # fmt: skip
+                await seeder.wait_for("seeding gradient.bmp")
+                await seeder.wait_for("seeding file1_dir3.txt")
+                yield address
+
+
+async def shell(tmp_path: pathlib.Path, tracker: str, script: str) -> tuple[int, list[str], str]:
+    """Run demo_peer.py with ``script`` on its stdin; (exit status, stdout lines, stderr)."""
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, str(ROOT / "demo_peer.py"), "--tracker", tracker, "--share-dir", str(ROOT / "sample_files" / "dir2"),
+             "--download-dir", str(tmp_path / "downloads"), "--state-dir", str(tmp_path / "shell"), "--label", "tester"],
+            stdin=script.encode(), capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    return result.returncode, result.stdout.decode().splitlines(), result.stderr.decode()
+
+
+def line_after(lines: list[str], start: str) -> str:
+    """The first line that starts with ``start``."""
+    for line in lines:
+        if line.startswith(start):
+            return line
+    raise AssertionError(f"no line starts with {start!r} in:\n" + "\n".join(lines))
+
+
+async def test_session_through_a_pipe(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    small = build_manifest(SEEDED / "file1_dir3.txt", CHUNK)
+    script = "\n".join([
+        "u",                        # before c: explained
+        "zz",                       # unknown command
+        "c",
+        "c",                        # twice: said so
+        "u",                        # publishes sample_files/dir2
+        "f",
+        "d gradient.bmp",
+        "d nope.bin",               # no such file
+        "d",                        # asks for the name ...
+        small.hex_id[:10],          # ... given as an id prefix
+        "s",
+        "h",
+    ]) + "\n"  # fmt: skip
+    status, lines, log = await shell(tmp_path, seeded_tracker, script)
+    text = "\n".join(lines)
+    assert status == 0, text + log
+    assert line_after(lines, "not connected to the tracker") == "not connected to the tracker: type c to connect before uploading"
+    assert "unknown command 'zz': type h for help" in lines
+    assert line_after(lines, "connected to the tracker").startswith(f"connected to the tracker at {seeded_tracker} as tester")
+    assert f"already connected to the tracker at {seeded_tracker}" in lines
+    assert line_after(lines, "published file1_dir2.txt").startswith("published file1_dir2.txt (723 B, 1 chunk, id ")
+    assert line_after(lines, "uploaded 2 file(s)").startswith("uploaded 2 file(s) from ")
+    # The listing: the seeder's files and ours, with sizes, id prefixes and holders.
+    table = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in lines if line.startswith("│")}
+    assert table["gradient.bmp"][:3] == ["288.1 KiB", build_manifest(SEEDED / "gradient.bmp", CHUNK).hex_id[:12], "73"]
+    assert table["file1_dir2.txt"][3] == "1" and set(table) == {"gradient.bmp", "file1_dir3.txt", "file1_dir2.txt", "file2_dir2.txt"}
+    saved = line_after(lines, "saved gradient.bmp")
+    assert f"to {tmp_path / 'downloads' / 'gradient.bmp'} " in saved and "73 chunks from seeder (127.0.0.1:" in saved
+    assert saved.endswith("now serving it")
+    assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()
+    assert "error: no file named 'nope.bin' or with an id starting with 'nope.bin' on the tracker" in lines
+    assert line_after(lines, "saved file1_dir3.txt").startswith("saved file1_dir3.txt (111 B) to ")
+    assert (tmp_path / "downloads" / "file1_dir3.txt").read_bytes() == (SEEDED / "file1_dir3.txt").read_bytes()
+    assert line_after(lines, "tester: connected").startswith(f"tester: connected to the tracker at {seeded_tracker}; serving chunks on 127.0.0.1:")
+    assert "files held: 4" in lines and line_after(lines, "  gradient.bmp").startswith("  gradient.bmp  73/73 chunks  id ")
+    assert line_after(lines, "transfers:").startswith("transfers: uploaded 0 chunks (0 B) to 0 peers, downloaded 74 chunks (288.2 KiB) from 1 peer;")
+    assert "commands:" in lines
+    # End of input: deregistered, status 0.
+    assert lines[-1] == "bye: deregistered from the tracker, tester stopped"
+
+
+async def test_disconnect_reconnect_and_exit_command(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    status, lines, log = await shell(tmp_path, seeded_tracker, "c\nq\nf\ns\nq\nc\nf gradient\nx\nthis line is never read\n")
+    assert status == 0, "\n".join(lines) + log
+    assert lines.count(f"disconnected from the tracker at {seeded_tracker}; still serving chunks (c connects again)") == 1
+    assert "not connected to the tracker: type c to connect before listing files" in lines
+    assert line_after(lines, "tester: not connected to the tracker at")
+    assert "not connected to the tracker" in lines  # the second q
+    assert len([line for line in lines if line.startswith("connected to the tracker")]) == 2
+    assert "1 file(s) on the network" in "\n".join(lines)
+    assert lines[-1] == "bye: deregistered from the tracker, tester stopped"
+
+
+async def test_tracker_down_is_explained_and_the_shell_goes_on(tmp_path: pathlib.Path) -> None:
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    status, lines, log = await shell(tmp_path, "127.0.0.1:1", "c\nd gradient.bmp\nh\n")
+    assert status == 0, "\n".join(lines) + log
+    assert line_after(lines, "error: tracker at 127.0.0.1:1 unreachable")
+    assert "not connected to the tracker: type c to connect before downloading" in lines
+    assert "commands:" in lines
+    assert lines[-1] == "bye: tester stopped"
