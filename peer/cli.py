@@ -73,11 +73,15 @@ def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _serve_until_signalled(peer: Peer) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM, then log what was uploaded."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
-            return
+            break
+    uploaded = peer.transfers.uploaded
+    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items()) or "nobody"
+    logger.info("%s uploaded %d bytes in %d chunks (%s)", peer.name, peer.transfers.bytes_uploaded,
+                sum(c.chunks for c in uploaded.values()), detail)
 
 
 # -- seed --------------------------------------------------------------------------
@@ -110,11 +114,13 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
               show_default=True, help="Directory to put the file in.")
 @click.option("--seed", "keep_seeding", is_flag=True, help="Keep serving the file once it is downloaded.")
 @click.option("--force", is_flag=True, help="Overwrite an existing different file of that name.")
+@click.option("--pipeline-depth", type=click.IntRange(1, 64), default=PeerConfig().pipeline_depth, show_default=True,
+              help="Requests in flight per peer connection.")
 @_peer_options
-def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, log_level: str, **options: Any) -> None:
+def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, pipeline_depth: int, log_level: str, **options: Any) -> None:
     """Download FILE (a file id, or a unique id prefix, or an exact name) from the swarm."""
     setup_logging(log_level)
-    config = _config(**options)
+    config = _config(pipeline_depth=pipeline_depth, **options)
     _run(_get, config, file, output_dir, keep_seeding, force)
 
 

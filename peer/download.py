@@ -251,10 +251,12 @@ class Downloader:
         """Check the whole file against the file id, then move it into place."""
         manifest = self.manifest
         self._part.fd = self._held.fd
+        checking = time.monotonic()
         try:
             good = await self._verify_on_disk(list(range(manifest.chunk_count)))
         finally:
             self._part.fd = -1
+        logger.debug("%s: whole-file check of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)
         if len(good) != manifest.chunk_count:
             bad = sorted(set(range(manifest.chunk_count)) - set(good))
             for index in bad:

@@ -1,0 +1,195 @@
+"""Swarm benchmark: a tracker and peers as separate processes on loopback, three scenarios timed end to end.
+
+    python bench/swarm.py [--size-mib 1024] [--chunk-size 1048576] [--pipeline-depth N]
+
+* ``one_to_one``: 1 seeder -> 1 downloader;
+* ``four_to_one``: 4 seeders -> 1 downloader;
+* ``one_to_four``: 1 seeder -> 4 simultaneous downloaders (until all four are done).
+
+A scenario's time runs from the downloaders' start (process spawn) until the
+last one has logged its verified file in place. The last line printed is one
+JSON object with, per scenario, ``seconds``, ``mib_per_s`` (bytes of the file
+times downloaders, per second) and ``bytes_served`` per peer label (from the
+peers' own counters, logged when they are stopped); ``one_to_four`` also has
+``served_by_downloaders`` and its share of all bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """A child process whose stderr lines are collected by a thread, with arrival times."""
+
+    def __init__(self, args: list[str], label: str) -> None:
+        self.label = label
+        self.lines: list[tuple[float, str]] = []
+        self.started = time.monotonic()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+        self.popen = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, text=True)
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            with self._cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 600.0) -> tuple[float, re.Match[str]]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for stamp, line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return stamp, match
+                seen = len(self.lines)
+                if self.popen.poll() is not None and not self._thread.is_alive():
+                    raise RuntimeError(f"{self.label} exited ({self.popen.returncode}) before {pattern!r}:\n" + "\n".join(l for _, l in self.lines[-20:]))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.label}: no {pattern!r} within {timeout} s")
+                self._cond.wait(min(remaining, 0.5))
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._thread.join(5)
+
+    def uploaded(self) -> int:
+        for _, line in reversed(self.lines):
+            match = re.search(r"uploaded (\d+) bytes", line)
+            if match:
+                return int(match.group(1))
+        return 0
+
+
+def make_file(path: pathlib.Path, size: int) -> None:
+    block = 16 * 1024 * 1024
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            n = min(block, left)
+            handle.write(os.urandom(n))
+            left -= n
+
+
+def peer_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peer", *args]
+
+
+def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace) -> dict[str, Any]:
+    scenario_dir = work / name
+    shutil.rmtree(scenario_dir, ignore_errors=True)
+    scenario_dir.mkdir()
+    # Start from a clean page cache state: no writeback of earlier scenarios in this one's time.
+    os.sync()
+    tracker = Proc([sys.executable, "-m", "tracker", "--port", "0", "--db", str(scenario_dir / "tracker.db"),
+                    "--heartbeat-interval", "5", "--peer-timeout", "30"], "tracker")
+    procs = [tracker]
+    try:
+        _, match = tracker.wait_for(r"tracker listening on (\S+)", 30)
+        address = match.group(1)
+        common = ["--tracker", address, "--log-level", "INFO"]
+        tuning = ["--pipeline-depth", str(options.pipeline_depth)] if options.pipeline_depth else []
+        seeds = []
+        for i in range(seeders):
+            label = f"seed-{i + 1}"
+            seeds.append(Proc(peer_args("seed", str(data), "--chunk-size", str(options.chunk_size), "--state-dir", str(work / "seed-state"),
+                                        "--label", label, *common), label))
+            # One at a time: the first hashes the file, the others find its manifest in the shared cache.
+            seeds[-1].wait_for(r"seeding ", 600)
+        procs += seeds
+        getters = []
+        start = time.monotonic()
+        for i in range(downloaders):
+            label = f"get-{i + 1}"
+            out = scenario_dir / label
+            getters.append(Proc(peer_args("get", data.name, "-o", str(out), "--seed", "--state-dir", str(scenario_dir / f"{label}-state"),
+                                          "--label", label, *tuning, *common), label))
+        procs += getters
+        finished = []
+        for getter in getters:
+            stamp, _ = getter.wait_for(r" complete: ", 900)
+            finished.append(stamp)
+        seconds = max(finished) - start
+        for getter in getters:
+            assert os.path.getsize(scenario_dir / getter.label / data.name) == os.path.getsize(data)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    size = os.path.getsize(data)
+    served = {proc.label: proc.uploaded() for proc in procs[1:]}
+    result: dict[str, Any] = {
+        "seconds": round(seconds, 3),
+        "mib_per_s": round(size * downloaders / seconds / 2**20, 1),
+        "bytes_served": served,
+        "per_downloader_seconds": [round(s - start, 3) for s in finished],
+    }
+    if downloaders > 1:
+        by_downloaders = sum(v for k, v in served.items() if k.startswith("get-"))
+        total = sum(served.values())
+        result["served_by_downloaders"] = by_downloaders
+        result["downloader_share"] = round(by_downloaders / total, 3) if total else 0.0
+    shutil.rmtree(scenario_dir, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=1024 * 1024)
+    parser.add_argument("--pipeline-depth", type=int, default=0, help="requests in flight per connection (0: the peer's default)")
+    parser.add_argument("--scenarios", default="one_to_one,four_to_one,one_to_four")
+    parser.add_argument("--workdir", type=pathlib.Path, default=None)
+    options = parser.parse_args()
+    work = options.workdir or pathlib.Path(tempfile.mkdtemp(prefix="chunkswarm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "payload.bin"
+    size = options.size_mib * 2**20
+    if not data.exists() or data.stat().st_size != size:
+        print(f"writing {options.size_mib} MiB of random data to {data}", file=sys.stderr)
+        make_file(data, size)
+    plan = {"one_to_one": (1, 1), "four_to_one": (4, 1), "one_to_four": (1, 4)}
+    results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size}
+    try:
+        for name in options.scenarios.split(","):
+            seeders, downloaders = plan[name]
+            print(f"{name}: {seeders} seeder(s) -> {downloaders} downloader(s)", file=sys.stderr)
+            results[name] = run_scenario(name, seeders, downloaders, data, work, options)
+            print(f"  {json.dumps(results[name])}", file=sys.stderr)
+    finally:
+        if options.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
