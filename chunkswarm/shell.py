@@ -177,7 +177,7 @@ class Shell:
             self.say(
                 f"published {manifest.name} ({format_size(manifest.size)}, {_count(manifest.chunk_count, 'chunk')}, id {manifest.hex_id[:12]})"
             )
-        self.say(f"uploaded {len(paths)} file(s) from {share}: the swarm can download them from this peer now")
+        self.say(f"uploaded {_count(len(paths), 'file')} from {share}: the swarm can download them from this peer now")
 
     async def files(self, pattern: str) -> None:
         if not self._connected("listing files"):
@@ -186,7 +186,7 @@ class Shell:
         if not entries:
             self.say("no files on the network" + (f" with {pattern!r} in their name" if pattern else ""))
             return
-        table = Table(title=f"{len(entries)} file(s) on the network")
+        table = Table(title=f"{_count(len(entries), 'file')} on the network")
         for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"),
                                 ("holders", "right"), ("complete", "right")):  # fmt: skip
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -218,11 +218,13 @@ class Shell:
         if result.already_complete:
             self.say(f"{result.manifest.name} is already complete at {result.path}; serving it")
             return
-        sources = ", ".join(f"{name}: {count.chunks}" for name, count in result.received.items())
-        resumed = f", {result.chunks_resumed} resumed" if result.chunks_resumed else ""
+        # "peer-1 (127.0.0.1:40123)" -> "peer-1"; a peer without a label is named by its address.
+        sources = ", ".join(f"{name.split(' (')[0]}: {count.chunks}" for name, count in result.received.items())
+        got = f"{_count(result.chunks_received, 'chunk')} from {sources}" if sources else "nothing transferred"
+        resumed = f", {result.chunks_resumed} resumed from the part file" if result.chunks_resumed else ""
         self.say(
             f"saved {result.manifest.name} ({format_size(result.manifest.size)}) to {result.path} "
-            f"in {time.monotonic() - started:.2f} s ({_count(result.chunks_received, 'chunk')} from {sources or 'nobody'}{resumed}); now serving it"
+            f"in {time.monotonic() - started:.2f} s ({got}{resumed}); now serving it"
         )
 
     def cancel_download(self) -> bool:
@@ -259,7 +261,7 @@ async def _read_line(prompt: str) -> str | None:
         return None
 
 
-async def _watch_interrupts(shell: Shell) -> None:
+async def _watch_interrupts(shell: Shell, prompt: str) -> None:
     """Ctrl-C cancels the running download; at the prompt it only explains how to leave."""
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async for _ in signals:
@@ -267,6 +269,8 @@ async def _watch_interrupts(shell: Shell) -> None:
                 shell.say("\ncancelling the download ...")
             else:
                 shell.say("\n(Ctrl-C cancels downloads; type x or press Ctrl-D to exit)")
+                # input() is still waiting in its thread: show its prompt again.
+                shell.out.print(prompt, end="", markup=False, highlight=False)
 
 
 async def run_shell(config: ShellConfig, out: Console, progress_console: Console) -> None:
@@ -287,7 +291,7 @@ async def run_shell(config: ShellConfig, out: Console, progress_console: Console
             f"share {config.share_dir}; downloads to {config.download_dir}. Type h for help."
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_interrupts, shell)
+            nursery.start_soon(_watch_interrupts, shell, prompt)
             while True:
                 line = await _read_line(prompt)
                 if line is None or not await shell.handle(line):

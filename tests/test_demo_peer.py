@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -95,13 +96,13 @@ async def test_session_through_a_pipe(seeded_tracker: str, tmp_path: pathlib.Pat
     assert line_after(lines, "connected to the tracker").startswith(f"connected to the tracker at {seeded_tracker} as tester")
     assert f"already connected to the tracker at {seeded_tracker}" in lines
     assert line_after(lines, "published file1_dir2.txt").startswith("published file1_dir2.txt (723 B, 1 chunk, id ")
-    assert line_after(lines, "uploaded 2 file(s)").startswith("uploaded 2 file(s) from ")
+    assert line_after(lines, "uploaded 2 files").startswith("uploaded 2 files from ")
     # The listing: the seeder's files and ours, with sizes, id prefixes and holders.
     table = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in lines if line.startswith("│")}
     assert table["gradient.bmp"][:3] == ["288.1 KiB", build_manifest(SEEDED / "gradient.bmp", CHUNK).hex_id[:12], "73"]
     assert table["file1_dir2.txt"][3] == "1" and set(table) == {"gradient.bmp", "file1_dir3.txt", "file1_dir2.txt", "file2_dir2.txt"}
     saved = line_after(lines, "saved gradient.bmp")
-    assert f"to {tmp_path / 'downloads' / 'gradient.bmp'} " in saved and "73 chunks from seeder (127.0.0.1:" in saved
+    assert f"to {tmp_path / 'downloads' / 'gradient.bmp'} " in saved and "(73 chunks from seeder: 73)" in saved
     assert saved.endswith("now serving it")
     assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()
     assert "error: no file named 'nope.bin' or with an id starting with 'nope.bin' on the tracker" in lines
@@ -123,7 +124,7 @@ async def test_disconnect_reconnect_and_exit_command(seeded_tracker: str, tmp_pa
     assert line_after(lines, "tester: not connected to the tracker at")
     assert "not connected to the tracker" in lines  # the second q
     assert len([line for line in lines if line.startswith("connected to the tracker")]) == 2
-    assert "1 file(s) on the network" in "\n".join(lines)
+    assert "1 file on the network" in "\n".join(lines)
     assert lines[-1] == "bye: deregistered from the tracker, tester stopped"
 
 
@@ -135,3 +136,49 @@ async def test_tracker_down_is_explained_and_the_shell_goes_on(tmp_path: pathlib
     assert "not connected to the tracker: type c to connect before downloading" in lines
     assert "commands:" in lines
     assert lines[-1] == "bye: tester stopped"
+
+
+async def test_ctrl_c_cancels_a_download_and_keeps_its_part_file(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    with trio.fail_after(30):
+        async with start(nursery, "-m", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
+            await tracker.wait_for("tracker listening on")
+            match = re.search(rb"tracker listening on (127\.0\.0\.1:\d+)", tracker.output)
+            assert match is not None
+            address = match.group(1).decode()
+            seed = ["-m", "peer", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK), "--state-dir", str(tmp_path / "seeder")]
+            async with start(nursery, *seed) as seeder:
+                await seeder.wait_for("seeding gradient.bmp")
+                seeder.kill()  # gone without a goodbye: the tracker still lists it, so the download waits for it
+            process = await trio.lowlevel.open_process(
+                [sys.executable, str(ROOT / "demo_peer.py"), "--tracker", address, "--download-dir", str(tmp_path / "downloads"),
+                 "--state-dir", str(tmp_path / "shell")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert process.stdin is not None and process.stdout is not None
+            output = bytearray()
+
+            async def read_until(text: str) -> None:
+                assert process.stdout is not None
+                while text.encode() not in output:
+                    data = await process.stdout.receive_some(65536)
+                    assert data, f"demo_peer.py ended before {text!r}:\n{output.decode()}"
+                    output.extend(data)
+
+            try:
+                await process.stdin.send_all(b"c\nd gradient.bmp\n")
+                part = tmp_path / "downloads" / "gradient.bmp.part"
+                while not part.exists():
+                    await trio.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                await read_until("download of gradient.bmp cancelled; the part file is kept in")
+                assert part.exists()
+                async with start(nursery, *seed):
+                    await process.stdin.send_all(b"d gradient.bmp\n")
+                    await read_until("saved gradient.bmp")
+                    await process.stdin.aclose()
+                    assert await process.wait() == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()
+    assert not part.exists()
