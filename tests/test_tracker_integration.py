@@ -1,0 +1,204 @@
+"""The tracker over real loopback sockets, and as a process that is killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from common.codec import Codec
+from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.messages import Announce, Error, FileList, Heartbeat, Holders, ListFiles, Ok, Publish, Published, Register, Stats, StatsReply, WhoHas
+from tests.tracker_client_helper import TrackerTestClient, make_manifest, open_client
+from tracker.cli import tracker_command
+from tracker.config import TrackerConfig
+from tracker.server import RunningTracker, serve_tracker
+from tracker.store import Store
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: Generous bounds for real processes and sockets; a test that hits one has failed.
+TIMEOUT = 15
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def tracker(nursery: trio.Nursery) -> RunningTracker:
+    running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+    return running
+
+
+async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
+    assert tracker.port != 0
+    with trio.fail_after(TIMEOUT):
+        seeder = await open_client(tracker.host, tracker.port)
+        leecher = await open_client(tracker.host, tracker.port)
+        await seeder.register(7001)
+        await leecher.register(7002)
+        manifest = make_manifest("song.ogg", chunks=6)
+        assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)
+        assert await seeder.request(Announce(manifest.file_id, ((0, 6),))) == Ok()
+        reply = await leecher.request(WhoHas(manifest.file_id))
+        assert isinstance(reply, Holders)
+        [holder] = reply.holders
+        assert (holder.peer_id, holder.host, holder.port, holder.bitfield) == (seeder.peer_id, "127.0.0.1", 7001, b"\xfc")
+        stats = tracker.stats()
+        assert (stats["peers"], stats["files"], stats["replicas"], stats["connections"]) == (2, 1, 1, 2)
+        await seeder.aclose()
+        await leecher.aclose()
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(host="::1", port=0))
+        client = await open_client("::1", running.port)
+        welcome = await client.hello()
+        assert welcome.observed_host == "::1"
+        await client.aclose()
+
+
+async def test_garbage_and_oversize_frames_close_only_the_offender(tracker: RunningTracker) -> None:
+    with trio.fail_after(TIMEOUT):
+        honest = await open_client(tracker.host, tracker.port)
+        await honest.register()
+        oversize = HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.PUBLISH, 0xFFFFFFFF)
+        for data, code in ((b"\x00garbage" * 100, ErrorCode.BAD_REQUEST), (oversize, ErrorCode.FRAME_TOO_LARGE)):
+            offender = await open_client(tracker.host, tracker.port)
+            await offender.hello()
+            await offender.send_raw(data)
+            messages = await offender.closed_after()
+            assert [(type(m), m.code) for m in messages] == [(Error, code)]  # type: ignore[union-attr]
+            await offender.aclose()
+            assert await honest.request(Heartbeat()) == Ok()
+        assert tracker.stats()["connections"] == 1
+        await honest.aclose()
+
+
+# -- the process ---------------------------------------------------------------
+class TrackerProcess:
+    """``python -m tracker`` as a child: started, its listening port read from its log."""
+
+    def __init__(self, process: trio.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+
+
+async def _start_tracker(nursery: trio.Nursery, db: pathlib.Path, *extra: str) -> TrackerProcess:
+    command = [sys.executable, "-m", "tracker", "--port", "0", "--db", str(db), "--heartbeat-interval", "5", *extra]
+    process = await trio.lowlevel.open_process(command, cwd=ROOT, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    log = bytearray()
+    with trio.fail_after(TIMEOUT):
+        while not (found := re.search(rb"tracker listening on 127\.0\.0\.1:(\d+)", log)):
+            data = await process.stderr.receive_some()
+            assert data, f"tracker exited before listening: {log.decode(errors='replace')}"
+            log += data
+
+    async def drain() -> None:  # keep reading its log so it never blocks on a full pipe
+        assert process.stderr is not None
+        async with process.stderr:
+            while await process.stderr.receive_some():
+                pass
+
+    nursery.start_soon(drain)
+    return TrackerProcess(process, int(found.group(1)))
+
+
+@pytest.fixture
+async def child_nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+    db = tmp_path / "tracker.db"
+    manifest = make_manifest("kept.iso", chunks=10)
+    peer_id = os.urandom(20)
+    with trio.fail_after(TIMEOUT):
+        first = await _start_tracker(child_nursery, db)
+        seeder = await open_client("127.0.0.1", first.port, peer_id)
+        await seeder.register(7001)
+        assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)
+        first.process.send_signal(signal.SIGKILL)  # no clean shutdown: the reply must have meant "on disk"
+        await first.process.wait()
+        await seeder.aclose()
+
+        second = await _start_tracker(child_nursery, db)
+        try:
+            browser = await open_client("127.0.0.1", second.port)
+            await browser.hello()
+            listing = await browser.request(ListFiles())
+            assert isinstance(listing, FileList)
+            assert [(e.file_id, e.name, e.holders) for e in listing.entries] == [(manifest.file_id, "kept.iso", 0)]
+            # Replicas were soft state: the peer registers again and re-announces.
+            seeder = await open_client("127.0.0.1", second.port, peer_id)
+            await seeder.hello(7001)
+            await seeder.expect_error(Heartbeat(), ErrorCode.NOT_REGISTERED)
+            assert await seeder.request(Register(7001)) == Ok()
+            assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)  # idempotent
+            assert await seeder.request(Announce(manifest.file_id, ((0, 10),))) == Ok()
+            reply = await browser.request(WhoHas(manifest.file_id))
+            assert isinstance(reply, Holders) and [h.peer_id for h in reply.holders] == [peer_id]
+            await browser.aclose()
+            await seeder.aclose()
+        finally:
+            second.process.send_signal(signal.SIGTERM)
+        assert await second.process.wait() == 0  # SIGTERM: a clean exit
+    with Store(db) as store:
+        assert list(store.load()) == [manifest]
+
+
+async def test_sigint_shuts_down_cleanly(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        running = await _start_tracker(child_nursery, tmp_path / "t.db", "--log-level", "debug")
+        client = await open_client("127.0.0.1", running.port)
+        await client.hello()
+        assert isinstance(await client.request(Stats()), StatsReply)
+        running.process.send_signal(signal.SIGINT)
+        assert await running.process.wait() == 0
+        assert await client.closed_after() == []
+        await client.aclose()
+    assert not (tmp_path / "t.db-wal").exists()  # the database was closed (WAL checkpointed)
+
+
+def test_cli_refuses_bad_settings_with_a_message() -> None:
+    runner = CliRunner()
+    result = runner.invoke(tracker_command, ["--heartbeat-interval", "10", "--peer-timeout", "5", "--db", "x.db"])
+    assert result.exit_code == 1 and "peer_timeout" in result.output
+    result = runner.invoke(tracker_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--log-level"):
+        assert option in result.output
+
+
+def test_an_unusable_database_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    result = CliRunner().invoke(tracker_command, ["--port", "0", "--db", str(bad)])
+    assert result.exit_code == 1 and "tracker database" in result.output
+
+
+def test_codec_frames_fit_the_default_cap() -> None:
+    # The largest legitimate tracker frame, a PUBLISH of a MAX_CHUNKS manifest, fits the default cap.
+    from common.manifest import MAX_CHUNKS, Manifest
+
+    manifest = Manifest("big", MAX_CHUNKS * 1024, 1024, [bytes(32)] * MAX_CHUNKS, bytes(32))
+    assert len(Codec(max_frame_size=TrackerConfig().max_frame_size).send(Publish(manifest))) > 16 * 1024 * 1024

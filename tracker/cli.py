@@ -1,0 +1,123 @@
+"""``chunkswarm tracker``: click options -> :class:`TrackerConfig` -> ``trio.run(serve_tracker)``.
+
+Runs until SIGINT or SIGTERM, then closes the connections and the database
+and exits 0. ``tracker listening on HOST:PORT`` is logged once bound (with
+``--port 0``, the port picked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import click
+import platformdirs
+import trio
+
+from chunkswarm.console import LOG_LEVELS, setup_logging
+from common.errors import StorageError
+from tracker.config import TrackerConfig
+from tracker.server import serve_tracker
+
+__all__ = ["tracker_command", "default_db_path"]
+
+log = logging.getLogger(__name__)
+
+
+def default_db_path() -> str:
+    return os.path.join(platformdirs.user_data_dir("chunkswarm"), "tracker.db")
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Each connection is a file descriptor; the usual soft limit of 1024 is below the default cap."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit to %d; connections beyond %d will be refused", target, soft)
+
+
+async def _run_until_signal(config: TrackerConfig) -> None:
+    """Serve until SIGINT/SIGTERM; errors before the tracker is listening are raised as they are."""
+    startup_error: OSError | StorageError | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(serve_tracker, config)
+            except (OSError, StorageError) as exc:
+                # Raised from here it would come out of the nursery wrapped in an ExceptionGroup.
+                startup_error = exc
+            else:
+                async for signum in signals:
+                    log.info("%s received, shutting down", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
+    if startup_error is not None:
+        raise startup_error
+
+
+@click.command("tracker", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on, IPv4 or IPv6 ('*': every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7070, show_default=True, help="TCP port; 0 picks a free one.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file for the catalogue  [default: tracker.db in the user data directory]")  # fmt: skip
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds between heartbeats, told to each peer.")  # fmt: skip
+@click.option("--peer-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of silence before a peer and its replicas are dropped  [default: 3 heartbeat intervals]")  # fmt: skip
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a connection may go without a request  [default: 4 heartbeat intervals]")  # fmt: skip
+@click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Connections beyond this are refused with an error frame.")  # fmt: skip
+@click.option("--max-holders", type=click.IntRange(min=1, max=1000), default=50, show_default=True,
+              help="Most holders returned per WHO_HAS.")  # fmt: skip
+@click.option("--stats-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds between stats lines in the log.")  # fmt: skip
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+def tracker_command(
+    host: str,
+    port: int,
+    db_path: str | None,
+    heartbeat_interval: float,
+    peer_timeout: float | None,
+    idle_timeout: float | None,
+    max_connections: int,
+    max_holders: int,
+    stats_interval: float,
+    log_level: str,
+) -> None:
+    """Run the tracker of a swarm until SIGINT or SIGTERM."""
+    setup_logging(log_level)
+    if db_path is None:
+        db_path = default_db_path()
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+        config = TrackerConfig(
+            host=host,
+            port=port,
+            db_path=db_path,
+            heartbeat_interval=heartbeat_interval,
+            peer_timeout=peer_timeout if peer_timeout is not None else 3 * heartbeat_interval,
+            idle_timeout=idle_timeout if idle_timeout is not None else 4 * heartbeat_interval,
+            max_connections=max_connections,
+            max_holders=max_holders,
+            stats_interval=stats_interval,
+        )
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _raise_fd_limit(max_connections + 64)
+    try:
+        trio.run(_run_until_signal, config)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+

@@ -1,0 +1,461 @@
+"""The tracker's trio shell: one task per connection around a sans-I/O codec and the pure registry.
+
+Each connection runs :meth:`TrackerService.handle_stream` over any
+``trio.abc.Stream`` (tests hand it memory streams). It reads, feeds the codec,
+drains every complete request, answers them in order and sends the answers of
+one read in a single ``send_all`` (pipelined clients then cost one write per
+batch, not one per request).
+
+Errors are sorted once, at this boundary:
+
+* a request the registry refuses (``TrackerError``) gets an ERROR reply and
+  the connection stays open;
+* a protocol violation (``RemoteProtocolError`` from the codec, a request
+  before HELLO, a message a tracker does not answer) gets an ERROR frame with
+  the reason, then the connection is closed and the reason logged;
+* trio's stream errors become ``ConnectionClosed``, an idle connection
+  ``PeerTimeout``; both just end that connection.
+
+A dropped connection does not drop the peer: peers are keyed by id and expire
+only when silent for ``peer_timeout`` (the expiry sweep task).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import attrs
+import msgpack
+import trio
+
+from chunkswarm import __version__
+from common.address import format_address
+from common.codec import CLOSED, NEED_DATA, Codec, encode_message
+from common.errors import (
+    ConnectionClosed,
+    LocalProtocolError,
+    PeerTimeout,
+    RemoteProtocolError,
+    StorageError,
+    TrackerError,
+)
+from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode, encode_header
+from common.manifest import Manifest
+from common.messages import (
+    PEER_ID_SIZE,
+    Announce,
+    Deregister,
+    Error,
+    FileEntry,
+    FileList,
+    GetManifest,
+    Heartbeat,
+    Hello,
+    ListFiles,
+    ManifestReply,
+    Message,
+    Ok,
+    Publish,
+    Published,
+    Register,
+    Stats,
+    StatsReply,
+    Welcome,
+    WhoHas,
+)
+from tracker.config import TrackerConfig
+from tracker.registry import Registry, Replica, check_manifest
+from tracker.store import Store
+
+__all__ = ["serve_tracker", "RunningTracker", "TrackerService", "encode_holders"]
+
+log = logging.getLogger(__name__)
+
+AGENT: Final = f"chunkswarm-tracker/{__version__}"
+#: Bytes asked of the socket per read: a batch of pipelined requests fits.
+RECEIVE_SIZE: Final = 64 * 1024
+#: How long a parting ERROR frame may take to go out before the connection is dropped anyway.
+FAREWELL_TIMEOUT: Final = 1.0
+#: Manifests at most this many chunks are checked on the event loop: the Merkle
+#: root of 256 chunks is ~512 SHA-256 of 64 bytes, well under a millisecond.
+INLINE_CHECK_CHUNKS: Final = 256
+
+_OK_FRAME: Final = encode_message(Ok())
+
+
+# ---------------------------------------------------------------------------
+# HOLDERS on the hot path
+# ---------------------------------------------------------------------------
+def _msgpack_array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _holder_entry(replica: Replica) -> bytes:
+    """The MessagePack of one ``Holder``'s fields, cached on the replica until it changes."""
+    entry = replica.entry
+    if entry is None:
+        peer = replica.peer
+        entry = replica.entry = msgpack.packb([peer.peer_id, peer.host, peer.port, replica.bitfield()], use_bin_type=True)
+    return entry
+
+
+def encode_holders(file_id: bytes, replicas: list[Replica], *, max_frame_size: int) -> bytes:
+    """The HOLDERS frame for ``replicas``, byte for byte what ``Codec.send(Holders(...))`` makes.
+
+    Built from cached per-replica entries: constructing 50 validated
+    ``Holder`` objects (each parsing its IP address) per WHO_HAS would cost
+    more than everything else the tracker does for the request. Holders that
+    would push the frame over ``max_frame_size`` are left out.
+    """
+    entries = [_holder_entry(r) for r in replicas]
+    head = b"\x92" + msgpack.packb(file_id, use_bin_type=True)
+    size = len(head) + 5 + sum(map(len, entries))
+    while size > max_frame_size and entries:
+        size -= len(entries.pop())
+    payload = b"".join([head, _msgpack_array_header(len(entries)), *entries])
+    return encode_header(Opcode.HOLDERS, len(payload), max_frame_size=max_frame_size) + payload
+
+
+def _observed_host(host: str) -> str:
+    """The canonical text of an address as seen on a socket (IPv4-mapped IPv6 shown as IPv4)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+# ---------------------------------------------------------------------------
+# The service: shared state of every connection
+# ---------------------------------------------------------------------------
+@attrs.define(eq=False)
+class TrackerService:
+    """The registry, the store and the counters that every connection of one tracker shares."""
+
+    config: TrackerConfig
+    registry: Registry
+    store: Store
+    tracker_id: bytes = attrs.field(factory=lambda: os.urandom(PEER_ID_SIZE))
+    connections: int = 0
+    requests: int = 0
+    started_at: float = attrs.field(factory=trio.current_time)
+
+    @classmethod
+    def create(cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = ()) -> TrackerService:
+        """A service whose registry lists ``catalogue`` (the manifests read from ``store``)."""
+        registry = Registry(config.peer_timeout, trio.current_time)
+        for manifest in catalogue:
+            registry.publish(manifest, checked=True)  # checked before it was written
+        return cls(config, registry, store)
+
+    def stats(self) -> dict[str, int | float]:
+        counters: dict[str, int | float] = dict(self.registry.counts())
+        counters["connections"] = self.connections
+        counters["requests"] = self.requests
+        counters["uptime_s"] = round(trio.current_time() - self.started_at, 3)
+        return counters
+
+    async def handle_stream(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+        """Serve one connection from ``remote`` until it closes, misbehaves or idles; always closes ``stream``."""
+        host, port = _observed_host(remote[0]), remote[1]
+        where = format_address(host, port)
+        if self.connections >= self.config.max_connections:
+            log.warning("refusing %s: %d connections already open", where, self.connections)
+            try:
+                await _farewell(stream, Error(ErrorCode.TOO_MANY_CONNECTIONS, "the tracker is at its connection limit; retry later"))
+            finally:
+                await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        connection = _Connection(self, stream, host, port)
+        try:
+            await connection.run()
+        except RemoteProtocolError as exc:
+            log.warning("closing %s: %s", where, exc.reason)
+            code = exc.error_code if exc.error_code is not None else ErrorCode.BAD_REQUEST
+            await _farewell(stream, Error(code, exc.reason[:1024]), connection.pending)
+        except PeerTimeout:
+            log.debug("closing %s: idle for %gs", where, self.config.idle_timeout)
+            await _farewell(stream, Error(ErrorCode.TIMEOUT, f"idle for {self.config.idle_timeout:g}s"))
+        except ConnectionClosed:
+            log.debug("%s went away", where)
+        except Exception:
+            # A bug on our side: log it whole, drop this connection, keep serving the rest.
+            log.exception("internal error on the connection from %s", where)
+            await _farewell(stream, Error(ErrorCode.INTERNAL, "internal tracker error"))
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def serve_socket(self, stream: trio.SocketStream) -> None:
+        """``trio.serve_listeners`` handler: learn the remote address, then :meth:`handle_stream`."""
+        try:
+            remote = stream.socket.getpeername()
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        await self.handle_stream(stream, (remote[0], remote[1]))
+
+    async def expiry_loop(self) -> None:
+        """Drop silent peers, sweeping a few times per ``peer_timeout``."""
+        interval = min(self.config.heartbeat_interval, self.config.peer_timeout / 4)
+        while True:
+            await trio.sleep(interval)
+            for peer in self.registry.expire():
+                log.info(
+                    "peer %s at %s expired (silent for over %gs)",
+                    peer.peer_id.hex()[:16], format_address(peer.host, peer.port), self.config.peer_timeout,
+                )  # fmt: skip
+
+    async def stats_loop(self) -> None:
+        """One stats line in the log every ``stats_interval``."""
+        previous = self.requests
+        while True:
+            await trio.sleep(self.config.stats_interval)
+            counters = self.stats()
+            log.info(
+                "stats: %d peers online, %d files, %d replicas, %d connections, %d requests served (%d in the last %gs)",
+                counters["peers"], counters["files"], counters["replicas"], counters["connections"],
+                counters["requests"], self.requests - previous, self.config.stats_interval,
+            )  # fmt: skip
+            previous = self.requests
+
+    def check_and_save(self, manifest: Manifest) -> bool:
+        """Blocking: check a new manifest and commit it to the store (run in a worker thread)."""
+        check_manifest(manifest)
+        return self.store.save(manifest)
+
+
+async def _farewell(stream: trio.abc.Stream, error: Error, pending: list[bytes] | None = None) -> None:
+    """Best effort: send the replies already made and a last ERROR frame, within FAREWELL_TIMEOUT."""
+    with trio.move_on_after(FAREWELL_TIMEOUT):
+        try:
+            await stream.send_all(b"".join([*(pending or ()), encode_message(error)]))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+# ---------------------------------------------------------------------------
+# One connection
+# ---------------------------------------------------------------------------
+@attrs.define(eq=False)
+class _Connection:
+    service: TrackerService
+    stream: trio.abc.Stream
+    host: str
+    port: int
+    codec: Codec = attrs.field(init=False)
+    peer_id: bytes | None = attrs.field(init=False, default=None)
+    #: Replies made for the current batch but not sent yet.
+    pending: list[bytes] = attrs.field(init=False, factory=list)
+    _handlers: dict[type, Callable[[Any], bytes]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
+        self._handlers = {Hello: self._hello}
+
+    async def run(self) -> None:
+        service = self.service
+        idle = service.config.idle_timeout
+        codec = self.codec
+        deadline = trio.current_time() + idle
+        while True:
+            data = await self._receive(deadline)
+            codec.receive_data(data)
+            pending = self.pending
+            while True:
+                request = codec.next_event()
+                if request is NEED_DATA:
+                    break
+                if request is CLOSED:
+                    if pending:
+                        await self._send(b"".join(pending))
+                    return
+                service.requests += 1
+                if type(request) is Publish:
+                    pending.append(await self._publish(request))
+                else:
+                    pending.append(self._answer(request))
+            if pending:
+                await self._send(b"".join(pending))
+                pending.clear()
+                # "Idle" means no complete request: a trickle of bytes does not keep a connection open.
+                deadline = trio.current_time() + idle
+
+    def _answer(self, request: Message) -> bytes:
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            if type(request) is Hello:
+                raise RemoteProtocolError("HELLO sent twice", error_code=ErrorCode.BAD_REQUEST)
+            if self.peer_id is None:
+                raise RemoteProtocolError(f"{request.OPCODE.name} before HELLO", error_code=ErrorCode.BAD_REQUEST)
+            raise RemoteProtocolError(f"{request.OPCODE.name} is not a tracker request", error_code=ErrorCode.BAD_REQUEST)
+        try:
+            return handler(request)
+        except TrackerError as exc:
+            log.debug("%s refused: %s", request.OPCODE.name, exc)
+            return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
+
+    # -- trio boundary -----------------------------------------------------------
+    async def _receive(self, deadline: float) -> bytes:
+        with trio.move_on_at(deadline):
+            try:
+                return await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed("connection lost") from None
+        raise PeerTimeout(f"no request for {self.service.config.idle_timeout:g}s")
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+
+    # -- requests --------------------------------------------------------------
+    def _hello(self, hello: Hello) -> bytes:
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"HELLO speaks protocol version {hello.protocol_version}, this tracker speaks {PROTOCOL_VERSION}",
+                error_code=ErrorCode.UNSUPPORTED_VERSION,
+            )
+        self.peer_id = hello.peer_id
+        self._handlers = {
+            Register: self._register,
+            Heartbeat: self._heartbeat,
+            Deregister: self._deregister,
+            Announce: self._announce,
+            GetManifest: self._get_manifest,
+            WhoHas: self._who_has,
+            ListFiles: self._list_files,
+            Stats: self._stats,
+        }
+        config = self.service.config
+        return encode_message(
+            Welcome(self.service.tracker_id, config.heartbeat_interval, self.host, self.port, PROTOCOL_VERSION, AGENT)
+        )
+
+    @property
+    def _peer_id(self) -> bytes:
+        assert self.peer_id is not None  # the handlers below exist only after HELLO
+        return self.peer_id
+
+    def _register(self, register: Register) -> bytes:
+        peer, new = self.service.registry.register(self._peer_id, self.host, register.listen_port)
+        if new:
+            log.info("peer %s joined, serving at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        else:
+            log.debug("peer %s registered again at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        return _OK_FRAME
+
+    def _heartbeat(self, heartbeat: Heartbeat) -> bytes:
+        self.service.registry.peer(self._peer_id, self.host)
+        return _OK_FRAME
+
+    def _deregister(self, deregister: Deregister) -> bytes:
+        peer = self.service.registry.deregister(self._peer_id, self.host)
+        if peer is not None:
+            log.info("peer %s at %s left", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        return _OK_FRAME
+
+    async def _publish(self, publish: Publish) -> bytes:
+        registry = self.service.registry
+        manifest = publish.manifest
+        try:
+            registry.peer(self._peer_id, self.host)
+            if not registry.has_file(manifest.file_id):
+                if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
+                    check_manifest(manifest)
+                # The commit (and the Merkle check of a large manifest) runs in a worker
+                # thread; the reply waits for it, so an acknowledged publish is on disk.
+                await trio.to_thread.run_sync(self.service.check_and_save, manifest)
+                if registry.publish(manifest, checked=True):
+                    log.info(
+                        "file %r published (%s, %d bytes, %d chunks)",
+                        manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count,
+                    )  # fmt: skip
+        except TrackerError as exc:
+            log.debug("PUBLISH refused: %s", exc)
+            return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
+        except StorageError as exc:
+            log.error("cannot store %r: %s", manifest.name, exc)
+            return encode_message(Error(ErrorCode.INTERNAL, "the tracker could not store the manifest"))
+        return encode_message(Published(manifest.file_id))
+
+    def _announce(self, announce: Announce) -> bytes:
+        registry = self.service.registry
+        registry.announce(registry.peer(self._peer_id, self.host), announce.file_id, announce.ranges)
+        return _OK_FRAME
+
+    def _get_manifest(self, request: GetManifest) -> bytes:
+        return self.codec.send(ManifestReply(self.service.registry.manifest(request.file_id)))
+
+    def _who_has(self, request: WhoHas) -> bytes:
+        limit = min(request.max_peers, self.service.config.max_holders)
+        _, replicas = self.service.registry.holders(request.file_id, limit=limit, exclude=self.peer_id)
+        return encode_holders(request.file_id, replicas, max_frame_size=self.codec.max_frame_size)
+
+    def _list_files(self, request: ListFiles) -> bytes:
+        entries = [
+            FileEntry(m.file_id, m.name, m.size, m.chunk_size, m.chunk_count, s.holders, s.complete_copies)
+            for s in self.service.registry.list_files(request.pattern, request.limit)
+            for m in (s.manifest,)
+        ]
+        try:
+            return self.codec.send(FileList(entries))
+        except LocalProtocolError:
+            raise TrackerError(f"{len(entries)} files do not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST) from None
+
+    def _stats(self, request: Stats) -> bytes:
+        return self.codec.send(StatsReply(self.service.stats()))
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+@attrs.frozen
+class RunningTracker:
+    """What ``serve_tracker`` hands to ``task_status.started``: where it listens, and its counters."""
+
+    host: str
+    port: int
+    service: TrackerService = attrs.field(repr=False)
+
+    def stats(self) -> dict[str, int | float]:
+        return self.service.stats()
+
+
+async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[RunningTracker] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a tracker until cancelled; ``task_status.started`` gets a :class:`RunningTracker` once bound.
+
+    ``config.host`` of ``"*"`` or ``""`` listens on every interface, IPv4 and IPv6.
+    """
+    store = await trio.to_thread.run_sync(Store, config.db_path)
+    try:
+        catalogue = await trio.to_thread.run_sync(lambda: list(store.load()))
+        service = TrackerService.create(config, store, catalogue)
+        if service.registry.file_count:
+            log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
+        bind_host = None if config.host in ("", "*") else config.host
+        listeners = await trio.open_tcp_listeners(config.port, host=bind_host)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.expiry_loop)
+            nursery.start_soon(service.stats_loop)
+            await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
+            bound = [listener.socket.getsockname() for listener in listeners]
+            for address in bound:
+                log.info("tracker listening on %s", format_address(_observed_host(address[0]), address[1]))
+            task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
+        log.info("tracker stopped; catalogue closed")
