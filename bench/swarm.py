@@ -73,6 +73,14 @@ class Proc:
                     raise TimeoutError(f"{self.label}: no {pattern!r} within {timeout} s")
                 self._cond.wait(min(remaining, 0.5))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far (Linux /proc), 0 if unknown."""
+        try:
+            fields = pathlib.Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -140,6 +148,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
             stamp, _ = getter.wait_for(r" complete: ", 900)
             finished.append(stamp)
         seconds = max(finished) - start
+        cpu = {proc.label: round(proc.cpu_seconds(), 2) for proc in procs}
         for getter in getters:
             assert os.path.getsize(scenario_dir / getter.label / data.name) == os.path.getsize(data)
     finally:
@@ -152,6 +161,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
         "mib_per_s": round(size * downloaders / seconds / 2**20, 1),
         "bytes_served": served,
         "per_downloader_seconds": [round(s - start, 3) for s in finished],
+        "cpu_seconds": cpu,
     }
     if downloaders > 1:
         by_downloaders = sum(v for k, v in served.items() if k.startswith("get-"))

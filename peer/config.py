@@ -57,7 +57,7 @@ class PeerConfig:
     #: Worker threads hashing and writing chunks.
     io_threads: int = 2
     #: WHO_HAS refresh period while downloading.
-    refresh_interval: float = attrs.field(default=1.0, validator=_positive)
+    refresh_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Verified chunks are announced in batches at most this late.
     announce_delay: float = attrs.field(default=0.1, validator=_positive)
     #: The resume state is written at most this often.

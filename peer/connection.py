@@ -33,6 +33,8 @@ __all__ = ["Connection", "RECEIVE_SIZE"]
 
 #: Bytes asked for per ``receive_some`` outside large frame bodies.
 RECEIVE_SIZE = 256 * 1024
+#: Bytes asked for from a socket between frames (headers and small messages).
+FRAME_START_SIZE = 16 * 1024
 
 
 class Connection:
@@ -81,11 +83,16 @@ class Connection:
     async def _receive_more(self) -> None:
         codec = self.codec
         try:
-            buffer = codec.get_buffer() if self._socket is not None else None
+            if self._socket is None:
+                codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                return
+            buffer = codec.get_buffer()
             if buffer is not None:
                 codec.buffer_updated(await self._socket.recv_into(buffer))
             else:
-                codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                # Between frames: a small read, so that the body of a large frame that
+                # follows is received in place (recv_into) rather than copied.
+                codec.receive_data(await self.stream.receive_some(FRAME_START_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:

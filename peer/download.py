@@ -70,7 +70,7 @@ from peer.storage import (
     same_content,
     verify_and_write,
 )
-from peer.tasks import Signal, open_nursery
+from peer.tasks import open_nursery
 from peer.tracker_client import TrackerClient
 
 __all__ = ["ProgressSink", "DownloadResult", "Downloader"]
@@ -125,6 +125,11 @@ class _Source:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     conn: Connection | None = None
     pause_until: float = 0.0
+    #: Set when this session may have something new to request.
+    wakeup: trio.Event = attrs.field(factory=trio.Event)
+
+    def wake(self) -> None:
+        self.wakeup.set()
 
 
 @attrs.define(eq=False)
@@ -147,7 +152,6 @@ class Downloader:
     _held: HeldFile = attrs.field(init=False)
     _sources: dict[bytes, _Source] = attrs.field(init=False, factory=dict)
     _retry_after: dict[bytes, float] = attrs.field(init=False, factory=dict)
-    _changed: Signal = attrs.field(init=False, factory=Signal)
     _refresh_now: trio.Event = attrs.field(init=False, factory=trio.Event)
     _done: trio.Event = attrs.field(init=False, factory=trio.Event)
     _to_announce: ChunkSet = attrs.field(init=False)
@@ -347,7 +351,11 @@ class Downloader:
             self._nursery.start_soon(self._session, source)
         if self.progress is not None:
             self.progress.peers(len(self._sources))
-        self._changed.notify()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for source in self._sources.values():
+            source.wake()
 
     # -- one source peer -----------------------------------------------------------
     async def _session(self, source: _Source) -> None:
@@ -366,7 +374,7 @@ class Downloader:
             self._sources.pop(key, None)
             self._picker.remove_peer(key)
             self._retry_after[key] = time.monotonic() + self.config.peer_retry_delay
-            self._changed.notify()
+            self._wake_all()
             self._refresh_now.set()
             if self.progress is not None:
                 self.progress.peers(len(self._sources))
@@ -399,13 +407,15 @@ class Downloader:
             pause = source.pause_until - time.monotonic()
             if pause > 0:
                 await trio.sleep(pause)
+            # A fresh event before picking: whatever changes after this pick wakes us.
+            source.wakeup = trio.Event()
             indexes = self._picker.pick_many(key)
             if indexes:
                 await conn.send_many([RequestChunk(file_id, i) for i in indexes])
                 continue
             if not self._picker.in_flight(key) and key not in self._picker.useful_peers():
                 self._refresh_now.set()
-            await self._changed.wait()
+            await source.wakeup.wait()
 
     async def _receiver(self, source: _Source, conn: Connection) -> None:
         key = source.peer_id
@@ -423,18 +433,18 @@ class Downloader:
                 # Wait for a verification slot first (backpressure on this peer), so that
                 # nothing can cancel us between accepting the data and starting its check.
                 await self._verify_slots.acquire()
-                if message.file_id != manifest.file_id or not picker.on_data(key, message.index):
+                accepted = message.file_id == manifest.file_id and picker.on_data(key, message.index)
+                source.wake()  # a pipeline slot is free
+                if not accepted:
                     self._verify_slots.release()
-                    self._changed.notify()
                     continue
-                self._changed.notify()
                 self._nursery.start_soon(self._verify, source, message.index, message.data)
             elif isinstance(message, ChunkError):
                 not_held = message.code != ErrorCode.BUSY
                 picker.on_rejected(key, message.index, not_held=not_held)
                 if not not_held:
                     source.pause_until = time.monotonic() + 0.05
-                self._changed.notify()
+                self._wake_all()  # the chunk is requestable again, from anyone
             elif isinstance(message, Error):
                 raise ConnectionClosed(f"sent ERROR {message.code_name}: {message.message}")
             else:
@@ -454,7 +464,7 @@ class Downloader:
             logger.warning("%s: bad chunk %d/%d of %s from %s: %s", self._label, index + 1, manifest.chunk_count, manifest.name, source.name, exc)
             if banned:
                 source.scope.cancel()
-            self._changed.notify()
+            self._wake_all()
             return
         except StorageError:
             self._picker.on_write_failed(index)
@@ -462,6 +472,7 @@ class Downloader:
         for other, other_index in self._picker.on_verified(key, index):
             other_source = self._sources.get(other)
             if other_source is not None and other_source.conn is not None:
+                other_source.wake()
                 try:
                     await other_source.conn.send(CancelChunk(manifest.file_id, other_index))
                 except ChunkswarmError:
@@ -477,7 +488,6 @@ class Downloader:
                    self._label, index + 1, manifest.chunk_count, manifest.name, source.name)
         if self.progress is not None:
             self.progress.chunk(index, nbytes, source.name)
-        self._changed.notify()
         if self._picker.complete:
             self._done.set()
 

@@ -127,9 +127,11 @@ class Picker:
         state = self._peers.get(key)
         if state is None:
             state = self._peers[key] = _PeerState()
-        self._change_availability(state.chunks, -1)
-        state.chunks = chunks.mask
-        self._change_availability(state.chunks, +1)
+        old, new = state.chunks, chunks.mask
+        # Only the chunks that changed hands move the availability counts.
+        self._change_availability(old & ~new, -1)
+        self._change_availability(new & ~old, +1)
+        state.chunks = new
 
     def peer_has(self, key: PeerKey, index: int) -> bool:
         state = self._peers.get(key)

@@ -13,7 +13,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from common.errors import ChunkswarmError
 
-__all__ = ["open_nursery", "Signal"]
+__all__ = ["open_nursery"]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -46,19 +46,3 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
             if isinstance(exc, ChunkswarmError):
                 raise exc from None
         raise
-
-
-class Signal:
-    """A re-armable broadcast: :meth:`wait` sleeps until the next :meth:`notify`."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()

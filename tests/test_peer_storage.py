@@ -154,3 +154,17 @@ def test_unwritable_output_is_a_storage_error(tmp_path: pathlib.Path, source: pa
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot"):
         PartFile(manifest, blocker / "sub" / manifest.name).open()
+
+
+def test_disk_full_is_reported_before_downloading(tmp_path: pathlib.Path, source: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = build_manifest(source, CHUNK)
+    real = os.fstatvfs
+
+    class Full:
+        def __init__(self, fd: int) -> None:
+            self.f_frsize = real(fd).f_frsize
+            self.f_bavail = 0
+
+    monkeypatch.setattr(os, "fstatvfs", Full)
+    with pytest.raises(StorageError, match="disk full"):
+        PartFile(manifest, tmp_path / "out" / manifest.name).open()
