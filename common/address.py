@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from common.errors import ValidationError
 
 __all__ = ["parse_address", "format_address"]
@@ -27,6 +29,11 @@ def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, i
     else:
         # No colon (a host name or IPv4), or a bare IPv6 address without brackets.
         host, port_text = text, None
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValidationError(f"address {text!r}: write IPv6 addresses as [ADDRESS]:PORT") from None
     if not host:
         raise ValidationError(f"address {text!r}: missing host")
     if port_text is None:

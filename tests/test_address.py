@@ -78,3 +78,8 @@ def test_format_then_parse(address: object, port: int) -> None:
 def test_format() -> None:
     assert format_address("127.0.0.1", 80) == "127.0.0.1:80"
     assert format_address("::1", 80) == "[::1]:80"
+
+
+def test_colons_without_brackets_must_be_ipv6() -> None:
+    with pytest.raises(ValidationError):
+        parse_address("1.2.3.4:80:90", default_port=1)
