@@ -1,6 +1,7 @@
 """The ``chunkswarm`` command: a click group whose subcommands build config objects and run trio.
 
-Lives outside ``common/`` because it imports both ``tracker`` and ``peer``.
+Lives outside ``common/`` because it imports both ``tracker`` and ``peer``;
+each of those owns its subcommands and this module only gathers them.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import click
 
 from chunkswarm import __version__
+from peer.cli import peer_commands
+from tracker.cli import tracker_command
 
 __all__ = ["cli", "main"]
 
@@ -16,6 +19,11 @@ __all__ = ["cli", "main"]
 @click.version_option(__version__, prog_name="chunkswarm")
 def cli() -> None:
     """Share files as verified chunks: run a tracker, seed files, get them from the swarm."""
+
+
+cli.add_command(tracker_command)
+for _command in peer_commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -52,3 +52,9 @@ def test_cli_version_and_help() -> None:
     assert result.exit_code == 0 and __version__ in result.output
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_cli_group_has_every_subcommand() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    for name in ("tracker", "seed", "get", "ls"):
+        assert f"  {name} " in result.output
