@@ -47,6 +47,7 @@ def main(peers: int, source: pathlib.Path, chunk_size: int | None, keep: bool, k
     try:
         outcome = trio.run(run_demo, config, console)
     except KeyboardInterrupt:
+        console.print("interrupted: the peers and the tracker are stopped", highlight=False)
         raise click.exceptions.Exit(130) from None
     if not outcome.ok:
         raise click.ClickException("the demo failed: " + "; ".join(outcome.problems))

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 import attrs
@@ -37,6 +37,7 @@ from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig
 from peer.download import DownloadResult, ProgressSink
 from peer.node import Peer, open_peer
+from peer.tasks import open_nursery
 from peer.ui import LogProgress, RichProgress
 from tracker.config import TrackerConfig
 from tracker.server import RunningTracker, serve_tracker
@@ -200,28 +201,49 @@ class _DemoPeer:
 
 
 async def run_demo(config: DemoConfig, console: Console) -> DemoOutcome:
-    """Run the whole scenario; the temporary folder is removed afterwards unless ``config.keep``."""
+    """Run the whole scenario; the temporary folder is removed afterwards unless ``config.keep``.
+
+    SIGINT/SIGTERM stop everything cleanly (peers deregister, the tracker
+    closes): during the scenario :class:`KeyboardInterrupt` is raised once
+    all is closed; with ``keep_running``, after the summary, the outcome is
+    returned as usual.
+    """
     source = config.source
     size = source.stat().st_size
     chunk_size = config.chunk_size or auto_chunk_size(size)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="chunkswarm-demo-"))
+    outcomes: list[DemoOutcome] = []
     try:
-        async with trio.open_nursery() as nursery:
-            hb = config.heartbeat_interval
-            tracker: RunningTracker = await nursery.start(
-                serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=hb, peer_timeout=3 * hb, idle_timeout=4 * hb)
-            )
-            outcome = await _swarm(config, console, (tracker.host, tracker.port), workdir, chunk_size)
-            nursery.cancel_scope.cancel()
-        return outcome
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                hb = config.heartbeat_interval
+                tracker: RunningTracker = await nursery.start(
+                    serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=hb, peer_timeout=3 * hb, idle_timeout=4 * hb)
+                )
+                await _swarm(config, console, (tracker.host, tracker.port), workdir, chunk_size, outcomes)
+                nursery.cancel_scope.cancel()
     finally:
         if config.keep:
             console.print(f"kept the demo's folder: {workdir}", highlight=False)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if not outcomes:  # interrupted before the summary: the scenario was cut short
+        raise KeyboardInterrupt
+    return outcomes[0]
 
 
-async def _swarm(config: DemoConfig, console: Console, tracker: tuple[str, int], workdir: pathlib.Path, chunk_size: int) -> DemoOutcome:
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        logger.info("%s received: stopping the peers and the tracker", signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+async def _swarm(
+    config: DemoConfig, console: Console, tracker: tuple[str, int], workdir: pathlib.Path, chunk_size: int, outcomes: list[DemoOutcome]
+) -> None:
+    """The scenario; its outcome is appended to ``outcomes`` (so that it survives a Ctrl-C during ``keep_running``)."""
     source = config.source
     size = source.stat().st_size
     chunk_count = max(1, -(-size // chunk_size))
@@ -301,11 +323,11 @@ async def _swarm(config: DemoConfig, console: Console, tracker: tuple[str, int],
                 error=member.error,
             ))  # fmt: skip
         outcome = DemoOutcome(source, original, size, chunk_size, chunk_count, workdir, tuple(reports))
+        outcomes.append(outcome)
         console.print(summary_table(outcome))
-
         if config.keep_running:
-            await _serve_until_interrupted(config, console, tracker)
-    return outcome
+            _print_join_command(config, console, tracker)
+            await trio.sleep_forever()
 
 
 def summary_table(outcome: DemoOutcome) -> Table:
@@ -326,13 +348,9 @@ def summary_table(outcome: DemoOutcome) -> Table:
     return table
 
 
-async def _serve_until_interrupted(config: DemoConfig, console: Console, tracker: tuple[str, int]) -> None:
+def _print_join_command(config: DemoConfig, console: Console, tracker: tuple[str, int]) -> None:
     address = format_address(*tracker)
     command = shlex.join([*(config.join_command or (sys.executable, "demo_peer.py")), "--tracker", address])
     console.print(f"\nThe tracker ({address}) and {config.peers} peers keep running. Join the swarm from another terminal:\n", highlight=False)
     console.print(f"    {command}\n", style="bold", highlight=False, soft_wrap=True)
     console.print("Press Ctrl-C to stop everything.", highlight=False)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            logger.info("%s received: stopping the peers and the tracker", signal.Signals(signum).name)
-            return

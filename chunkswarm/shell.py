@@ -294,7 +294,11 @@ async def run_shell(config: ShellConfig, out: Console, progress_console: Console
             nursery.start_soon(_watch_interrupts, shell, prompt)
             while True:
                 line = await _read_line(prompt)
-                if line is None or not await shell.handle(line):
+                if line is None:
+                    if config.prompt:
+                        shell.say("")  # end the prompt's line after Ctrl-D
+                    break
+                if not await shell.handle(line):
                     break
             nursery.cancel_scope.cancel()
         was_connected = peer.connected

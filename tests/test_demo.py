@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
 import trio
+
+from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHUNK_LINE = re.compile(r"(peer-\d+) <- chunk (\d+)/(\d+) of (\S+) from (peer-\d+) \(127\.0\.0\.1:\d+\)")
@@ -67,3 +71,25 @@ async def test_bad_options_are_explained(tmp_path: pathlib.Path) -> None:
     assert missing.returncode == 2 and "nope.bin" in output(missing) and "does not exist" in output(missing)
     lonely = await run_demo(tmp_path, "--peers", "1")
     assert lonely.returncode == 2 and "--peers" in output(lonely)
+
+
+async def test_keep_running_prints_a_join_command_that_works(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(ROOT / "demo.py"), "--keep-running"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    demo = Child(process)
+    nursery.start_soon(demo.drain)
+    try:
+        with trio.fail_after(30):
+            await demo.wait_for("Press Ctrl-C to stop everything.")
+            match = re.search(r"^ +(\S+ \S+demo_peer\.py --tracker 127\.0\.0\.1:\d+)$", demo.output.decode(), re.MULTILINE)
+            assert match is not None, demo.output.decode()
+            command = [*shlex.split(match.group(1)), "--download-dir", str(tmp_path / "got"), "--state-dir", str(tmp_path / "state")]
+            joined = await trio.run_process(command, stdin=b"c\nd file1_dir1.txt\n", capture_stdout=True, capture_stderr=True)
+            assert b"saved file1_dir1.txt (8.8 KiB)" in joined.stdout, joined.stdout + joined.stderr
+            assert (tmp_path / "got" / "file1_dir1.txt").read_bytes() == (ROOT / "sample_files" / "dir1" / "file1_dir1.txt").read_bytes()
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+        await demo.wait_for("tracker stopped")
+    finally:
+        demo.kill()
