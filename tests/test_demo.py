@@ -12,6 +12,7 @@ import sys
 
 import trio
 
+from chunkswarm.demo import DemoOutcome, PeerReport, auto_chunk_size
 from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -93,3 +94,23 @@ async def test_keep_running_prints_a_join_command_that_works(nursery: trio.Nurse
         await demo.wait_for("tracker stopped")
     finally:
         demo.kill()
+
+
+def test_outcome_names_every_failed_copy() -> None:
+    def report(label: str, matches: bool, error: str = "") -> PeerReport:
+        return PeerReport(label, "downloader", "127.0.0.1:1", 0, 9, (), pathlib.Path(f"/w/{label}/f.txt"), matches, error)
+
+    def outcome(*reports: PeerReport) -> DemoOutcome:
+        return DemoOutcome(pathlib.Path("f.txt"), "00" * 32, 9000, 1024, 9, pathlib.Path("/w"), reports)
+
+    assert outcome(report("peer-3", True), report("peer-4", True)).ok
+    failed = outcome(report("peer-3", False, "no reachable peer holds 2 chunk(s)"), report("peer-4", False))
+    assert not failed.ok
+    assert failed.problems == ["peer-3 did not finish: no reachable peer holds 2 chunk(s)", "peer-4's copy at /w/peer-4/f.txt does not match f.txt"]
+
+
+def test_auto_chunk_size_keeps_the_sample_at_1_kib_and_big_files_at_64_chunks_or_fewer() -> None:
+    assert auto_chunk_size((ROOT / "sample_files" / "dir1" / "file1_dir1.txt").stat().st_size) == 1024
+    assert auto_chunk_size(0) == 1024
+    assert auto_chunk_size(200_000_000) == 4 * 1024 * 1024  # 48 chunks
+    assert auto_chunk_size(64 * 1024 + 1) == 2048
