@@ -105,6 +105,7 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
     async with open_peer(config) as peer:
         logger.info("serving on %s", format_address(*peer.listen_address))
         await peer.connect()
+        logger.info("connected to the tracker at %s", format_address(*config.tracker))
         manifests = await peer.publish(paths)
         for manifest in manifests:
             logger.info("seeding %s (%s, %d bytes, %d chunks)", manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count)

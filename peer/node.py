@@ -123,7 +123,7 @@ class Peer:
     async def connect(self) -> None:
         """HELLO + REGISTER; then heartbeats and automatic reconnection in the background."""
         await self.tracker.connect()
-        logger.info("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
+        logger.debug("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
 
     async def disconnect(self) -> None:
         """DEREGISTER and stop heartbeating; :meth:`connect` works again later."""

@@ -110,7 +110,7 @@ def progress_display(console: Console) -> Iterator[ProgressSink]:
         TextColumn("[bold blue]{task.description}", justify="right"),
         BarColumn(bar_width=None),
         "[progress.percentage]{task.percentage:>3.1f}%",
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[peers]} peers {task.fields[sources]}"),
