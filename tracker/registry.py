@@ -19,8 +19,9 @@ peers x 100 files answers tens of thousands of requests a second:
 from __future__ import annotations
 
 import random
+from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import attrs
@@ -35,6 +36,7 @@ __all__ = ["Registry", "Peer", "Replica", "FileRecord", "FileSummary", "check_ma
 #: Above this many ranges an announcement is turned into a mask through a byte
 #: buffer rather than by OR-ing big ints (which is quadratic in the file size).
 _MANY_RANGES: Final = 64
+_UINT_SIZE: Final = array("I").itemsize
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -69,6 +71,22 @@ def _mask_from_ranges(count: int, ranges: Ranges) -> int:
         buffer[first + 1 : last] = b"\xff" * (last - first - 1)
         buffer[last] |= (1 << ((stop - 1) & 7) + 1) - 1
     return int.from_bytes(buffer, "little")
+
+
+def _sample_indexes(rng: random.Random, population: int, count: int) -> Iterable[int]:
+    """``count`` distinct random indexes in ``range(population)``, ``count < population``.
+
+    ``random.sample`` draws one Python-level random number per pick (about
+    25 us for 50 of 1000, the biggest single cost of a WHO_HAS); here one call
+    makes all the random bytes and a set comprehension picks, which is 2-3x
+    cheaper. The modulo bias is below population / 2**32, nothing for a swarm.
+    """
+    if population <= 2 * count:  # too many collisions to be worth it
+        return rng.sample(range(population), count)
+    chosen = {x % population for x in array("I", rng.randbytes(_UINT_SIZE * count))}
+    while len(chosen) < count:
+        chosen.add(rng.getrandbits(32) % population)
+    return chosen
 
 
 class Replica:
@@ -319,11 +337,11 @@ class Registry:
                 mine = peer.replicas.get(file_id)
         available = len(replicas) - (mine is not None)
         if available <= limit:
-            chosen = [r for r in replicas if r is not mine]
-        else:
-            chosen = self.rng.sample(replicas, limit + (mine is not None))
-            if mine is not None:
-                chosen = [r for r in chosen if r is not mine][:limit]
+            return record.manifest, [r for r in replicas if r is not mine]
+        want = limit + (mine is not None)
+        chosen = [replicas[i] for i in _sample_indexes(self.rng, len(replicas), want)]
+        if mine is not None:
+            chosen = [r for r in chosen if r is not mine][:limit]
         return record.manifest, chosen
 
     def _link(self, replica: Replica) -> None:

@@ -77,7 +77,11 @@ log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: Bytes asked of the socket per read: a batch of pipelined requests fits.
-RECEIVE_SIZE: Final = 64 * 1024
+RECEIVE_SIZE: Final = 32 * 1024
+#: Replies of one batch are sent as soon as they reach this size, so a client
+#: that pipelines thousands of WHO_HAS (8 KiB answers for 16-byte questions)
+#: cannot make the tracker hold megabytes for it.
+FLUSH_SIZE: Final = 64 * 1024
 #: How long a parting ERROR frame may take to go out before the connection is dropped anyway.
 FAREWELL_TIMEOUT: Final = 1.0
 #: Manifests at most this many chunks are checked on the event loop: the Merkle
@@ -115,7 +119,7 @@ def encode_holders(file_id: bytes, replicas: list[Replica], *, max_frame_size: i
     more than everything else the tracker does for the request. Holders that
     would push the frame over ``max_frame_size`` are left out.
     """
-    entries = [_holder_entry(r) for r in replicas]
+    entries = [r.entry or _holder_entry(r) for r in replicas]
     head = b"\x92" + msgpack.packb(file_id, use_bin_type=True)
     size = len(head) + 5 + sum(map(len, entries))
     while size > max_frame_size and entries:
@@ -265,14 +269,23 @@ class _Connection:
         self._handlers = {Hello: self._hello}
 
     async def run(self) -> None:
+        """Serve requests until the client closes; raises on violations, idleness and lost connections."""
+        idle = self.service.config.idle_timeout
+        # One scope for the connection's life whose deadline moves on with every
+        # answered request: cheaper than a fresh scope around every read.
+        with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
+            await self._serve(idle_scope, idle)
+        if idle_scope.cancelled_caught:
+            raise PeerTimeout(f"no request for {idle:g}s")
+
+    async def _serve(self, idle_scope: trio.CancelScope, idle: float) -> None:
         service = self.service
-        idle = service.config.idle_timeout
         codec = self.codec
-        deadline = trio.current_time() + idle
+        pending = self.pending
         while True:
-            data = await self._receive(deadline)
-            codec.receive_data(data)
-            pending = self.pending
+            codec.receive_data(await self._receive())
+            pending_size = 0
+            answered = False
             while True:
                 request = codec.next_event()
                 if request is NEED_DATA:
@@ -282,15 +295,20 @@ class _Connection:
                         await self._send(b"".join(pending))
                     return
                 service.requests += 1
-                if type(request) is Publish:
-                    pending.append(await self._publish(request))
-                else:
-                    pending.append(self._answer(request))
+                answered = True
+                reply = await self._publish(request) if type(request) is Publish else self._answer(request)
+                pending.append(reply)
+                pending_size += len(reply)
+                if pending_size >= FLUSH_SIZE:
+                    await self._send(b"".join(pending))
+                    pending.clear()
+                    pending_size = 0
             if pending:
                 await self._send(b"".join(pending))
                 pending.clear()
+            if answered:
                 # "Idle" means no complete request: a trickle of bytes does not keep a connection open.
-                deadline = trio.current_time() + idle
+                idle_scope.deadline = trio.current_time() + idle
 
     def _answer(self, request: Message) -> bytes:
         handler = self._handlers.get(type(request))
@@ -307,13 +325,11 @@ class _Connection:
             return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
 
     # -- trio boundary -----------------------------------------------------------
-    async def _receive(self, deadline: float) -> bytes:
-        with trio.move_on_at(deadline):
-            try:
-                return await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed("connection lost") from None
-        raise PeerTimeout(f"no request for {self.service.config.idle_timeout:g}s")
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
 
     async def _send(self, data: bytes) -> None:
         try:

@@ -1,0 +1,441 @@
+"""Tracker load benchmark: ``python -m tracker`` in one process, N simulated peers in this one.
+
+    python bench/tracker.py [--peers 1000] [--files 100] [--chunks 1000] [--seconds 10] [--rate 20000] [--depth 1]
+
+Set-up: every peer connects, says HELLO and REGISTERs; ``--files`` of them
+publish a manifest of ``--chunks`` chunks; then every peer announces its
+holdings of every file (half of them complete copies, half a random part), so
+the tracker holds peers x files replicas of chunks bits each.
+
+Then two timed phases over the same connections, each request a 50/50 mix of
+ANNOUNCE (one newly verified chunk of a random file) and WHO_HAS (a random
+file, 50 holders), plus a HEARTBEAT from each peer every ``--heartbeat`` s:
+
+* ``saturated``: closed loop, every peer keeps ``--depth`` requests in flight:
+  the most the tracker answers. Latency there is mostly queueing
+  (Little's law: peers x depth / throughput).
+* ``paced``: open loop at ``--rate`` requests/s in total, each peer sending at
+  its share of the rate at random phase; latency counts from the *scheduled*
+  send time, so a stalled tracker cannot hide its backlog.
+
+The simulated peers use bare non-blocking sockets and epoll (a few
+microseconds per request), so the load generator takes as little as possible
+of the two cores it shares with the tracker. Replies are counted and checked by
+their frame header only.
+
+The last line printed is one JSON object; every key carries its unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import heapq
+import json
+import os
+import pathlib
+import random
+import re
+import resource
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import msgpack  # noqa: E402
+
+from common.codec import encode_message  # noqa: E402
+from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, Opcode  # noqa: E402
+from common.manifest import Manifest  # noqa: E402
+from common.messages import Heartbeat, Hello, Publish, Register, Stats  # noqa: E402
+
+ANNOUNCE, WHO_HAS, HEARTBEAT, SETUP = 0, 1, 2, 3
+KIND_NAMES = {ANNOUNCE: "announce", WHO_HAS: "who_has", HEARTBEAT: "heartbeat", SETUP: "setup"}
+EXPECTED = {ANNOUNCE: Opcode.OK, WHO_HAS: Opcode.HOLDERS, HEARTBEAT: Opcode.OK}
+
+
+def frame(opcode: Opcode, fields: list[Any]) -> bytes:
+    payload = msgpack.packb(fields, use_bin_type=True)
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, opcode, len(payload)) + payload
+
+
+# ---------------------------------------------------------------------------
+# The tracker process
+# ---------------------------------------------------------------------------
+class TrackerProcess:
+    def __init__(self, db: str, heartbeat: float, profile: str | None = None) -> None:
+        args = [
+            sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "tracker", "--port", "0", "--db", db, "--heartbeat-interval", str(heartbeat),
+            "--peer-timeout", str(heartbeat * 20), "--max-connections", "8192", "--log-level", "INFO",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.lines: list[str] = []
+        self.port_found = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.port_found.wait(30):
+            raise SystemExit("the tracker did not start:\n" + "\n".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line.rstrip())
+            found = re.search(r"tracker listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self.port_found.set()
+        self.port_found.set()
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.popen.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.popen.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(30)
+
+
+# ---------------------------------------------------------------------------
+# Simulated peers
+# ---------------------------------------------------------------------------
+class SimPeer:
+    __slots__ = ("index", "sock", "fd", "inbuf", "outbuf", "inflight", "writing", "next_heartbeat", "next_send")
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.inflight: collections.deque[tuple[int, float]] = collections.deque()
+        self.writing = False
+        self.next_heartbeat = 0.0
+        self.next_send = 0.0
+
+
+class LoadGenerator:
+    def __init__(self, port: int, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.epoll = select.epoll()
+        self.peers: dict[int, SimPeer] = {}
+        self.manifests: list[Manifest] = []
+        self.who_has_frames: list[bytes] = []
+        self.heartbeat_frame = encode_message(Heartbeat())
+        self.latencies: dict[int, list[float]] = {ANNOUNCE: [], WHO_HAS: [], HEARTBEAT: []}
+        self.replies_bytes = 0
+        self.errors = 0
+        self.pending = 0
+        for i in range(args.peers):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            peer = SimPeer(i, sock)
+            self.peers[peer.fd] = peer
+            self.epoll.register(peer.fd, select.EPOLLIN)
+
+    # -- plumbing --------------------------------------------------------------
+    def send(self, peer: SimPeer, data: bytes, kind: int, when: float) -> None:
+        peer.inflight.append((kind, when))
+        self.pending += 1
+        peer.outbuf += data
+
+    def flush(self, peer: SimPeer) -> None:
+        if peer.outbuf:
+            try:
+                sent = peer.sock.send(peer.outbuf)
+            except BlockingIOError:
+                sent = 0
+            del peer.outbuf[:sent]
+        want_write = bool(peer.outbuf)
+        if want_write != peer.writing:
+            peer.writing = want_write
+            self.epoll.modify(peer.fd, select.EPOLLIN | (select.EPOLLOUT if want_write else 0))
+
+    def receive(self, peer: SimPeer, now: float, record: bool) -> int:
+        try:
+            data = peer.sock.recv(1 << 20)
+        except BlockingIOError:
+            return 0
+        if not data:
+            raise SystemExit(f"the tracker closed the connection of peer {peer.index}")
+        buffer = peer.inbuf
+        buffer += data
+        self.replies_bytes += len(data)
+        offset = 0
+        done = 0
+        size = len(buffer)
+        while size - offset >= 8:
+            _, _, opcode, length = HEADER.unpack_from(buffer, offset)
+            end = offset + 8 + length
+            if end > size:
+                break
+            kind, sent_at = peer.inflight.popleft()
+            if opcode == Opcode.ERROR or (kind in EXPECTED and opcode != EXPECTED[kind]):
+                self.errors += 1
+                if self.errors <= 5:
+                    print(f"unexpected reply {Opcode(opcode).name} to {KIND_NAMES[kind]}: {bytes(buffer[offset:end])[:200]!r}", file=sys.stderr)
+            elif record and kind != SETUP:
+                self.latencies[kind].append(now - sent_at)
+            offset = end
+            done += 1
+        if offset:
+            del buffer[:offset]
+        self.pending -= done
+        return done
+
+    def run_until_idle(self, timeout: float = 120.0) -> None:
+        """Flush everything queued and read replies until none are outstanding (the set-up phases)."""
+        for peer in self.peers.values():
+            self.flush(peer)
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.pending} replies still missing after {timeout}s")
+            for fd, events in self.epoll.poll(1.0):
+                peer = self.peers[fd]
+                if events & select.EPOLLOUT:
+                    self.flush(peer)
+                if events & select.EPOLLIN:
+                    self.receive(peer, 0.0, record=False)
+
+    # -- set-up ----------------------------------------------------------------
+    def setup(self) -> None:
+        args = self.args
+        for f in range(args.files):
+            hashes = [hashlib.sha256(b"%d/%d" % (f, c)).digest() for c in range(args.chunks)]
+            manifest = Manifest.from_hashes(f"bench-file-{f:03d}.bin", args.chunks * 1024, 1024, hashes)
+            self.manifests.append(manifest)
+            self.who_has_frames.append(frame(Opcode.WHO_HAS, [manifest.file_id, args.holders]))
+        peers = list(self.peers.values())
+        for peer in peers:
+            peer_id = hashlib.sha256(b"peer %d" % peer.index).digest()[:20]
+            self.send(peer, encode_message(Hello(peer_id, 10000 + peer.index)), SETUP, 0.0)
+            self.send(peer, encode_message(Register(10000 + peer.index)), SETUP, 0.0)
+            if peer.index < args.files:
+                self.send(peer, encode_message(Publish(self.manifests[peer.index])), SETUP, 0.0)
+        self.run_until_idle()
+        for peer in peers:
+            for manifest in self.manifests:
+                if (peer.index + manifest.file_id[0]) % 2 == 0:
+                    ranges = [[0, args.chunks]]
+                else:  # a part: a few random runs
+                    cuts = sorted(self.rng.sample(range(args.chunks + 1), 8))
+                    ranges = [[cuts[i], cuts[i + 1]] for i in range(0, 8, 2) if cuts[i] < cuts[i + 1]]
+                self.send(peer, frame(Opcode.ANNOUNCE, [manifest.file_id, ranges]), SETUP, 0.0)
+        self.run_until_idle()
+        if self.errors:
+            raise SystemExit(f"{self.errors} errors during set-up")
+
+    # -- timed phases ------------------------------------------------------------
+    def next_request(self, peer: SimPeer, when: float) -> None:
+        if when >= peer.next_heartbeat:
+            peer.next_heartbeat = when + self.args.heartbeat
+            self.send(peer, self.heartbeat_frame, HEARTBEAT, when)
+            return
+        f = self.rng.randrange(len(self.manifests))
+        if self.rng.random() >= self.args.who_has_share:
+            chunk = self.rng.randrange(self.args.chunks)
+            self.send(peer, frame(Opcode.ANNOUNCE, [self.manifests[f].file_id, [[chunk, chunk + 1]]]), ANNOUNCE, when)
+        else:
+            self.send(peer, self.who_has_frames[f], WHO_HAS, when)
+
+    def _reset(self, start: float) -> None:
+        for values in self.latencies.values():
+            values.clear()
+        for peer in self.peers.values():
+            peer.next_heartbeat = start + self.rng.uniform(0, self.args.heartbeat)
+
+    def saturated(self, seconds: float) -> tuple[float, float]:
+        """Closed loop; returns (measured seconds, tracker CPU seconds)."""
+        start = time.perf_counter()
+        self._reset(start)
+        for peer in self.peers.values():
+            for _ in range(self.args.depth):
+                self.next_request(peer, start)
+            self.flush(peer)
+        end = start + seconds
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            for fd, events in self.epoll.poll(0.05):
+                peer = self.peers[fd]
+                if events & select.EPOLLIN:
+                    now = time.perf_counter()
+                    for _ in range(self.receive(peer, now, record=True)):
+                        self.next_request(peer, now)
+                self.flush(peer)
+        elapsed = time.perf_counter() - start
+        self.run_until_idle()  # let the last replies in, unrecorded
+        return elapsed, 0.0
+
+    def paced(self, seconds: float, rate: float) -> float:
+        """Open loop at ``rate`` requests/s in total; returns the measured seconds."""
+        start = time.perf_counter()
+        self._reset(start)
+        interval = len(self.peers) / rate
+        schedule = [(start + self.rng.uniform(0, interval), peer.fd) for peer in self.peers.values()]
+        heapq.heapify(schedule)
+        end = start + seconds
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            touched = []
+            while schedule and schedule[0][0] <= now:
+                when, fd = heapq.heappop(schedule)
+                peer = self.peers[fd]
+                self.next_request(peer, when)  # latency from the scheduled time
+                touched.append(peer)
+                heapq.heappush(schedule, (when + interval, fd))
+            for peer in touched:
+                self.flush(peer)
+            timeout = max(0.0, min(schedule[0][0] - time.perf_counter(), 0.05))
+            for fd, events in self.epoll.poll(timeout):
+                peer = self.peers[fd]
+                if events & select.EPOLLIN:
+                    self.receive(peer, time.perf_counter(), record=True)
+                if events & select.EPOLLOUT:
+                    self.flush(peer)
+        elapsed = time.perf_counter() - start
+        self.run_until_idle()
+        return elapsed
+
+    def figures(self, elapsed: float, prefix: str) -> dict[str, float]:
+        everything = sorted(self.latencies[ANNOUNCE] + self.latencies[WHO_HAS] + self.latencies[HEARTBEAT])
+
+        def percentile(values: list[float], p: float) -> float:
+            return round(values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000, 2) if values else 0.0
+
+        announces, who_has = len(self.latencies[ANNOUNCE]), len(self.latencies[WHO_HAS])
+        return {
+            f"{prefix}announce_per_s": round(announces / elapsed),
+            f"{prefix}who_has_per_s": round(who_has / elapsed),
+            f"{prefix}requests_per_s": round(len(everything) / elapsed),
+            f"{prefix}p50_ms": percentile(everything, 50),
+            f"{prefix}p99_ms": percentile(everything, 99),
+            f"{prefix}max_ms": percentile(everything, 100),
+        }
+
+    def tracker_stats(self) -> dict[str, Any]:
+        peer = next(iter(self.peers.values()))
+        self.send(peer, encode_message(Stats()), SETUP, 0.0)
+        self.flush(peer)
+        peer.sock.setblocking(True)
+        while peer.inflight:
+            data = peer.sock.recv(1 << 16)
+            peer.inbuf += data
+            if len(peer.inbuf) >= 8:
+                _, _, _, length = HEADER.unpack_from(peer.inbuf)
+                if len(peer.inbuf) >= 8 + length:
+                    fields = msgpack.unpackb(bytes(peer.inbuf[8 : 8 + length]), raw=False)
+                    peer.inflight.popleft()
+                    return dict((k, v) for k, v in fields[0])
+        return {}
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--chunks", type=int, default=1000)
+    parser.add_argument("--holders", type=int, default=50, help="max_peers asked in WHO_HAS")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
+    parser.add_argument("--rate", type=float, default=20000.0, help="requests/s offered in the paced phase")
+    parser.add_argument("--depth", type=int, default=1, help="requests in flight per peer in the saturated phase")
+    parser.add_argument("--who-has-share", type=float, default=0.5, help="fraction of WHO_HAS among the timed requests")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a peer's heartbeats")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", metavar="PATH", help="run the tracker under cProfile, stats written to PATH")
+    args = parser.parse_args()
+    _raise_fd_limit(args.peers + 256)
+
+    load_average = os.getloadavg()[0]  # the machine is shared: say how busy it was
+    with tempfile.TemporaryDirectory(prefix="chunkswarm-bench-") as tmp:
+        tracker = TrackerProcess(os.path.join(tmp, "tracker.db"), 30.0, args.profile)
+        try:
+            rss_idle = tracker.rss_mb()
+            load = LoadGenerator(tracker.port, args)
+            began = time.perf_counter()
+            load.setup()
+            setup_s = time.perf_counter() - began
+            rss_loaded = tracker.rss_mb()
+            print(f"set-up: {args.peers} peers, {args.files} files x {args.chunks} chunks announced in {setup_s:.1f}s; "
+                  f"tracker RSS {rss_idle:.0f} -> {rss_loaded:.0f} MB", file=sys.stderr)  # fmt: skip
+
+            cpu_before, own_before = tracker.cpu_seconds(), _own_cpu()
+            elapsed, _ = load.saturated(args.seconds)
+            cpu_saturated = (tracker.cpu_seconds() - cpu_before) / elapsed
+            own_saturated = (_own_cpu() - own_before) / elapsed
+            saturated = load.figures(elapsed, "saturated_")
+            print(f"saturated (depth {args.depth}): {json.dumps(saturated)}; tracker CPU {cpu_saturated:.0%}, load generator CPU {own_saturated:.0%}", file=sys.stderr)
+
+            cpu_before, own_before = tracker.cpu_seconds(), _own_cpu()
+            elapsed = load.paced(args.seconds, args.rate)
+            cpu_paced = (tracker.cpu_seconds() - cpu_before) / elapsed
+            own_paced = (_own_cpu() - own_before) / elapsed
+            paced = load.figures(elapsed, "")
+            print(f"paced at {args.rate:.0f}/s: {json.dumps(paced)}; tracker CPU {cpu_paced:.0%}, load generator CPU {own_paced:.0%}", file=sys.stderr)
+
+            stats = load.tracker_stats()
+            rss_end = tracker.rss_mb()
+        finally:
+            code = tracker.stop()
+    result = {
+        "peers": args.peers,
+        "files": args.files,
+        "chunks_per_file": args.chunks,
+        "replicas": stats.get("replicas", 0),
+        "offered_rate_per_s": args.rate,
+        **paced,
+        **saturated,
+        "saturated_depth": args.depth,
+        "tracker_cpu_saturated_pct": round(cpu_saturated * 100),
+        "tracker_cpu_us_per_request": round(cpu_saturated * 1e6 / max(1, saturated["saturated_requests_per_s"]), 1),
+        "tracker_cpu_paced_pct": round(cpu_paced * 100),
+        "loadgen_cpu_saturated_pct": round(own_saturated * 100),
+        "loadgen_cpu_paced_pct": round(own_paced * 100),
+        "setup_s": round(setup_s, 2),
+        "load_average_at_start": round(load_average, 2),
+        "tracker_rss_mb": round(max(rss_loaded, rss_end), 1),
+        "tracker_rss_idle_mb": round(rss_idle, 1),
+        "errors": load.errors,
+        "tracker_requests_served": stats.get("requests", 0),
+        "tracker_exit_code": code,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
