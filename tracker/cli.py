@@ -7,6 +7,7 @@ and exits 0. ``tracker listening on HOST:PORT`` is logged once bound (with
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,25 @@ def _raise_fd_limit(wanted: int) -> None:
             log.warning("cannot raise the open-file limit to %d; connections beyond %d will be refused", target, soft)
 
 
+#: Seconds between moves of long-lived objects out of the cyclic collector's reach.
+GC_FREEZE_INTERVAL = 10.0
+
+
+async def _freeze_long_lived_objects() -> None:
+    """Keep full garbage collections short: a process-wide setting, hence here and not in the server.
+
+    A full collection traverses every tracked object; with 1000 peers x 100
+    files the registry's 200,000 replica objects make that ~50 ms during which
+    no connection is served. Frozen objects are still freed by reference
+    counting when a peer leaves (the registry unlinks everything explicitly),
+    so the cyclic collector never needs to see them.
+    """
+    while True:
+        await trio.sleep(GC_FREEZE_INTERVAL)
+        gc.collect(1)  # young garbage first, so little of it is frozen
+        gc.freeze()
+
+
 async def _run_until_signal(config: TrackerConfig) -> None:
     """Serve until SIGINT/SIGTERM; errors before the tracker is listening are raised as they are."""
     startup_error: OSError | StorageError | None = None
@@ -55,6 +75,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
                 # Raised from here it would come out of the nursery wrapped in an ExceptionGroup.
                 startup_error = exc
             else:
+                nursery.start_soon(_freeze_long_lived_objects)
                 async for signum in signals:
                     log.info("%s received, shutting down", signal.Signals(signum).name)
                     break

@@ -13,7 +13,7 @@ peers x 100 files answers tens of thousands of requests a second:
   is O(1) and an expiry sweep only looks at the peers that actually expired;
 * each file keeps its replicas in a list (swap-removal, O(1)) so choosing N
   random holders needs no copy, and counts its complete copies incrementally;
-* a replica caches its bitfield until its chunks change.
+* a replica caches its wire entry (address and bitfield) until it changes.
 """
 
 from __future__ import annotations
@@ -93,18 +93,17 @@ class Replica:
     """The chunks of one file that one peer holds.
 
     ``slot`` is its index in the file's replica list (for O(1) removal);
-    ``entry`` is an opaque cache for the server's wire encoding, cleared
-    whenever the chunks or the peer's address change.
+    ``entry`` is an opaque cache for the server's wire encoding (which holds
+    the bitfield), cleared whenever the chunks or the peer's address change.
     """
 
-    __slots__ = ("peer", "file", "chunks", "slot", "_bitfield", "entry")
+    __slots__ = ("peer", "file", "chunks", "slot", "entry")
 
     def __init__(self, peer: Peer, file: FileRecord, chunks: ChunkSet) -> None:
         self.peer = peer
         self.file = file
         self.chunks = chunks
         self.slot = -1
-        self._bitfield: bytes | None = None
         self.entry: bytes | None = None
 
     @property
@@ -112,13 +111,7 @@ class Replica:
         return self.chunks.complete
 
     def bitfield(self) -> bytes:
-        if self._bitfield is None:
-            self._bitfield = self.chunks.bitfield()
-        return self._bitfield
-
-    def changed(self) -> None:
-        self._bitfield = None
-        self.entry = None
+        return self.chunks.bitfield()
 
     def __repr__(self) -> str:
         return f"Replica({self.peer.peer_id.hex()[:8]}, {self.file.manifest.name!r}, {len(self.chunks)}/{self.chunks.count})"
@@ -318,7 +311,7 @@ class Registry:
             was_complete = chunks.complete
             self.chunk_replica_count += merged.bit_count() - chunks.mask.bit_count()
             chunks.mask = merged
-            replica.changed()
+            replica.entry = None
             if chunks.complete and not was_complete:
                 record.complete_copies += 1
         return replica
