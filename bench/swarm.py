@@ -125,7 +125,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
     try:
         _, match = tracker.wait_for(r"tracker listening on (\S+)", 30)
         address = match.group(1)
-        common = ["--tracker", address, "--log-level", "INFO"]
+        common = ["--tracker", address, "--log-level", options.log_level]
         tuning = ["--pipeline-depth", str(options.pipeline_depth)] if options.pipeline_depth else []
         seeds = []
         for i in range(seeders):
@@ -154,6 +154,10 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
     finally:
         for proc in reversed(procs):
             proc.stop()
+        if options.log_dir is not None:
+            options.log_dir.mkdir(parents=True, exist_ok=True)
+            for proc in procs:
+                (options.log_dir / f"{name}-{proc.label}.log").write_text("\n".join(line for _, line in proc.lines) + "\n")
     size = os.path.getsize(data)
     served = {proc.label: proc.uploaded() for proc in procs[1:]}
     result: dict[str, Any] = {
@@ -179,6 +183,8 @@ def main() -> None:
     parser.add_argument("--pipeline-depth", type=int, default=0, help="requests in flight per connection (0: the peer's default)")
     parser.add_argument("--scenarios", default="one_to_one,four_to_one,one_to_four")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
+    parser.add_argument("--log-dir", type=pathlib.Path, default=None, help="write every process's log to DIR/SCENARIO-LABEL.log")
+    parser.add_argument("--log-level", default="INFO", help="log level of the peers (DEBUG: one line per chunk)")
     options = parser.parse_args()
     work = options.workdir or pathlib.Path(tempfile.mkdtemp(prefix="chunkswarm-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -93,11 +93,13 @@ async def _serve_until_signalled(peer: Peer) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Chunk size in bytes for newly published files.")
+@click.option("--max-upload-connections", type=click.IntRange(min=1), default=PeerConfig().max_upload_connections, show_default=True,
+              help="Peers served at once; more are told BUSY.")
 @_peer_options
-def seed(paths: tuple[pathlib.Path, ...], chunk_size: int, log_level: str, **options: Any) -> None:
+def seed(paths: tuple[pathlib.Path, ...], chunk_size: int, max_upload_connections: int, log_level: str, **options: Any) -> None:
     """Publish files (directories: every file inside) and serve them until interrupted."""
     setup_logging(log_level)
-    config = _config(chunk_size=chunk_size, **options)
+    config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)
     _run(_seed, config, paths)
 
 
@@ -121,17 +123,21 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing different file of that name.")
 @click.option("--pipeline-depth", type=click.IntRange(1, 64), default=PeerConfig().pipeline_depth, show_default=True,
               help="Requests in flight per peer connection.")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().stall_timeout, show_default=True,
+              help="Give up when missing chunks have had no reachable holder for this many seconds.")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().request_timeout, show_default=True,
+              help="Drop a peer that leaves requests unanswered for this many seconds.")
 @_peer_options
-def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, pipeline_depth: int, log_level: str, **options: Any) -> None:
+def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, pipeline_depth: int, stall_timeout: float,
+        request_timeout: float, log_level: str, **options: Any) -> None:
     """Download FILE (a file id, or a unique id prefix, or an exact name) from the swarm."""
     setup_logging(log_level)
-    config = _config(pipeline_depth=pipeline_depth, **options)
+    config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout, **options)
     _run(_get, config, file, output_dir, keep_seeding, force)
 
 
 async def _get(config: PeerConfig, query: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool) -> None:
     async with open_peer(config) as peer:
-        logger.debug("serving on %s", format_address(*peer.listen_address))
         await peer.connect()
         with progress_display(console) as progress:
             result = await peer.download(query, output_dir, force=force, progress=progress)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,8 +122,21 @@ class Connection:
                 data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
                 await self._send_all(prefix + data)
                 return
-            await self._send_all(prefix)
+            await self._send_prefix(prefix)
             await self._sendfile(fd, offset, count)
+
+    async def _send_prefix(self, prefix: bytes) -> None:
+        # MSG_MORE: the kernel holds the header back to go out with the file bytes
+        # that follow, rather than as a tiny segment of its own.
+        view = memoryview(prefix)
+        try:
+            while view:
+                sent = await self._socket.send(view, socket.MSG_MORE)
+                view = view[sent:]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> None:
         sock = self._socket

@@ -504,6 +504,11 @@ class Downloader:
         if not batch.mask:
             return
         self._to_announce = ChunkSet(self.manifest.chunk_count)
+        if not self.tracker.connected:
+            # Waiting for the tracker here would hold the end of a download for its whole
+            # timeout while the tracker is down; a reconnection re-announces everything held.
+            logger.debug("%s: tracker down; %d chunks will be announced on reconnection", self._label, len(batch))
+            return
         try:
             await self.tracker.request(Announce(self.manifest.file_id, batch.ranges()), Ok)
         except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
