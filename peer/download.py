@@ -313,7 +313,10 @@ class Downloader:
                 await self._refresh_now.wait()
 
     def _connecting(self) -> bool:
-        return any(source.conn is None for source in self._sources.values())
+        # A first attempt to reach a holder holds off the stall timer; a retry of one that
+        # already failed does not: the tracker lists a SIGKILLed holder until its peer
+        # timeout, and retrying it every peer_retry_delay must not keep the download alive.
+        return any(source.conn is None and source.peer_id not in self._retry_after for source in self._sources.values())
 
     def _give_up(self) -> None:
         missing = tuple(self._picker.unavailable()) or tuple(self._picker.have.missing())
