@@ -269,7 +269,8 @@ class Downloader:
         await trio.to_thread.run_sync(lambda: place_file(self._part.path, self.final_path, manifest, force=self.force))
         self._part.discard_state()
         self._serve_final(self.final_path)
-        logger.info("%s complete: %s", manifest.name, self.final_path)
+        logger.info("%s complete: %s (%d endgame duplicates, %d chunks re-fetched, %d bad)", manifest.name, self.final_path,
+                    self._picker.duplicates, self._picker.refetched, self._bad_chunks)
 
     def _serve_final(self, final: pathlib.Path) -> None:
         held = self.library.get(self.manifest.file_id)

@@ -133,7 +133,7 @@ class Peer:
         # After a (re)connection: the tracker may have forgotten us (or everything): tell it again.
         messages: list[Message] = []
         for held in list(self.library.files.values()):
-            if held.withdrawn or not held.have.mask:
+            if held.withdrawn or (not held.have.mask and held.manifest.chunk_count):
                 continue
             messages.append(Publish(held.manifest))
             messages.append(Announce(held.manifest.file_id, held.have.ranges()))

@@ -1,0 +1,40 @@
+"""peer/ui.py: progress events as rich bars on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from rich.console import Console
+
+from peer.ui import LogProgress, RichProgress, progress_display
+
+
+def feed(sink: object) -> None:
+    sink.started("data.bin", 3000, 1000)  # type: ignore[attr-defined]
+    sink.peers(2)  # type: ignore[attr-defined]
+    sink.chunk(1, 1000, "peer-1 (127.0.0.1:1)")  # type: ignore[attr-defined]
+    sink.chunk(2, 1000, "peer-2 (127.0.0.1:2)")  # type: ignore[attr-defined]
+    sink.finished()  # type: ignore[attr-defined]
+
+
+def test_plain_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    console = Console(file=io.StringIO(), force_terminal=False)
+    caplog.set_level(logging.INFO)
+    with progress_display(console) as sink:
+        assert isinstance(sink, LogProgress)
+        feed(sink)
+    text = caplog.text
+    assert "data.bin: 3000 bytes, 1000 already here" in text
+    assert "chunks from peer-1: 1, peer-2: 1" in text
+
+
+def test_rich_bar_on_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160)
+    with progress_display(console) as sink:
+        assert isinstance(sink, RichProgress)
+        feed(sink)
+    rendered = out.getvalue()
+    assert "data.bin" in rendered and "100%" in rendered.replace("100.0%", "100%") and "peer-1:1" in rendered
