@@ -267,7 +267,9 @@ def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: F
         registry.deregister(i.to_bytes(20, "big"), "10.0.0.1")
     _, holders = registry.holders(manifest.file_id, limit=100)
     assert len(holders) == 10 == registry.counts()["replicas"]
-    assert all(holders[r.slot] is r for r in holders)
+    record = holders[0].file
+    assert len(record.entries) == len(record.replicas) == 10
+    assert all(record.replicas[r.slot] is r for r in holders)
     with pytest.raises(TrackerError) as excinfo:
         registry.holders(bytes(32), limit=5)
     assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE

@@ -37,7 +37,7 @@ from common.messages import (
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import TrackerConfig
 from tracker.registry import Registry
-from tracker.server import TrackerService, encode_holders
+from tracker.server import TrackerService, encode_holders, holder_entry
 from tracker.store import Store
 
 CONFIG = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=60.0, max_connections=8)
@@ -164,6 +164,28 @@ async def test_pipelined_requests_are_answered_in_order_in_one_write(service: Tr
     replies = [await client.receive() for _ in batch]
     assert [type(r) for r in replies] == [Ok, Ok] + [Holders, StatsReply, Ok] * 20
     assert counting.sends == sends + 1
+
+
+async def test_holders_are_never_stale(service: TrackerService, nursery: trio.Nursery) -> None:
+    seeder = connect(service, nursery, "10.0.0.1", peer_id=b"S" * 20)
+    asker = connect(service, nursery, "10.0.0.2")
+    await seeder.register(6881)
+    await asker.hello()
+    manifest = make_manifest(chunks=8)
+    await seeder.request(Publish(manifest))
+
+    async def seen() -> tuple[int, bytes]:
+        reply = await asker.request(WhoHas(manifest.file_id))
+        assert isinstance(reply, Holders)
+        [holder] = reply.holders
+        return holder.port, holder.bitfield
+
+    await seeder.request(Announce(manifest.file_id, ((0, 1),)))
+    assert await seen() == (6881, b"\x80")
+    await seeder.request(Announce(manifest.file_id, ((7, 8),)))  # a newly verified chunk
+    assert await seen() == (6881, b"\x81")
+    assert await seeder.request(Register(7000)) == Ok()  # back on another port
+    assert await seen() == (7000, b"\x81")
 
 
 # -- request-level errors: an ERROR reply, the connection stays ------------------
@@ -374,7 +396,7 @@ def test_encode_holders_matches_the_codec(count: int) -> None:
         registry.announce(peer, manifest.file_id, ((i % 20, 20),))
     _, replicas = registry.holders(manifest.file_id, limit=1000)
     expected = Holders(manifest.file_id, [Holder(r.peer.peer_id, r.peer.host, r.peer.port, r.bitfield()) for r in replicas])
-    frame = encode_holders(manifest.file_id, replicas, max_frame_size=1 << 20)
+    frame = encode_holders(manifest.file_id, [holder_entry(r) for r in replicas], max_frame_size=1 << 20)
     assert frame == Codec().send(expected)
     codec = Codec()
     codec.receive_data(frame)
@@ -389,7 +411,7 @@ def test_encode_holders_leaves_out_what_does_not_fit() -> None:
         peer, _ = registry.register(i.to_bytes(20, "big"), "10.0.0.1", 1 + i)
         registry.announce(peer, manifest.file_id, ((0, 8),))
     _, replicas = registry.holders(manifest.file_id, limit=100)
-    frame = encode_holders(manifest.file_id, replicas, max_frame_size=1000)
+    frame = encode_holders(manifest.file_id, [holder_entry(r) for r in replicas], max_frame_size=1000)
     codec = Codec(max_frame_size=1000)
     codec.receive_data(frame)
     message = codec.next_event()

@@ -68,20 +68,20 @@ from common.messages import (
     WhoHas,
 )
 from tracker.config import TrackerConfig
-from tracker.registry import Registry, Replica, check_manifest
+from tracker.registry import FileRecord, Registry, Replica, check_manifest
 from tracker.store import Store
 
-__all__ = ["serve_tracker", "RunningTracker", "TrackerService", "encode_holders"]
+__all__ = ["serve_tracker", "RunningTracker", "TrackerService", "encode_holders", "holder_entry"]
 
 log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: Bytes asked of the socket per read: a batch of pipelined requests fits.
-RECEIVE_SIZE: Final = 32 * 1024
+RECEIVE_SIZE: Final = 16 * 1024
 #: Replies of one batch are sent as soon as they reach this size, so a client
-#: that pipelines thousands of WHO_HAS (8 KiB answers for 16-byte questions)
+#: that pipelines thousands of WHO_HAS (8 KiB answers to 44-byte questions)
 #: cannot make the tracker hold megabytes for it.
-FLUSH_SIZE: Final = 64 * 1024
+FLUSH_SIZE: Final = 32 * 1024
 #: How long a parting ERROR frame may take to go out before the connection is dropped anyway.
 FAREWELL_TIMEOUT: Final = 1.0
 #: Manifests at most this many chunks are checked on the event loop: the Merkle
@@ -102,30 +102,34 @@ def _msgpack_array_header(length: int) -> bytes:
     return b"\xdd" + length.to_bytes(4, "big")
 
 
-def _holder_entry(replica: Replica) -> bytes:
-    """The MessagePack of one ``Holder``'s fields, cached on the replica until it changes."""
-    entry = replica.entry
-    if entry is None:
-        peer = replica.peer
-        entry = replica.entry = msgpack.packb([peer.peer_id, peer.host, peer.port, replica.bitfield()], use_bin_type=True)
+def holder_entry(replica: Replica) -> bytes:
+    """The MessagePack of one ``Holder``'s fields: peer id, host, port, bitfield."""
+    peer = replica.peer
+    return msgpack.packb([peer.peer_id, peer.host, peer.port, replica.bitfield()], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _fill_entry(record: FileRecord, slot: int) -> bytes:
+    entry = record.entries[slot] = holder_entry(record.replicas[slot])
     return entry
 
 
-def encode_holders(file_id: bytes, replicas: list[Replica], *, max_frame_size: int) -> bytes:
-    """The HOLDERS frame for ``replicas``, byte for byte what ``Codec.send(Holders(...))`` makes.
+def encode_holders(file_id: bytes, entries: list[bytes], *, max_frame_size: int) -> bytes:
+    """The HOLDERS frame of holder ``entries``, byte for byte what ``Codec.send(Holders(...))`` makes.
 
-    Built from cached per-replica entries: constructing 50 validated
-    ``Holder`` objects (each parsing its IP address) per WHO_HAS would cost
-    more than everything else the tracker does for the request. Holders that
-    would push the frame over ``max_frame_size`` are left out.
+    Built from cached per-replica entries (:func:`holder_entry`): constructing
+    50 validated ``Holder`` objects (each parsing its IP address) per WHO_HAS
+    would cost more than everything else the tracker does for the request.
+    Holders that would push the frame over ``max_frame_size`` are left out.
     """
-    entries = [r.entry or _holder_entry(r) for r in replicas]
-    head = b"\x92" + msgpack.packb(file_id, use_bin_type=True)
+    head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
     size = len(head) + 5 + sum(map(len, entries))
-    while size > max_frame_size and entries:
-        size -= len(entries.pop())
-    payload = b"".join([head, _msgpack_array_header(len(entries)), *entries])
-    return encode_header(Opcode.HOLDERS, len(payload), max_frame_size=max_frame_size) + payload
+    if size > max_frame_size:
+        entries = list(entries)
+        while size > max_frame_size and entries:
+            size -= len(entries.pop())
+    array_header = _msgpack_array_header(len(entries))
+    length = len(head) + len(array_header) + sum(map(len, entries))
+    return b"".join([encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, *entries])
 
 
 def _observed_host(host: str) -> str:
@@ -422,8 +426,10 @@ class _Connection:
 
     def _who_has(self, request: WhoHas) -> bytes:
         limit = min(request.max_peers, self.service.config.max_holders)
-        _, replicas = self.service.registry.holders(request.file_id, limit=limit, exclude=self.peer_id)
-        return encode_holders(request.file_id, replicas, max_frame_size=self.codec.max_frame_size)
+        record, slots = self.service.registry.holder_slots(request.file_id, limit=limit, exclude=self.peer_id)
+        cached = record.entries
+        entries = [cached[i] or _fill_entry(record, i) for i in slots]
+        return encode_holders(request.file_id, entries, max_frame_size=self.codec.max_frame_size)
 
     def _list_files(self, request: ListFiles) -> bytes:
         entries = [
