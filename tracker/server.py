@@ -398,11 +398,13 @@ class _Connection:
         try:
             registry.peer(self._peer_id, self.host)
             if not registry.has_file(manifest.file_id):
-                if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
-                    check_manifest(manifest)
                 # The commit (and the Merkle check of a large manifest) runs in a worker
                 # thread; the reply waits for it, so an acknowledged publish is on disk.
-                await trio.to_thread.run_sync(self.service.check_and_save, manifest)
+                if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
+                    check_manifest(manifest)
+                    await trio.to_thread.run_sync(self.service.store.save, manifest)
+                else:
+                    await trio.to_thread.run_sync(self.service.check_and_save, manifest)
                 if registry.publish(manifest, checked=True):
                     log.info(
                         "file %r published (%s, %d bytes, %d chunks)",
