@@ -140,8 +140,11 @@ def _decode_raw(opcode: Opcode, payload: bytes | bytearray) -> Message:
 class Codec:
     """Incremental frame decoder and encoder for one connection (both directions)."""
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_receive_size: int | None = None) -> None:
         self.max_frame_size = max_frame_size
+        #: The largest frame accepted from the other side (default: ``max_frame_size``). A
+        #: chunk server receives only small requests, so it can refuse a 16 MiB header at once.
+        self.max_receive_size = max_frame_size if max_receive_size is None else max_receive_size
         self._buffer = bytearray()
         self._header: FrameHeader | None = None
         self._body: bytearray | None = None  # large frame being received
@@ -205,7 +208,7 @@ class Codec:
         if header is None:
             if len(self._buffer) < HEADER_SIZE:
                 return self._need_more(partial=bool(self._buffer))
-            header = decode_header(self._buffer, max_frame_size=self.max_frame_size)
+            header = decode_header(self._buffer, max_frame_size=self.max_receive_size)
             del self._buffer[:HEADER_SIZE]
             self._header = header
             if header.length >= LARGE_FRAME:

@@ -17,6 +17,7 @@ import logging
 import attrs
 import trio
 
+from common.codec import Codec
 from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError
 from common.framing import ErrorCode
 from common.messages import CancelChunk, ChunkError, Error, Hello, RequestChunk, Welcome
@@ -29,6 +30,10 @@ __all__ = ["ChunkServer"]
 
 logger = logging.getLogger(__name__)
 
+#: The largest frame a downloader has reason to send us: HELLO, REQUEST_CHUNK, CANCEL_CHUNK
+#: and an ERROR with its 1,024-character message all fit. Anything larger is refused at its header.
+MAX_REQUEST_FRAME = 16 * 1024
+
 
 class _RequestQueue:
     """Queued (file id, index) requests of one connection, in arrival order, cancellable."""
@@ -36,6 +41,8 @@ class _RequestQueue:
     def __init__(self) -> None:
         self._items: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
         self._wakeup = trio.Event()
+        #: True while the sender is answering a request taken from the queue.
+        self.sending = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -65,6 +72,8 @@ class ChunkServer:
     max_connections: int = 32
     max_queued: int = 16
     handshake_timeout: float = 10.0
+    #: A connection that sends no request, or does not take our data, for this long is closed.
+    idle_timeout: float = 120.0
     transfers: Transfers = attrs.field(factory=Transfers)
     active: int = attrs.field(init=False, default=0)
 
@@ -77,11 +86,13 @@ class ChunkServer:
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes; never raises (except Cancelled)."""
-        conn = Connection(stream)
+        conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
         try:
             await self._serve(conn)
-        except (ConnectionClosed, PeerTimeout) as exc:
+        except ConnectionClosed as exc:
             logger.debug("chunk connection ended: %s", exc)
+        except PeerTimeout as exc:
+            logger.info("closing an idle peer connection: %s", exc)
         except RemoteProtocolError as exc:
             logger.info("closing a peer connection after a protocol error: %s", exc)
             await self._try_send_error(conn, exc.error_code or ErrorCode.BAD_REQUEST, exc.reason)
@@ -93,6 +104,7 @@ class ChunkServer:
     async def _serve(self, conn: Connection) -> None:
         hello = await conn.receive_within(self.handshake_timeout)
         if not isinstance(hello, Hello):
+            logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
             await conn.send(Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
             return
         if self.active >= self.max_connections:
@@ -114,7 +126,12 @@ class ChunkServer:
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> None:
         while True:
-            message = await conn.receive()
+            with trio.move_on_after(self.idle_timeout) as waited:
+                message = await conn.receive()
+            if waited.cancelled_caught:
+                if queue or queue.sending:
+                    continue  # the downloader is waiting for us, not idle
+                raise PeerTimeout(f"no request within {self.idle_timeout:g} s")
             if isinstance(message, RequestChunk):
                 if len(queue) >= self.max_queued:
                     await conn.send(ChunkError(message.file_id, message.index, ErrorCode.BUSY, "request queue full"))
@@ -126,12 +143,15 @@ class ChunkServer:
                 logger.debug("peer sent ERROR %s: %s", message.code_name, message.message)
                 return
             else:
+                logger.info("closing a peer connection: unexpected %s", type(message).__name__)
                 await conn.send(Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
                 return
 
     async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str) -> None:
         while True:
+            queue.sending = False
             file_id, index = await queue.get()
+            queue.sending = True
             held = self.library.get(file_id)
             if held is None:
                 await conn.send(ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))
@@ -145,7 +165,11 @@ class ChunkServer:
                 continue
             length = manifest.chunk_length(index)
             prefix = conn.codec.chunk_data_prefix(file_id, index, length)
-            await conn.send_file_range(prefix, held.fd, manifest.chunk_offset(index), length)
+            try:
+                with trio.fail_after(self.idle_timeout):  # a downloader that stops reading must not hold a slot forever
+                    await conn.send_file_range(prefix, held.fd, manifest.chunk_offset(index), length)
+            except trio.TooSlowError:
+                raise PeerTimeout(f"a chunk took over {self.idle_timeout:g} s to send") from None
             self.transfers.record_upload(remote, length)
 
     @staticmethod
