@@ -147,7 +147,7 @@ class Downloader:
     force: bool = False
     progress: ProgressSink | None = None
 
-    _picker: Picker = attrs.field(init=False)
+    _picker: Picker[bytes] = attrs.field(init=False)
     _part: PartFile = attrs.field(init=False)
     _held: HeldFile = attrs.field(init=False)
     _sources: dict[bytes, _Source] = attrs.field(init=False, factory=dict)

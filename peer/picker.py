@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
 
 import attrs
 
@@ -33,7 +34,7 @@ from common.chunkset import ChunkSet
 
 __all__ = ["Picker", "PeerKey"]
 
-PeerKey = Hashable
+PeerKey = TypeVar("PeerKey", bound=Hashable)
 
 
 @attrs.define(eq=False)
@@ -44,7 +45,7 @@ class _PeerState:
 
 
 @attrs.define(eq=False)
-class Picker:
+class Picker(Generic[PeerKey]):
     """Chunk scheduling for one file of ``chunk_count`` chunks of which ``have`` are already verified."""
 
     chunk_count: int
