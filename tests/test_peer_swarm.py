@@ -221,3 +221,21 @@ async def test_reconnects_and_reannounces_after_tracker_restart(source: pathlib.
                     result = await getter.download("data.bin", tmp_path / "out")
                     assert result.path.read_bytes() == source.read_bytes()
             nursery.cancel_scope.cancel()
+
+
+async def test_disconnect_then_connect_again(swarm: Swarm, source: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer() as watcher:
+            await seeder.publish([source])
+            (entry,) = await watcher.list_files()
+            assert entry.holders == 1 and seeder.connected
+            await seeder.disconnect()
+            assert not seeder.connected
+            (entry,) = await watcher.list_files()
+            assert entry.holders == 0
+            await seeder.connect()
+            assert seeder.connected
+            (entry,) = await watcher.list_files()
+            assert entry.holders == 1 and entry.complete_copies == 1
+            status = seeder.status()
+            assert status.connected and status.files[0][0] == "data.bin" and status.listen_address == seeder.listen_address
