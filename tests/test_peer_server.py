@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -38,6 +40,18 @@ async def handshake(conn: Connection) -> Welcome:
     welcome = await conn.receive()
     assert isinstance(welcome, Welcome)
     return welcome
+
+
+@asynccontextmanager
+async def served(server: ChunkServer, pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = trio.testing.memory_stream_pair) -> AsyncIterator[Connection]:
+    """A client connection to ``server`` over an in-memory stream pair, after HELLO/WELCOME."""
+    client_stream, server_stream = pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        yield conn
+        await conn.aclose()
 
 
 def chunk_of(data: bytes, index: int) -> bytes:
@@ -81,12 +95,7 @@ async def test_pipelined_requests_and_errors(published: tuple[Library, Manifest,
 
 async def test_cancelled_request_gets_no_reply(published: tuple[Library, Manifest, bytes]) -> None:
     library, manifest, data = published
-    server = ChunkServer(library, PEER_ID)
-    client_stream, server_stream = trio.testing.lockstep_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, server_stream)
-        conn = Connection(client_stream)
-        await handshake(conn)
+    async with served(ChunkServer(library, PEER_ID), trio.testing.lockstep_stream_pair) as conn:
         fid = manifest.file_id
         await conn.send_many([RequestChunk(fid, 1), RequestChunk(fid, 2), RequestChunk(fid, 3), CancelChunk(fid, 2)])
         first = await conn.receive()
@@ -96,24 +105,17 @@ async def test_cancelled_request_gets_no_reply(published: tuple[Library, Manifes
         await conn.send(RequestChunk(fid, 4))
         fourth = await conn.receive()
         assert isinstance(fourth, ChunkData) and fourth.index == 4
-        await conn.aclose()
 
 
 async def test_full_queue_answers_busy(published: tuple[Library, Manifest, bytes]) -> None:
     library, manifest, data = published
-    server = ChunkServer(library, PEER_ID, max_queued=4)
-    client_stream, server_stream = trio.testing.lockstep_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, server_stream)
-        conn = Connection(client_stream)
-        await handshake(conn)
+    async with served(ChunkServer(library, PEER_ID, max_queued=4), trio.testing.lockstep_stream_pair) as conn:
         await conn.send_many([RequestChunk(manifest.file_id, i) for i in range(20)])
         replies = [await conn.receive() for _ in range(20)]
         busy = [r.index for r in replies if isinstance(r, ChunkError) and r.code == ErrorCode.BUSY]
-        served = [r.index for r in replies if isinstance(r, ChunkData)]
-        assert busy and served and sorted(busy + served) == list(range(20))
+        answered = [r.index for r in replies if isinstance(r, ChunkData)]
+        assert busy and answered and sorted(busy + answered) == list(range(20))
         assert all(r == ChunkData(manifest.file_id, r.index, chunk_of(data, r.index)) for r in replies if isinstance(r, ChunkData))
-        await conn.aclose()
 
 
 async def test_connection_cap_says_busy(published: tuple[Library, Manifest, bytes]) -> None:
@@ -139,30 +141,19 @@ async def test_changed_file_is_no_longer_served(published: tuple[Library, Manife
     library, manifest, _ = published
     held = library.get(manifest.file_id)
     assert held is not None
-    server = ChunkServer(library, PEER_ID)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, server_stream)
-        conn = Connection(client_stream)
-        await handshake(conn)
+    async with served(ChunkServer(library, PEER_ID)) as conn:
         with open(held.path, "r+b") as handle:
             handle.write(b"edited")
         os.utime(held.path, ns=(1, 1))
         await conn.send(RequestChunk(manifest.file_id, 0))
         reply = await conn.receive()
         assert isinstance(reply, ChunkError) and reply.code == ErrorCode.NOT_HELD
-        await conn.aclose()
 
 
 async def test_garbage_gets_an_error_and_a_close(published: tuple[Library, Manifest, bytes]) -> None:
     library, _, _ = published
-    server = ChunkServer(library, PEER_ID)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, server_stream)
-        conn = Connection(client_stream)
-        await handshake(conn)
-        await client_stream.send_all(b"XX" + bytes(30))
+    async with served(ChunkServer(library, PEER_ID)) as conn:
+        await conn.stream.send_all(b"XX" + bytes(30))
         reply = await conn.receive()
         assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
         with pytest.raises(ConnectionClosed):
