@@ -13,7 +13,6 @@ import logging
 import os
 import pathlib
 import re
-import socket
 import struct
 import time
 from typing import Any
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.errors import ChunkswarmError, IntegrityError, RemoteProtocolError
-from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode, encode_header
+from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
 from common.manifest import Manifest, build_manifest, validate_name
 from common.messages import (
     Announce,
@@ -40,7 +39,6 @@ from common.messages import (
     Hello,
     Holders,
     ListFiles,
-    ManifestReply,
     Ok,
     Publish,
     Register,

@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,50 +14,16 @@ import trio
 
 from common.manifest import build_manifest
 from peer.node import Peer
+from tests.procs import Child, spawn
 from tests.test_peer_swarm import Swarm, offer, swarm, tracker  # noqa: F401  (fixtures)
 
 CHUNK = 16 * 1024
 
 
-class Child:
-    """A subprocess whose stderr is collected (and drained, so it never blocks)."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.output = bytearray()
-        self._grew = trio.Event()
-
-    async def drain(self) -> None:
-        assert self.process.stderr is not None
-        while data := await self.process.stderr.receive_some(65536):
-            self.output += data
-            self._grew.set()
-            self._grew = trio.Event()
-
-    async def wait_for(self, text: str) -> None:
-        while text.encode() not in self.output:
-            if self.process.poll() is not None:
-                raise AssertionError(f"process exited early:\n{self.output.decode(errors='replace')}")
-            await self._grew.wait()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-
-
 @asynccontextmanager
 async def child(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "peer", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-    )
-    proc = Child(process)
-    nursery.start_soon(proc.drain)
-    try:
+    async with spawn(nursery, "-m", "peer", *args) as proc:
         yield proc
-    finally:
-        proc.kill()
-        with trio.move_on_after(5):
-            await process.wait()
 
 
 def common_args(swarm: Swarm, state: pathlib.Path, label: str) -> list[str]:
