@@ -11,7 +11,13 @@ last one has logged its verified file in place. The last line printed is one
 JSON object with, per scenario, ``seconds``, ``mib_per_s`` (bytes of the file
 times downloaders, per second) and ``bytes_served`` per peer label (from the
 peers' own counters, logged when they are stopped); ``one_to_four`` also has
-``served_by_downloaders`` and its share of all bytes.
+``served_by_downloaders`` and its share of all bytes. ``cpu_seconds`` is each
+process's user + system time.
+
+On a VM whose balloon driver reports free pages to the host, writing a file
+into never-touched (or returned) memory costs several times more system time
+than into recently freed pages: compare runs side by side, and expect the
+first scenario of a run to pay most of it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from peer.config import PeerConfig  # noqa: E402
 
 
 class Proc:
@@ -194,7 +203,9 @@ def main() -> None:
         print(f"writing {options.size_mib} MiB of random data to {data}", file=sys.stderr)
         make_file(data, size)
     plan = {"one_to_one": (1, 1), "four_to_one": (4, 1), "one_to_four": (1, 4)}
-    results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size}
+    depth = options.pipeline_depth or PeerConfig().pipeline_depth
+    results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size, "pipeline_depth": depth,
+                               "load_average": os.getloadavg()[0]}
     try:
         for name in options.scenarios.split(","):
             seeders, downloaders = plan[name]
