@@ -231,9 +231,17 @@ class ManifestCache:
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        # A full disk fails the write: leave no half-written temporary file behind.
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------------------

@@ -351,7 +351,7 @@ async def test_disk_fills_up_mid_download(big: pathlib.Path, tmp_path: pathlib.P
                     budget.write_text(str(10**6))
                     await getter.wait_exit()
             _assert_clean_failure(getter, out, "disk full")
-            assert (out / "big.bin.part").exists()
+            assert sorted(p.name for p in out.iterdir()) == ["big.bin.part", "big.bin.part.state"]  # no stray temporary file
             # Too small from the start: refused before any transfer.
             (small_fs / "filler").unlink()
             shutil.rmtree(out)
