@@ -14,10 +14,11 @@ import trio
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, UnknownFile
 from common.manifest import Manifest, build_manifest
-from common.messages import Announce, Publish
+from common.messages import Announce, Hello, Publish
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage import HeldFile
+from peer.tracker_client import TrackerLink
 from tracker.config import TrackerConfig
 from tracker.server import serve_tracker
 
@@ -239,3 +240,85 @@ async def test_disconnect_then_connect_again(swarm: Swarm, source: pathlib.Path)
             assert entry.holders == 1 and entry.complete_copies == 1
             status = seeder.status()
             assert status.connected and status.files[0][0] == "data.bin" and status.listen_address == seeder.listen_address
+
+
+class Progress:
+    """A progress sink that counts chunks and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.changed = trio.Event()
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        pass
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        self.chunks += 1
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def peers(self, count: int) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+
+async def test_a_seeder_appearing_mid_download_is_used(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    manifest = build_manifest(source, CHUNK)
+    half = manifest.chunk_count // 2
+    progress = Progress()
+    with trio.fail_after(20):
+        async with swarm.peer() as partial, swarm.peer(stall_timeout=15.0) as getter:
+            await offer(partial, source, manifest, range(half))
+            results = []
+            done = trio.Event()
+
+            async def get() -> None:
+                results.append(await getter.download("data.bin", tmp_path / "out", progress=progress))
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get)
+                while progress.chunks < half:
+                    await progress.changed.wait()
+                # The getter has all it can find; a full seeder appears and the refresh finds it.
+                async with swarm.peer() as late:
+                    await late.publish([source])
+                    await done.wait()
+            (result,) = results
+            assert result.path.read_bytes() == source.read_bytes()
+            by_label = {name.split(" ")[0]: count.chunks for name, count in result.received.items()}
+            assert by_label == {"peer-1": half, "peer-3": manifest.chunk_count - half}
+
+
+async def silent_peer(*, task_status: trio.TaskStatus[int]) -> None:
+    """Says WELCOME, then never answers a request."""
+    from common.codec import Codec
+    from common.messages import Welcome
+
+    async def handler(stream: trio.SocketStream) -> None:
+        codec = Codec()
+        await stream.send_all(codec.send(Welcome(b"z" * 20, agent="silent")))
+        while await stream.receive_some(65536):
+            pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+async def test_a_silent_peer_times_out_and_its_requests_move(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
+                                                             nursery: trio.Nursery) -> None:
+    manifest = build_manifest(source, CHUNK)
+    port = await nursery.start(silent_peer)
+    # The tracker is told that the silent server holds every chunk.
+    link = await TrackerLink.open(swarm.tracker, Hello(b"s" * 20, listen_port=port, agent="silent"), timeout=5, register_port=port)
+    nursery.start_soon(link.run)
+    await link.request_many([Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())], timeout=5)
+    with trio.fail_after(20):
+        async with swarm.peer() as honest, swarm.peer(request_timeout=0.5, endgame_copies=1) as getter:
+            await honest.publish([source])
+            result = await getter.download("data.bin", tmp_path / "out")
+            assert result.path.read_bytes() == source.read_bytes()
+            assert list(result.received) == [f"peer-1 (127.0.0.1:{honest.listen_address[1]})"]
