@@ -76,7 +76,7 @@ class Proc:
                         return stamp, match
                 seen = len(self.lines)
                 if self.popen.poll() is not None and not self._thread.is_alive():
-                    raise RuntimeError(f"{self.label} exited ({self.popen.returncode}) before {pattern!r}:\n" + "\n".join(l for _, l in self.lines[-20:]))
+                    raise RuntimeError(f"{self.label} exited ({self.popen.returncode}) before {pattern!r}:\n" + "\n".join(text for _, text in self.lines[-20:]))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{self.label}: no {pattern!r} within {timeout} s")

@@ -43,7 +43,7 @@ from common.messages import (
     Published,
 )
 from peer.config import PeerConfig
-from peer.download import DownloadResult, Downloader, ProgressSink
+from peer.download import Downloader, DownloadResult, ProgressSink
 from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
 from peer.storage import Library, ManifestCache, expand_paths, open_published

@@ -22,9 +22,9 @@ from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, Remote
 from common.framing import ErrorCode
 from common.messages import CancelChunk, ChunkError, Error, Hello, RequestChunk, Welcome
 from peer.connection import Connection
-from peer.tasks import open_nursery
 from peer.status import Transfers, describe_remote
 from peer.storage import Library
+from peer.tasks import open_nursery
 
 __all__ = ["ChunkServer"]
 

@@ -43,7 +43,9 @@ async def handshake(conn: Connection) -> Welcome:
 
 
 @asynccontextmanager
-async def served(server: ChunkServer, pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = trio.testing.memory_stream_pair) -> AsyncIterator[Connection]:
+async def served(
+    server: ChunkServer, pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = trio.testing.memory_stream_pair
+) -> AsyncIterator[Connection]:
     """A client connection to ``server`` over an in-memory stream pair, after HELLO/WELCOME."""
     client_stream, server_stream = pair()
     async with trio.open_nursery() as nursery:
