@@ -79,7 +79,12 @@ logger = logging.getLogger(__name__)
 
 
 class ProgressSink(Protocol):
-    """What the engine tells a progress display (``peer/ui.py``); every method is optional in spirit."""
+    """What the engine tells a progress display (``peer/ui.py``).
+
+    ``started``, ``chunk`` (``source_label`` is ``label (host:port)``) and
+    ``finished`` are required; ``peers`` (the number of peers connected) is
+    called only if the sink has it.
+    """
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None: ...
 
@@ -353,9 +358,14 @@ class Downloader:
             self._picker.set_peer_chunks(holder.peer_id, chunks)
             assert self._nursery is not None
             self._nursery.start_soon(self._session, source)
-        if self.progress is not None:
-            self.progress.peers(len(self._sources))
+        self._report_peers()
         self._wake_all()
+
+    def _report_peers(self) -> None:
+        # ``peers`` is optional for a progress sink: a sink with just started/chunk/finished works.
+        report = getattr(self.progress, "peers", None)
+        if report is not None:
+            report(len(self._sources))
 
     def _wake_all(self) -> None:
         for source in self._sources.values():
@@ -380,8 +390,7 @@ class Downloader:
             self._retry_after[key] = time.monotonic() + self.config.peer_retry_delay
             self._wake_all()
             self._refresh_now.set()
-            if self.progress is not None:
-                self.progress.peers(len(self._sources))
+            self._report_peers()
             if source.conn is not None:
                 await source.conn.aclose()
 

@@ -322,3 +322,26 @@ async def test_a_silent_peer_times_out_and_its_requests_move(swarm: Swarm, sourc
             result = await getter.download("data.bin", tmp_path / "out")
             assert result.path.read_bytes() == source.read_bytes()
             assert list(result.received) == [f"peer-1 (127.0.0.1:{honest.listen_address[1]})"]
+
+
+async def test_a_minimal_progress_sink_is_enough(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    events: list[tuple[object, ...]] = []
+
+    class Minimal:
+        def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+            events.append(("started", name, total_bytes, already_have_bytes))
+
+        def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+            events.append(("chunk", index, nbytes, source_label.split(" ")[0]))
+
+        def finished(self) -> None:
+            events.append(("finished",))
+
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer() as getter:
+            (manifest,) = await seeder.publish([source])
+            await getter.download("data.bin", tmp_path / "out", progress=Minimal())
+    assert events[0] == ("started", "data.bin", SIZE, 0) and events[-1] == ("finished",)
+    chunks = events[1:-1]
+    assert sorted(e[1] for e in chunks) == list(range(manifest.chunk_count))  # type: ignore[type-var]
+    assert sum(e[2] for e in chunks) == SIZE and {e[3] for e in chunks} == {"peer-1"}  # type: ignore[misc]
