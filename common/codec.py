@@ -203,6 +203,20 @@ class Codec:
         """Bytes received but not yet returned as messages (for idle/slow-loris accounting)."""
         return len(self._buffer) + self._filled + (HEADER_SIZE if self._header is not None else 0)
 
+    def discard(self) -> None:
+        """Free everything buffered and refuse further use: for a connection about to be closed."""
+        if self._error is None:
+            self._error = RemoteProtocolError("input discarded: the connection is closing")
+        self._buffer = bytearray()
+        self._body = None
+        self._header = None
+        self._filled = 0
+
+    @property
+    def reserved(self) -> int:
+        """Bytes of memory held for input not returned yet, as allocated (a large frame's body counts in full)."""
+        return len(self._buffer) + (len(self._body) if self._body is not None else 0)
+
     def _next_event(self) -> Message | Sentinel:
         header = self._header
         if header is None:

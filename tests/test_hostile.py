@@ -434,3 +434,27 @@ def test_any_name_a_manifest_can_carry_stays_inside_the_download_directory(name:
     for path in (part.final_path, part.path, part.state_path):
         assert path.parent == out and os.path.normpath(path) == str(path)
         assert re.fullmatch(r"[^/\\\x00]+", path.name)
+
+
+async def test_the_tracker_bounds_memory_held_for_unfinished_large_frames() -> None:
+    """Headers and half bodies of 16 MiB PUBLISH frames, from clients that never registered: BUSY beyond the budget."""
+    config = TrackerConfig(max_buffered=TrackerConfig().max_frame_size + 1)
+    with Store(None) as store:
+        service = TrackerService.create(config, store)
+        async with trio.open_nursery() as nursery:
+            clients = []
+            for index in range(3):
+                (stream,) = _connect_tracker(service, nursery, f"10.0.0.{index + 1}")
+                client = TrackerTestClient(stream)
+                await client.hello()
+                await client.send_raw(_header(Opcode.PUBLISH, 2**24) + b"\x95" + bytes(6 * 2**20))  # an 8 MiB body buffer each
+                await trio.testing.wait_all_tasks_blocked()
+                clients.append(client)
+            assert service.buffered <= config.max_buffered
+            with trio.fail_after(10):
+                refused = await clients[-1].closed_after()
+            assert [(type(m), m.code) for m in refused] == [(Error, ErrorCode.BUSY)]  # type: ignore[union-attr]
+            for client in clients:
+                await client.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert service.buffered == 0 and service.connections == 0

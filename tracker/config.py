@@ -46,6 +46,9 @@ class TrackerConfig:
     max_holders: int = attrs.field(default=50, validator=_at_least_one)
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=attrs.validators.ge(MIN_FRAME_SIZE))
     stats_interval: float = attrs.field(default=60.0, validator=_positive)
+    #: Memory all connections together may hold for requests still arriving; beyond it a
+    #: connection receiving a large frame is refused with BUSY (at least one largest frame fits).
+    max_buffered: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(MIN_FRAME_SIZE))
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -156,6 +156,8 @@ class TrackerService:
     tracker_id: bytes = attrs.field(factory=lambda: os.urandom(PEER_ID_SIZE))
     connections: int = 0
     requests: int = 0
+    #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
+    buffered: int = 0
     started_at: float = attrs.field(factory=trio.current_time)
 
     @classmethod
@@ -203,6 +205,7 @@ class TrackerService:
             await _farewell(stream, Error(ErrorCode.INTERNAL, "internal tracker error"))
         finally:
             self.connections -= 1
+            self.buffered -= connection.reserved
             await trio.aclose_forcefully(stream)
 
     async def serve_socket(self, stream: trio.SocketStream) -> None:
@@ -266,6 +269,8 @@ class _Connection:
     peer_id: bytes | None = attrs.field(init=False, default=None)
     #: Replies made for the current batch but not sent yet.
     pending: list[bytes] = attrs.field(init=False, factory=list)
+    #: This connection's share of ``TrackerService.buffered``.
+    reserved: int = attrs.field(init=False, default=0)
     _handlers: dict[type, Callable[[Any], bytes]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -308,6 +313,7 @@ class _Connection:
                     await self._send(b"".join(pending))
                     pending.clear()
                     pending_size = 0
+            self._account()
             if pending:
                 await self._send(b"".join(pending))
                 pending.clear()
@@ -318,6 +324,23 @@ class _Connection:
                 deadline = trio.current_time() + idle
                 if deadline - idle_scope.deadline > slack:
                     idle_scope.deadline = deadline
+
+    def _account(self) -> None:
+        """Keep the service's total of buffered input; refuse a large frame that would pass ``max_buffered``.
+
+        Without this, connections that each send the header and part of a 16 MiB
+        PUBLISH (no registration needed to send bytes) grow the tracker without bound.
+        """
+        service = self.service
+        reserved = self.codec.reserved
+        service.buffered += reserved - self.reserved
+        self.reserved = reserved
+        if service.buffered > service.config.max_buffered and reserved > RECEIVE_SIZE:
+            self.codec.discard()  # free it now, not after the parting ERROR has been sent
+            raise RemoteProtocolError(
+                f"the tracker holds {service.buffered} bytes of unfinished requests; send large requests later",
+                error_code=ErrorCode.BUSY,
+            )
 
     def _answer(self, request: Message) -> bytes:
         handler = self._handlers.get(type(request))
