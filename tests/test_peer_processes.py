@@ -131,3 +131,16 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path) -> No
             got = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "-o", str(tmp_path / "out"),
                                           "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env)
             assert (tmp_path / "out" / "data.bin").read_bytes() == source.read_bytes(), got.stderr
+            blocker = tmp_path / "blocker"
+            blocker.write_text("a file, not a directory")
+            unwritable = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "-o", str(blocker / "sub"),
+                                                 "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env,
+                                                check=False)
+            assert unwritable.returncode != 0 and b"cannot" in unwritable.stderr and b"Traceback" not in unwritable.stderr
+            other = tmp_path / "other" / "data.bin"
+            other.parent.mkdir()
+            other.write_bytes(b"y" * 100)
+            await seeder.publish([other])
+            ambiguous = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "--state-dir", str(tmp_path / "g")],
+                                               capture_stdout=True, capture_stderr=True, env=env, check=False)
+            assert ambiguous.returncode != 0 and b"matches 2 files" in ambiguous.stderr
