@@ -41,6 +41,7 @@ from common.messages import (
     ListFiles,
     Ok,
     Publish,
+    Published,
     Register,
     RequestChunk,
     Stats,
@@ -458,3 +459,34 @@ async def test_the_tracker_bounds_memory_held_for_unfinished_large_frames() -> N
                 await client.aclose()
             await trio.testing.wait_all_tasks_blocked()
             assert service.buffered == 0 and service.connections == 0
+
+
+# -- out of order, named explicitly (the fuzzers reach these too, by chance) ---------------------
+async def test_a_chunk_request_before_the_handshake_is_refused_and_logged(
+    shared: tuple[pathlib.Path, Manifest, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, manifest, _ = shared
+    server = ChunkServer(_library(path, manifest), b"s" * 20)
+    client, server_stream = trio.testing.memory_stream_pair()
+    with caplog.at_level(logging.INFO, logger="peer.server"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_stream)
+            received = await _send_and_wait_for_close(client, [Codec().send(RequestChunk(manifest.file_id, 0))])
+    assert [(type(m), m.code) for m in received] == [(Error, ErrorCode.BAD_REQUEST)]
+    assert any("RequestChunk before HELLO" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_publish_before_register_is_refused_and_the_connection_stays_usable() -> None:
+    with Store(None) as store:
+        service = TrackerService.create(TrackerConfig(), store)
+        async with trio.open_nursery() as nursery:
+            (stream,) = _connect_tracker(service, nursery, "10.0.0.1")
+            client = TrackerTestClient(stream)
+            await client.hello(6881)
+            manifest = make_manifest("early.bin", chunks=2)
+            await client.expect_error(Publish(manifest), ErrorCode.NOT_REGISTERED)
+            await client.expect_error(Announce(manifest.file_id, ((0, 2),)), ErrorCode.NOT_REGISTERED)
+            assert await client.request(Register(6881)) == Ok()
+            assert await client.request(Publish(manifest)) == Published(manifest.file_id)
+            assert [m.name for m in store.load()] == ["early.bin"]
+            await client.aclose()
