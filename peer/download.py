@@ -57,6 +57,7 @@ from common.messages import (
     WhoHas,
 )
 from peer.config import PeerConfig
+from common.codec import Codec
 from peer.connection import Connection
 from peer.picker import Picker
 from peer.status import TransferCount, Transfers, describe_remote
@@ -397,7 +398,9 @@ class Downloader:
     async def _run_session(self, source: _Source) -> None:
         with trio.fail_after(self.config.connect_timeout):
             stream = await trio.open_tcp_stream(*source.address)
-            conn = Connection(stream)
+            # Nothing a serving peer sends is larger than one chunk: a header that claims more is
+            # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
+            conn = Connection(stream, codec=Codec(max_receive_size=max(16 * 1024, self.manifest.chunk_size + 64)))
             source.conn = conn
             await conn.send(self.hello)
             welcome = await conn.receive()

@@ -8,7 +8,8 @@ every chunk, heartbeats, then serves chunk requests:
 * ``honest``: the right bytes;
 * ``corrupt``: the right length, one byte flipped;
 * ``truncate``: a well-formed CHUNK_DATA with half the bytes;
-* ``stall``: accepts the connection and the requests, never answers.
+* ``stall``: accepts the connection and the requests, never answers;
+* ``oversize``: a CHUNK_DATA header that claims 16 MiB, then the chunk and padding.
 
 ``--budget-file`` gates any mode: chunks are sent only while the number sent
 is below the integer in that file (re-read every 20 ms), so a test decides
@@ -32,7 +33,7 @@ from common.manifest import Manifest, build_manifest
 from common.messages import Announce, Heartbeat, Hello, Message, Publish, Register, RequestChunk, Welcome
 from common.messages import ChunkData
 
-MODES = ("honest", "corrupt", "truncate", "stall")
+MODES = ("honest", "corrupt", "truncate", "stall", "oversize")
 
 
 def say(text: str) -> None:
@@ -102,7 +103,11 @@ class Liar:
         async for request in requests:
             await self.wait_for_budget()
             data = self.payload(request.index)
-            await stream.send_all(codec.send(ChunkData(request.file_id, request.index, data)))
+            if self.mode == "oversize":
+                frame = codec.chunk_data_prefix(request.file_id, request.index, 2**24 - 36) + data
+                await stream.send_all(frame + bytes(2**24 - 36 - len(data)))
+            else:
+                await stream.send_all(codec.send(ChunkData(request.file_id, request.index, data)))
             self.sent += 1
             say(f"sent {self.sent} chunks")
 
