@@ -122,13 +122,13 @@ def encode_holders(file_id: bytes, entries: list[bytes], *, max_frame_size: int)
     Holders that would push the frame over ``max_frame_size`` are left out.
     """
     head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
-    size = len(head) + 5 + sum(map(len, entries))
-    if size > max_frame_size:
+    body = sum(map(len, entries))
+    if len(head) + 5 + body > max_frame_size:
         entries = list(entries)
-        while size > max_frame_size and entries:
-            size -= len(entries.pop())
+        while len(head) + 5 + body > max_frame_size and entries:
+            body -= len(entries.pop())
     array_header = _msgpack_array_header(len(entries))
-    length = len(head) + len(array_header) + sum(map(len, entries))
+    length = len(head) + len(array_header) + body
     return b"".join([encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, *entries])
 
 
