@@ -32,6 +32,8 @@ class Child:
         self.output = bytearray()
         self._grew = trio.Event()
         self.drained = trio.Event()
+        #: Peak resident memory seen so far (KiB), sampled while the child runs.
+        self.peak_rss_kib = 0
 
     async def drain(self) -> None:
         assert self.process.stderr is not None
@@ -43,6 +45,11 @@ class Child:
         finally:
             self.drained.set()
             self._grew.set()
+
+    async def sample_memory(self) -> None:
+        while self.process.poll() is None:
+            self.peak_rss_kib = max(self.peak_rss_kib, rss_peak_kib(self.process.pid))
+            await trio.sleep(0.05)
 
     @property
     def text(self) -> str:
@@ -92,6 +99,7 @@ async def spawn(nursery: trio.Nursery, *args: str, name: str = "") -> AsyncItera
     )
     proc = Child(process, name)
     nursery.start_soon(proc.drain)
+    nursery.start_soon(proc.sample_memory)
     try:
         yield proc
     finally:

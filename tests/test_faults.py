@@ -123,7 +123,8 @@ async def test_seeder_killed_mid_download_another_holder_finishes(big: pathlib.P
             assert not (out / "big.bin.part").exists() and "Traceback" not in getter.text
             found = re.search(r"chunks from (.+?: \d+(?:, .+?: \d+)*)\)", getter.text)
             assert found and "seed-s" in found.group(1), getter.text
-            report("seeder killed", killed_after_chunks=30, seconds_from_kill_to_done=round(finished, 2), summary=found.group(1))
+            report("seeder killed", killed_after_chunks=30, seconds_from_kill_to_done=round(finished, 2), summary=found.group(1),
+                   getter_peak_rss_kib=getter.peak_rss_kib)
 
 
 # -- 2. every holder vanishes ----------------------------------------------------------------
@@ -162,7 +163,8 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
         assert (out / "big.bin").read_bytes() == big.read_bytes()
         assert "resuming big.bin: 40 of 128 chunks already verified" in again.text
         assert sent <= missing_bytes + CHUNK  # the missing part, plus at most one chunk for the one peer
-        report("holders vanish", gave_up_seconds=round(gave_up_after, 2), missing_bytes=missing_bytes, refetched_bytes=sent)
+        report("holders vanish", gave_up_seconds=round(gave_up_after, 2), missing_bytes=missing_bytes, refetched_bytes=sent,
+               getter_peak_rss_kib=max(getter.peak_rss_kib, again.peak_rss_kib))
 
 
 # -- 3. the downloader killed again and again ---------------------------------------------------
@@ -223,7 +225,8 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
         # Each damaged chunk was caught by re-verification and fetched once more; nothing else was fetched twice.
         assert sent == CHUNKS + damaged, (sent, resumed_lines)
         assert sum("failed re-verification" in line for line in resumed_lines) == 2, resumed_lines
-        report("downloader killed", kill_points=kill_points, chunks_sent=sent, refetched_chunks=sent - CHUNKS, resumes=resumed_lines)
+        report("downloader killed", kill_points=kill_points, chunks_sent=sent, refetched_chunks=sent - CHUNKS, resumes=resumed_lines,
+               getter_peak_rss_kib=last.peak_rss_kib)
 
 
 # -- 5. lying peers -------------------------------------------------------------------------
@@ -258,7 +261,7 @@ async def test_lying_peers_are_dropped_and_honest_ones_finish(big: pathlib.Path,
         found = re.search(r"chunks from (.+?: \d+(?:, .+?: \d+)*)\)", getter.text)
         assert found and "liar" not in found.group(1), getter.text  # not one chunk counted from a liar
         report("lying peers", seconds_to_drop_all_liars=round(dropped_all, 2), seconds_from_honest_to_done=round(done_after, 2),
-               bad_chunks_refused=bad, summary=found.group(1))
+               bad_chunks_refused=bad, summary=found.group(1), getter_peak_rss_kib=getter.peak_rss_kib)
 
 
 async def _start_liar(procs: trio.Nursery, big: pathlib.Path, port: int, mode: str, *, task_status: trio.TaskStatus[Child]) -> None:
@@ -364,8 +367,8 @@ async def test_disk_fills_up_mid_download(big: pathlib.Path, tmp_path: pathlib.P
             _assert_clean_failure(early, out, "disk full")
             assert re.search(r"\d+ bytes needed, \d+ free", early.text)
             assert liar_sent(holder) == 0
-    report("disk full", mid_download=re.search(r"Error: (.*)", getter.text).group(1)[:120],  # type: ignore[union-attr]
-           up_front=re.search(r"Error: (.*)", early.text).group(1)[:120])  # type: ignore[union-attr]
+    report("disk full", mid_download=re.search(r"Error: (.*)", getter.text).group(1)[-60:],  # type: ignore[union-attr]
+           up_front=re.search(r"Error: (.*)", early.text).group(1)[-60:])  # type: ignore[union-attr]
 
 
 async def test_disk_full_at_the_storage_layer(big: pathlib.Path, tmp_path: pathlib.Path, procs: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,7 +453,7 @@ async def test_tracker_killed_and_restarted_during_a_download(big: pathlib.Path,
             finally:
                 await getter_cm.__aexit__(None, None, None)
     report("tracker restart", download_done_seconds_after_kill=round(completed_without_tracker, 2),
-           all_peers_back_seconds_after_restart=round(back_after, 2))
+           all_peers_back_seconds_after_restart=round(back_after, 2), tracker_peak_rss_kib=second.peak_rss_kib)
 
 
 async def _start_liar_with_budget(procs: trio.Nursery, big: pathlib.Path, port: int, budget: pathlib.Path, *,
