@@ -17,7 +17,23 @@ from click.testing import CliRunner
 
 from common.codec import Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
-from common.messages import Announce, Error, FileList, Heartbeat, Holders, ListFiles, Ok, Publish, Published, Register, Stats, StatsReply, WhoHas
+from common.messages import (
+    Announce,
+    Error,
+    FileList,
+    GetManifest,
+    Heartbeat,
+    Holders,
+    ListFiles,
+    ManifestReply,
+    Ok,
+    Publish,
+    Published,
+    Register,
+    Stats,
+    StatsReply,
+    WhoHas,
+)
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, open_client
 from tracker.cli import tracker_command
 from tracker.config import TrackerConfig
@@ -89,6 +105,16 @@ async def test_garbage_and_oversize_frames_close_only_the_offender(tracker: Runn
             assert await honest.request(Heartbeat()) == Ok()
         assert tracker.stats()["connections"] == 1
         await honest.aclose()
+
+
+async def test_a_large_manifest_goes_through(tracker: RunningTracker) -> None:
+    manifest = make_manifest("large.img", chunks=20_000)  # a 640 KB frame, checked in a worker thread
+    with trio.fail_after(TIMEOUT):
+        client = await open_client(tracker.host, tracker.port)
+        await client.register()
+        assert await client.request(Publish(manifest)) == Published(manifest.file_id)
+        assert await client.request(GetManifest(manifest.file_id)) == ManifestReply(manifest)
+        await client.aclose()
 
 
 # -- the process ---------------------------------------------------------------
