@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from common.chunkset import ChunkSet
+from common.codec import Codec
 from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
@@ -57,7 +58,6 @@ from common.messages import (
     WhoHas,
 )
 from peer.config import PeerConfig
-from common.codec import Codec
 from peer.connection import Connection
 from peer.picker import Picker
 from peer.status import TransferCount, Transfers, describe_remote
