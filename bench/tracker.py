@@ -1,6 +1,7 @@
 """Tracker load benchmark: ``python -m tracker`` in one process, N simulated peers in this one.
 
     python bench/tracker.py [--peers 1000] [--files 100] [--chunks 1000] [--seconds 10] [--rate 20000] [--depth 1]
+                            [--who-has-share 0.5] [--profile PATH]
 
 Set-up: every peer connects, says HELLO and REGISTERs; ``--files`` of them
 publish a manifest of ``--chunks`` chunks; then every peer announces its
@@ -24,6 +25,13 @@ of the two cores it shares with the tracker. Replies are counted and checked by
 their frame header only.
 
 The last line printed is one JSON object; every key carries its unit.
+``announce_per_s``, ``who_has_per_s``, ``p50_ms``, ``p99_ms`` are the paced
+phase's, ``saturated_*`` the closed loop's; ``tracker_cpu_us_per_request`` (CPU
+time of the tracker process per answered request, saturated phase) is the
+figure least disturbed by other work on a shared machine, and
+``load_average_at_start`` says how shared it was. ``tracker_rss_mb`` is the
+tracker's resident memory once every replica is announced, or at the end if
+higher.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -133,8 +142,10 @@ class SimPeer:
 
 
 class LoadGenerator:
-    def __init__(self, port: int, args: argparse.Namespace) -> None:
+    def __init__(self, port: int, args: argparse.Namespace, tracker_cpu: Callable[[], float]) -> None:
         self.args = args
+        self.tracker_cpu = tracker_cpu
+        self.cpu_at_end = (0.0, 0.0)  # (tracker, load generator) CPU seconds when the last phase ended
         self.rng = random.Random(args.seed)
         self.epoll = select.epoll()
         self.peers: dict[int, SimPeer] = {}
@@ -247,6 +258,9 @@ class LoadGenerator:
             raise SystemExit(f"{self.errors} errors during set-up")
 
     # -- timed phases ------------------------------------------------------------
+    def on_end(self) -> None:
+        self.cpu_at_end = (self.tracker_cpu(), _own_cpu())
+
     def next_request(self, peer: SimPeer, when: float) -> None:
         if when >= peer.next_heartbeat:
             peer.next_heartbeat = when + self.args.heartbeat
@@ -265,8 +279,8 @@ class LoadGenerator:
         for peer in self.peers.values():
             peer.next_heartbeat = start + self.rng.uniform(0, self.args.heartbeat)
 
-    def saturated(self, seconds: float) -> tuple[float, float]:
-        """Closed loop; returns (measured seconds, tracker CPU seconds)."""
+    def saturated(self, seconds: float) -> float:
+        """Closed loop; returns the measured seconds (``on_end`` runs before the backlog is drained)."""
         start = time.perf_counter()
         self._reset(start)
         for peer in self.peers.values():
@@ -286,8 +300,9 @@ class LoadGenerator:
                         self.next_request(peer, now)
                 self.flush(peer)
         elapsed = time.perf_counter() - start
+        self.on_end()
         self.run_until_idle()  # let the last replies in, unrecorded
-        return elapsed, 0.0
+        return elapsed
 
     def paced(self, seconds: float, rate: float) -> float:
         """Open loop at ``rate`` requests/s in total; returns the measured seconds."""
@@ -318,6 +333,7 @@ class LoadGenerator:
                 if events & select.EPOLLOUT:
                     self.flush(peer)
         elapsed = time.perf_counter() - start
+        self.on_end()
         self.run_until_idle()
         return elapsed
 
@@ -386,7 +402,7 @@ def main() -> None:
         tracker = TrackerProcess(os.path.join(tmp, "tracker.db"), 30.0, args.profile)
         try:
             rss_idle = tracker.rss_mb()
-            load = LoadGenerator(tracker.port, args)
+            load = LoadGenerator(tracker.port, args, tracker.cpu_seconds)
             began = time.perf_counter()
             load.setup()
             setup_s = time.perf_counter() - began
@@ -395,16 +411,16 @@ def main() -> None:
                   f"tracker RSS {rss_idle:.0f} -> {rss_loaded:.0f} MB", file=sys.stderr)  # fmt: skip
 
             cpu_before, own_before = tracker.cpu_seconds(), _own_cpu()
-            elapsed, _ = load.saturated(args.seconds)
-            cpu_saturated = (tracker.cpu_seconds() - cpu_before) / elapsed
-            own_saturated = (_own_cpu() - own_before) / elapsed
+            elapsed = load.saturated(args.seconds)
+            cpu_saturated = (load.cpu_at_end[0] - cpu_before) / elapsed
+            own_saturated = (load.cpu_at_end[1] - own_before) / elapsed
             saturated = load.figures(elapsed, "saturated_")
             print(f"saturated (depth {args.depth}): {json.dumps(saturated)}; tracker CPU {cpu_saturated:.0%}, load generator CPU {own_saturated:.0%}", file=sys.stderr)
 
             cpu_before, own_before = tracker.cpu_seconds(), _own_cpu()
             elapsed = load.paced(args.seconds, args.rate)
-            cpu_paced = (tracker.cpu_seconds() - cpu_before) / elapsed
-            own_paced = (_own_cpu() - own_before) / elapsed
+            cpu_paced = (load.cpu_at_end[0] - cpu_before) / elapsed
+            own_paced = (load.cpu_at_end[1] - own_before) / elapsed
             paced = load.figures(elapsed, "")
             print(f"paced at {args.rate:.0f}/s: {json.dumps(paced)}; tracker CPU {cpu_paced:.0%}, load generator CPU {own_paced:.0%}", file=sys.stderr)
 
