@@ -91,11 +91,11 @@ class Child:
 
 
 @asynccontextmanager
-async def spawn(nursery: trio.Nursery, *args: str, name: str = "") -> AsyncIterator[Child]:
-    """``python ARGS...`` from the repository root; SIGKILLed (if still running) and reaped on exit."""
+async def spawn(nursery: trio.Nursery, *args: str, name: str = "", nice: int = 0) -> AsyncIterator[Child]:
+    """``python ARGS...`` from the repository root (at ``nice`` priority); SIGKILLed (if still running) and reaped on exit."""
     process = await trio.lowlevel.open_process(
         [sys.executable, *args], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "250"},
+        env={**os.environ, "COLUMNS": "250"}, preexec_fn=(lambda: os.nice(nice)) if nice else None,
     )
     proc = Child(process, name)
     nursery.start_soon(proc.drain)

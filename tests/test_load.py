@@ -7,6 +7,7 @@ of the suite, because the issue asks for it.
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import random
@@ -48,6 +49,7 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
     _raise_fd_limit(PEERS + 256)
     manifests = [make_manifest(f"load-{i:03}.bin", chunks=FILE_CHUNKS, seed=b"load") for i in range(FILES)]
     latencies: list[float] = []
+    stamps: list[tuple[float, float]] = []
     rss: list[tuple[float, int]] = []
     errors: list[str] = []
     big = tmp_path / "src" / "real.bin"
@@ -81,6 +83,7 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
                 sent = time.perf_counter()
                 reply = await client.request(request)  # type: ignore[arg-type]
                 latencies.append(time.perf_counter() - sent)
+                stamps.append((sent, latencies[-1]))
                 if not isinstance(reply, (Ok, Holders)):
                     errors.append(repr(reply))
         finally:
@@ -111,12 +114,14 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
 
                 swarm.start_soon(sample)
                 # The real thing, through the same tracker, while the load runs.
+                # At nice 10: on two shared cores the test measures the tracker, not CPU contention
+                # (deployed, the tracker has a machine of its own).
                 async with spawn(procs, "-m", "peer", "seed", str(big), "--chunk-size", str(CHUNK),
-                                 *peer_args(port, tmp_path / "s", "seed-s"), name="seed-s") as seeder:
+                                 *peer_args(port, tmp_path / "s", "seed-s"), name="seed-s", nice=10) as seeder:
                     await seeder.wait_for_text("seeding real.bin")
                     download_started = time.monotonic()
                     async with spawn(procs, "-m", "peer", "get", "real.bin", "-o", str(tmp_path / "out"),
-                                     *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
+                                     *peer_args(port, tmp_path / "g", "getter"), name="getter", nice=10) as getter:
                         assert await getter.wait_exit() == 0, getter.text
                     download_seconds = time.monotonic() - download_started
             rss.append((trio.current_time() - started, rss_kib(tracker.process.pid)))
@@ -128,6 +133,9 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
     print(f"\n[tracker load] peers={PEERS} files={FILES} requests={len(latencies)} rate={len(latencies) / SECONDS:.0f}/s "
           f"p50_ms={p50 * 1000:.2f} p99_ms={p99 * 1000:.2f} max_ms={worst * 1000:.1f} download_s={download_seconds:.2f} "
           f"tracker_rss_kib start={rss[0][1]} first_half_max={first_half} second_half_max={second_half} end={rss[-1][1]}")
+    t0 = min(t for t, _ in stamps)
+    slow = collections.Counter(int(t - t0) for t, latency in stamps if latency > 0.05)
+    print(f"requests over 50 ms, by second of the run: {sorted(slow.items())}")
     assert (tmp_path / "out" / "real.bin").read_bytes() == big.read_bytes()
     assert not errors, errors[:5]
     assert p99 < 0.100
