@@ -34,7 +34,7 @@ from common.messages import (
     StatsReply,
     WhoHas,
 )
-from tests.tracker_client_helper import TrackerTestClient, make_manifest, open_client
+from tests.tracker_client_helper import make_manifest, open_client
 from tracker.cli import tracker_command
 from tracker.config import TrackerConfig
 from tracker.server import RunningTracker, serve_tracker
