@@ -272,10 +272,14 @@ class _Connection:
     #: This connection's share of ``TrackerService.buffered``.
     reserved: int = attrs.field(init=False, default=0)
     _handlers: dict[type, Callable[[Any], bytes]] = attrs.field(init=False)
+    #: The socket under a ``trio.SocketStream``, read and written directly (see ``_receive``).
+    _socket: trio.socket.SocketType | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
         self._handlers = {Hello: self._hello}
+        if isinstance(self.stream, trio.SocketStream):
+            self._socket = self.stream.socket
 
     async def run(self) -> None:
         """Serve requests until the client closes; raises on violations, idleness and lost connections."""
@@ -357,16 +361,48 @@ class _Connection:
             return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
 
     # -- trio boundary -----------------------------------------------------------
+    # A request/reply client (one request in flight) leaves the socket empty after
+    # every reply, so ``receive_some`` (``recv`` first, then wait on EAGAIN) wastes
+    # a syscall per request, and ``send_all`` goes through trio's conflict
+    # detectors and try-then-wait machinery for a write that nearly always fits
+    # the socket buffer. On a real socket the tracker therefore waits for
+    # readability first and then reads, and writes directly, falling back to
+    # ``send_all`` for whatever the kernel did not take. Every read still waits
+    # in the event loop, so the connection keeps yielding to the others. Memory
+    # streams (tests) take the generic path.
     async def _receive(self) -> bytes:
+        sock = self._socket
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if sock is None:
+                return await self.stream.receive_some(RECEIVE_SIZE)
+            while True:
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    return os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:  # a spurious wake-up: wait again
+                    continue
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise ConnectionClosed("connection lost") from None
 
     async def _send(self, data: bytes) -> None:
+        sock = self._socket
         try:
+            if sock is not None:
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]  # rare: the socket buffer is full
             await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise ConnectionClosed("connection lost") from None
 
     # -- requests --------------------------------------------------------------
