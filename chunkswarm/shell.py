@@ -139,10 +139,6 @@ class Shell:
             self.say(f"already connected to the tracker at {self.tracker}")
             return
         await self.peer.connect()
-        if not self.peer.connected:
-            # connect() returns at once while an earlier link is still being re-established.
-            self.say(f"the tracker at {self.tracker} is unreachable; still trying in the background (q stops)")
-            return
         where = format_address(*self.peer.listen_address)
         self.say(f"connected to the tracker at {self.tracker} as {self.peer.name}; serving chunks on {where}")
 

@@ -192,8 +192,14 @@ class TrackerClient:
         return self._link
 
     async def connect(self) -> None:
-        """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected."""
+        """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.
+
+        While an earlier link is being re-established in the background, this waits up to
+        ``timeout`` for that reconnection and raises :class:`TrackerUnavailable` if it has not
+        succeeded by then (the background attempts go on until :meth:`disconnect`).
+        """
         if self._scope is not None:
+            await self._current()
             return
         link = await self._open()
         await self.nursery.start(self._supervise, link)
@@ -229,7 +235,10 @@ class TrackerClient:
             with trio.move_on_after(self.timeout):
                 await self._up.wait()
         if self._link is None:
-            raise TrackerUnavailable(f"tracker at {format_address(*self.address)} unreachable")
+            raise TrackerUnavailable(
+                f"tracker at {format_address(*self.address)} unreachable (no answer within {self.timeout:g} s); "
+                "still reconnecting in the background"
+            )
         return self._link
 
     async def _open(self) -> TrackerLink:

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from common.chunkset import ChunkSet
-from common.errors import AmbiguousFile, NoHolders, StorageError, UnknownFile
+from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
 from common.messages import Announce, Hello, Publish
 from peer.config import PeerConfig
@@ -202,26 +202,59 @@ async def stoppable_tracker(config: TrackerConfig, *, task_status: trio.TaskStat
             task_status.started((running, scope))
 
 
-async def test_reconnects_and_reannounces_after_tracker_restart(source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+@attrs.define(eq=False)
+class RestartableTracker:
+    """An in-process tracker that can be stopped and started again, empty, on the same port."""
+
+    nursery: trio.Nursery
+    config: TrackerConfig
+    address: tuple[str, int]
+    scope: trio.CancelScope
+
+    async def stop(self, peer: Peer) -> None:
+        """Stop the tracker and wait until ``peer`` has noticed."""
+        self.scope.cancel()
+        while peer.connected:
+            await trio.sleep(0.01)
+
+    async def restart(self) -> None:
+        await self.nursery.start(serve_tracker, attrs.evolve(self.config, port=self.address[1]))
+
+
+@pytest.fixture
+async def restartable(nursery: trio.Nursery) -> RestartableTracker:
+    config = TrackerConfig(port=0, db_path=None, heartbeat_interval=0.2, peer_timeout=3.0)
+    running, scope = await nursery.start(stoppable_tracker, config)
+    return RestartableTracker(nursery, config, (running.host, running.port), scope)
+
+
+async def test_reconnects_and_reannounces_after_tracker_restart(restartable: RestartableTracker, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    swarm = Swarm(restartable.address, tmp_path)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            config = TrackerConfig(port=0, db_path=None, heartbeat_interval=0.2, peer_timeout=3.0)
-            running, first_tracker = await nursery.start(stoppable_tracker, config)
-            address = (running.host, running.port)
-            swarm = Swarm(address, tmp_path)
-            async with swarm.peer(reconnect_max_delay=0.2) as seeder:
-                await seeder.publish([source])
-                first_tracker.cancel()
-                while seeder.connected:
-                    await trio.sleep(0.01)
-                # A new, empty tracker on the same port: the seeder registers and publishes again.
-                await nursery.start(serve_tracker, attrs.evolve(config, port=address[1]))
-                async with swarm.peer() as getter:
-                    while not await getter.list_files():
-                        await trio.sleep(0.05)
-                    result = await getter.download("data.bin", tmp_path / "out")
-                    assert result.path.read_bytes() == source.read_bytes()
-            nursery.cancel_scope.cancel()
+        async with swarm.peer(reconnect_max_delay=0.2) as seeder:
+            await seeder.publish([source])
+            await restartable.stop(seeder)
+            # A new, empty tracker on the same port: the seeder registers and publishes again.
+            await restartable.restart()
+            async with swarm.peer() as getter:
+                while not await getter.list_files():
+                    await trio.sleep(0.05)
+                result = await getter.download("data.bin", tmp_path / "out")
+                assert result.path.read_bytes() == source.read_bytes()
+
+
+async def test_connect_while_reconnecting_raises_then_waits_for_the_tracker(restartable: RestartableTracker, tmp_path: pathlib.Path) -> None:
+    swarm = Swarm(restartable.address, tmp_path)
+    with trio.fail_after(30):
+        async with swarm.peer(reconnect_max_delay=0.2, tracker_timeout=1.0) as peer:
+            await restartable.stop(peer)
+            # A reconnection loop is running: connect() must not return as if it had worked.
+            with pytest.raises(TrackerUnavailable, match="unreachable.*still reconnecting in the background"):
+                await peer.connect()
+            assert not peer.connected
+            await restartable.restart()
+            await peer.connect()  # waits for the background reconnection
+            assert peer.connected
 
 
 async def test_disconnect_then_connect_again(swarm: Swarm, source: pathlib.Path) -> None:
