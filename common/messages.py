@@ -108,7 +108,7 @@ def _ranges(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise ValidationError(f"{attribute.name} must be a list of at most {MAX_CHUNKS} ranges")
     previous_stop = 0
     for item in value:
-        if not (isinstance(item, tuple) and len(item) == 2 and all(type(x) is int for x in item)):
+        if not (isinstance(item, tuple) and len(item) == 2 and type(item[0]) is int and type(item[1]) is int):
             raise ValidationError(f"{attribute.name} must hold [start, stop] integer pairs")
         start, stop = item
         if not previous_stop <= start < stop <= MAX_CHUNKS:
@@ -130,6 +130,9 @@ def _to_tuple(value: object) -> object:
 
 
 def _ranges_converter(value: object) -> object:
+    # The decoder hands over tuples of tuples (the usual case, one new chunk): keep them.
+    if type(value) is tuple and all(type(v) is tuple for v in value):
+        return value
     if isinstance(value, (list, tuple)):
         return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     return value
@@ -154,7 +157,7 @@ class _Fields:
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> Any:
-        expected = len(attrs.fields(cls))  # type: ignore[arg-type]
+        expected = len(cls.__attrs_attrs__)  # type: ignore[attr-defined]  # attrs.fields(cls), minus its checks
         if len(fields) != expected:
             raise ValidationError(f"{cls.__name__} needs {expected} fields, got {len(fields)}")
         return cls(*fields)
