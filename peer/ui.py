@@ -60,7 +60,9 @@ class RichProgress:
     def finished(self) -> None:
         if self._task is not None:
             task = self._progress.tasks[self._task]
-            self._progress.update(self._task, completed=task.total)
+            # Sessions close (and the connected count drops to 0) before the download
+            # finishes: a finished bar counts the peers that contributed chunks.
+            self._progress.update(self._task, completed=task.total, peers=len(self._sources))
 
 
 class LogProgress:

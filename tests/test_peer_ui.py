@@ -38,3 +38,17 @@ def test_rich_bar_on_a_terminal() -> None:
         feed(sink)
     rendered = out.getvalue()
     assert "data.bin" in rendered and "100%" in rendered.replace("100.0%", "100%") and "peer-1:1" in rendered
+
+
+def test_a_finished_bar_counts_the_peers_that_contributed() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160)
+    with progress_display(console) as sink:
+        sink.started("data.bin", 3000, 1000)
+        sink.peers(3)
+        sink.chunk(1, 1000, "peer-1 (127.0.0.1:1)")
+        sink.chunk(2, 1000, "peer-2 (127.0.0.1:2)")
+        sink.peers(0)  # the sessions close before the download reports it is finished
+        sink.finished()
+    final = out.getvalue().rsplit("data.bin", 1)[-1]
+    assert "2 peers" in final and "0 peers" not in final
