@@ -23,7 +23,7 @@ from common.address import format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
-from peer.node import Peer, open_peer
+from peer.node import Peer, open_catalogue, open_peer
 from peer.ui import progress_display
 
 __all__ = ["peer_commands", "seed", "get", "ls", "main"]
@@ -168,9 +168,9 @@ def ls(pattern: str, log_level: str, **options: Any) -> None:
 
 
 async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
-    async with open_peer(config) as peer:
-        await peer.connect()
-        return await peer.list_files(pattern)
+    # Query only: ls serves nothing, so it must not register as a peer.
+    async with open_catalogue(config) as catalogue:
+        return await catalogue.list_files(pattern)
 
 
 def _size(size: int) -> str:

@@ -48,13 +48,44 @@ from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
 from peer.storage import Library, ManifestCache, expand_paths, open_published
 from peer.tasks import open_nursery
-from peer.tracker_client import TrackerClient, TrackerLink, check_reply
+from peer.tracker_client import TrackerClient, TrackerLink, check_reply, open_query_link
 
-__all__ = ["open_peer", "Peer"]
+__all__ = ["open_peer", "open_catalogue", "Catalogue", "Peer"]
 
 logger = logging.getLogger(__name__)
 
 _HEX = frozenset(string.hexdigits)
+
+
+def _agent(config: PeerConfig) -> str:
+    return (config.label or f"chunkswarm/{__version__}")[:64]
+
+
+def _list_request(pattern: str) -> ListFiles:
+    return ListFiles(pattern, limit=100_000)
+
+
+@attrs.define(eq=False)
+class Catalogue:
+    """A query-only tracker session; create it with :func:`open_catalogue`."""
+
+    link: TrackerLink
+    timeout: float
+
+    async def list_files(self, pattern: str = "") -> list[FileEntry]:
+        reply = await self.link.request(_list_request(pattern), FileList, timeout=self.timeout)
+        return list(reply.entries)
+
+
+@asynccontextmanager
+async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
+    """Browse the tracker without joining the swarm: HELLO with listen_port 0, never REGISTER.
+
+    Such a client serves nothing, so it must not appear in the tracker's peer list.
+    """
+    hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=_agent(config))
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
+        yield Catalogue(link, config.tracker_timeout)
 
 
 @attrs.define(eq=False)
@@ -89,8 +120,7 @@ class Peer:
 
     @property
     def hello(self) -> Hello:
-        agent = self.config.label or f"chunkswarm/{__version__}"
-        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent[:64])
+        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=_agent(self.config))
 
     async def _start(self) -> None:
         config = self.config
@@ -167,7 +197,7 @@ class Peer:
 
     # -- catalogue -----------------------------------------------------------------
     async def list_files(self, pattern: str = "") -> list[FileEntry]:
-        reply = await self.tracker.request(ListFiles(pattern, limit=100_000), FileList)
+        reply = await self.tracker.request(_list_request(pattern), FileList)
         return list(reply.entries)
 
     async def resolve(self, query: str) -> FileEntry:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import attrs
@@ -33,7 +34,7 @@ from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Re
 from peer.connection import Connection
 from peer.tasks import open_nursery
 
-__all__ = ["TrackerLink", "TrackerClient"]
+__all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,22 @@ class TrackerLink:
         """One request; its reply of type ``expect``, :class:`TrackerError` for an ERROR reply."""
         (reply,) = await self.request_many((message,), timeout=timeout)
         return check_reply(reply, expect)
+
+
+@asynccontextmanager
+async def open_query_link(address: tuple[str, int], hello: Hello, *, timeout: float) -> AsyncIterator[TrackerLink]:
+    """A query-only session: HELLO (``hello.listen_port`` should be 0) and never REGISTER.
+
+    For clients that serve nothing (``chunkswarm ls``): the tracker answers their
+    queries but never lists them as a peer. The link closes when the block ends.
+    """
+    link = await TrackerLink.open(address, hello, timeout=timeout, register_port=None)
+    async with open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        try:
+            yield link
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def check_reply(reply: Message, expect: type[M]) -> M:

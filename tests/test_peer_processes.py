@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -10,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from common.manifest import build_manifest
@@ -110,18 +112,22 @@ async def test_killed_download_resumes_with_only_the_missing_chunks(swarm: Swarm
             assert not state_file.exists()
 
 
-async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path) -> None:
+async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     source = tmp_path / "src" / "data.bin"
     source.parent.mkdir()
     source.write_bytes(b"x" * 5000)
+    caplog.set_level(logging.INFO, logger="tracker")
     with trio.fail_after(30):
         async with swarm.peer(chunk_size=CHUNK) as seeder:
             await seeder.publish([source])
             tracker = f"{swarm.tracker[0]}:{swarm.tracker[1]}"
             env = {**os.environ, "CHUNKSWARM_TRACKER": tracker, "COLUMNS": "200"}
+            joined = caplog.text.count(" joined, serving at ")
             listing = await trio.run_process([sys.executable, "-m", "peer", "ls", "--state-dir", str(tmp_path / "l")],
                                              capture_stdout=True, capture_stderr=True, env=env)
             assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
+            # ls only asks (HELLO with listen_port 0, no REGISTER): it never joins the swarm.
+            assert caplog.text.count(" joined, serving at ") == joined == 1
             unknown = await trio.run_process([sys.executable, "-m", "peer", "get", "nope.bin", "--state-dir", str(tmp_path / "u")],
                                              capture_stdout=True, capture_stderr=True, env=env, check=False)
             assert unknown.returncode != 0 and b"no file named 'nope.bin'" in unknown.stderr
