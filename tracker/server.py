@@ -122,14 +122,16 @@ def encode_holders(file_id: bytes, entries: list[bytes], *, max_frame_size: int)
     Holders that would push the frame over ``max_frame_size`` are left out.
     """
     head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
-    body = sum(map(len, entries))
-    if len(head) + 5 + body > max_frame_size:
+    body = b"".join(entries)
+    if len(head) + 5 + len(body) > max_frame_size:
         entries = list(entries)
-        while len(head) + 5 + body > max_frame_size and entries:
-            body -= len(entries.pop())
+        size = len(body)
+        while len(head) + 5 + size > max_frame_size and entries:
+            size -= len(entries.pop())
+        body = b"".join(entries)
     array_header = _msgpack_array_header(len(entries))
-    length = len(head) + len(array_header) + body
-    return b"".join([encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, *entries])
+    length = len(head) + len(array_header) + len(body)
+    return b"".join((encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, body))
 
 
 def _observed_host(host: str) -> str:
@@ -272,14 +274,17 @@ class _Connection:
     #: This connection's share of ``TrackerService.buffered``.
     reserved: int = attrs.field(init=False, default=0)
     _handlers: dict[type, Callable[[Any], bytes]] = attrs.field(init=False)
-    #: The socket under a ``trio.SocketStream``, read and written directly (see ``_receive``).
-    _socket: trio.socket.SocketType | None = attrs.field(init=False, default=None)
+    #: The descriptor of the socket under a ``trio.SocketStream``, read and written
+    #: directly (see ``_receive``); -1 for other streams. Kept rather than asked for
+    #: each time: ``handle_stream`` closes the stream only after ``run`` returns, so
+    #: the number cannot be reused by another connection while this one uses it.
+    _fd: int = attrs.field(init=False, default=-1)
 
     def __attrs_post_init__(self) -> None:
         self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
         self._handlers = {Hello: self._hello}
         if isinstance(self.stream, trio.SocketStream):
-            self._socket = self.stream.socket
+            self._fd = self.stream.socket.fileno()
 
     async def run(self) -> None:
         """Serve requests until the client closes; raises on violations, idleness and lost connections."""
@@ -371,14 +376,11 @@ class _Connection:
     # in the event loop, so the connection keeps yielding to the others. Memory
     # streams (tests) take the generic path.
     async def _receive(self) -> bytes:
-        sock = self._socket
+        fd = self._fd
         try:
-            if sock is None:
+            if fd < 0:
                 return await self.stream.receive_some(RECEIVE_SIZE)
             while True:
-                fd = sock.fileno()
-                if fd < 0:
-                    raise trio.ClosedResourceError
                 await trio.lowlevel.wait_readable(fd)
                 try:
                     return os.read(fd, RECEIVE_SIZE)
@@ -388,12 +390,9 @@ class _Connection:
             raise ConnectionClosed("connection lost") from None
 
     async def _send(self, data: bytes) -> None:
-        sock = self._socket
+        fd = self._fd
         try:
-            if sock is not None:
-                fd = sock.fileno()
-                if fd < 0:
-                    raise trio.ClosedResourceError
+            if fd >= 0:
                 try:
                     sent = os.write(fd, data)
                 except BlockingIOError:
