@@ -167,6 +167,9 @@ class _Labelled:
     def peers(self, count: int) -> None:
         self._inner.peers(count)
 
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        self._inner.hashing(f"{self._label} {name}", total_bytes, hashed_bytes)
+
     def finished(self) -> None:
         self._inner.finished()
 

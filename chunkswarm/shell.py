@@ -45,8 +45,8 @@ commands:
   x          exit (deregisters first); end of input (Ctrl-D) does the same
 Ctrl-C cancels a running download (d again resumes it)."""
 
-#: Files at least this large get a "hashing ..." spinner while ``u`` publishes them.
-SPINNER_BYTES = 8 * 1024 * 1024
+#: Files at least this large show hashing progress while ``u`` publishes them.
+HASH_PROGRESS_BYTES = 8 * 1024 * 1024
 
 
 def format_size(size: int) -> str:
@@ -164,10 +164,9 @@ class Shell:
             self.say(f"nothing to upload: {share} has no files")
             return
         for path in paths:
-            size = path.stat().st_size
-            if size >= SPINNER_BYTES and self.progress_console.is_terminal:
-                with self.progress_console.status(f"hashing {path.name} ({format_size(size)}) ..."):
-                    (manifest,) = await self.peer.publish([path])
+            if path.stat().st_size >= HASH_PROGRESS_BYTES:
+                with progress_display(self.progress_console) as progress:
+                    (manifest,) = await self.peer.publish([path], progress=progress)
             else:
                 (manifest,) = await self.peer.publish([path])
             self.say(

@@ -108,7 +108,8 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
         logger.info("serving on %s", format_address(*peer.listen_address))
         await peer.connect()
         logger.info("connected to the tracker at %s", format_address(*config.tracker))
-        manifests = await peer.publish(paths)
+        with progress_display(console) as progress:
+            manifests = await peer.publish(paths, progress=progress)
         for manifest in manifests:
             logger.info("seeding %s (%s, %d bytes, %d chunks)", manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count)
         await _serve_until_signalled(peer)

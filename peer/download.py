@@ -84,7 +84,9 @@ class ProgressSink(Protocol):
 
     ``started``, ``chunk`` (``source_label`` is ``label (host:port)``) and
     ``finished`` are required; ``peers`` (the number of peers connected) is
-    called only if the sink has it.
+    called only if the sink has it. ``hashing`` (bytes of ``name`` hashed so
+    far, while a file is published) is optional too: a sink without it gets
+    ``started`` and ``finished`` once the file is hashed.
     """
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None: ...
@@ -92,6 +94,8 @@ class ProgressSink(Protocol):
     def chunk(self, index: int, nbytes: int, source_label: str) -> None: ...
 
     def peers(self, count: int) -> None: ...
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None: ...
 
     def finished(self) -> None: ...
 

@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import string
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 _HEX = frozenset(string.hexdigits)
 
+#: Seconds between hashing progress reports while publishing.
+HASH_REPORT_INTERVAL = 0.1
+
 
 def _agent(config: PeerConfig) -> str:
     return (config.label or f"chunkswarm/{__version__}")[:64]
@@ -86,6 +89,25 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
     hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=_agent(config))
     async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
         yield Catalogue(link, config.tracker_timeout)
+
+
+class _ByteCounter:
+    """Bytes hashed so far: added to by one worker thread, read by trio tasks."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, nbytes: int) -> None:
+        self.total += nbytes  # one writer; readers see an int, old or new
+
+
+async def _report_hashing(counter: _ByteCounter, hashing: Callable[[str, int, int], None], name: str, size: int) -> None:
+    reported = 0
+    while True:
+        await trio.sleep(HASH_REPORT_INTERVAL)
+        if counter.total != reported:
+            reported = counter.total
+            hashing(name, size, reported)
 
 
 @attrs.define(eq=False)
@@ -179,13 +201,10 @@ class Peer:
         files = await trio.to_thread.run_sync(lambda: expand_paths(paths))
         manifests = []
         for path in files:
-            manifest, signature, cached = await trio.to_thread.run_sync(self._cache.manifest_for, path, self.config.chunk_size)
+            manifest, signature, cached = await self._manifest_for(path, progress)
             logger.info("%s: %s %s (%d bytes, %d chunks, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
                         path, manifest.size, manifest.chunk_count, manifest.hex_id[:16])
             self.library.add(open_published(path, manifest, signature))
-            if progress is not None:
-                progress.started(manifest.name, manifest.size, manifest.size)
-                progress.finished()
             if self.connected:
                 replies = await self.tracker.request_many(
                     [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
@@ -194,6 +213,32 @@ class Peer:
                 check_reply(replies[1], Ok)
             manifests.append(manifest)
         return manifests
+
+    async def _manifest_for(self, path: pathlib.Path, progress: ProgressSink | None) -> tuple[Manifest, tuple[int, int], bool]:
+        """The cached or freshly hashed manifest of ``path``, reporting hashing progress to ``progress``."""
+        chunk_size = self.config.chunk_size
+        hashing = getattr(progress, "hashing", None)
+        if progress is None or hashing is None:
+            result = await trio.to_thread.run_sync(self._cache.manifest_for, path, chunk_size)
+            if progress is not None:
+                manifest = result[0]
+                progress.started(manifest.name, manifest.size, manifest.size)
+                progress.finished()
+            return result
+        name, size = path.name, (await trio.to_thread.run_sync(path.stat)).st_size
+        counter = _ByteCounter()
+        async with open_nursery() as nursery:
+            # The worker thread only adds to a counter; this task reports it, so a
+            # 1 MiB chunk costs no round trip to the event loop.
+            nursery.start_soon(_report_hashing, counter, hashing, name, size)
+            try:
+                result = await trio.to_thread.run_sync(self._cache.manifest_for, path, chunk_size, counter.add)
+            finally:
+                nursery.cancel_scope.cancel()
+        if counter.total:  # not for a cached manifest
+            hashing(name, size, counter.total)
+            progress.finished()
+        return result
 
     # -- catalogue -----------------------------------------------------------------
     async def list_files(self, pattern: str = "") -> list[FileEntry]:

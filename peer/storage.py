@@ -26,7 +26,7 @@ import msgpack
 
 from common.chunkset import ChunkSet
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import Manifest, build_manifest, merkle_root
+from common.manifest import Manifest, ProgressCallback, build_manifest, merkle_root
 
 __all__ = [
     "HeldFile",
@@ -210,8 +210,13 @@ class ManifestCache:
         except OSError as exc:
             logger.warning("cannot cache the manifest of %s: %s", path, exc)
 
-    def manifest_for(self, path: pathlib.Path, chunk_size: int) -> tuple[Manifest, tuple[int, int], bool]:
-        """The manifest of ``path`` (cached, or hashed now), its signature, and whether it came from the cache."""
+    def manifest_for(
+        self, path: pathlib.Path, chunk_size: int, progress: ProgressCallback | None = None
+    ) -> tuple[Manifest, tuple[int, int], bool]:
+        """The manifest of ``path`` (cached, or hashed now), its signature, and whether it came from the cache.
+
+        ``progress`` is called with the bytes hashed after every chunk, in this (worker) thread.
+        """
         signature = _signature(path)
         if signature is None:
             raise StorageError(f"{path}: cannot read it")
@@ -219,7 +224,7 @@ class ManifestCache:
         if cached is not None:
             return cached, signature, True
         try:
-            manifest = build_manifest(path, chunk_size)
+            manifest = build_manifest(path, chunk_size, progress=progress)
         except OSError as exc:
             raise _storage_error("read", path, exc) from None
         after = _signature(path)

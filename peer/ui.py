@@ -42,27 +42,43 @@ class RichProgress:
         self._task: TaskID | None = None
         self._sources: Counter[str] = Counter()
         self._peers = 0
+        #: The file being hashed (a bar without peers), or None.
+        self._hashing: str | None = None
+
+    def _fields(self) -> dict[str, object]:
+        sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
+        return {"peers": self._peers, "sources": sources, "detail": f"{self._peers} peers {sources}"}
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
-        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, peers=0, sources="")
+        self._hashing = None
+        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, **self._fields())
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        if self._task is None or self._hashing != name:
+            self._hashing = name
+            self._task = self._progress.add_task(f"hashing {name}", total=total_bytes, peers=0, sources="", detail="")
+        self._progress.update(self._task, completed=hashed_bytes)
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
         self._sources[_short(source_label)] += 1
         if self._task is not None:
-            sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
-            self._progress.update(self._task, advance=nbytes, sources=sources)
+            self._progress.update(self._task, advance=nbytes, **self._fields())
 
     def peers(self, count: int) -> None:
         self._peers = count
         if self._task is not None:
-            self._progress.update(self._task, peers=count)
+            self._progress.update(self._task, **self._fields())
 
     def finished(self) -> None:
         if self._task is not None:
             task = self._progress.tasks[self._task]
-            # Sessions close (and the connected count drops to 0) before the download
-            # finishes: a finished bar counts the peers that contributed chunks.
-            self._progress.update(self._task, completed=task.total, peers=len(self._sources))
+            self._progress.update(self._task, completed=task.total)
+            if self._hashing is None:
+                # Sessions close (and the connected count drops to 0) before the download
+                # finishes: a finished bar counts the peers that contributed chunks.
+                self._peers = len(self._sources)
+                self._progress.update(self._task, **self._fields())
+        self._hashing = None
 
 
 class LogProgress:
@@ -77,11 +93,24 @@ class LogProgress:
         self._last = 0.0
         self._peers = 0
         self._sources: Counter[str] = Counter()
+        self._hashing = False
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
-        self._name, self._total, self._done = name, total_bytes, already_have_bytes
+        self._name, self._total, self._done, self._hashing = name, total_bytes, already_have_bytes, False
         self._start = self._last = time.monotonic()
         logger.info("%s: %d bytes, %d already here", name, total_bytes, already_have_bytes)
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        now = time.monotonic()
+        if not self._hashing or name != self._name:
+            self._name, self._total, self._hashing = name, total_bytes, True
+            self._start = self._last = now
+            logger.info("hashing %s (%d bytes)", name, total_bytes)
+        elif now - self._last >= self._interval:
+            self._last = now
+            rate = hashed_bytes / max(now - self._start, 1e-9) / 2**20
+            percent = 100 * hashed_bytes / total_bytes if total_bytes else 100
+            logger.info("hashing %s: %.0f%% (%.0f MiB/s)", name, percent, rate)
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
         self._done += nbytes
@@ -98,6 +127,10 @@ class LogProgress:
 
     def finished(self) -> None:
         elapsed = time.monotonic() - self._start
+        if self._hashing:
+            self._hashing = False
+            logger.info("hashed %s in %.1f s", self._name, elapsed)
+            return
         sources = ", ".join(f"{name}: {count}" for name, count in self._sources.most_common())
         logger.info("%s: done in %.1f s (chunks from %s)", self._name, elapsed, sources or "nobody: already here")
 
@@ -115,7 +148,7 @@ def progress_display(console: Console) -> Iterator[ProgressSink]:
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[peers]} peers {task.fields[sources]}"),
+        TextColumn("{task.fields[detail]}"),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield RichProgress(progress)

@@ -101,6 +101,41 @@ async def test_publish_then_download(swarm: Swarm, source: pathlib.Path, tmp_pat
             assert again.already_complete and again.chunks_received == 0
 
 
+class HashingProgress:
+    """A progress sink that records what publishing reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        self.events.append(("started", total_bytes))
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        self.events.append(("chunk", nbytes))
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        assert (name, total_bytes) == ("data.bin", SIZE)
+        self.events.append(("hashing", hashed_bytes))
+
+    def finished(self) -> None:
+        self.events.append(("finished", 0))
+
+
+async def test_publish_reports_hashing_progress(swarm: Swarm, source: pathlib.Path) -> None:
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder:
+            progress = HashingProgress()
+            await seeder.publish([source], progress=progress)
+            kinds = [kind for kind, _ in progress.events]
+            assert kinds[-1] == "finished" and set(kinds[:-1]) == {"hashing"}, kinds
+            hashed = [nbytes for _, nbytes in progress.events[:-1]]
+            assert hashed == sorted(hashed) and hashed[-1] == SIZE
+            # A cached manifest is not hashed again: nothing to report.
+            again = HashingProgress()
+            await seeder.publish([source], progress=again)
+            assert again.events == []
+
+
 async def test_two_seeders_with_disjoint_halves(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
     manifest = build_manifest(source, CHUNK)
     half = manifest.chunk_count // 2

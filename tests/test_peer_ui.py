@@ -52,3 +52,24 @@ def test_a_finished_bar_counts_the_peers_that_contributed() -> None:
         sink.finished()
     final = out.getvalue().rsplit("data.bin", 1)[-1]
     assert "2 peers" in final and "0 peers" not in final
+
+
+def hash_file(sink: object) -> None:
+    for done in (0, 1 << 20, 2 << 20):
+        sink.hashing("big.iso", 2 << 20, done)  # type: ignore[attr-defined]
+    sink.finished()  # type: ignore[attr-defined]
+
+
+def test_hashing_progress_as_plain_lines(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    hash_file(LogProgress(interval=0))
+    assert "hashing big.iso (2097152 bytes)" in caplog.text and "hashing big.iso: 50%" in caplog.text
+    assert "hashed big.iso in" in caplog.text and "peers" not in caplog.text
+
+
+def test_hashing_progress_as_a_bar() -> None:
+    out = io.StringIO()
+    with progress_display(Console(file=out, force_terminal=True, width=160)) as sink:
+        hash_file(sink)
+    final = out.getvalue().rsplit("hashing big.iso", 1)[-1]
+    assert "100%" in final.replace("100.0%", "100%") and "peers" not in final
