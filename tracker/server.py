@@ -322,6 +322,9 @@ class _Connection:
                     await self._send(b"".join(pending))
                     pending.clear()
                     pending_size = 0
+                    # The direct write does not yield: let the other connections
+                    # run between the flushes of a long pipelined batch.
+                    await trio.lowlevel.checkpoint()
             self._account()
             if pending:
                 await self._send(b"".join(pending))
