@@ -20,10 +20,19 @@ Policies, as in BitTorrent clients:
   banned for the rest of the download and its requests are reassigned.
 
 Peers are identified by any hashable key (the download uses peer ids).
+
+Costs stay small for files of up to ``MAX_CHUNKS`` chunks: each peer keeps a
+heap of the idle chunks it holds keyed by (availability, rank), updated per
+changed chunk (a change touching more than ``BULK_CHANGE`` chunks rebuilds the
+heaps once, at the next pick); per-chunk flags are bytearrays, since testing a
+bit of a 500,000-bit integer costs as much as copying it. ``bench/picker.py``
+prints the figures.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
@@ -36,12 +45,42 @@ __all__ = ["Picker", "PeerKey"]
 
 PeerKey = TypeVar("PeerKey", bound=Hashable)
 
+#: An availability change touching more chunks than this rebuilds the pick heaps
+#: (once, at the next pick) instead of pushing one entry per chunk and holder.
+BULK_CHANGE = 4096
+
+_BITS = bytes.maketrans(b"01", b"\0\1")
+#: ``_settled`` values: missing (0), done, being verified.
+_DONE, _VERIFYING = 1, 2
+_DONE_DIGITS = bytes.maketrans(b"\0\1\2", b"010")
+
+
+def _flags(mask: int, count: int) -> bytearray:
+    """``mask`` as one byte per chunk (0 or 1): O(1) membership tests, unlike ``mask >> i & 1``."""
+    return bytearray(bin(mask)[:1:-1].encode("ascii").translate(_BITS).ljust(count, b"\0"))
+
+
+def _done_mask(settled: bytearray) -> int:
+    return int(settled[::-1].translate(_DONE_DIGITS) or b"0", 2)
+
+
+def _indexes(mask: int) -> list[int]:
+    """The set bits of ``mask``, lowest first, in linear time (iterating a ChunkSet is quadratic)."""
+    flags = bin(mask)[:1:-1].encode("ascii").translate(_BITS)
+    return list(itertools.compress(range(len(flags)), flags))
+
 
 @attrs.define(eq=False)
 class _PeerState:
-    chunks: int = 0  # bitmask of the chunks the peer is believed to hold
+    holds: bytearray  # one byte per chunk: 1 if the peer is believed to hold it
+    chunks: int = 0  # the same as a bitmask
     in_flight: set[int] = attrs.field(factory=set)
     failures: int = 0
+    #: Idle chunks it holds as (availability, rank, index), rarest first. Entries go
+    #: stale (chunk no longer idle or held, availability changed) and are skipped when
+    #: popped; a chunk whose key changes gets a fresh entry.
+    heap: list[tuple[int, float, int]] = attrs.field(factory=list)
+    heap_dirty: bool = True
 
 
 @attrs.define(eq=False)
@@ -64,25 +103,25 @@ class Picker(Generic[PeerKey]):
     _banned: set[PeerKey] = attrs.field(init=False, factory=set)
     _availability: list[int] = attrs.field(init=False)
     _rank: list[float] = attrs.field(init=False)
-    #: Idle chunks (missing, not requested, not verifying) in pick order; rebuilt lazily.
-    _order: list[int] = attrs.field(init=False, factory=list)
-    _order_start: int = attrs.field(init=False, default=0)
-    _order_dirty: bool = attrs.field(init=False, default=True)
-    #: Chunks requested at least once, to count re-fetches.
-    _ever_requested: int = attrs.field(init=False, default=0)
+    #: Per chunk: ``_DONE``, ``_VERIFYING`` or 0 (the bitmasks as bytes: O(1) to test).
+    _settled: bytearray = attrs.field(init=False)
+    #: Chunks requested at least once (one byte per chunk), to count re-fetches.
+    _ever_requested: bytearray = attrs.field(init=False)
     refetched: int = attrs.field(init=False, default=0)
     duplicates: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._availability = [0] * self.chunk_count
         self._rank = [self.rng.random() for _ in range(self.chunk_count)]
+        self._settled = bytearray(self.chunk_count)
+        self._ever_requested = bytearray(self.chunk_count)
 
     # -- what we have ------------------------------------------------------
     def mark_have(self, indexes: Iterable[int]) -> None:
         """Chunks verified before the download started (resume)."""
         for index in indexes:
-            self._done |= 1 << index
-        self._order_dirty = True
+            self._settled[index] = _DONE
+        self._done = _done_mask(self._settled)
 
     @property
     def have(self) -> ChunkSet:
@@ -127,16 +166,26 @@ class Picker(Generic[PeerKey]):
             return
         state = self._peers.get(key)
         if state is None:
-            state = self._peers[key] = _PeerState()
+            state = self._peers[key] = _PeerState(bytearray(self.chunk_count))
         old, new = state.chunks, chunks.mask
         # Only the chunks that changed hands move the availability counts.
-        self._change_availability(old & ~new, -1)
-        self._change_availability(new & ~old, +1)
+        lost, gained = old & ~new, new & ~old
         state.chunks = new
+        if lost | gained:
+            lost_indexes, gained_indexes = _indexes(lost), _indexes(gained)
+            if len(lost_indexes) + len(gained_indexes) > BULK_CHANGE:
+                state.holds = _flags(new, self.chunk_count)
+            else:
+                for index in lost_indexes:
+                    state.holds[index] = 0
+                for index in gained_indexes:
+                    state.holds[index] = 1
+            self._change_availability(lost_indexes, -1)
+            self._change_availability(gained_indexes, +1)
 
     def peer_has(self, key: PeerKey, index: int) -> bool:
         state = self._peers.get(key)
-        return state is not None and bool(state.chunks >> index & 1)
+        return state is not None and 0 <= index < self.chunk_count and bool(state.holds[index])
 
     def in_flight(self, key: PeerKey) -> frozenset[int]:
         state = self._peers.get(key)
@@ -147,7 +196,7 @@ class Picker(Generic[PeerKey]):
         state = self._peers.pop(key, None)
         if state is None:
             return
-        self._change_availability(state.chunks, -1)
+        self._change_availability(_indexes(state.chunks), -1)
         for index in state.in_flight:
             self._unrequest(key, index)
 
@@ -161,7 +210,7 @@ class Picker(Generic[PeerKey]):
         held = 0
         for state in self._peers.values():
             held |= state.chunks
-        return list(ChunkSet(self.chunk_count, self._missing_mask() & ~held))
+        return _indexes(self._missing_mask() & ~held)
 
     # -- picking -----------------------------------------------------------
     def pick(self, key: PeerKey) -> int | None:
@@ -175,9 +224,9 @@ class Picker(Generic[PeerKey]):
             if index is None:
                 return None
             self.duplicates += 1
-        elif self._ever_requested >> index & 1:
+        elif self._ever_requested[index]:
             self.refetched += 1
-        self._ever_requested |= 1 << index
+        self._ever_requested[index] = 1
         state.in_flight.add(index)
         self._requested.setdefault(index, set()).add(key)
         return index
@@ -190,28 +239,15 @@ class Picker(Generic[PeerKey]):
         return picked
 
     def _pick_idle(self, state: _PeerState) -> int | None:
-        if self._order_dirty:
-            self._rebuild_order()
-        idle = self._idle_mask()
-        candidates = idle & state.chunks
-        if not candidates:
-            return None
-        order = self._order
-        start = self._order_start
-        # Chunks at the front that stopped being idle for everyone are skipped for good.
-        while start < len(order) and not idle >> order[start] & 1:
-            start += 1
-        self._order_start = start
-        for position in range(start, len(order)):
-            index = order[position]
-            if candidates >> index & 1:
+        if state.heap_dirty:
+            self._rebuild_heap(state)
+        heap, availability, holds = state.heap, self._availability, state.holds
+        while heap:
+            count, _, index = heap[0]
+            heapq.heappop(heap)
+            if holds[index] and availability[index] == count and self._is_idle(index):
                 return index
-        # An idle chunk missing from the order (it became idle again): rebuild once.
-        self._rebuild_order()
-        for index in self._order:
-            if candidates >> index & 1:
-                return index
-        return None  # pragma: no cover - the rebuilt order holds every idle chunk
+        return None
 
     def _pick_endgame(self, key: PeerKey, state: _PeerState) -> int | None:
         # Duplicate the outstanding request with the fewest copies (rarest rank breaks ties).
@@ -219,19 +255,17 @@ class Picker(Generic[PeerKey]):
         best_copies = 0
         for index, requesters in self._requested.items():
             copies = len(requesters)
-            if copies >= self.endgame_copies or key in requesters or not state.chunks >> index & 1 or self._verifying >> index & 1:
+            if copies >= self.endgame_copies or key in requesters or not state.holds[index] or self._settled[index]:
                 continue
             if best is None or (copies, self._rank[index]) < (best_copies, self._rank[best]):
                 best, best_copies = index, copies
         return best
 
-    def _rebuild_order(self) -> None:
-        idle = list(ChunkSet(self.chunk_count, self._idle_mask()))
+    def _rebuild_heap(self, state: _PeerState) -> None:
         availability, rank = self._availability, self._rank
-        idle.sort(key=lambda i: (availability[i], rank[i]))
-        self._order = idle
-        self._order_start = 0
-        self._order_dirty = False
+        state.heap = [(availability[i], rank[i], i) for i in _indexes(state.chunks & self._idle_mask())]
+        heapq.heapify(state.heap)
+        state.heap_dirty = False
 
     # -- outcomes ----------------------------------------------------------
     def on_data(self, key: PeerKey, index: int) -> bool:
@@ -245,15 +279,17 @@ class Picker(Generic[PeerKey]):
         if state is not None:
             state.in_flight.discard(index)
         self._drop_request(key, index)
-        if not 0 <= index < self.chunk_count or (self._done | self._verifying) >> index & 1:
+        if not 0 <= index < self.chunk_count or self._settled[index]:
             return False
         self._verifying |= 1 << index
+        self._settled[index] = _VERIFYING
         return True
 
     def on_verified(self, key: PeerKey, index: int) -> list[tuple[PeerKey, int]]:
         """``index`` from ``key`` verified and written: returns the (peer, chunk) requests to cancel."""
         self._verifying &= ~(1 << index)
         self._done |= 1 << index
+        self._settled[index] = _DONE
         cancels = []
         for other in self._requested.pop(index, set()):
             other_state = self._peers.get(other)
@@ -264,15 +300,13 @@ class Picker(Generic[PeerKey]):
 
     def on_hash_failure(self, key: PeerKey, index: int) -> bool:
         """``key`` sent bad data for ``index``: returns True if that got it banned."""
-        self._verifying &= ~(1 << index)
-        self._order_dirty = True
+        self._unsettle(index)
         state = self._peers.get(key)
         if state is None:
             return key in self._banned
         state.failures += 1
         # Never ask that peer for that chunk again.
-        self._change_availability(state.chunks & (1 << index), -1)
-        state.chunks &= ~(1 << index)
+        self._forget(state, index)
         if state.failures >= self.ban_threshold:
             self._banned.add(key)
             self.remove_peer(key)
@@ -287,15 +321,13 @@ class Picker(Generic[PeerKey]):
         state = self._peers.get(key)
         if state is not None:
             state.in_flight.discard(index)
-            if not_held and state.chunks >> index & 1:
-                self._change_availability(1 << index, -1)
-                state.chunks &= ~(1 << index)
+            if not_held:
+                self._forget(state, index)
         self._unrequest(key, index)
 
     def on_write_failed(self, index: int) -> None:
         """Verified data could not be stored: the chunk is missing again."""
-        self._verifying &= ~(1 << index)
-        self._order_dirty = True
+        self._unsettle(index)
 
     # -- internals ---------------------------------------------------------
     def _missing_mask(self) -> int:
@@ -316,13 +348,42 @@ class Picker(Generic[PeerKey]):
 
     def _unrequest(self, key: PeerKey, index: int) -> None:
         self._drop_request(key, index)
-        if index not in self._requested:
-            self._order_dirty = True
+        self._requeue(index)
 
-    def _change_availability(self, mask: int, delta: int) -> None:
-        if not mask:
+    def _unsettle(self, index: int) -> None:
+        """``index`` is no longer being verified: missing again."""
+        self._verifying &= ~(1 << index)
+        self._settled[index] = 0
+        self._requeue(index)
+
+    def _forget(self, state: _PeerState, index: int) -> None:
+        """Stop believing that ``state``'s peer holds ``index``."""
+        if 0 <= index < self.chunk_count and state.holds[index]:
+            state.holds[index] = 0
+            state.chunks &= ~(1 << index)
+            self._change_availability([index], -1)
+
+    def _is_idle(self, index: int) -> bool:
+        return not self._settled[index] and index not in self._requested
+
+    def _requeue(self, index: int) -> None:
+        """Give an idle ``index`` a fresh heap entry at every peer holding it."""
+        if not 0 <= index < self.chunk_count or not self._is_idle(index):
             return
+        entry = (self._availability[index], self._rank[index], index)
+        for state in self._peers.values():
+            if state.holds[index] and not state.heap_dirty:
+                heapq.heappush(state.heap, entry)
+                if len(state.heap) > 2 * self.chunk_count + 64:
+                    state.heap_dirty = True  # mostly stale entries: rebuild at the next pick
+
+    def _change_availability(self, indexes: list[int], delta: int) -> None:
         availability = self._availability
-        for index in ChunkSet(self.chunk_count, mask):
+        for index in indexes:
             availability[index] += delta
-        self._order_dirty = True
+        if len(indexes) > BULK_CHANGE:
+            for state in self._peers.values():
+                state.heap_dirty = True
+        else:
+            for index in indexes:
+                self._requeue(index)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from common.chunkset import ChunkSet
+from common.manifest import MAX_CHUNKS
 from peer.picker import Picker
 
 
@@ -186,3 +187,41 @@ def test_random_swarm_always_completes(seed: int) -> None:
                 if picker.on_data(key, done):
                     picker.on_verified(key, done)
     assert picker.complete
+
+
+def test_large_file_stays_rarest_first_through_availability_changes() -> None:
+    # MAX_CHUNKS chunks and 8 peers: picks and availability changes are incremental
+    # (re-sorting every chunk per change took seconds at this size).
+    count, rng = MAX_CHUNKS, random.Random(3)
+    picker = make(count, max_in_flight=4)
+    masks = {f"p{i}": rng.getrandbits(count) & rng.getrandbits(count) for i in range(8)}
+    masks["p0"] = (1 << count) - 1  # a seed: every chunk has a holder
+    for key, mask in masks.items():
+        picker.set_peer_chunks(key, ChunkSet(count, mask))
+    taken: set[int] = set()
+
+    def check_pick(key: str) -> int:
+        flags = {name: bin(mask)[:1:-1] for name, mask in masks.items()}
+        availability = [0] * count
+        for bits in flags.values():
+            for i, bit in enumerate(bits):
+                if bit == "1":
+                    availability[i] += 1
+        rarest = min(availability[i] for i, bit in enumerate(flags[key]) if bit == "1" and i not in taken)
+        index = picker.pick(key)
+        assert index is not None and index not in taken and masks[key] >> index & 1
+        assert availability[index] == rarest
+        taken.add(index)
+        return index
+
+    first = check_pick("p1")
+    # Availability moves both ways: two peers gain chunks, one leaves.
+    for key in ("p2", "p3"):
+        masks[key] |= masks["p1"] >> 1
+        picker.set_peer_chunks(key, ChunkSet(count, masks[key]))
+    picker.remove_peer("p4")
+    del masks["p4"]
+    for key in masks:
+        index = check_pick(key)
+        assert picker.on_data(key, index) and picker.on_verified(key, index) == []
+    assert picker.missing_count == count - len(taken) + 1  # the first pick is still in flight
