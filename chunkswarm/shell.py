@@ -20,16 +20,15 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 from rich.console import Console
-from rich.table import Table
 
 from common.address import format_address
 from common.errors import ChunkswarmError
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage import PART_SUFFIX, STATE_SUFFIX, expand_paths
-from peer.ui import progress_display
+from peer.ui import file_table, format_size, progress_display
 
-__all__ = ["HELP", "Shell", "ShellConfig", "run_shell", "format_size"]
+__all__ = ["HELP", "Shell", "ShellConfig", "run_shell"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ Ctrl-C cancels a running download (d again resumes it)."""
 
 #: Files at least this large show hashing progress while ``u`` publishes them.
 HASH_PROGRESS_BYTES = 8 * 1024 * 1024
-
-
-def format_size(size: int) -> str:
-    """``8983`` -> ``8.8 KiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _count(number: int, noun: str) -> str:
@@ -181,13 +170,7 @@ class Shell:
         if not entries:
             self.say("no files on the network" + (f" with {pattern!r} in their name" if pattern else ""))
             return
-        table = Table(title=f"{_count(len(entries), 'file')} on the network")
-        for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"),
-                                ("holders", "right"), ("complete", "right")):  # fmt: skip
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        for entry in sorted(entries, key=lambda e: e.name):
-            table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:12], str(entry.chunk_count),
-                          str(entry.holders), str(entry.complete_copies))  # fmt: skip
+        table = file_table(sorted(entries, key=lambda e: e.name), f"{_count(len(entries), 'file')} on the network", id_chars=12)
         self.out.print(table)
 
     async def download(self, query: str) -> None:

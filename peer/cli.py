@@ -16,7 +16,6 @@ from typing import Any
 import click
 import trio
 from rich.console import Console
-from rich.table import Table
 
 from chunkswarm.console import LOG_LEVELS, console, setup_logging
 from common.address import format_address, parse_address
@@ -24,7 +23,7 @@ from common.errors import ChunkswarmError, ValidationError
 from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_catalogue, open_peer
-from peer.ui import progress_display
+from peer.ui import file_table, progress_display
 
 __all__ = ["peer_commands", "seed", "get", "ls", "main"]
 
@@ -160,11 +159,7 @@ def ls(pattern: str, log_level: str, **options: Any) -> None:
     setup_logging(log_level)
     config = _config(**options)
     entries = _run(_ls, config, pattern)
-    table = Table(title=f"files on {format_address(*config.tracker)}")
-    for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"), ("holders", "right"), ("complete", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for entry in entries:
-        table.add_row(entry.name, _size(entry.size), entry.file_id.hex()[:16], str(entry.chunk_count), str(entry.holders), str(entry.complete_copies))
+    table = file_table(entries, f"files on {format_address(*config.tracker)}")
     Console().print(table)
 
 
@@ -172,15 +167,6 @@ async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
     # Query only: ls serves nothing, so it must not register as a peer.
     async with open_catalogue(config) as catalogue:
         return await catalogue.list_files(pattern)
-
-
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(size)  # pragma: no cover
 
 
 peer_commands = [seed, get, ls]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import attrs
 
+from common.address import format_address
+
 __all__ = ["TransferCount", "Transfers", "PeerStatus", "describe_remote"]
 
 
 def describe_remote(label: str, address: tuple[str, int] | None) -> str:
     """``peer-1 (127.0.0.1:40123)``: how a remote peer is named in logs and counters."""
-    where = f"{address[0]}:{address[1]}" if address is not None else "?"
+    where = format_address(*address) if address is not None else "?"
     return f"{label} ({where})" if label else where
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -23,9 +24,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from common.messages import FileEntry
 from peer.download import ProgressSink
 
-__all__ = ["RichProgress", "LogProgress", "progress_display"]
+__all__ = ["RichProgress", "LogProgress", "progress_display", "format_size", "file_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +154,25 @@ def progress_display(console: Console) -> Iterator[ProgressSink]:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield RichProgress(progress)
+
+
+def format_size(size: int) -> str:
+    """``8983`` -> ``8.8 KiB``: sizes as people read them."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def file_table(entries: list[FileEntry], title: str, *, id_chars: int = 16) -> Table:
+    """The tracker's files as a table: name, size, id prefix, chunks, live holders, complete copies."""
+    table = Table(title=title)
+    for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"),
+                            ("holders", "right"), ("complete", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for entry in entries:
+        table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:id_chars], str(entry.chunk_count),
+                      str(entry.holders), str(entry.complete_copies))  # fmt: skip
+    return table

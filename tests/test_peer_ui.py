@@ -73,3 +73,16 @@ def test_hashing_progress_as_a_bar() -> None:
         hash_file(sink)
     final = out.getvalue().rsplit("hashing big.iso", 1)[-1]
     assert "100%" in final.replace("100.0%", "100%") and "peers" not in final
+
+
+def test_remote_names_bracket_ipv6_addresses() -> None:
+    from peer.status import describe_remote
+
+    assert describe_remote("alice", ("::1", 4000)) == "alice ([::1]:4000)"
+    assert describe_remote("", ("127.0.0.1", 4000)) == "127.0.0.1:4000"
+
+
+def test_file_sizes_read_as_people_read_them() -> None:
+    from peer.ui import format_size
+
+    assert [format_size(n) for n in (0, 1023, 8983, 5 * 1024**3)] == ["0 B", "1023 B", "8.8 KiB", "5.0 GiB"]
