@@ -65,6 +65,7 @@ from peer.storage import (
     HeldFile,
     Library,
     PartFile,
+    direct_aligned,
     hash_chunks,
     open_published,
     place_file,
@@ -214,8 +215,9 @@ class Downloader:
             logger.info("resuming %s: %d of %d chunks already verified%s", manifest.name, len(resumed), manifest.chunk_count,
                         f" ({lost} listed chunks failed re-verification)" if lost else "")
         self._picker.mark_have(resumed)
-        self._held = HeldFile(manifest, self._part.path, self._part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed))
-        self._part.fd = -1  # the library's HeldFile owns the descriptor now
+        self._held = HeldFile(manifest, self._part.path, self._part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed),
+                              direct_fd=self._part.direct_fd)
+        self._part.fd = self._part.direct_fd = -1  # the library's HeldFile owns the descriptors now
         self.library.add(self._held)
         if self.progress is not None:
             self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
@@ -250,11 +252,11 @@ class Downloader:
     async def _verify_on_disk(self, indexes: list[int]) -> list[int]:
         """Hash ``indexes`` of the part file in worker threads (in parallel); the ones that match."""
         threads = max(1, self.config.io_threads)
-        fd = self._part.fd
+        fd, direct_fd = self._part.fd, self._part.direct_fd
         good: list[int] = []
 
         async def one(part: list[int]) -> None:
-            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part))
+            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part, direct_fd))
 
         async with open_nursery() as nursery:
             for k in range(threads):
@@ -264,12 +266,12 @@ class Downloader:
     async def _finish(self) -> None:
         """Check the whole file against the file id, then move it into place."""
         manifest = self.manifest
-        self._part.fd = self._held.fd
+        self._part.fd, self._part.direct_fd = self._held.fd, self._held.direct_fd
         checking = time.monotonic()
         try:
             good = await self._verify_on_disk(list(range(manifest.chunk_count)))
         finally:
-            self._part.fd = -1
+            self._part.fd = self._part.direct_fd = -1
         logger.debug("%s: whole-file check of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)
         if len(good) != manifest.chunk_count:
             bad = sorted(set(range(manifest.chunk_count)) - set(good))
@@ -475,7 +477,9 @@ class Downloader:
         manifest = self.manifest
         try:
             try:
-                await trio.to_thread.run_sync(verify_and_write, manifest, self._held.fd, index, data, limiter=self._io_limiter)
+                held = self._held
+                fd = held.direct_fd if held.direct_fd >= 0 and direct_aligned(manifest, index) else held.fd
+                await trio.to_thread.run_sync(verify_and_write, manifest, fd, index, data, limiter=self._io_limiter)
             finally:
                 self._verify_slots.release()
         except IntegrityError as exc:
