@@ -249,14 +249,14 @@ class Downloader:
             already_complete=already,
         )
 
-    async def _verify_on_disk(self, indexes: list[int]) -> list[int]:
+    async def _verify_on_disk(self, indexes: list[int], cached: frozenset[int] = frozenset()) -> list[int]:
         """Hash ``indexes`` of the part file in worker threads (in parallel); the ones that match."""
         threads = max(1, self.config.io_threads)
         fd, direct_fd = self._part.fd, self._part.direct_fd
         good: list[int] = []
 
         async def one(part: list[int]) -> None:
-            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part, direct_fd))
+            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part, direct_fd, cached))
 
         async with open_nursery() as nursery:
             for k in range(threads):
@@ -269,7 +269,7 @@ class Downloader:
         self._part.fd, self._part.direct_fd = self._held.fd, self._held.direct_fd
         checking = time.monotonic()
         try:
-            good = await self._verify_on_disk(list(range(manifest.chunk_count)))
+            good = await self._verify_on_disk(list(range(manifest.chunk_count)), frozenset(self._held.sent))
         finally:
             self._part.fd = self._part.direct_fd = -1
         logger.debug("%s: whole-file check of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)

@@ -33,7 +33,7 @@ import mmap
 import os
 import pathlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 
 import attrs
 import msgpack
@@ -95,6 +95,9 @@ class HeldFile:
     withdrawn: bool = False
     #: A second, ``O_DIRECT`` descriptor on a download's part file, or -1 (see :func:`open_direct`).
     direct_fd: int = -1
+    #: Chunks sent to peers by sendfile (so likely in the page cache): the final check reads
+    #: them through ``fd`` rather than from the device again.
+    sent: set[int] = attrs.field(factory=set)
 
     @property
     def complete(self) -> bool:
@@ -328,12 +331,15 @@ def verify_and_write(manifest: Manifest, fd: int, index: int, data: bytes | byte
         raise _storage_error("write chunk to", f"fd {fd}", exc) from None
 
 
-def hash_chunks(manifest: Manifest, fd: int, indexes: Sequence[int], direct_fd: int = -1) -> list[int]:
+def hash_chunks(
+    manifest: Manifest, fd: int, indexes: Sequence[int], direct_fd: int = -1, cached: Container[int] = ()
+) -> list[int]:
     """The chunks among ``indexes`` whose bytes on disk match the manifest.
 
     With ``direct_fd`` (an ``O_DIRECT`` descriptor on the same file) the
-    chunks are read from the device without filling the page cache; a chunk
-    it cannot read (unaligned) is read through ``fd``.
+    chunks are read from the device without filling the page cache, except
+    those in ``cached`` (likely in the page cache already) and any it cannot
+    read (unaligned): those are read through ``fd``.
     """
     good = []
     # mmap: page-aligned, as O_DIRECT needs; rounded up so the last chunk reads whole blocks (it stops at EOF).
@@ -344,7 +350,7 @@ def hash_chunks(manifest: Manifest, fd: int, indexes: Sequence[int], direct_fd: 
             length = manifest.chunk_length(index)
             offset = manifest.chunk_offset(index)
             got = -1
-            if direct_fd >= 0 and offset % DIRECT_ALIGN == 0:
+            if direct_fd >= 0 and offset % DIRECT_ALIGN == 0 and index not in cached:
                 try:
                     got = os.preadv(direct_fd, [view[: -(-length // DIRECT_ALIGN) * DIRECT_ALIGN]], offset)
                 except OSError:
