@@ -136,6 +136,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
         address = match.group(1)
         common = ["--tracker", address, "--log-level", options.log_level]
         tuning = ["--pipeline-depth", str(options.pipeline_depth)] if options.pipeline_depth else []
+        tuning += ["--direct-io"] if options.direct_io else []
         seeds = []
         for i in range(seeders):
             label = f"seed-{i + 1}"
@@ -190,6 +191,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-size", type=int, default=1024 * 1024)
     parser.add_argument("--pipeline-depth", type=int, default=0, help="requests in flight per connection (0: the peer's default)")
+    parser.add_argument("--direct-io", action="store_true", help="downloaders write past the page cache (get --direct-io)")
     parser.add_argument("--scenarios", default="one_to_one,four_to_one,one_to_four")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     parser.add_argument("--log-dir", type=pathlib.Path, default=None, help="write every process's log to DIR/SCENARIO-LABEL.log")
@@ -204,7 +206,7 @@ def main() -> None:
         make_file(data, size)
     plan = {"one_to_one": (1, 1), "four_to_one": (4, 1), "one_to_four": (1, 4)}
     depth = options.pipeline_depth or PeerConfig().pipeline_depth
-    results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size, "pipeline_depth": depth,
+    results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size, "pipeline_depth": depth, "direct_io": options.direct_io,
                                "load_average": os.getloadavg()[0]}
     try:
         for name in options.scenarios.split(","):

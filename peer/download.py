@@ -182,7 +182,7 @@ class Downloader:
             ban_threshold=self.config.ban_threshold,
             endgame_copies=self.config.endgame_copies,
         )
-        self._part = PartFile(self.manifest, self.out_dir / self.manifest.name)
+        self._part = PartFile(self.manifest, self.out_dir / self.manifest.name, direct_io=self.config.direct_io)
         self._to_announce = ChunkSet(count)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
         self._verify_slots = trio.Semaphore(max(4, 3 * self.config.io_threads))

@@ -10,9 +10,12 @@ chunk only after its ``pwrite`` has returned, it is replaced atomically
 lists is hashed again, so a part file truncated or corrupted by a power cut
 is never trusted blindly.
 
-Chunks of a download are written, and the whole file checked on completion,
-through a second descriptor opened with ``O_DIRECT`` where the file system
-allows it (:func:`open_direct`). Every page-cache page a buffered write or
+With ``direct_io`` (``get --direct-io``; off by default) chunks of a download
+are written, and the whole file checked on completion, through a second
+descriptor opened with ``O_DIRECT`` where the file system allows it
+(:func:`open_direct`). It is off by default because on spinning or network
+disks every write would wait for the device, and chunks served to other peers
+would have to be read back from it. Every page-cache page a buffered write or
 read fills is a fresh page of memory, and on a VM that reports free pages to
 its host the first touch of such a page costs far more than the copy itself:
 measured here, a buffered ``pwrite`` loop of 1 GiB into a new file took
@@ -378,6 +381,8 @@ class PartFile:
     manifest: Manifest
     final_path: pathlib.Path
     fd: int = -1
+    #: Open a second, ``O_DIRECT`` descriptor (see :func:`open_direct` and ``PeerConfig.direct_io``).
+    direct_io: bool = False
     #: An ``O_DIRECT`` descriptor on the part file for chunk writes and checks, or -1.
     direct_fd: int = -1
 
@@ -421,7 +426,7 @@ class PartFile:
         except OSError as exc:
             self.close()
             raise _storage_error("preallocate", self.path, exc) from None
-        self.direct_fd = open_direct(self.path)
+        self.direct_fd = open_direct(self.path) if self.direct_io else -1
         if self.direct_fd >= 0 and hasattr(os, "posix_fadvise"):
             # Chunks are written past the page cache, so readahead by sendfile of one chunk
             # would fill pages for chunks not written yet (zeros, dropped again by their write).

@@ -92,7 +92,7 @@ def test_chunks_written_and_checked_past_the_page_cache(tmp_path: pathlib.Path) 
     source.write_bytes(os.urandom(3 * chunk + 100))
     manifest = build_manifest(source, chunk)
     data = source.read_bytes()
-    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    part = PartFile(manifest, tmp_path / "out" / manifest.name, direct_io=True)
     part.open()
     try:
         if part.direct_fd < 0:
@@ -195,3 +195,15 @@ def test_disk_full_is_reported_before_downloading(tmp_path: pathlib.Path, source
     monkeypatch.setattr(os, "fstatvfs", Full)
     with pytest.raises(StorageError, match="disk full"):
         PartFile(manifest, tmp_path / "out" / manifest.name).open()
+
+
+def test_part_files_use_the_page_cache_unless_direct_io_is_asked_for(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(8192))
+    manifest = build_manifest(source, 4096)
+    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    part.open()
+    try:
+        assert part.direct_fd == -1
+    finally:
+        part.close()
