@@ -1,7 +1,7 @@
 """Tracker load benchmark: ``python -m tracker`` in one process, N simulated peers in this one.
 
     python bench/tracker.py [--peers 1000] [--files 100] [--chunks 1000] [--seconds 10] [--rate 20000] [--depth 1]
-                            [--who-has-share 0.5] [--profile PATH]
+                            [--who-has-share 0.5] [--profile PATH] [--trace PATH]
 
 Set-up: every peer connects, says HELLO and REGISTERs; ``--files`` of them
 publish a manifest of ``--chunks`` chunks; then every peer announces its
@@ -32,6 +32,10 @@ figure least disturbed by other work on a shared machine, and
 ``load_average_at_start`` says how shared it was. ``tracker_rss_mb`` is the
 tracker's resident memory once every replica is announced, or at the end if
 higher.
+
+``--trace PATH`` writes every paced request as a CSV line (scheduled send time
+in s from the phase start, latency in ms, kind), to tell a tail of uniform
+queueing from periodic stalls of the tracker's event loop.
 """
 
 from __future__ import annotations
@@ -152,6 +156,9 @@ class LoadGenerator:
         self.who_has_frames: list[bytes] = []
         self.heartbeat_frame = encode_message(Heartbeat())
         self.latencies: dict[int, list[float]] = {ANNOUNCE: [], WHO_HAS: [], HEARTBEAT: []}
+        #: (scheduled send time, latency, kind) of every recorded request, with ``--trace``.
+        self.trace: list[tuple[float, float, int]] | None = [] if args.trace else None
+        self.phase_start = 0.0
         self.replies_bytes = 0
         self.errors = 0
         self.pending = 0
@@ -206,6 +213,8 @@ class LoadGenerator:
                     print(f"unexpected reply {Opcode(opcode).name} to {KIND_NAMES[kind]}: {bytes(buffer[offset:end])[:200]!r}", file=sys.stderr)
             elif record and kind != SETUP:
                 self.latencies[kind].append(now - sent_at)
+                if self.trace is not None:
+                    self.trace.append((sent_at, now - sent_at, kind))
             offset = end
             done += 1
         if offset:
@@ -275,6 +284,9 @@ class LoadGenerator:
     def _reset(self, start: float) -> None:
         for values in self.latencies.values():
             values.clear()
+        if self.trace is not None:
+            self.trace.clear()
+        self.phase_start = start
         for peer in self.peers.values():
             peer.next_heartbeat = start + self.rng.uniform(0, self.args.heartbeat)
 
@@ -352,6 +364,13 @@ class LoadGenerator:
             f"{prefix}max_ms": percentile(everything, 100),
         }
 
+    def write_trace(self, path: str) -> None:
+        assert self.trace is not None
+        with open(path, "w") as out:
+            out.write("sent_s,latency_ms,kind\n")
+            for sent_at, latency, kind in sorted(self.trace):
+                out.write(f"{sent_at - self.phase_start:.6f},{latency * 1000:.3f},{KIND_NAMES[kind]}\n")
+
     def tracker_stats(self) -> dict[str, Any]:
         peer = next(iter(self.peers.values()))
         self.send(peer, encode_message(Stats()), SETUP, 0.0)
@@ -393,6 +412,7 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a peer's heartbeats")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", metavar="PATH", help="run the tracker under cProfile, stats written to PATH")
+    parser.add_argument("--trace", metavar="PATH", help="write the paced phase's requests (send time, latency, kind) as CSV to PATH")
     args = parser.parse_args()
     _raise_fd_limit(args.peers + 256)
 
@@ -421,6 +441,8 @@ def main() -> None:
             cpu_paced = (load.cpu_at_end[0] - cpu_before) / elapsed
             own_paced = (load.cpu_at_end[1] - own_before) / elapsed
             paced = load.figures(elapsed, "")
+            if args.trace:
+                load.write_trace(args.trace)
             print(f"paced at {args.rate:.0f}/s: {json.dumps(paced)}; tracker CPU {cpu_paced:.0%}, load generator CPU {own_paced:.0%}", file=sys.stderr)
 
             stats = load.tracker_stats()
