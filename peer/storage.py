@@ -43,7 +43,7 @@ import msgpack
 
 from common.chunkset import ChunkSet
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import Manifest, ProgressCallback, build_manifest, merkle_root
+from common.manifest import Manifest, ProgressCallback, build_manifest
 
 __all__ = [
     "HeldFile",
@@ -117,12 +117,15 @@ class HeldFile:
         return True
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.direct_fd >= 0:
-            os.close(self.direct_fd)
-            self.direct_fd = -1
+        self.fd = _close(self.fd)
+        self.direct_fd = _close(self.direct_fd)
+
+
+def _close(fd: int) -> int:
+    """Close ``fd`` if open; the value to store in its place (-1)."""
+    if fd >= 0:
+        os.close(fd)
+    return -1
 
 
 def _signature(path: pathlib.Path) -> tuple[int, int] | None:
@@ -469,24 +472,14 @@ class PartFile:
         return hash_chunks(self.manifest, self.fd, range(self.manifest.chunk_count) if indexes is None else indexes, self.direct_fd)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.direct_fd >= 0:
-            os.close(self.direct_fd)
-            self.direct_fd = -1
+        self.fd = _close(self.fd)
+        self.direct_fd = _close(self.direct_fd)
 
     def discard_state(self) -> None:
         try:
             self.state_path.unlink()
         except FileNotFoundError:
             pass
-
-
-def check_hashes_give_id(manifest: Manifest, hashes: Sequence[bytes]) -> None:
-    """The whole-file check: the chunk hashes read back from disk must give the file id."""
-    if merkle_root(list(hashes)) != manifest.file_id:
-        raise IntegrityError(f"{manifest.name}: the file on disk does not match its id")
 
 
 def same_content(path: pathlib.Path, manifest: Manifest) -> bool:
