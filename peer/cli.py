@@ -128,7 +128,7 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().request_timeout, show_default=True,
               help="Drop a peer that leaves requests unanswered for this many seconds.")
 @click.option("--direct-io", is_flag=True,
-              help="Write chunks past the page cache (O_DIRECT): less CPU on fast SSDs, slower on spinning or network disks.")
+              help="Write and read back chunks past the page cache (O_DIRECT); every write then waits for the disk.")
 @_peer_options
 def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, pipeline_depth: int, stall_timeout: float,
         request_timeout: float, direct_io: bool, log_level: str, **options: Any) -> None:

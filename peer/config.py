@@ -56,12 +56,14 @@ class PeerConfig:
     ban_threshold: int = 2
     #: Worker threads hashing and writing chunks.
     io_threads: int = 2
-    #: Write chunks, and re-read them for the whole-file check, with O_DIRECT (past the page
-    #: cache) where the file system allows it. Off by default: on fast SSDs and on VMs where
-    #: fresh page-cache memory is expensive it saves about a third of a downloader's CPU, but
-    #: on spinning or network disks every chunk write waits for the device and chunks served
-    #: to other peers must be read back from it.
+    #: Write chunks, and read them back, with O_DIRECT (past the page cache) where the file
+    #: system allows it. Off by default: every chunk write waits for the device and chunks
+    #: served to other peers must be read back from it (see ``peer.storage``).
     direct_io: bool = False
+    #: A written chunk is read back from disk and hashed again once this many more bytes have
+    #: been written; through the page cache it bounds the memory a download fills to about twice
+    #: this (see ``peer.storage.ReadBack``).
+    read_back_window: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
     #: WHO_HAS refresh period while downloading.
     refresh_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Verified chunks are announced in batches at most this late.

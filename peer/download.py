@@ -23,6 +23,7 @@ import logging
 import os
 import pathlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -62,6 +63,7 @@ from peer.connection import Connection
 from peer.picker import Picker
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage import (
+    ReadBack,
     HeldFile,
     Library,
     PartFile,
@@ -173,6 +175,7 @@ class Downloader:
     _received: dict[str, TransferCount] = attrs.field(init=False, factory=dict)
     _bad_chunks: int = attrs.field(init=False, default=0)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    _read_back: ReadBack = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         count = self.manifest.chunk_count
@@ -218,6 +221,7 @@ class Downloader:
         self._held = HeldFile(manifest, self._part.path, self._part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed),
                               direct_fd=self._part.direct_fd)
         self._part.fd = self._part.direct_fd = -1  # the library's HeldFile owns the descriptors now
+        self._read_back = ReadBack(manifest, self._held.fd, self.config.read_back_window, self._held.direct_fd)
         self.library.add(self._held)
         if self.progress is not None:
             self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
@@ -249,32 +253,43 @@ class Downloader:
             already_complete=already,
         )
 
-    async def _verify_on_disk(self, indexes: list[int], cached: frozenset[int] = frozenset()) -> list[int]:
+    async def _verify_on_disk(self, indexes: list[int]) -> list[int]:
         """Hash ``indexes`` of the part file in worker threads (in parallel); the ones that match."""
-        threads = max(1, self.config.io_threads)
         fd, direct_fd = self._part.fd, self._part.direct_fd
         good: list[int] = []
 
-        async def one(part: list[int]) -> None:
-            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, part, direct_fd, cached))
+        async def one(part: int, parts: int) -> None:
+            good.extend(await trio.to_thread.run_sync(hash_chunks, self.manifest, fd, indexes[part::parts], direct_fd))
 
-        async with open_nursery() as nursery:
-            for k in range(threads):
-                nursery.start_soon(one, indexes[k::threads])
+        await self._in_parallel(one)
         return sorted(good)
 
+    async def _in_parallel(self, job: Callable[[int, int], Awaitable[None]]) -> None:
+        # Twice the I/O threads: while half wait for the device (reads past the page cache are
+        # not read ahead), the other half hash.
+        parts = max(1, 2 * self.config.io_threads)
+        async with open_nursery() as nursery:
+            for part in range(parts):
+                nursery.start_soon(job, part, parts)
+
     async def _finish(self) -> None:
-        """Check the whole file against the file id, then move it into place."""
+        """Check that every chunk on disk matches the manifest, then move the file into place.
+
+        Chunks resumed were hashed from disk when the download started, and
+        the others read back as the download went on (:class:`ReadBack`):
+        only the last few are left to read back here.
+        """
         manifest = self.manifest
-        self._part.fd, self._part.direct_fd = self._held.fd, self._held.direct_fd
         checking = time.monotonic()
-        try:
-            good = await self._verify_on_disk(list(range(manifest.chunk_count)), frozenset(self._held.sent))
-        finally:
-            self._part.fd = self._part.direct_fd = -1
-        logger.debug("%s: whole-file check of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)
-        if len(good) != manifest.chunk_count:
-            bad = sorted(set(range(manifest.chunk_count)) - set(good))
+        bad: list[int] = []
+
+        async def one(part: int, parts: int) -> None:
+            bad.extend(await trio.to_thread.run_sync(self._read_back.finish, part, parts))
+
+        await self._in_parallel(one)
+        logger.debug("%s: final read-back of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)
+        if bad:
+            bad.sort()
             for index in bad:
                 self._held.have.discard(index)
             raise IntegrityError(f"{manifest.name}: {len(bad)} chunks changed on disk after verification; run get again")
@@ -479,7 +494,7 @@ class Downloader:
             try:
                 held = self._held
                 fd = held.direct_fd if held.direct_fd >= 0 and direct_aligned(manifest, index) else held.fd
-                await trio.to_thread.run_sync(verify_and_write, manifest, fd, index, data, limiter=self._io_limiter)
+                lost = await trio.to_thread.run_sync(self._write_chunk, fd, index, data, limiter=self._io_limiter)
             finally:
                 self._verify_slots.release()
         except IntegrityError as exc:
@@ -512,8 +527,24 @@ class Downloader:
                    self._label, index + 1, manifest.chunk_count, manifest.name, source.name)
         if self.progress is not None:
             self.progress.chunk(index, nbytes, source.name)
+        for bad in lost:
+            self._lose(bad)
         if self._picker.complete:
             self._done.set()
+
+    def _write_chunk(self, fd: int, index: int, data: memoryview | bytes | bytearray) -> list[int]:
+        """Verify and write chunk ``index`` (in a worker thread); the older chunks that failed their read-back."""
+        verify_and_write(self.manifest, fd, index, data)
+        return self._read_back.wrote(index)
+
+    def _lose(self, index: int) -> None:
+        """Chunk ``index`` read back from disk differs from what was written: fetch it again."""
+        self._bad_chunks += 1
+        self._held.have.discard(index)
+        self._picker.on_lost(index)
+        logger.warning("%s: chunk %d/%d of %s read back from disk does not match its hash; fetching it again",
+                       self._label, index + 1, self.manifest.chunk_count, self.manifest.name)
+        self._wake_all()
 
     # -- announcing and resume state -----------------------------------------------
     async def _announcer(self) -> None:

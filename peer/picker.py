@@ -329,6 +329,11 @@ class Picker(Generic[PeerKey]):
         """Verified data could not be stored: the chunk is missing again."""
         self._unsettle(index)
 
+    def on_lost(self, index: int) -> None:
+        """A chunk already verified and written turned out bad on disk: it is missing again."""
+        self._done &= ~(1 << index)
+        self._unsettle(index)
+
     # -- internals ---------------------------------------------------------
     def _missing_mask(self) -> int:
         return ((1 << self.chunk_count) - 1) & ~self._done

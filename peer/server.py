@@ -170,7 +170,6 @@ class ChunkServer:
                     await conn.send_file_range(prefix, held.fd, manifest.chunk_offset(index), length)
             except trio.TooSlowError:
                 raise PeerTimeout(f"a chunk took over {self.idle_timeout:g} s to send") from None
-            held.sent.add(index)
             self.transfers.record_upload(remote, length)
 
     @staticmethod

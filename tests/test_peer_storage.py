@@ -13,6 +13,7 @@ from common.manifest import build_manifest
 from peer.storage import (
     ManifestCache,
     PartFile,
+    ReadBack,
     direct_aligned,
     expand_paths,
     hash_chunks,
@@ -205,5 +206,34 @@ def test_part_files_use_the_page_cache_unless_direct_io_is_asked_for(tmp_path: p
     part.open()
     try:
         assert part.direct_fd == -1
+    finally:
+        part.close()
+
+
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_written_chunks_are_read_back_once_out_of_the_window(tmp_path: pathlib.Path, direct_io: bool) -> None:
+    chunk = 4096
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(6 * chunk))
+    manifest = build_manifest(source, chunk)
+    data = source.read_bytes()
+    part = PartFile(manifest, tmp_path / "out" / manifest.name, direct_io=direct_io)
+    part.open()
+    try:
+        read_back = ReadBack(manifest, part.fd, 2 * chunk, part.direct_fd)
+        order = [4, 0, 5, 1, 3, 2]
+        lost = []
+        for step, index in enumerate(order):
+            fd = part.direct_fd if part.direct_fd >= 0 else part.fd
+            verify_and_write(manifest, fd, index, data[index * chunk : (index + 1) * chunk])
+            if index == 0:
+                os.pwrite(part.fd, b"\xff" * 10, 100)  # the device "loses" chunk 0 while it is young
+            lost.append(read_back.wrote(index))
+        # Chunk 4 leaves the two-chunk window when the third chunk is written, chunk 0 with the fourth.
+        assert lost == [[], [], [], [0], [], []]
+        verify_and_write(manifest, part.fd, 0, data[:chunk])  # fetched again
+        assert read_back.wrote(0) == []
+        os.pwrite(part.fd, b"\xff", 2 * chunk)  # chunk 2 goes bad while it is still in the window
+        assert sorted(read_back.finish(0, 2) + read_back.finish(1, 2)) == [2]
     finally:
         part.close()

@@ -15,6 +15,7 @@ from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
 from common.messages import Announce, Hello, Publish
+import peer.download
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage import HeldFile
@@ -413,3 +414,25 @@ async def test_a_minimal_progress_sink_is_enough(swarm: Swarm, source: pathlib.P
     chunks = events[1:-1]
     assert sorted(e[1] for e in chunks) == list(range(manifest.chunk_count))  # type: ignore[type-var]
     assert sum(e[2] for e in chunks) == SIZE and {e[3] for e in chunks} == {"peer-1"}  # type: ignore[misc]
+
+
+async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-back of written chunks catches a device that loses a write; the chunk is downloaded again."""
+    written = peer.download.verify_and_write
+    spoiled: list[int] = []
+
+    def bad_device(manifest: Manifest, fd: int, index: int, data: bytes | bytearray | memoryview) -> None:
+        written(manifest, fd, index, data)
+        if not spoiled:
+            spoiled.append(index)
+            os.pwrite(fd, b"\0" * 16, manifest.chunk_offset(index) + 7)
+
+    monkeypatch.setattr(peer.download, "verify_and_write", bad_device)
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer(read_back_window=4 * CHUNK) as getter:
+            (manifest,) = await seeder.publish([source.parent])
+            result = await getter.download("data.bin", tmp_path / "out")
+            assert result.path.read_bytes() == source.read_bytes()
+            assert result.bad_chunks == 1 and result.chunks_refetched == 1
+            assert result.chunks_received == manifest.chunk_count + 1
