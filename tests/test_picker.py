@@ -63,6 +63,18 @@ def test_verify_completes() -> None:
     assert picker.complete and picker.missing_count == 0
 
 
+def test_a_chunk_lost_after_verification_is_missing_again() -> None:
+    picker = make(3, max_in_flight=10)
+    picker.set_peer_chunks("a", full(3))
+    for index in picker.pick_many("a"):
+        assert picker.on_data("a", index)
+        picker.on_verified("a", index)
+    assert picker.complete
+    picker.on_lost(1)
+    assert not picker.complete and list(picker.have) == [0, 2]
+    assert picker.pick_many("a") == [1]
+
+
 def test_endgame_duplicates_and_cancels() -> None:
     picker = make(2, max_in_flight=10, endgame_copies=2)
     picker.set_peer_chunks("a", full(2))
