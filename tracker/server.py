@@ -25,7 +25,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 import attrs
@@ -113,7 +114,7 @@ def _fill_entry(record: FileRecord, slot: int) -> bytes:
     return entry
 
 
-def encode_holders(file_id: bytes, entries: list[bytes], *, max_frame_size: int) -> bytes:
+def encode_holders(file_id: bytes, entries: Sequence[bytes], *, max_frame_size: int) -> bytes:
     """The HOLDERS frame of holder ``entries``, byte for byte what ``Codec.send(Holders(...))`` makes.
 
     Built from cached per-replica entries (:func:`holder_entry`): constructing
@@ -491,8 +492,16 @@ class _Connection:
         limit = min(request.max_peers, self.service.config.max_holders)
         record, slots = self.service.registry.holder_slots(request.file_id, limit=limit, exclude=self.peer_id)
         cached = record.entries
+        max_frame_size = self.codec.max_frame_size
+        if len(slots) > 1:
+            # One C call fetches the cached entries. With 100,000 replicas they are
+            # scattered across memory and nearly every one is a cache miss, which a
+            # comprehension takes one at a time: ~30% slower. None marks a stale entry.
+            fetched = itemgetter(*slots)(cached)
+            if all(fetched):
+                return encode_holders(request.file_id, fetched, max_frame_size=max_frame_size)
         entries = [cached[i] or _fill_entry(record, i) for i in slots]
-        return encode_holders(request.file_id, entries, max_frame_size=self.codec.max_frame_size)
+        return encode_holders(request.file_id, entries, max_frame_size=max_frame_size)
 
     def _list_files(self, request: ListFiles) -> bytes:
         entries = [
