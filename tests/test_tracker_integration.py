@@ -37,7 +37,7 @@ from common.messages import (
 from tests.tracker_client_helper import make_manifest, open_client
 from tracker.cli import tracker_command
 from tracker.config import TrackerConfig
-from tracker.server import RunningTracker, serve_tracker
+from tracker.server import RECEIVE_SIZE, RunningTracker, serve_tracker
 from tracker.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -116,6 +116,34 @@ async def test_a_large_manifest_goes_through(tracker: RunningTracker) -> None:
         assert await client.request(GetManifest(manifest.file_id)) == ManifestReply(manifest)
         await client.aclose()
 
+
+
+async def test_a_pipelined_batch_larger_than_one_read_is_answered_whole(tracker: RunningTracker) -> None:
+    # The readiness hub reports only data that arrived since its last event, so
+    # the tracker must read on while reads fill its buffer (RECEIVE_SIZE).
+    assert tracker.service.hub is not None
+    with trio.fail_after(TIMEOUT):
+        client = await open_client(tracker.host, tracker.port)
+        await client.register()
+        count = 3 * RECEIVE_SIZE // len(client.codec.send(Heartbeat())) + 1
+        await client.send(*[Heartbeat()] * count)
+        for _ in range(count):
+            assert await client.receive() == Ok()
+        await client.aclose()
+
+
+async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    # The idle timeout cancels a task parked in the readiness hub.
+    config = TrackerConfig(port=0, idle_timeout=60.0)
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    client = await open_client(running.host, running.port)
+    await client.hello()
+    with trio.fail_after(2 * config.idle_timeout):
+        messages = await client.closed_after()
+    assert [(type(m), m.code) for m in messages] == [(Error, ErrorCode.TIMEOUT)]  # type: ignore[union-attr]
+    await client.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert running.stats()["connections"] == 0
 
 # -- the process ---------------------------------------------------------------
 class TrackerProcess:
