@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import re
@@ -144,6 +145,20 @@ async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: t
     await client.aclose()
     await trio.testing.wait_all_tasks_blocked()
     assert running.stats()["connections"] == 0
+
+
+async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    # Connection tasks end before the readiness hub's epoll is closed.
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+            clients = [await open_client(running.host, running.port) for _ in range(3)]
+            for client in clients:
+                await client.hello()
+            nursery.cancel_scope.cancel()
+        for client in clients:
+            await client.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 # -- the process ---------------------------------------------------------------
 class TrackerProcess:

@@ -204,20 +204,21 @@ class ReadinessHub:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def run(self) -> None:
-        """Dispatch readiness events until cancelled; closes the epoll."""
+        """Dispatch readiness events until cancelled."""
         epoll, parked, ready = self._epoll, self._parked, self._ready
         reschedule = trio.lowlevel.reschedule
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, HUB_EVENTS):
-                    task = parked.pop(fd, None)
-                    if task is None:
-                        ready.add(fd)
-                    else:
-                        reschedule(task)
-        finally:
-            epoll.close()
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, _ in epoll.poll(0, HUB_EVENTS):
+                task = parked.pop(fd, None)
+                if task is None:
+                    ready.add(fd)
+                else:
+                    reschedule(task)
+
+    def close(self) -> None:
+        """Close the epoll, once every connection using the hub has ended."""
+        self._epoll.close()
 
 
 # ---------------------------------------------------------------------------
@@ -645,17 +646,22 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
             log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
         listeners = await trio.open_tcp_listeners(config.port, host=bind_host)
-        async with trio.open_nursery() as nursery:
-            if hasattr(select, "epoll"):  # Linux; elsewhere connections wait through trio
-                service.hub = ReadinessHub()
-                nursery.start_soon(service.hub.run)
-            nursery.start_soon(service.expiry_loop)
-            nursery.start_soon(service.stats_loop)
-            await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
-            bound = [listener.socket.getsockname() for listener in listeners]
-            for address in bound:
-                log.info("tracker listening on %s", format_address(_observed_host(address[0]), address[1]))
-            task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+        # Linux; elsewhere connections wait through trio.
+        service.hub = hub = ReadinessHub() if hasattr(select, "epoll") else None
+        try:
+            async with trio.open_nursery() as nursery:
+                if hub is not None:
+                    nursery.start_soon(hub.run)
+                nursery.start_soon(service.expiry_loop)
+                nursery.start_soon(service.stats_loop)
+                await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
+                bound = [listener.socket.getsockname() for listener in listeners]
+                for address in bound:
+                    log.info("tracker listening on %s", format_address(_observed_host(address[0]), address[1]))
+                task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+        finally:
+            if hub is not None:  # every connection task has ended with the nursery
+                hub.close()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
