@@ -513,10 +513,9 @@ class PartFile:
             self.close()
             raise _storage_error("preallocate", self.path, exc) from None
         self.direct_fd = open_direct(self.path) if self.direct_io else -1
-        if self.direct_fd >= 0 and hasattr(os, "posix_fadvise"):
-            # Chunks are written past the page cache, so readahead by sendfile of one chunk
-            # would fill pages for chunks not written yet (zeros, dropped again by their write).
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        # Chunks are read whole, in no useful order (sent to peers, read back): readahead
+        # would only fill pages of chunks not written yet, or dropped on purpose (ReadBack).
+        _advise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         # Chunks entirely beyond a truncated file cannot be there.
         return [i for i in claimed if i < self.manifest.chunk_count and size >= self.manifest.chunk_offset(i) + self.manifest.chunk_length(i)]
 
