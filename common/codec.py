@@ -218,12 +218,21 @@ class Codec:
         return len(self._buffer) + (len(self._body) if self._body is not None else 0)
 
     def _next_event(self) -> Message | Sentinel:
+        payload: bytes | bytearray
         header = self._header
         if header is None:
             if len(self._buffer) < HEADER_SIZE:
                 return self._need_more(partial=bool(self._buffer))
-            header = decode_header(self._buffer, max_frame_size=self.max_receive_size)
-            del self._buffer[:HEADER_SIZE]
+            buffer = self._buffer
+            header = decode_header(buffer, max_frame_size=self.max_receive_size)
+            end = HEADER_SIZE + header.length
+            if header.length < LARGE_FRAME and len(buffer) >= end:
+                # The usual case, a small frame already whole: one copy of the payload
+                # and one deletion, without going through the partial-frame state.
+                payload = buffer[HEADER_SIZE:end]
+                del buffer[:end]
+                return decode_payload(header.opcode, payload)
+            del buffer[:HEADER_SIZE]
             self._header = header
             if header.length >= LARGE_FRAME:
                 self._body = bytearray(min(header.length, EAGER_BODY_LIMIT))
@@ -233,7 +242,7 @@ class Codec:
         if self._body is not None:
             if self._filled < header.length:
                 return self._need_more(partial=True)
-            payload: bytes | bytearray = self._body
+            payload = self._body
             self._body = None
             self._filled = 0
         else:
