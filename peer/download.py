@@ -535,7 +535,7 @@ class Downloader:
     def _write_chunk(self, fd: int, index: int, data: memoryview | bytes | bytearray) -> list[int]:
         """Verify and write chunk ``index`` (in a worker thread); the older chunks that failed their read-back."""
         verify_and_write(self.manifest, fd, index, data)
-        return self._read_back.wrote(index)
+        return self._read_back.wrote(index, data)
 
     def _lose(self, index: int) -> None:
         """Chunk ``index`` read back from disk differs from what was written: fetch it again."""

@@ -69,6 +69,9 @@ PART_SUFFIX = ".part"
 STATE_SUFFIX = ".state"
 _STATE_VERSION = 1
 
+#: Chunk bytes as they arrive: a view of a receive buffer, or bytes.
+Buffer = bytes | bytearray | memoryview
+
 
 def _storage_error(action: str, path: os.PathLike[str] | str, exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -317,6 +320,14 @@ def _thread_buffer(size: int) -> memoryview:
     return view
 
 
+def _compare_buffer(size: int) -> bytearray:
+    """This thread's buffer to read chunks into and compare them (a bytearray: see ReadBack._read_back)."""
+    buffer: bytearray | None = getattr(_buffers, "compare", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.compare = bytearray(size)
+    return buffer
+
+
 def _aligned_copy(data: memoryview) -> memoryview:
     view = _thread_buffer(len(data))[: len(data)]
     view[:] = data
@@ -385,34 +396,36 @@ class ReadBack:
     fd: int
     window: int
     direct_fd: int = -1
-    _young: deque[int] = attrs.field(factory=deque)
+    #: Chunks written and not read back yet, each with the verified bytes that were written.
+    _young: deque[tuple[int, Buffer]] = attrs.field(factory=deque)
     _young_bytes: int = 0
     _flushing: deque[int] = attrs.field(factory=deque)
     _flushing_bytes: int = 0
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
-    def wrote(self, index: int) -> list[int]:
-        """Chunk ``index`` was written: read back the chunks that leave the window; the ones that fail."""
+    def wrote(self, index: int, data: Buffer) -> list[int]:
+        """Chunk ``index`` was written from ``data`` (verified, kept until read back): read back the chunks that leave the window; the ones that fail."""
         length = self.manifest.chunk_length
-        check: list[int] = []
+        check: list[tuple[int, Buffer]] = []
         drop: list[int] = []
         with self._lock:
-            self._young.append(index)
+            # Through O_DIRECT the read-back is hashed (the bytes are not kept).
+            self._young.append((index, data if self.direct_fd < 0 else b""))
             self._young_bytes += length(index)
             while self._young_bytes > self.window:
                 old = self._young.popleft()
-                self._young_bytes -= length(old)
+                self._young_bytes -= length(old[0])
                 check.append(old)
             if self.direct_fd < 0:
-                self._flushing.extend(check)
-                self._flushing_bytes += sum(length(i) for i in check)
+                self._flushing.extend(i for i, _ in check)
+                self._flushing_bytes += sum(length(i) for i, _ in check)
                 while self._flushing_bytes > self.window:
                     old = self._flushing.popleft()
                     self._flushing_bytes -= length(old)
                     drop.append(old)
         bad = self._read_back(check)
         if self.direct_fd < 0:
-            for old in (*check, *drop):
+            for old in (*(i for i, _ in check), *drop):
                 _advise(self.fd, self.manifest.chunk_offset(old), length(old), os.POSIX_FADV_DONTNEED)
         return bad
 
@@ -422,11 +435,30 @@ class ReadBack:
             check = list(self._young)[part::parts]
         return self._read_back(check)
 
-    def _read_back(self, indexes: list[int]) -> list[int]:
-        if not indexes:
-            return []
-        good = set(hash_chunks(self.manifest, self.fd, indexes, self.direct_fd))
-        return [i for i in indexes if i not in good]
+    def _read_back(self, chunks: list[tuple[int, Buffer]]) -> list[int]:
+        """The chunks whose bytes on disk differ from what was written."""
+        if self.direct_fd >= 0:
+            indexes = [i for i, _ in chunks]
+            good = set(hash_chunks(self.manifest, self.fd, indexes, self.direct_fd))
+            return [i for i in indexes if i not in good]
+        # Compared with the verified bytes that were written, not hashed again: the same
+        # guarantee (those bytes matched the manifest), at memcmp speed (0.05 ms per MiB read
+        # and compared, against 0.6 ms to hash it).
+        buffer = _compare_buffer(self.manifest.chunk_size)
+        view = memoryview(buffer)
+        bad = []
+        for index, data in chunks:
+            length = self.manifest.chunk_length(index)
+            try:
+                got = os.preadv(self.fd, [view[:length]], self.manifest.chunk_offset(index))
+            except OSError:
+                got = -1
+            # startswith: a bytearray compares with any buffer by memcmp (== on two memoryviews
+            # goes item by item, 40 times slower).
+            if got != length or len(data) != length or not buffer.startswith(data):
+                bad.append(index)
+        view.release()
+        return bad
 
 
 def hash_chunks(manifest: Manifest, fd: int, indexes: Sequence[int], direct_fd: int = -1) -> list[int]:

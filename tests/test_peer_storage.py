@@ -225,14 +225,15 @@ def test_written_chunks_are_read_back_once_out_of_the_window(tmp_path: pathlib.P
         lost = []
         for step, index in enumerate(order):
             fd = part.direct_fd if part.direct_fd >= 0 else part.fd
-            verify_and_write(manifest, fd, index, data[index * chunk : (index + 1) * chunk])
+            piece = memoryview(data)[index * chunk : (index + 1) * chunk]
+            verify_and_write(manifest, fd, index, piece)
             if index == 0:
                 os.pwrite(part.fd, b"\xff" * 10, 100)  # the device "loses" chunk 0 while it is young
-            lost.append(read_back.wrote(index))
+            lost.append(read_back.wrote(index, piece))
         # Chunk 4 leaves the two-chunk window when the third chunk is written, chunk 0 with the fourth.
         assert lost == [[], [], [], [0], [], []]
         verify_and_write(manifest, part.fd, 0, data[:chunk])  # fetched again
-        assert read_back.wrote(0) == []
+        assert read_back.wrote(0, data[:chunk]) == []
         os.pwrite(part.fd, b"\xff", 2 * chunk)  # chunk 2 goes bad while it is still in the window
         assert sorted(read_back.finish(0, 2) + read_back.finish(1, 2)) == [2]
     finally:
