@@ -22,6 +22,7 @@ CANCEL_CHUNK and CHUNK_DATA are raw binary so chunk bytes are never re-encoded.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgpack
@@ -44,7 +45,7 @@ from common.messages import (
     RequestChunk,
 )
 
-__all__ = ["Codec", "NEED_DATA", "CLOSED", "Sentinel", "encode_message", "decode_payload", "chunk_data_prefix"]
+__all__ = ["Codec", "NEED_DATA", "CLOSED", "Sentinel", "encode_message", "decode_payload", "chunk_data_prefix", "chunk_data_body_size"]
 
 
 class Sentinel:
@@ -96,6 +97,11 @@ def encode_message(message: Message, *, max_frame_size: int = DEFAULT_MAX_FRAME_
     return encode_header(message.OPCODE, len(payload), max_frame_size=max_frame_size) + payload
 
 
+def chunk_data_body_size(data_length: int) -> int:
+    """Bytes of a CHUNK_DATA frame's body (after the header) carrying ``data_length`` chunk bytes."""
+    return _CHUNK_PREFIX.size + data_length
+
+
 def chunk_data_prefix(file_id: bytes, index: int, data_length: int, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Header and prefix of a CHUNK_DATA frame whose ``data_length`` data bytes the caller sends itself.
 
@@ -140,11 +146,21 @@ def _decode_raw(opcode: Opcode, payload: bytes | bytearray) -> Message:
 class Codec:
     """Incremental frame decoder and encoder for one connection (both directions)."""
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_receive_size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_receive_size: int | None = None,
+        allocate_body: Callable[[int], bytearray] = bytearray,
+    ) -> None:
         self.max_frame_size = max_frame_size
         #: The largest frame accepted from the other side (default: ``max_frame_size``). A
         #: chunk server receives only small requests, so it can refuse a 16 MiB header at once.
         self.max_receive_size = max_frame_size if max_receive_size is None else max_receive_size
+        #: Makes the buffer a large frame's body is received into, of exactly the size asked
+        #: (its content is overwritten): a downloader passes a pool's, so chunk after chunk
+        #: is received into the same memory.
+        self.allocate_body = allocate_body
         self._buffer = bytearray()
         self._header: FrameHeader | None = None
         self._body: bytearray | None = None  # large frame being received
@@ -235,7 +251,10 @@ class Codec:
             del buffer[:HEADER_SIZE]
             self._header = header
             if header.length >= LARGE_FRAME:
-                self._body = bytearray(min(header.length, EAGER_BODY_LIMIT))
+                size = min(header.length, EAGER_BODY_LIMIT)
+                self._body = self.allocate_body(size)
+                if len(self._body) != size:
+                    raise LocalProtocolError(f"allocate_body returned {len(self._body)} bytes for a {size}-byte body")
                 self._filled = 0
                 taken = self._fill_body(self._buffer)
                 del self._buffer[:taken]

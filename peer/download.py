@@ -30,7 +30,7 @@ import attrs
 import trio
 
 from common.chunkset import ChunkSet
-from common.codec import Codec
+from common.codec import Codec, chunk_data_body_size
 from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
@@ -58,6 +58,7 @@ from common.messages import (
     Welcome,
     WhoHas,
 )
+from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.picker import Picker
@@ -176,6 +177,7 @@ class Downloader:
     _bad_chunks: int = attrs.field(init=False, default=0)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _read_back: ReadBack = attrs.field(init=False)
+    _buffers: BufferPool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         count = self.manifest.chunk_count
@@ -189,6 +191,7 @@ class Downloader:
         self._to_announce = ChunkSet(count)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
         self._verify_slots = trio.Semaphore(max(4, 3 * self.config.io_threads))
+        self._buffers = BufferPool(chunk_data_body_size(self.manifest.chunk_size))
 
     @property
     def final_path(self) -> pathlib.Path:
@@ -221,7 +224,7 @@ class Downloader:
         self._held = HeldFile(manifest, self._part.path, self._part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed),
                               direct_fd=self._part.direct_fd)
         self._part.fd = self._part.direct_fd = -1  # the library's HeldFile owns the descriptors now
-        self._read_back = ReadBack(manifest, self._held.fd, self.config.read_back_window, self._held.direct_fd)
+        self._read_back = ReadBack(manifest, self._held.fd, self.config.read_back_window, self._held.direct_fd, self._buffers.give_back)
         self.library.add(self._held)
         if self.progress is not None:
             self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
@@ -287,6 +290,7 @@ class Downloader:
             bad.extend(await trio.to_thread.run_sync(self._read_back.finish, part, parts))
 
         await self._in_parallel(one)
+        self._read_back.close()
         logger.debug("%s: final read-back of %s took %.2f s", self._label, manifest.name, time.monotonic() - checking)
         if bad:
             bad.sort()
@@ -421,7 +425,8 @@ class Downloader:
             stream = await trio.open_tcp_stream(*source.address)
             # Nothing a serving peer sends is larger than one chunk: a header that claims more is
             # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
-            conn = Connection(stream, codec=Codec(max_receive_size=max(16 * 1024, self.manifest.chunk_size + 64)))
+            codec = Codec(max_receive_size=max(16 * 1024, self.manifest.chunk_size + 64), allocate_body=self._buffers.take)
+            conn = Connection(stream, codec=codec)
             source.conn = conn
             await conn.send(self.hello)
             welcome = await conn.receive()
@@ -474,6 +479,7 @@ class Downloader:
                 source.wake()  # a pipeline slot is free
                 if not accepted:
                     self._verify_slots.release()
+                    self._buffers.give_back(message.data)
                     continue
                 self._nursery.start_soon(self._verify, source, message.index, message.data)
             elif isinstance(message, ChunkError):
@@ -490,13 +496,18 @@ class Downloader:
     async def _verify(self, source: _Source, index: int, data: memoryview | bytes | bytearray) -> None:
         key = source.peer_id
         manifest = self.manifest
+        kept = False
         try:
             try:
                 held = self._held
                 fd = held.direct_fd if held.direct_fd >= 0 and direct_aligned(manifest, index) else held.fd
                 lost = await trio.to_thread.run_sync(self._write_chunk, fd, index, data, limiter=self._io_limiter)
+                kept = self._read_back.keeps_data  # then it gives the buffer back once the chunk is read back
             finally:
                 self._verify_slots.release()
+                if not kept:
+                    # The worker thread is done with it (run_sync waits for it even when cancelled).
+                    self._buffers.give_back(data)
         except IntegrityError as exc:
             self._bad_chunks += 1
             banned = self._picker.on_hash_failure(key, index)

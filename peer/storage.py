@@ -396,12 +396,19 @@ class ReadBack:
     fd: int
     window: int
     direct_fd: int = -1
+    #: Called with each chunk's bytes once it has been read back (a receive-buffer pool's ``give_back``).
+    release: Callable[[Buffer], None] | None = None
     #: Chunks written and not read back yet, each with the verified bytes that were written.
     _young: deque[tuple[int, Buffer]] = attrs.field(factory=deque)
     _young_bytes: int = 0
     _flushing: deque[int] = attrs.field(factory=deque)
     _flushing_bytes: int = 0
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @property
+    def keeps_data(self) -> bool:
+        """True if :meth:`wrote` keeps the chunk's bytes until its read-back (then hands them to ``release``)."""
+        return self.direct_fd < 0
 
     def wrote(self, index: int, data: Buffer) -> list[int]:
         """Chunk ``index`` was written from ``data`` (verified, kept until read back): read back the chunks that leave the window; the ones that fail."""
@@ -410,7 +417,7 @@ class ReadBack:
         drop: list[int] = []
         with self._lock:
             # Through O_DIRECT the read-back is hashed (the bytes are not kept).
-            self._young.append((index, data if self.direct_fd < 0 else b""))
+            self._young.append((index, data if self.keeps_data else b""))
             self._young_bytes += length(index)
             while self._young_bytes > self.window:
                 old = self._young.popleft()
@@ -424,6 +431,7 @@ class ReadBack:
                     self._flushing_bytes -= length(old)
                     drop.append(old)
         bad = self._read_back(check)
+        self._release(check)
         if self.direct_fd < 0:
             for old in (*(i for i, _ in check), *drop):
                 _advise(self.fd, self.manifest.chunk_offset(old), length(old), os.POSIX_FADV_DONTNEED)
@@ -434,6 +442,19 @@ class ReadBack:
         with self._lock:
             check = list(self._young)[part::parts]
         return self._read_back(check)
+
+    def close(self) -> None:
+        """Let go of the bytes kept for chunks not read back (after :meth:`finish`)."""
+        with self._lock:
+            chunks = list(self._young)
+            self._young.clear()
+            self._young_bytes = 0
+        self._release(chunks)
+
+    def _release(self, chunks: list[tuple[int, Buffer]]) -> None:
+        if self.release is not None:
+            for _, data in chunks:
+                self.release(data)
 
     def _read_back(self, chunks: list[tuple[int, Buffer]]) -> list[int]:
         """The chunks whose bytes on disk differ from what was written."""

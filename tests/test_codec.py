@@ -681,3 +681,28 @@ def test_sending_non_messages_and_oversize_frames() -> None:
         chunk_data_prefix(FILE_ID, 0, DEFAULT_MAX_FRAME_SIZE)
     # The largest chunk fits the default limit.
     assert len(chunk_data_prefix(FILE_ID, 0, 16 * 1024 * 1024)) == HEADER_SIZE + PREFIX.size
+
+
+def test_large_frame_bodies_come_from_the_given_allocator() -> None:
+    """A downloader's pool supplies chunk bodies; the chunk arrives as a view of that very buffer."""
+    data = random.Random(3).randbytes(LARGE_FRAME + 100)
+    frame = encode_message(m.ChunkData(b"\x01" * 32, 4, data))
+    made: list[bytearray] = []
+
+    def allocate(size: int) -> bytearray:
+        made.append(bytearray(b"\xee" * size))  # stale content: every byte must be overwritten
+        return made[-1]
+
+    codec = Codec(allocate_body=allocate)
+    events, direct = feed_into(codec, frame + frame, 4096)
+    assert [e.index for e in events] == [4, 4] and all(bytes(e.data) == data for e in events)
+    assert len(made) == 2 and direct > 0
+    assert events[0].data.obj is made[0] and events[1].data.obj is made[1]
+
+
+def test_an_allocator_of_the_wrong_size_is_a_local_error() -> None:
+    frame = encode_message(m.ChunkData(b"\x01" * 32, 4, bytes(LARGE_FRAME)))
+    codec = Codec(allocate_body=lambda size: bytearray(size + 1))
+    codec.receive_data(frame)
+    with pytest.raises(LocalProtocolError, match="allocate_body"):
+        codec.next_event()
