@@ -263,6 +263,16 @@ def test_holders_are_a_random_choice_when_there_are_more(registry: Registry, ask
     assert len(seen) == 199
 
 
+def test_holders_join_at_random_slots(registry: Registry) -> None:
+    """The replica list is a random permutation (answers are windows of it), with every slot consistent."""
+    manifest = _swarm(registry, 200)
+    _, holders = registry.holders(manifest.file_id, limit=1000)
+    record = holders[0].file
+    ports = [r.peer.port for r in record.replicas]
+    assert sorted(ports) == list(range(1000, 1200)) and ports != sorted(ports)
+    assert all(record.replicas[r.slot] is r for r in record.replicas)
+
+
 def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: FakeClock) -> None:
     manifest = _swarm(registry, 30)
     rng = random.Random(1)

@@ -11,8 +11,10 @@ peers x 100 files answers tens of thousands of requests a second:
 
 * peers live in an ordered dict in order of last activity, so touching a peer
   is O(1) and an expiry sweep only looks at the peers that actually expired;
-* each file keeps its replicas in a list (swap-removal, O(1)) so choosing N
-  random holders needs no copy, and counts its complete copies incrementally;
+* each file keeps its replicas in a list in random order (a newcomer takes a
+  random slot, removal swaps in the last), so N random holders are a window
+  of N consecutive slots from a random start, and counts its complete copies
+  incrementally;
 * each file keeps, beside its replica list, a list of their wire entries
   (address and bitfield) cached for the server until a replica changes, so a
   WHO_HAS touches 50 small byte strings rather than 50 objects and their sets.
@@ -21,7 +23,6 @@ peers x 100 files answers tens of thousands of requests a second:
 from __future__ import annotations
 
 import random
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from typing import Final
@@ -38,7 +39,6 @@ __all__ = ["Registry", "Peer", "Replica", "FileRecord", "FileSummary", "check_ma
 #: Above this many ranges an announcement is turned into a mask through a byte
 #: buffer rather than by OR-ing big ints (which is quadratic in the file size).
 _MANY_RANGES: Final = 64
-_UINT_SIZE: Final = array("I").itemsize
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -73,22 +73,6 @@ def _mask_from_ranges(count: int, ranges: Ranges) -> int:
         buffer[first + 1 : last] = b"\xff" * (last - first - 1)
         buffer[last] |= (1 << ((stop - 1) & 7) + 1) - 1
     return int.from_bytes(buffer, "little")
-
-
-def _sample_indexes(rng: random.Random, population: int, count: int) -> set[int]:
-    """``count`` distinct random indexes in ``range(population)``, ``count < population``.
-
-    ``random.sample`` draws one Python-level random number per pick (about
-    25 us for 50 of 1000, the biggest single cost of a WHO_HAS); here one call
-    makes all the random bytes and a set comprehension picks, which is 3-4x
-    cheaper. The modulo bias is below population / 2**32, nothing for a swarm.
-    """
-    if population <= 2 * count:  # too many collisions to be worth it
-        return set(rng.sample(range(population), count))
-    chosen = {x % population for x in array("I", rng.randbytes(_UINT_SIZE * count))}
-    while len(chosen) < count:
-        chosen.add(rng.getrandbits(32) % population)
-    return chosen
 
 
 class Replica:
@@ -341,20 +325,40 @@ class Registry:
         others = count - (mine >= 0)
         if others <= limit:
             return record, [i for i in range(count) if i != mine]
-        # Draw among the first ``others`` slots, reading the asker's slot as the last
-        # one: a one-to-one map onto every slot but the asker's, so each set of
-        # ``limit`` other holders stays equally likely, with no filtering pass.
-        chosen = _sample_indexes(self.rng, others, limit)
-        if mine in chosen:
-            chosen.discard(mine)
-            chosen.add(count - 1)
-        return record, chosen
+        # A window of consecutive slots from a random start, as opentracker answers: the
+        # slots are a random permutation of the holders (_link puts each newcomer at a
+        # random slot), so every other holder is equally likely to be in the answer, and
+        # choosing costs one random number instead of ``limit`` (a sample was the
+        # largest part of a WHO_HAS). One slot more is taken in case the asker is in it.
+        start = self.rng.randrange(count)
+        stop = start + limit + (mine >= 0)
+        window = list(range(start, min(stop, count)))
+        if stop > count:
+            window += range(stop - count)
+        if mine >= 0:
+            if mine in window:
+                window.remove(mine)
+            else:
+                window.pop()
+        return record, window
 
     def _link(self, replica: Replica) -> None:
+        # At a random slot (its occupant moves to the end): the replica list stays a random
+        # permutation, which the windows of holder_slots rely on.
         record = replica.file
-        replica.slot = len(record.replicas)
-        record.replicas.append(replica)
-        record.entries.append(None)
+        count = len(record.replicas)
+        slot = self.rng.randrange(count + 1)
+        if slot < count:
+            moved = record.replicas[slot]
+            moved.slot = count
+            record.replicas.append(moved)
+            record.entries.append(record.entries[slot])
+            record.replicas[slot] = replica
+            record.entries[slot] = None
+        else:
+            record.replicas.append(replica)
+            record.entries.append(None)
+        replica.slot = slot
         replica.peer.replicas[record.manifest.file_id] = replica
         if replica.complete:
             record.complete_copies += 1
