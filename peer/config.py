@@ -60,7 +60,7 @@ class PeerConfig:
     #: system allows it. Off by default: every chunk write waits for the device and chunks
     #: served to other peers must be read back from it (see ``peer.storage``).
     direct_io: bool = False
-    #: A written chunk is read back from disk and hashed again once this many more bytes have
+    #: A written chunk is read back from disk and checked once this many more bytes have
     #: been written; through the page cache it bounds the memory a download fills to about twice
     #: this (see ``peer.storage.ReadBack``).
     read_back_window: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))

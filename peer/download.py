@@ -64,10 +64,11 @@ from peer.connection import Connection
 from peer.picker import Picker
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage import (
-    ReadBack,
+    Buffer,
     HeldFile,
     Library,
     PartFile,
+    ReadBack,
     direct_aligned,
     hash_chunks,
     open_published,
@@ -493,7 +494,7 @@ class Downloader:
             else:
                 raise ConnectionClosed(f"sent an unexpected {type(message).__name__}")
 
-    async def _verify(self, source: _Source, index: int, data: memoryview | bytes | bytearray) -> None:
+    async def _verify(self, source: _Source, index: int, data: Buffer) -> None:
         key = source.peer_id
         manifest = self.manifest
         kept = False
@@ -543,7 +544,7 @@ class Downloader:
         if self._picker.complete:
             self._done.set()
 
-    def _write_chunk(self, fd: int, index: int, data: memoryview | bytes | bytearray) -> list[int]:
+    def _write_chunk(self, fd: int, index: int, data: Buffer) -> list[int]:
         """Verify and write chunk ``index`` (in a worker thread); the older chunks that failed their read-back."""
         verify_and_write(self.manifest, fd, index, data)
         return self._read_back.wrote(index, data)
@@ -553,7 +554,7 @@ class Downloader:
         self._bad_chunks += 1
         self._held.have.discard(index)
         self._picker.on_lost(index)
-        logger.warning("%s: chunk %d/%d of %s read back from disk does not match its hash; fetching it again",
+        logger.warning("%s: chunk %d/%d of %s read back from disk differs from the verified data; fetching it again",
                        self._label, index + 1, self.manifest.chunk_count, self.manifest.name)
         self._wake_all()
 

@@ -10,7 +10,7 @@ chunk only after its ``pwrite`` has returned, it is replaced atomically
 lists is hashed again, so a part file truncated or corrupted by a power cut
 is never trusted blindly.
 
-Every written chunk is read back and hashed again while the download goes on
+Every written chunk is read back and checked while the download goes on
 (:class:`ReadBack`), which also keeps the page cache a download fills to a
 rolling window: see there for why that matters and what it saved.
 
@@ -49,6 +49,7 @@ __all__ = [
     "HeldFile",
     "Library",
     "ReadBack",
+    "Buffer",
     "ManifestCache",
     "PartFile",
     "expand_paths",
@@ -369,7 +370,11 @@ def _advise(fd: int, offset: int, length: int, advice: int) -> None:
 
 @attrs.define(eq=False)
 class ReadBack:
-    """Reads each chunk of a download back from disk and hashes it again, soon after it is written.
+    """Reads each chunk of a download back from disk and checks it, soon after it is written.
+
+    Through the page cache the chunk is compared with the verified bytes it was
+    written from (kept until then); through ``direct_fd`` (which keeps nothing)
+    it is hashed against the manifest.
 
     The file is placed only once every chunk has passed this check, so a bad
     write (a wrong offset, a failing device) is caught, and here it is caught
@@ -423,7 +428,7 @@ class ReadBack:
                 old = self._young.popleft()
                 self._young_bytes -= length(old[0])
                 check.append(old)
-            if self.direct_fd < 0:
+            if self.keeps_data:  # through the page cache: bound what it holds (see above)
                 self._flushing.extend(i for i, _ in check)
                 self._flushing_bytes += sum(length(i) for i, _ in check)
                 while self._flushing_bytes > self.window:
@@ -432,7 +437,7 @@ class ReadBack:
                     drop.append(old)
         bad = self._read_back(check)
         self._release(check)
-        if self.direct_fd < 0:
+        if self.keeps_data:
             for old in (*(i for i, _ in check), *drop):
                 _advise(self.fd, self.manifest.chunk_offset(old), length(old), os.POSIX_FADV_DONTNEED)
         return bad
@@ -458,7 +463,7 @@ class ReadBack:
 
     def _read_back(self, chunks: list[tuple[int, Buffer]]) -> list[int]:
         """The chunks whose bytes on disk differ from what was written."""
-        if self.direct_fd >= 0:
+        if not self.keeps_data:
             indexes = [i for i, _ in chunks]
             good = set(hash_chunks(self.manifest, self.fd, indexes, self.direct_fd))
             return [i for i in indexes if i not in good]
