@@ -38,6 +38,7 @@ from common.messages import (
 from tests.tracker_client_helper import make_manifest, open_client
 from tracker.cli import tracker_command
 from tracker.config import TrackerConfig
+from tracker.registry import Registry
 from tracker.server import RECEIVE_SIZE, RunningTracker, serve_tracker
 from tracker.store import Store
 
@@ -131,6 +132,63 @@ async def test_a_pipelined_batch_larger_than_one_read_is_answered_whole(tracker:
         for _ in range(count):
             assert await client.receive() == Ok()
         await client.aclose()
+
+
+async def test_replies_keep_their_order_around_a_publish_in_the_same_batch(tracker: RunningTracker) -> None:
+    # The readiness hub answers the requests of a read itself, but a PUBLISH must
+    # wait for the store in the connection's task: the replies still come in order.
+    manifest = make_manifest("batch.bin", chunks=3)
+    with trio.fail_after(TIMEOUT):
+        client = await open_client(tracker.host, tracker.port)
+        await client.register()
+        await client.send(Heartbeat(), Publish(manifest), GetManifest(manifest.file_id), Heartbeat())
+        replies = [await client.receive() for _ in range(4)]
+        assert replies == [Ok(), Published(manifest.file_id), ManifestReply(manifest), Ok()]
+        await client.aclose()
+
+
+async def test_a_client_that_reads_slowly_gets_every_large_reply_whole(tracker: RunningTracker) -> None:
+    # 80 manifests of 128 KB asked for at once, while the client reads nothing for
+    # a moment: 10 MB of replies outgrow the socket buffers (both the hub's direct
+    # write and the task's are cut short), and the rest waits for the client.
+    manifest = make_manifest("large.img", chunks=4000)
+    count = 80
+    with trio.fail_after(TIMEOUT):
+        client = await open_client(tracker.host, tracker.port)
+        await client.register()
+        assert await client.request(Publish(manifest)) == Published(manifest.file_id)
+        await client.send(*[GetManifest(manifest.file_id)] * count)
+        await trio.sleep(0.2)
+        for _ in range(count):
+            assert await client.receive() == ManifestReply(manifest)
+        assert await client.request(Heartbeat()) == Ok()
+        await client.aclose()
+
+
+async def test_a_failure_while_answering_closes_only_that_connection(
+    tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug met while the hub answers for a parked connection ends that connection,
+    # reported by its own task, and the hub goes on serving the others.
+    manifest = make_manifest("boom.bin")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the registry")
+
+    with trio.fail_after(TIMEOUT):
+        honest = await open_client(tracker.host, tracker.port)
+        victim = await open_client(tracker.host, tracker.port)
+        await honest.register()
+        await victim.register()
+        assert await honest.request(Publish(manifest)) == Published(manifest.file_id)
+        monkeypatch.setattr(Registry, "announce", broken)
+        await victim.send(Announce(manifest.file_id, ((0, 1),)))
+        messages = await victim.closed_after()
+        assert [(type(m), m.code) for m in messages] == [(Error, ErrorCode.INTERNAL)]  # type: ignore[union-attr]
+        assert await honest.request(Heartbeat()) == Ok()
+        await victim.aclose()
+        await honest.aclose()
+    assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
 
 
 async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
