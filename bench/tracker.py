@@ -15,9 +15,10 @@ file, 50 holders), plus a HEARTBEAT from each peer every ``--heartbeat`` s:
 * ``saturated``: closed loop, every peer keeps ``--depth`` requests in flight:
   the most the tracker answers. Latency there is mostly queueing
   (Little's law: peers x depth / throughput).
-* ``paced``: open loop at ``--rate`` requests/s in total, each peer sending at
-  its share of the rate at random phase; latency counts from the *scheduled*
-  send time, so a stalled tracker cannot hide its backlog.
+* ``paced``: open loop at ``--rate`` ANNOUNCE and WHO_HAS requests/s in
+  total (heartbeats come on top), each peer sending at its share of the rate
+  at random phase; latency counts from the *scheduled* send time, so a
+  stalled tracker cannot hide its backlog.
 
 The simulated peers use bare non-blocking sockets and epoll (a few
 microseconds per request), so the load generator takes as little as possible
@@ -269,11 +270,13 @@ class LoadGenerator:
     def on_end(self) -> None:
         self.cpu_at_end = (self.tracker_cpu(), _own_cpu())
 
-    def next_request(self, peer: SimPeer, when: float) -> None:
+    def next_request(self, peer: SimPeer, when: float, *, heartbeat_on_top: bool = False) -> None:
+        """Send ``peer``'s next request: a HEARTBEAT when one is due, instead of or before the next ANNOUNCE or WHO_HAS."""
         if when >= peer.next_heartbeat:
             peer.next_heartbeat = when + self.args.heartbeat
             self.send(peer, self.heartbeat_frame, HEARTBEAT, when)
-            return
+            if not heartbeat_on_top:  # the closed loop: one request in flight per slot
+                return
         f = self.rng.randrange(len(self.manifests))
         if self.rng.random() >= self.args.who_has_share:
             chunk = self.rng.randrange(self.args.chunks)
@@ -331,7 +334,7 @@ class LoadGenerator:
             while schedule and schedule[0][0] <= now:
                 when, fd = heapq.heappop(schedule)
                 peer = self.peers[fd]
-                self.next_request(peer, when)  # latency from the scheduled time
+                self.next_request(peer, when, heartbeat_on_top=True)  # latency from the scheduled time
                 touched.append(peer)
                 heapq.heappush(schedule, (when + interval, fd))
             for peer in touched:
@@ -358,6 +361,7 @@ class LoadGenerator:
         return {
             f"{prefix}announce_per_s": round(announces / elapsed),
             f"{prefix}who_has_per_s": round(who_has / elapsed),
+            f"{prefix}announce_and_who_has_per_s": round((announces + who_has) / elapsed),
             f"{prefix}requests_per_s": round(len(everything) / elapsed),
             f"{prefix}p50_ms": percentile(everything, 50),
             f"{prefix}p99_ms": percentile(everything, 99),
@@ -406,7 +410,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=1000)
     parser.add_argument("--holders", type=int, default=50, help="max_peers asked in WHO_HAS")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
-    parser.add_argument("--rate", type=float, default=20000.0, help="requests/s offered in the paced phase")
+    parser.add_argument("--rate", type=float, default=20000.0, help="ANNOUNCE and WHO_HAS requests/s offered in the paced phase")
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per peer in the saturated phase")
     parser.add_argument("--who-has-share", type=float, default=0.5, help="fraction of WHO_HAS among the timed requests")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a peer's heartbeats")
