@@ -230,8 +230,11 @@ class ReadinessHub:
         epoll, parked, ready, on_ready = self._epoll, self._parked, self._ready, self._on_ready
         reschedule = trio.lowlevel.reschedule
         while True:
-            await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, _ in epoll.poll(0, HUB_EVENTS):
+            events = epoll.poll(0, HUB_EVENTS)
+            if not events:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                continue
+            for fd, _ in events:
                 task = parked.get(fd)
                 if task is None:
                     ready.add(fd)
@@ -245,6 +248,9 @@ class ReadinessHub:
                 if handed_over is not None:
                     del parked[fd]
                     reschedule(task, outcome.Value(handed_over))
+            # Busy: look again after the other tasks have run, without re-arming
+            # trio's one-shot registration of the epoll (an epoll_ctl each time).
+            await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """Close the epoll, once every connection using the hub has ended."""
