@@ -16,6 +16,7 @@ from common.messages import (
     Announce,
     Deregister,
     Error,
+    FileEntry,
     FileList,
     GetManifest,
     Heartbeat,
@@ -24,6 +25,7 @@ from common.messages import (
     Holders,
     ListFiles,
     ManifestReply,
+    Message,
     Ok,
     Publish,
     Published,
@@ -37,7 +39,9 @@ from common.messages import (
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import TrackerConfig
 from tracker.registry import Registry
-from tracker.server import TrackerService, encode_holders, holder_entry
+from tracker.replies import encode_file_list, encode_holders, file_entry, holder_entry
+import tracker.server
+from tracker.server import LIST_SLICE, TrackerService
 from tracker.store import Store
 
 CONFIG = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=60.0, max_connections=8)
@@ -242,6 +246,8 @@ def _header(opcode: int, length: int) -> bytes:
     ("hello_first", "data", "code", "reason"),
     [
         (False, Codec().send(Stats()), ErrorCode.BAD_REQUEST, "before HELLO"),
+        (False, Codec().send(Publish(make_manifest())), ErrorCode.BAD_REQUEST, "PUBLISH before HELLO"),
+        (False, Codec().send(ListFiles()), ErrorCode.BAD_REQUEST, "LIST_FILES before HELLO"),
         (False, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ErrorCode.BAD_REQUEST, "bad magic"),
         (False, _header(0x66, 0), ErrorCode.BAD_REQUEST, "unknown opcode"),
         (False, HEADER.pack(MAGIC, 9, Opcode.HELLO, 0), ErrorCode.UNSUPPORTED_VERSION, "version"),
@@ -383,6 +389,82 @@ async def test_a_storage_failure_is_an_internal_error_reply(nursery: trio.Nurser
     await client.expect_error(Publish(make_manifest()), ErrorCode.INTERNAL)
     assert service.registry.file_count == 0  # never listed what was not stored
     assert await client.request(Heartbeat()) == Ok()
+
+
+# -- listings --------------------------------------------------------------------
+def _publish_many(service: TrackerService, count: int) -> list[bytes]:
+    """``count`` files published straight into the registry; their ids, newest first."""
+    manifests = [make_manifest(f"file-{i:05d}.bin", chunks=1) for i in range(count)]
+    for manifest in manifests:
+        service.registry.publish(manifest, checked=True)
+    return [m.file_id for m in reversed(manifests)]
+
+
+class NamedSends(CountingStream):
+    """Notes in a shared list which connection sent, in order."""
+
+    def __init__(self, inner: trio.abc.Stream, name: str, sends: list[str]) -> None:
+        super().__init__(inner)
+        self.name = name
+        self.log = sends
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.log.append(self.name)
+        await super().send_all(data)
+
+
+async def test_a_long_listing_is_whole_and_lets_other_connections_in(service: TrackerService, nursery: trio.Nursery) -> None:
+    ids = _publish_many(service, 10 * LIST_SLICE + 7)
+    sends: list[str] = []
+    clients = {}
+    for name in ("browser", "other"):
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(service.handle_stream, NamedSends(server_stream, name, sends), ("10.0.0.1", 40000))
+        clients[name] = TrackerTestClient(client_stream)
+        await clients[name].hello()
+    sends.clear()
+    asked = service.requests
+    await clients["browser"].send(ListFiles(limit=100_000))
+    while service.requests == asked:  # until the listing has begun
+        await trio.lowlevel.checkpoint()
+    assert isinstance(await clients["other"].request(Stats()), StatsReply)  # answered while the listing is built
+    listing = await clients["browser"].receive()
+    assert sends == ["other", "browser"]
+    assert isinstance(listing, FileList) and [e.file_id for e in listing.entries] == ids
+    limited = await clients["browser"].request(ListFiles("FILE-0000", limit=5))
+    assert isinstance(limited, FileList) and [e.name for e in limited.entries] == [f"file-0000{i}.bin" for i in range(9, 4, -1)]
+
+
+async def test_a_listing_larger_than_a_frame_is_refused_and_the_connection_stays(
+    service: TrackerService, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Filling a 16 MiB frame takes ~55,000 files of the longest names; instead the
+    # frame's fixed part is made to take all but ~1,000 bytes, room for ~15 entries.
+    monkeypatch.setattr(tracker.server, "FILE_LIST_OVERHEAD", CONFIG.max_frame_size - 1000)
+    _publish_many(service, 40)
+    client = connect(service, nursery)
+    await client.hello()
+    error = await client.expect_error(ListFiles(limit=40), ErrorCode.BAD_REQUEST)
+    assert "ask for fewer" in error.message
+    listing = await client.request(ListFiles(limit=5))
+    assert isinstance(listing, FileList) and len(listing.entries) == 5
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 300, 1 << 16])
+def test_encode_file_list_matches_the_codec(count: int) -> None:
+    registry = Registry(30.0, lambda: 0.0)
+    for i in range(min(count, 20)):
+        manifest = make_manifest(f"Ünïcode {i}.bin", chunks=1 + i)
+        registry.publish(manifest)
+        peer, _ = registry.register(i.to_bytes(20, "big"), "10.0.0.1", 1 + i)
+        registry.announce(peer, manifest.file_id, ((0, 1),))
+    summaries = registry.list_files()
+    summaries = [summaries[i % len(summaries)] for i in range(count)]  # repeats: the frame's size is what matters
+    expected = FileList(
+        [FileEntry(m.file_id, m.name, m.size, m.chunk_size, m.chunk_count, s.holders, s.complete_copies) for s in summaries for m in (s.manifest,)]
+    )
+    frame = encode_file_list([file_entry(s) for s in summaries], max_frame_size=1 << 24)
+    assert frame == Codec().send(expected)
 
 
 # -- the hand-built HOLDERS frame ------------------------------------------------

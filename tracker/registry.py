@@ -261,14 +261,23 @@ class Registry:
 
     def list_files(self, pattern: str = "", limit: int | None = None) -> list[FileSummary]:
         """Files whose name contains ``pattern`` (case-insensitive; empty: all), newest first."""
+        return list(self.iter_files(pattern, limit))
+
+    def iter_files(self, pattern: str = "", limit: int | None = None) -> Iterator[FileSummary]:
+        """As :meth:`list_files`, one at a time: the server yields to other requests between slices of a long listing.
+
+        It runs over the catalogue as it was at the first ``next()`` (files
+        published meanwhile are not in it), with each file's counts as they are
+        when it is reached.
+        """
         folded = pattern.casefold()
-        out: list[FileSummary] = []
-        for record in reversed(self._files.values()):
+        found = 0
+        for record in list(reversed(self._files.values())):
             if folded in record.folded_name:
-                out.append(FileSummary(record.manifest, len(record.replicas), record.complete_copies))
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+                yield FileSummary(record.manifest, len(record.replicas), record.complete_copies)
+                found += 1
+                if found == limit:
+                    return
 
     def files(self) -> Iterator[Manifest]:
         return (record.manifest for record in self._files.values())

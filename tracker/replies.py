@@ -1,0 +1,70 @@
+"""Reply frames the tracker builds from cached or plain values instead of message objects.
+
+Each is byte for byte what ``Codec.send`` makes of the message (the tests
+check it), but skips building validated attrs objects: for a WHO_HAS that is
+50 ``Holder`` objects, each parsing its IP address, which would cost more
+than everything else the tracker does for the request; for a listing of
+100,000 files, a second of CPU on the event loop. The values come from the
+registry, which only holds what was validated when it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import msgpack
+
+from common.framing import Opcode, encode_header
+from tracker.registry import FileSummary, Replica
+
+__all__ = ["holder_entry", "encode_holders", "file_entry", "encode_file_list", "FILE_LIST_OVERHEAD"]
+
+#: The most a MessagePack array header takes.
+_ARRAY_HEADER_MAX: Final = 5
+#: The most a FILE_LIST payload holds besides its entries: ``[[entries ...]]``.
+FILE_LIST_OVERHEAD: Final = 1 + _ARRAY_HEADER_MAX
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def holder_entry(replica: Replica) -> bytes:
+    """The MessagePack of one ``Holder``'s fields: peer id, host, port, bitfield."""
+    peer = replica.peer
+    return msgpack.packb([peer.peer_id, peer.host, peer.port, replica.bitfield()], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_holders(file_id: bytes, entries: Sequence[bytes], *, max_frame_size: int) -> bytes:
+    """The HOLDERS frame of holder ``entries`` (:func:`holder_entry`); those that would pass ``max_frame_size`` are left out."""
+    head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
+    body = b"".join(entries)
+    if len(head) + _ARRAY_HEADER_MAX + len(body) > max_frame_size:
+        entries = list(entries)
+        size = len(body)
+        while len(head) + _ARRAY_HEADER_MAX + size > max_frame_size and entries:
+            size -= len(entries.pop())
+        body = b"".join(entries)
+    array_header = _array_header(len(entries))
+    length = len(head) + len(array_header) + len(body)
+    return b"".join((encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, body))
+
+
+def file_entry(summary: FileSummary) -> bytes:
+    """The MessagePack of one ``FileEntry``'s fields."""
+    m = summary.manifest
+    fields = [m.file_id, m.name, m.size, m.chunk_size, m.chunk_count, summary.holders, summary.complete_copies]
+    return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_file_list(entries: Sequence[bytes], *, max_frame_size: int) -> bytes:
+    """The FILE_LIST frame of ``entries`` (:func:`file_entry`); raises ``LocalProtocolError`` if it would pass ``max_frame_size``."""
+    body = b"".join(entries)
+    array_header = _array_header(len(entries))
+    length = 1 + len(array_header) + len(body)  # [[entries ...]]
+    return b"".join((encode_header(Opcode.FILE_LIST, length, max_frame_size=max_frame_size), b"\x91", array_header, body))
