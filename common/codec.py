@@ -166,7 +166,10 @@ class Codec:
         self._body: bytearray | None = None  # large frame being received
         self._filled = 0
         self._eof = False
-        self._error: RemoteProtocolError | None = None
+        #: Why the codec refuses further use, once it does. The reason only, not the
+        #: exception: its traceback holds the frames of the shell that called us,
+        #: and through them this codec, a cycle only the cyclic collector frees.
+        self._refusal: str | None = None
 
     # -- receiving ----------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -209,7 +212,7 @@ class Codec:
         try:
             return self._next_event()
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._refusal = exc.reason
             self._buffer = bytearray()
             self._body = None
             raise
@@ -221,8 +224,8 @@ class Codec:
 
     def discard(self) -> None:
         """Free everything buffered and refuse further use: for a connection about to be closed."""
-        if self._error is None:
-            self._error = RemoteProtocolError("input discarded: the connection is closing")
+        if self._refusal is None:
+            self._refusal = "input discarded: the connection is closing"
         self._buffer = bytearray()
         self._body = None
         self._header = None
@@ -304,8 +307,8 @@ class Codec:
         self._body = body
 
     def _check_usable(self) -> None:
-        if self._error is not None:
-            raise RemoteProtocolError(f"connection unusable after an earlier protocol error: {self._error.reason}")
+        if self._refusal is not None:
+            raise RemoteProtocolError(f"connection unusable after an earlier protocol error: {self._refusal}")
 
     # -- sending ------------------------------------------------------------
     def send(self, message: Message) -> bytes:

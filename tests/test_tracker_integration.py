@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pathlib
@@ -39,7 +40,7 @@ from tests.tracker_client_helper import make_manifest, open_client
 from tracker.cli import tracker_command
 from tracker.config import TrackerConfig
 from tracker.registry import Registry
-from tracker.server import RECEIVE_SIZE, RunningTracker, serve_tracker
+from tracker.server import RECEIVE_SIZE, RunningTracker, _Connection, serve_tracker
 from tracker.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -189,6 +190,40 @@ async def test_a_failure_while_answering_closes_only_that_connection(
         await victim.aclose()
         await honest.aclose()
     assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
+
+
+async def test_closed_connections_are_freed_by_reference_counting(tracker: RunningTracker) -> None:
+    # The tracker CLI moves long-lived objects out of the cyclic collector's reach
+    # (gc.freeze in tracker/cli.py), so a connection caught in a reference cycle
+    # would stay in memory for good once closed: each must go without that collector.
+    manifest = make_manifest("freed.bin")
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.fail_after(TIMEOUT):
+            peer = await open_client(tracker.host, tracker.port)
+            await peer.register()
+            assert await peer.request(Publish(manifest)) == Published(manifest.file_id)
+            assert isinstance(await peer.request(ListFiles()), FileList)
+            assert isinstance(await peer.request(WhoHas(manifest.file_id)), Holders)
+            rude = await open_client(tracker.host, tracker.port)
+            await rude.hello()
+            truncated = await open_client(tracker.host, tracker.port)
+            await truncated.hello()
+            await truncated.send_raw(truncated.codec.send(Heartbeat())[:5])
+            await truncated.stream.send_eof()  # type: ignore[attr-defined]
+            strangers = [await open_client(tracker.host, tracker.port) for _ in range(2)]
+            for client, data in ((rude, b"\x00garbage"), (strangers[0], b"GET / HTTP/1.1\r\n\r\n")):
+                await client.send_raw(data)
+            for client in (rude, truncated, strangers[0]):
+                assert [type(m) for m in await client.closed_after()] == [Error]
+            for client in (peer, rude, truncated, *strangers):
+                await client.aclose()
+            while tracker.stats()["connections"]:
+                await trio.sleep(0.01)
+        assert [o for o in gc.get_objects() if isinstance(o, _Connection)] == []
+    finally:
+        gc.enable()
 
 
 async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:

@@ -57,8 +57,10 @@ async def _freeze_long_lived_objects() -> None:
     A full collection traverses every tracked object; with 1000 peers x 100
     files the registry's 200,000 replica objects make that ~50 ms during which
     no connection is served. Frozen objects are still freed by reference
-    counting when a peer leaves (the registry unlinks everything explicitly),
-    so the cyclic collector never needs to see them.
+    counting when a peer leaves (the registry unlinks everything explicitly)
+    and when a connection closes (a connection holds no reference cycle: a
+    test checks it), so the cyclic collector never needs to see them. Cyclic
+    garbage that is frozen is never freed: keep long-lived objects acyclic.
 
     Young collections are made rarer: every connection waiting for its next
     request holds about 15 young objects (its chain of coroutines down to the

@@ -28,7 +28,7 @@ import ipaddress
 import logging
 import os
 import select
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any, Final
 
@@ -355,10 +355,10 @@ class _Connection:
     pending: list[bytes] = attrs.field(init=False, factory=list)
     #: This connection's share of ``TrackerService.buffered``.
     reserved: int = attrs.field(init=False, default=0)
-    _handlers: dict[type, Callable[[Any], bytes]] = attrs.field(init=False)
-    #: Handlers of the requests whose answer must wait (in the task): a PUBLISH
-    #: for the store, a long listing for its slices. Empty before HELLO.
-    _waiting_handlers: dict[type, Callable[[Any], Awaitable[bytes]]] = attrs.field(init=False, factory=dict)
+    #: How each request is answered: ``_GREETING`` before HELLO, ``_REQUESTS`` after.
+    _handlers: Mapping[type, Callable[[Any, Any], bytes]] = attrs.field(init=False)
+    #: How requests whose answer must wait are answered: ``_WAITING_REQUESTS`` after HELLO.
+    _waiting_handlers: Mapping[type, Callable[[Any, Any], Awaitable[bytes]]] = attrs.field(init=False, factory=dict)
     #: The descriptor of the socket under a ``trio.SocketStream``, read and written
     #: directly (see ``_receive``); -1 for other streams. Kept rather than asked for
     #: each time: ``handle_stream`` closes the stream only after ``run`` returns, so
@@ -378,7 +378,7 @@ class _Connection:
 
     def __attrs_post_init__(self) -> None:
         self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
-        self._handlers = {Hello: self._hello}
+        self._handlers = _GREETING
         if isinstance(self.stream, trio.SocketStream):
             self._fd = self.stream.socket.fileno()
 
@@ -534,13 +534,13 @@ class _Connection:
                 raise RemoteProtocolError(f"{request.OPCODE.name} before HELLO", error_code=ErrorCode.BAD_REQUEST)
             raise RemoteProtocolError(f"{request.OPCODE.name} is not a tracker request", error_code=ErrorCode.BAD_REQUEST)
         try:
-            return handler(request)
+            return handler(self, request)
         except TrackerError as exc:
             return _refusal(request, exc)
 
     async def _answer_held(self, request: Message) -> bytes:
         try:
-            return await self._waiting_handlers[type(request)](request)
+            return await self._waiting_handlers[type(request)](self, request)
         except TrackerError as exc:
             return _refusal(request, exc)
 
@@ -606,16 +606,8 @@ class _Connection:
                 error_code=ErrorCode.UNSUPPORTED_VERSION,
             )
         self.peer_id = hello.peer_id
-        self._handlers = {
-            Register: self._register,
-            Heartbeat: self._heartbeat,
-            Deregister: self._deregister,
-            Announce: self._announce,
-            GetManifest: self._get_manifest,
-            WhoHas: self._who_has,
-            Stats: self._stats,
-        }
-        self._waiting_handlers = {Publish: self._publish, ListFiles: self._list_files}
+        self._handlers = _REQUESTS
+        self._waiting_handlers = _WAITING_REQUESTS
         config = self.service.config
         return encode_message(
             Welcome(self.service.tracker_id, config.heartbeat_interval, self.host, self.port, PROTOCOL_VERSION, AGENT)
@@ -711,6 +703,27 @@ class _Connection:
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
+# Plain functions, not a connection's bound methods: a connection that held
+# those would refer to itself, and a cycle is freed only by the cyclic
+# collector, which never sees the objects the tracker CLI has frozen
+# (tracker/cli.py). Reference counting frees a closed connection at once.
+_GREETING: Final[Mapping[type, Callable[[Any, Any], bytes]]] = {Hello: _Connection._hello}
+_REQUESTS: Final[Mapping[type, Callable[[Any, Any], bytes]]] = {
+    Register: _Connection._register,
+    Heartbeat: _Connection._heartbeat,
+    Deregister: _Connection._deregister,
+    Announce: _Connection._announce,
+    GetManifest: _Connection._get_manifest,
+    WhoHas: _Connection._who_has,
+    Stats: _Connection._stats,
+}
+#: Requests whose answer must wait, in the connection's task: a PUBLISH for the store, a listing for its slices.
+_WAITING_REQUESTS: Final[Mapping[type, Callable[[Any, Any], Awaitable[bytes]]]] = {
+    Publish: _Connection._publish,
+    ListFiles: _Connection._list_files,
+}
+
+
 @attrs.frozen
 class RunningTracker:
     """What ``serve_tracker`` hands to ``task_status.started``: where it listens, and its counters."""
