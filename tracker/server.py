@@ -84,8 +84,11 @@ RECEIVE_SIZE: Final = 16 * 1024
 #: that pipelines thousands of WHO_HAS (8 KiB answers to 44-byte questions)
 #: cannot make the tracker hold megabytes for it.
 FLUSH_SIZE: Final = 32 * 1024
-#: Readiness events taken from the hub's epoll per wake-up (more stay for the next one).
-HUB_EVENTS: Final = 1024
+#: Readiness events the hub takes from its epoll at a time (more stay for the next
+#: poll) and answers before the other tasks run again. A read full of pipelined
+#: small requests takes about a millisecond to answer, so under a flood the other
+#: tasks (timers, handed-over connections) wait at most ~64 ms.
+HUB_EVENTS: Final = 64
 #: How long a parting ERROR frame may take to go out before the connection is dropped anyway.
 FAREWELL_TIMEOUT: Final = 1.0
 #: A listing yields to the other connections after every this many files: an
