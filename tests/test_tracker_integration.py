@@ -11,29 +11,34 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 from click.testing import CliRunner
 
-from common.codec import Codec
+from common.codec import CLOSED, NEED_DATA, Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.manifest import Manifest
 from common.messages import (
     Announce,
     Error,
     FileList,
     GetManifest,
     Heartbeat,
+    Hello,
     Holders,
     ListFiles,
     ManifestReply,
+    Message,
     Ok,
     Publish,
     Published,
     Register,
     Stats,
     StatsReply,
+    Welcome,
     WhoHas,
 )
 from tests.tracker_client_helper import make_manifest, open_client
@@ -190,6 +195,69 @@ async def test_a_failure_while_answering_closes_only_that_connection(
         await victim.aclose()
         await honest.aclose()
     assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
+
+
+async def _send_then_close(tracker: RunningTracker, *batches: bytes) -> socket.socket:
+    """A plain socket that sends ``batches`` and then closes its end, with no yield between the last two.
+
+    The tracker runs in this same event loop, so the last batch and the end of
+    the stream reach its socket before it reads either: one readiness event.
+    """
+    sock = socket.create_connection((tracker.host, tracker.port))
+    await trio.sleep(0.05)  # the connection's task is waiting for a request
+    for batch in batches[:-1]:
+        sock.sendall(batch)
+        await trio.sleep(0.05)  # the tracker is busy with this batch when the next one comes
+    sock.sendall(batches[-1])
+    sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+async def _replies_until_closed(sock: socket.socket) -> list[Message]:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    codec = Codec()
+    replies: list[Message] = []
+    while True:
+        with trio.fail_after(TIMEOUT):  # the tracker's idle timeout is far longer
+            data = await stream.receive_some(65536)
+        codec.receive_data(data)
+        while (event := codec.next_event()) is not NEED_DATA:
+            if event is CLOSED:
+                await stream.aclose()
+                return replies
+            replies.append(event)  # type: ignore[arg-type]
+
+
+async def test_requests_and_the_end_of_the_stream_in_one_read_are_answered_and_closed(tracker: RunningTracker) -> None:
+    # Edge-triggered readiness reports the client's close once, with its last data:
+    # after answering, the tracker must read on to the end of the stream, not wait.
+    codec = Codec()
+    sock = await _send_then_close(tracker, codec.send(Hello(os.urandom(20), 7000)) + codec.send(Register(7000)))
+    replies = await _replies_until_closed(sock)
+    assert [type(r) for r in replies] == [Welcome, Ok]
+    assert tracker.stats()["connections"] == 0
+
+
+async def test_a_close_that_comes_while_a_publish_is_stored_is_seen(tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The close arrives while the connection's task waits for the store (a slow
+    # disk here), so the hub can only note it for the task.
+    store = tracker.service.store
+    save = store.save
+
+    def slow_save(manifest: Manifest) -> bool:
+        time.sleep(0.3)  # in the worker thread
+        return save(manifest)
+
+    monkeypatch.setattr(store, "save", slow_save)
+    codec = Codec()
+    manifest = make_manifest("closing.bin")
+    sock = await _send_then_close(
+        tracker,
+        codec.send(Hello(os.urandom(20), 7000)) + codec.send(Register(7000)) + codec.send(Publish(manifest)),
+        codec.send(Heartbeat()),
+    )
+    replies = await _replies_until_closed(sock)
+    assert replies[2:] == [Published(manifest.file_id), Ok()]
 
 
 async def test_closed_connections_are_freed_by_reference_counting(tracker: RunningTracker) -> None:

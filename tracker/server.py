@@ -99,6 +99,7 @@ LIST_SLICE: Final = 1000
 INLINE_CHECK_CHUNKS: Final = 256
 
 _OK_FRAME: Final = encode_message(Ok())
+_HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 #: ``_Connection._answer_ready`` stopped because its replies reached FLUSH_SIZE.
 _FLUSH: Final = Sentinel("FLUSH")
 #: The hub's fast path wakes a connection's task with this: carry on from what the codec, ``pending`` and ``_held`` hold.
@@ -159,22 +160,30 @@ class ReadinessHub:
         self._on_ready: dict[int, Callable[[], object]] = {}
         #: Sockets that became readable while their task was not parked.
         self._ready: set[int] = set()
+        #: Sockets whose client has closed its end (or that failed). The event that
+        #: says so may come with the last data, and edge-triggered it comes once.
+        self._hung_up: set[int] = set()
 
     def register(self, fd: int, on_ready: Callable[[], object]) -> None:
         """Watch ``fd``; ``on_ready()`` runs in the hub's task when it is readable while its task waits."""
         self._on_ready[fd] = on_ready
         # Data that is already there when the socket is added is reported at once.
-        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
 
     def unregister(self, fd: int) -> None:
         """Forget ``fd``; call before the socket is closed, as its number may be reused at once."""
         self._ready.discard(fd)
+        self._hung_up.discard(fd)
         self._parked.pop(fd, None)
         self._on_ready.pop(fd, None)
         try:
             self._epoll.unregister(fd)
         except OSError:  # already closed behind our back: the kernel dropped it
             pass
+
+    def hung_up(self, fd: int) -> bool:
+        """Whether the client of ``fd`` has closed its end: read on until the end of the stream, without waiting."""
+        return fd in self._hung_up
 
     async def wait_readable(self, fd: int) -> object:
         """Wait until ``fd`` is readable (returns None) or its ``on_ready`` hands over (returns what it gave)."""
@@ -192,14 +201,16 @@ class ReadinessHub:
 
     async def run(self) -> None:
         """Dispatch readiness events until cancelled."""
-        epoll, parked, ready, on_ready = self._epoll, self._parked, self._ready, self._on_ready
+        epoll, parked, ready, on_ready, hung_up = self._epoll, self._parked, self._ready, self._on_ready, self._hung_up
         reschedule = trio.lowlevel.reschedule
         while True:
             events = epoll.poll(0, HUB_EVENTS)
             if not events:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 continue
-            for fd, _ in events:
+            for fd, mask in events:
+                if mask & _HANGUP:
+                    hung_up.add(fd)
                 task = parked.get(fd)
                 if task is None:
                     ready.add(fd)
@@ -438,10 +449,9 @@ class _Connection:
 
         Returns None once everything is answered and written; otherwise
         ``_HANDED_OVER``, and the woken task carries on from the codec,
-        ``pending`` and ``_held``: the read filled the buffer (more may wait in
-        the socket), the client closed, a request must wait (a PUBLISH for the
-        store, a listing), replies reached FLUSH_SIZE, or the socket did not
-        take them all.
+        ``pending`` and ``_held``: the socket may hold more (see ``_drained``),
+        the stream has ended, a request must wait (a PUBLISH for the store, a
+        listing), replies reached FLUSH_SIZE, or the socket did not take them all.
         Exceptions reach the task, which closes the connection as it would its own.
         """
         try:
@@ -451,7 +461,7 @@ class _Connection:
         except OSError:
             raise ConnectionClosed("connection lost") from None
         self.codec.receive_data(data)
-        if not data or len(data) == RECEIVE_SIZE:
+        if not data or not self._drained(data):
             self._unread = bool(data)
             return _HANDED_OVER
         stop = self._answer_ready()
@@ -575,11 +585,22 @@ class _Connection:
                 except BlockingIOError:  # nothing after all (a spurious or stale wake-up): wait
                     self._unread = False
                     continue
-                # A short read took everything there was; a full one may have left more.
-                self._unread = len(data) == RECEIVE_SIZE
+                self._unread = not self._drained(data)
                 return data
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise ConnectionClosed("connection lost") from None
+
+    def _drained(self, data: bytes) -> bool:
+        """Whether a read took everything the socket had, so the next must wait for the hub's next event.
+
+        A full read may have left more. So may a short one once the client has
+        closed its end: the end of the stream is still to be read, and the hub
+        reports a hangup only once, perhaps with the last data.
+        """
+        if len(data) == RECEIVE_SIZE:
+            return False
+        hub = self.service.hub
+        return hub is None or not hub.hung_up(self._fd)
 
     def _write(self, data: bytes) -> int:
         """Write what the socket takes now; how many bytes that was."""
