@@ -1,4 +1,4 @@
-"""``chunkswarm seed | get | ls``: click commands that build a :class:`PeerConfig` and run trio.
+"""``chunkswarm seed | get | ls | stats``: click commands that build a :class:`PeerConfig` and run trio.
 
 Exported as ``peer_commands`` for the ``chunkswarm`` group; ``python -m peer``
 runs them on their own (subprocess tests, benchmarks).
@@ -23,9 +23,9 @@ from common.errors import ChunkswarmError, ValidationError
 from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_catalogue, open_peer
-from peer.ui import file_table, progress_display
+from peer.ui import file_table, progress_display, stats_table
 
-__all__ = ["peer_commands", "seed", "get", "ls", "main"]
+__all__ = ["peer_commands", "seed", "get", "ls", "stats", "main"]
 
 logger = logging.getLogger("peer")
 
@@ -172,12 +172,28 @@ async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
         return await catalogue.list_files(pattern)
 
 
-peer_commands = [seed, get, ls]
+# -- stats -------------------------------------------------------------------------
+@click.command()
+@_peer_options
+def stats(log_level: str, **options: Any) -> None:
+    """Show the tracker's counters: peers online, files, replicas, connections, requests served."""
+    setup_logging(log_level)
+    config = _config(**options)
+    counters = _run(_stats, config)
+    Console().print(stats_table(counters, f"tracker {format_address(*config.tracker)}"))
+
+
+async def _stats(config: PeerConfig) -> dict[str, int | float]:
+    async with open_catalogue(config) as catalogue:  # asks only, as ls does
+        return await catalogue.stats()
+
+
+peer_commands = [seed, get, ls, stats]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """A chunkswarm peer: seed, get and ls."""
+    """A chunkswarm peer: seed, get, ls and stats."""
 
 
 for _command in peer_commands:

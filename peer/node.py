@@ -41,6 +41,8 @@ from common.messages import (
     Ok,
     Publish,
     Published,
+    Stats,
+    StatsReply,
 )
 from peer.config import PeerConfig
 from peer.download import Downloader, DownloadResult, ProgressSink
@@ -78,6 +80,11 @@ class Catalogue:
     async def list_files(self, pattern: str = "") -> list[FileEntry]:
         reply = await self.link.request(_list_request(pattern), FileList, timeout=self.timeout)
         return list(reply.entries)
+
+    async def stats(self) -> dict[str, int | float]:
+        """The tracker's counters: peers, files, replicas, connections, requests served, uptime."""
+        reply = await self.link.request(Stats(), StatsReply, timeout=self.timeout)
+        return reply.as_dict()
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""Progress display: the engine's progress events as rich bars on a terminal, log lines elsewhere.
+"""Progress display and tables: the engine's progress events as rich bars on a terminal, log lines elsewhere.
 
 The only module of ``peer`` that imports rich; the engine just calls a
 :class:`~peer.download.ProgressSink`.
@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from rich.console import Console
 from rich.table import Table
@@ -164,6 +165,25 @@ def format_size(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+#: The tracker's counters in the order a reader wants them; others follow by name.
+_STATS_ORDER: Final = ("peers", "files", "replicas", "chunk_replicas", "connections", "requests", "uptime_s")
+
+
+def stats_table(counters: dict[str, int | float], title: str) -> Table:
+    """A tracker's counters as a two-column table (a ``_s`` suffix means seconds)."""
+    table = Table(title=title)
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    rank = {name: i for i, name in enumerate(_STATS_ORDER)}
+    for name in sorted(counters, key=lambda n: (rank.get(n, len(rank)), n)):
+        value = counters[name]
+        if name.endswith("_s"):
+            table.add_row(name[:-2].replace("_", " "), f"{value:,.0f} s")
+        else:
+            table.add_row(name.replace("_", " "), f"{value:,}")
+    return table
 
 
 def file_table(entries: list[FileEntry], title: str, *, id_chars: int = 16) -> Table:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -128,6 +129,11 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
             # ls only asks (HELLO with listen_port 0, no REGISTER): it never joins the swarm.
             assert caplog.text.count(" joined, serving at ") == joined == 1
+            counters = await trio.run_process([sys.executable, "-m", "peer", "stats", "--state-dir", str(tmp_path / "l")],
+                                              capture_stdout=True, capture_stderr=True, env=env)
+            rows = dict(re.findall(r"│ ([a-z ]+?) +│ +([\d,]+(?: s)?) │", counters.stdout.decode()))
+            assert (rows["peers"], rows["files"], rows["replicas"]) == ("1", "1", "1"), counters.stdout
+            assert rows["uptime"].endswith(" s") and caplog.text.count(" joined, serving at ") == 1
             unknown = await trio.run_process([sys.executable, "-m", "peer", "get", "nope.bin", "--state-dir", str(tmp_path / "u")],
                                              capture_stdout=True, capture_stderr=True, env=env, check=False)
             assert unknown.returncode != 0 and b"no file named 'nope.bin'" in unknown.stderr
