@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -43,7 +44,7 @@ from common.messages import (
 )
 from tests.tracker_client_helper import make_manifest, open_client
 from tracker.cli import tracker_command
-from tracker.config import TrackerConfig
+from tracker.config import MIN_FRAME_SIZE, TrackerConfig
 from tracker.registry import Registry
 from tracker.server import RECEIVE_SIZE, RunningTracker, _Connection, serve_tracker
 from tracker.store import Store
@@ -213,7 +214,8 @@ async def _send_then_close(tracker: RunningTracker, *batches: bytes) -> socket.s
     return sock
 
 
-async def _replies_until_closed(sock: socket.socket) -> list[Message]:
+async def _replies_until_closed(sock: socket.socket, count: int | None = None) -> list[Message]:
+    """The replies on ``sock`` until the tracker closes it (or ``count`` of them); closes ``sock``."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     codec = Codec()
     replies: list[Message] = []
@@ -222,10 +224,11 @@ async def _replies_until_closed(sock: socket.socket) -> list[Message]:
             data = await stream.receive_some(65536)
         codec.receive_data(data)
         while (event := codec.next_event()) is not NEED_DATA:
-            if event is CLOSED:
+            if event is not CLOSED:
+                replies.append(event)  # type: ignore[arg-type]
+            if event is CLOSED or len(replies) == count:
                 await stream.aclose()
                 return replies
-            replies.append(event)  # type: ignore[arg-type]
 
 
 async def test_requests_and_the_end_of_the_stream_in_one_read_are_answered_and_closed(tracker: RunningTracker) -> None:
@@ -260,6 +263,16 @@ async def test_a_close_that_comes_while_a_publish_is_stored_is_seen(tracker: Run
     assert replies[2:] == [Published(manifest.file_id), Ok()]
 
 
+async def test_requests_after_urgent_data_are_not_left_unread(tracker: RunningTracker) -> None:
+    # A read stops at TCP's urgent mark, so a short read then does not mean the socket is empty.
+    codec = Codec()
+    sock = socket.create_connection((tracker.host, tracker.port))
+    await trio.sleep(0.05)  # the connection's task is waiting for a request
+    sock.send(codec.send(Hello(os.urandom(20), 7000)) + b"!", socket.MSG_OOB)  # "!" is urgent (out of band)
+    sock.sendall(codec.send(Register(7000)))  # before the tracker reads: one readiness event for both
+    assert [type(r) for r in await _replies_until_closed(sock, count=2)] == [Welcome, Ok]
+
+
 async def test_closed_connections_are_freed_by_reference_counting(tracker: RunningTracker) -> None:
     # The tracker CLI moves long-lived objects out of the cyclic collector's reach
     # (gc.freeze in tracker/cli.py), so a connection caught in a reference cycle
@@ -292,6 +305,75 @@ async def test_closed_connections_are_freed_by_reference_counting(tracker: Runni
         assert [o for o in gc.get_objects() if isinstance(o, _Connection)] == []
     finally:
         gc.enable()
+
+
+async def test_a_client_that_floods_does_not_keep_the_others_waiting(tracker: RunningTracker) -> None:
+    # Big requests with 9-byte answers keep a flooder's socket full: every read fills
+    # the buffer, and the answers never reach the flush size. The tracker must still
+    # let the other tasks run between reads, not answer the whole flood in one go.
+    manifest = make_manifest("flooded.bin", chunks=4096)
+    codec = Codec()
+    ranges = tuple((i, i + 1) for i in range(0, 4096, 32))  # 128 ranges: a 1.2 KB request
+    request = codec.send(Announce(manifest.file_id, ranges))
+    with trio.fail_after(TIMEOUT):
+        seeder = await open_client(tracker.host, tracker.port)
+        await seeder.register()
+        assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)
+        flooder = socket.create_connection((tracker.host, tracker.port))
+        flooder.sendall(codec.send(Hello(os.urandom(20), 7000)) + codec.send(Register(7000)))
+        await trio.sleep(0.05)
+        # All at once while the tracker cannot run: as much as the socket buffers take.
+        flooder.setblocking(False)
+        flood = flooder.send(request * 1000)
+        count = flood // len(request)
+        assert flood >= 8 * RECEIVE_SIZE, f"only {flood} bytes of flood queued"
+        start = tracker.stats()["requests"]
+        seen = []
+        while (served := tracker.stats()["requests"]) < start + count:
+            seen.append(served)
+            await trio.lowlevel.checkpoint()  # the other tasks' turn, as a timer's or another client's
+        # Requests answered between two turns of this task: a few reads' worth, not the whole queue.
+        steps = [after - before for before, after in zip(seen, [*seen[1:], start + count])]
+        assert max(steps) <= 3 * (RECEIVE_SIZE // len(request) + 1), steps
+        flooder.close()
+        await seeder.aclose()
+
+
+async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_listings(nursery: trio.Nursery) -> None:
+    # A manifest reply is encoded once and shared by every connection sending it;
+    # what clients have not read is counted, and past max_unsent the tracker
+    # refuses new listings (megabytes each) until they catch up.
+    config = TrackerConfig(port=0, max_unsent=MIN_FRAME_SIZE)
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    manifest = make_manifest("large.iso", chunks=1 << 17)  # a 4 MiB frame
+    codec = Codec()
+    asking = codec.send(Hello(os.urandom(20), 0)) + codec.send(GetManifest(manifest.file_id)) * 4
+    with trio.fail_after(TIMEOUT):
+        publisher = await open_client(running.host, running.port)
+        await publisher.register()
+        assert await publisher.request(Publish(manifest)) == Published(manifest.file_id)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            readers = []
+            for _ in range(8):
+                reader = socket.create_connection((running.host, running.port))
+                reader.sendall(asking)  # and read nothing for now
+                readers.append(reader)
+            while running.service.unsent <= config.max_unsent:
+                await trio.sleep(0.01)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 8 * 1024 * 1024  # the one encoded frame (4 MiB); copies would be 8 x 4 x 4 MiB
+        error = await publisher.expect_error(ListFiles(), ErrorCode.BUSY)
+        assert "not read" in error.message
+        for reader in readers:
+            reader.close()
+        while running.service.unsent:
+            await trio.sleep(0.01)
+        assert isinstance(await publisher.request(ListFiles()), FileList)
+        await publisher.aclose()
 
 
 async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:

@@ -49,6 +49,10 @@ class TrackerConfig:
     #: Memory all connections together may hold for requests still arriving; beyond it a
     #: connection receiving a large frame is refused with BUSY (at least one largest frame fits).
     max_buffered: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(MIN_FRAME_SIZE))
+    #: Replies all connections together may hold for clients that have not read them yet;
+    #: beyond it LIST_FILES (megabytes built per request) is refused with BUSY. A cached
+    #: manifest counts for every connection sending it, though they share its bytes.
+    max_unsent: int = attrs.field(default=256 * 1024 * 1024, validator=attrs.validators.ge(MIN_FRAME_SIZE))
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -124,6 +124,8 @@ class FileRecord:
     #: peer's address changes.
     entries: list[bytes | None] = attrs.field(factory=list, repr=False)
     complete_copies: int = 0
+    #: An opaque cache of the manifest's wire encoding, filled by the server.
+    manifest_reply: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -252,6 +254,10 @@ class Registry:
 
     def manifest(self, file_id: bytes) -> Manifest:
         return self._file(file_id).manifest
+
+    def record(self, file_id: bytes) -> FileRecord:
+        """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""
+        return self._file(file_id)
 
     def _file(self, file_id: bytes) -> FileRecord:
         record = self._files.get(file_id)

@@ -98,8 +98,14 @@ LIST_SLICE: Final = 1000
 #: root of 256 chunks is ~512 SHA-256 of 64 bytes, well under a millisecond.
 INLINE_CHECK_CHUNKS: Final = 256
 
+#: Bytes to send: replies, or what the socket has not taken of them yet.
+Buffer = bytes | memoryview
+
 _OK_FRAME: Final = encode_message(Ok())
-_HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+#: Events after which a short read does not mean the socket is empty: the client
+#: closed its end (the end of the stream is still to be read), the socket failed,
+#: or urgent data came (a read stops at the urgent mark).
+_READ_ON: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLPRI
 #: ``_Connection._answer_ready`` stopped because its replies reached FLUSH_SIZE.
 _FLUSH: Final = Sentinel("FLUSH")
 #: The hub's fast path wakes a connection's task with this: carry on from what the codec, ``pending`` and ``_held`` hold.
@@ -160,20 +166,21 @@ class ReadinessHub:
         self._on_ready: dict[int, Callable[[], object]] = {}
         #: Sockets that became readable while their task was not parked.
         self._ready: set[int] = set()
-        #: Sockets whose client has closed its end (or that failed). The event that
-        #: says so may come with the last data, and edge-triggered it comes once.
-        self._hung_up: set[int] = set()
+        #: Sockets to read until they are empty rather than trusting a short read
+        #: (``_READ_ON``). The event that says so may come with the last data, and
+        #: edge-triggered it comes once.
+        self._read_on: set[int] = set()
 
     def register(self, fd: int, on_ready: Callable[[], object]) -> None:
         """Watch ``fd``; ``on_ready()`` runs in the hub's task when it is readable while its task waits."""
-        self._on_ready[fd] = on_ready
         # Data that is already there when the socket is added is reported at once.
-        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI | select.EPOLLET)
+        self._on_ready[fd] = on_ready
 
     def unregister(self, fd: int) -> None:
         """Forget ``fd``; call before the socket is closed, as its number may be reused at once."""
         self._ready.discard(fd)
-        self._hung_up.discard(fd)
+        self._read_on.discard(fd)
         self._parked.pop(fd, None)
         self._on_ready.pop(fd, None)
         try:
@@ -181,9 +188,9 @@ class ReadinessHub:
         except OSError:  # already closed behind our back: the kernel dropped it
             pass
 
-    def hung_up(self, fd: int) -> bool:
-        """Whether the client of ``fd`` has closed its end: read on until the end of the stream, without waiting."""
-        return fd in self._hung_up
+    def must_read_on(self, fd: int) -> bool:
+        """Whether ``fd`` must be read until it is empty, a short read or not (see ``_READ_ON``)."""
+        return fd in self._read_on
 
     async def wait_readable(self, fd: int) -> object:
         """Wait until ``fd`` is readable (returns None) or its ``on_ready`` hands over (returns what it gave)."""
@@ -201,7 +208,7 @@ class ReadinessHub:
 
     async def run(self) -> None:
         """Dispatch readiness events until cancelled."""
-        epoll, parked, ready, on_ready, hung_up = self._epoll, self._parked, self._ready, self._on_ready, self._hung_up
+        epoll, parked, ready, on_ready, read_on = self._epoll, self._parked, self._ready, self._on_ready, self._read_on
         reschedule = trio.lowlevel.reschedule
         while True:
             events = epoll.poll(0, HUB_EVENTS)
@@ -209,8 +216,8 @@ class ReadinessHub:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 continue
             for fd, mask in events:
-                if mask & _HANGUP:
-                    hung_up.add(fd)
+                if mask & _READ_ON:
+                    read_on.add(fd)
                 task = parked.get(fd)
                 if task is None:
                     ready.add(fd)
@@ -248,6 +255,8 @@ class TrackerService:
     requests: int = 0
     #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
     buffered: int = 0
+    #: Bytes of replies waiting for clients that do not read as fast as they ask (see ``max_unsent``).
+    unsent: int = 0
     started_at: float = attrs.field(factory=trio.current_time)
     #: Wakes the connections on real sockets; None: each waits through trio (memory streams, no epoll).
     hub: ReadinessHub | None = None
@@ -345,7 +354,7 @@ def _refusal(request: Message, exc: TrackerError) -> bytes:
     return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
 
 
-async def _farewell(stream: trio.abc.Stream, error: Error, pending: list[bytes] | None = None) -> None:
+async def _farewell(stream: trio.abc.Stream, error: Error, pending: list[Buffer] | None = None) -> None:
     """Best effort: send the replies already made and a last ERROR frame, within FAREWELL_TIMEOUT."""
     with trio.move_on_after(FAREWELL_TIMEOUT):
         try:
@@ -366,7 +375,7 @@ class _Connection:
     codec: Codec = attrs.field(init=False)
     peer_id: bytes | None = attrs.field(init=False, default=None)
     #: Replies made for the current batch but not sent yet.
-    pending: list[bytes] = attrs.field(init=False, factory=list)
+    pending: list[Buffer] = attrs.field(init=False, factory=list)
     #: This connection's share of ``TrackerService.buffered``.
     reserved: int = attrs.field(init=False, default=0)
     #: How each request is answered: ``_GREETING`` before HELLO, ``_REQUESTS`` after.
@@ -466,10 +475,10 @@ class _Connection:
             return _HANDED_OVER
         stop = self._answer_ready()
         if self.pending:
-            replies = self._take_pending()
-            sent = self._write(replies)
-            if sent < len(replies):
-                self._queue(replies[sent:])
+            left = self._write(self._take_pending())
+            if left:
+                for rest in left:
+                    self._queue(rest)
                 return _HANDED_OVER
         if stop is not NEED_DATA:
             return _HANDED_OVER
@@ -498,15 +507,36 @@ class _Connection:
             if self._pending_size >= FLUSH_SIZE:
                 return _FLUSH
 
-    def _queue(self, reply: bytes) -> None:
+    def _queue(self, reply: Buffer) -> None:
         self.pending.append(reply)
         self._pending_size += len(reply)
 
-    def _take_pending(self) -> bytes:
-        replies = b"".join(self.pending)
-        self.pending.clear()
+    def _take_pending(self) -> list[Buffer]:
+        """The replies to send, in order: small ones joined, large ones as they are.
+
+        A large reply (a cached manifest of megabytes, shared by every connection
+        sending it) is never copied, so a client that asks for it and reads
+        slowly costs no memory of its own.
+        """
+        pending = self.pending
+        if len(pending) == 1:
+            buffers = [pending[0]]
+        else:
+            buffers = []
+            small: list[Buffer] = []
+            for reply in pending:
+                if len(reply) < FLUSH_SIZE:
+                    small.append(reply)
+                    continue
+                if small:
+                    buffers.append(b"".join(small))
+                    small = []
+                buffers.append(reply)
+            if small:
+                buffers.append(b"".join(small))
+        pending.clear()
         self._pending_size = 0
-        return replies
+        return buffers
 
     def _after_batch(self) -> None:
         """Once the input is answered: account for what is buffered, and move the idle deadline on."""
@@ -564,9 +594,9 @@ class _Connection:
     # detectors and try-then-wait machinery for a write that nearly always fits
     # the socket buffer. On a real socket the tracker therefore waits for
     # readability first and then reads, and writes directly, falling back to
-    # ``send_all`` for whatever the kernel did not take. Every read still waits
-    # in the event loop, so the connection keeps yielding to the others. Memory
-    # streams (tests) take the generic path.
+    # ``send_all`` for whatever the kernel did not take. Every read is a
+    # checkpoint, waiting or not, so the connection keeps yielding to the
+    # others. Memory streams (tests) take the generic path.
     async def _receive(self) -> bytes | None:
         """The next bytes from the client, or None when the hub's fast path has fed them to the codec."""
         fd = self._fd
@@ -575,11 +605,14 @@ class _Connection:
                 return await self.stream.receive_some(RECEIVE_SIZE)
             hub = self.service.hub
             while True:
-                if not self._unread:
-                    if hub is None:
-                        await trio.lowlevel.wait_readable(fd)
-                    elif await hub.wait_readable(fd) is _HANDED_OVER:
-                        return None
+                if self._unread:
+                    # No wait, but still a checkpoint: a client that keeps the socket
+                    # full must not keep every other connection waiting.
+                    await trio.lowlevel.checkpoint()
+                elif hub is None:
+                    await trio.lowlevel.wait_readable(fd)
+                elif await hub.wait_readable(fd) is _HANDED_OVER:
+                    return None
                 try:
                     data = os.read(fd, RECEIVE_SIZE)
                 except BlockingIOError:  # nothing after all (a spurious or stale wake-up): wait
@@ -594,33 +627,46 @@ class _Connection:
         """Whether a read took everything the socket had, so the next must wait for the hub's next event.
 
         A full read may have left more. So may a short one once the client has
-        closed its end: the end of the stream is still to be read, and the hub
-        reports a hangup only once, perhaps with the last data.
+        closed its end (the end of the stream is still to be read) or sent
+        urgent data (a read stops at the urgent mark): the hub reports either
+        only once, perhaps with the last data.
         """
         if len(data) == RECEIVE_SIZE:
             return False
         hub = self.service.hub
-        return hub is None or not hub.hung_up(self._fd)
+        return hub is None or not hub.must_read_on(self._fd)
 
-    def _write(self, data: bytes) -> int:
-        """Write what the socket takes now; how many bytes that was."""
+    def _write(self, buffers: list[Buffer]) -> list[Buffer]:
+        """Write what the socket takes now, in one call; what it did not take, in order."""
         try:
-            return os.write(self._fd, data)
+            sent = os.write(self._fd, buffers[0]) if len(buffers) == 1 else os.writev(self._fd, buffers)
         except BlockingIOError:
-            return 0
+            sent = 0
         except OSError:
             raise ConnectionClosed("connection lost") from None
+        for i, data in enumerate(buffers):
+            if sent < len(data):
+                return [memoryview(data)[sent:], *buffers[i + 1 :]]  # rare: the socket buffer is full
+            sent -= len(data)
+        return []
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, buffers: list[Buffer]) -> None:
         if self._fd >= 0:
-            sent = self._write(data)
-            if sent == len(data):
+            buffers = self._write(buffers)
+            if not buffers:
                 return
-            data = data[sent:]  # rare: the socket buffer is full
+        # The client is not reading as fast as it asks: what it has not taken yet
+        # counts against max_unsent until it has.
+        service = self.service
+        waiting = sum(map(len, buffers))
+        service.unsent += waiting
         try:
-            await self.stream.send_all(data)
+            for data in buffers:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise ConnectionClosed("connection lost") from None
+        finally:
+            service.unsent -= waiting
 
     # -- requests --------------------------------------------------------------
     def _hello(self, hello: Hello) -> bytes:
@@ -689,7 +735,12 @@ class _Connection:
         return _OK_FRAME
 
     def _get_manifest(self, request: GetManifest) -> bytes:
-        return self.codec.send(ManifestReply(self.service.registry.manifest(request.file_id)))
+        # Encoded once per file: a manifest of 2**19 chunks is a 16 MiB frame that
+        # takes 30-100 ms to encode, and every connection sending it shares the bytes.
+        record = self.service.registry.record(request.file_id)
+        if record.manifest_reply is None:
+            record.manifest_reply = self.codec.send(ManifestReply(record.manifest))
+        return record.manifest_reply
 
     def _who_has(self, request: WhoHas) -> bytes:
         limit = min(request.max_peers, self.service.config.max_holders)
@@ -707,10 +758,18 @@ class _Connection:
         return encode_holders(request.file_id, entries, max_frame_size=max_frame_size)
 
     async def _list_files(self, request: ListFiles) -> bytes:
+        service = self.service
+        if service.unsent > service.config.max_unsent:
+            # A listing can be megabytes built for one request: a crowd of clients that
+            # ask and never read must not make the tracker hold gigabytes.
+            raise TrackerError(
+                f"the tracker holds {service.unsent} bytes of replies its clients have not read; list again later",
+                code=ErrorCode.BUSY,
+            )
         max_frame_size = self.codec.max_frame_size
         entries: list[bytes] = []
         size = FILE_LIST_OVERHEAD
-        for summary in self.service.registry.iter_files(request.pattern, request.limit):
+        for summary in service.registry.iter_files(request.pattern, request.limit):
             entry = file_entry(summary)
             size += len(entry)
             if size > max_frame_size:
