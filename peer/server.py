@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 import attrs
 import trio
 
 from common.codec import Codec
 from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError
-from common.framing import ErrorCode
-from common.messages import CancelChunk, ChunkError, Error, Hello, RequestChunk, Welcome
+from common.framing import PROTOCOL_VERSION, ErrorCode
+from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
 from peer.storage import Library
@@ -41,6 +42,7 @@ class _RequestQueue:
     def __init__(self) -> None:
         self._items: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
         self._wakeup = trio.Event()
+        self._answered = trio.Event()
         #: True while the sender is answering a request taken from the queue.
         self.sending = False
 
@@ -55,11 +57,21 @@ class _RequestQueue:
         self._items.pop(key, None)
 
     async def get(self) -> tuple[bytes, int]:
+        """The next request to answer; the one taken before it has been answered."""
+        self.sending = False
+        self._answered.set()
         while not self._items:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         key, _ = self._items.popitem(last=False)
+        self.sending = True
         return key
+
+    async def drained(self) -> None:
+        """Wait until every queued request has been answered."""
+        while self._items or self.sending:
+            self._answered = trio.Event()
+            await self._answered.wait()
 
 
 @attrs.define(eq=False)
@@ -105,72 +117,102 @@ class ChunkServer:
         hello = await conn.receive_within(self.handshake_timeout)
         if not isinstance(hello, Hello):
             logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
-            await conn.send(Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
+            await self._send(conn, Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
+            return
+        if hello.protocol_version != PROTOCOL_VERSION:
+            logger.info("closing a peer connection: it speaks protocol version %d", hello.protocol_version)
+            text = f"HELLO speaks protocol version {hello.protocol_version}, this peer speaks {PROTOCOL_VERSION}"
+            await self._send(conn, Error(ErrorCode.UNSUPPORTED_VERSION, text))
             return
         if self.active >= self.max_connections:
-            await conn.send(Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
+            await self._send(conn, Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
             return
         self.active += 1
         try:
             address = conn.remote_address
             host, port = address if address is not None else ("127.0.0.1", 0)
-            await conn.send(Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
+            await self._send(conn, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
             remote = describe_remote(hello.agent, (host, hello.listen_port or port))
             queue = _RequestQueue()
             async with open_nursery() as nursery:
                 nursery.start_soon(self._sender, conn, queue, remote)
-                await self._reader(conn, queue)
+                if await self._reader(conn, queue):
+                    await queue.drained()
                 nursery.cancel_scope.cancel()
         finally:
             self.active -= 1
 
-    async def _reader(self, conn: Connection, queue: _RequestQueue) -> None:
+    async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
+        """Queue the downloader's requests until it says goodbye (False) or stops sending (True).
+
+        A downloader may close its sending side after its last requests: they
+        are still answered (the sender's deadlines bound that), as every
+        request gets one reply.
+        """
         while True:
             with trio.move_on_after(self.idle_timeout) as waited:
-                message = await conn.receive()
+                try:
+                    message = await conn.receive()
+                except ConnectionClosed:
+                    return True  # at the end of the stream; if the connection broke, the sender finds out
             if waited.cancelled_caught:
                 if queue or queue.sending:
                     continue  # the downloader is waiting for us, not idle
-                raise PeerTimeout(f"no request within {self.idle_timeout:g} s")
+                # Said only here: after a send that timed out, a frame may be cut short.
+                reason = f"no request within {self.idle_timeout:g} s"
+                await self._try_send_error(conn, ErrorCode.TIMEOUT, reason)
+                raise PeerTimeout(reason)
             if isinstance(message, RequestChunk):
                 if len(queue) >= self.max_queued:
-                    await conn.send(ChunkError(message.file_id, message.index, ErrorCode.BUSY, "request queue full"))
+                    await self._send(conn, ChunkError(message.file_id, message.index, ErrorCode.BUSY, "request queue full"))
                 else:
                     queue.put((message.file_id, message.index))
             elif isinstance(message, CancelChunk):
                 queue.discard((message.file_id, message.index))
             elif isinstance(message, Error):
                 logger.debug("peer sent ERROR %s: %s", message.code_name, message.message)
-                return
+                return False
             else:
                 logger.info("closing a peer connection: unexpected %s", type(message).__name__)
-                await conn.send(Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
-                return
+                await self._send(conn, Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
+                return False
 
     async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str) -> None:
         while True:
-            queue.sending = False
             file_id, index = await queue.get()
-            queue.sending = True
             held = self.library.get(file_id)
             if held is None:
-                await conn.send(ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))
+                await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))
                 continue
             manifest = held.manifest
             if index >= manifest.chunk_count:
-                await conn.send(ChunkError(file_id, index, ErrorCode.BAD_REQUEST, f"file has {manifest.chunk_count} chunks"))
+                await self._send(conn, ChunkError(file_id, index, ErrorCode.BAD_REQUEST, f"file has {manifest.chunk_count} chunks"))
                 continue
             if not held.offers(index):
-                await conn.send(ChunkError(file_id, index, ErrorCode.NOT_HELD, "chunk not held"))
+                await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "chunk not held"))
                 continue
             length = manifest.chunk_length(index)
             prefix = conn.codec.chunk_data_prefix(file_id, index, length)
+            # A descriptor of our own for the send: the library closes its own when the
+            # file is removed or published again, and while we wait for the socket that
+            # number could come to name another file, whose bytes we would then send.
+            fd = os.dup(held.fd)
             try:
                 with trio.fail_after(self.idle_timeout):  # a downloader that stops reading must not hold a slot forever
-                    await conn.send_file_range(prefix, held.fd, manifest.chunk_offset(index), length)
+                    await conn.send_file_range(prefix, fd, manifest.chunk_offset(index), length)
             except trio.TooSlowError:
                 raise PeerTimeout(f"a chunk took over {self.idle_timeout:g} s to send") from None
+            finally:
+                os.close(fd)
             self.transfers.record_upload(remote, length)
+
+    async def _send(self, conn: Connection, message: Message) -> None:
+        """Send ``message``; a downloader that does not take it within the idle timeout is dropped."""
+        try:
+            with trio.fail_after(self.idle_timeout):
+                await conn.send(message)
+        except trio.TooSlowError:
+            raise PeerTimeout(f"the other side took nothing for {self.idle_timeout:g} s") from None
 
     @staticmethod
     async def _try_send_error(conn: Connection, code: int, text: str) -> None:

@@ -36,13 +36,28 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        errors = [exc for exc in _leaves(group) if not isinstance(exc, trio.Cancelled)]
-        if len(errors) == 1:
-            raise errors[0] from None
-        for exc in errors:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise exc from None
-        for exc in errors:
-            if isinstance(exc, ChunkswarmError):
-                raise exc from None
-        raise
+        chosen = _chosen(group)
+        if chosen is None:
+            raise
+    else:
+        return
+    # Raised here, outside the except block, the error gets no __context__: the group
+    # that holds it would make a reference cycle only the cyclic collector frees.
+    try:
+        raise chosen
+    finally:
+        del chosen
+
+
+def _chosen(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one error of ``group`` to raise in its place, or None to raise the group."""
+    errors = [exc for exc in _leaves(group) if not isinstance(exc, trio.Cancelled)]
+    if len(errors) == 1:
+        return errors[0]
+    for exc in errors:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+    for exc in errors:
+        if isinstance(exc, ChunkswarmError):
+            return exc
+    return None

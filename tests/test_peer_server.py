@@ -60,6 +60,14 @@ def chunk_of(data: bytes, index: int) -> bytes:
     return data[index * CHUNK : (index + 1) * CHUNK]
 
 
+async def expect_farewell(conn: Connection, code: ErrorCode) -> None:
+    """An ERROR with ``code``, then the close."""
+    farewell = await conn.receive()
+    assert isinstance(farewell, Error) and farewell.code == code, farewell
+    with pytest.raises(ConnectionClosed):
+        await conn.receive()
+
+
 async def test_connection_closed_and_timeout(autojump_clock: trio.abc.Clock) -> None:
     left, right = trio.testing.memory_stream_pair()
     conn = Connection(left)
@@ -132,10 +140,7 @@ async def test_connection_cap_says_busy(published: tuple[Library, Manifest, byte
         nursery.start_soon(server.handle_stream, second_server)
         second = Connection(second_client)
         await second.send(Hello(b"d" * 20))
-        refusal = await second.receive()
-        assert isinstance(refusal, Error) and refusal.code == ErrorCode.BUSY
-        with pytest.raises(ConnectionClosed):
-            await second.receive()
+        await expect_farewell(second, ErrorCode.BUSY)
         await first.aclose()
 
 
@@ -156,7 +161,80 @@ async def test_garbage_gets_an_error_and_a_close(published: tuple[Library, Manif
     library, _, _ = published
     async with served(ChunkServer(library, PEER_ID)) as conn:
         await conn.stream.send_all(b"XX" + bytes(30))
-        reply = await conn.receive()
-        assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
+        await expect_farewell(conn, ErrorCode.BAD_REQUEST)
+
+
+async def test_a_downloader_that_never_reads_is_dropped(
+    published: tuple[Library, Manifest, bytes], autojump_clock: trio.abc.Clock
+) -> None:
+    # Requests for a file we do not hold are answered with CHUNK_ERRORs; a downloader
+    # that takes none of them must not keep its upload slot (idle timeout 5 s).
+    library, _, _ = published
+    server = ChunkServer(library, PEER_ID, idle_timeout=5.0)
+    async with served(server, trio.testing.lockstep_stream_pair) as conn:
+        for index in range(3):
+            await conn.send(RequestChunk(bytes(32), index))
+        with trio.fail_after(30):
+            while server.active:
+                await trio.sleep(1)
+
+
+async def test_requests_sent_before_a_half_close_are_all_answered(published: tuple[Library, Manifest, bytes]) -> None:
+    library, manifest, data = published
+    async with served(ChunkServer(library, PEER_ID)) as conn:
+        await conn.send_many([RequestChunk(manifest.file_id, i) for i in range(4)])
+        await conn.stream.send_eof()  # type: ignore[attr-defined]
+        replies = [await conn.receive() for _ in range(4)]
+        assert replies == [ChunkData(manifest.file_id, i, chunk_of(data, i)) for i in range(4)]
         with pytest.raises(ConnectionClosed):
             await conn.receive()
+
+
+async def test_another_protocol_version_is_refused(published: tuple[Library, Manifest, bytes]) -> None:
+    library, _, _ = published
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ChunkServer(library, PEER_ID).handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await conn.send(Hello(b"c" * 20, protocol_version=2))
+        await expect_farewell(conn, ErrorCode.UNSUPPORTED_VERSION)
+
+
+async def test_an_idle_downloader_is_told_before_the_close(
+    published: tuple[Library, Manifest, bytes], autojump_clock: trio.abc.Clock
+) -> None:
+    library, _, _ = published
+    async with served(ChunkServer(library, PEER_ID, idle_timeout=5.0)) as conn:
+        with trio.fail_after(30):
+            await expect_farewell(conn, ErrorCode.TIMEOUT)
+
+
+async def test_a_chunk_being_sent_comes_from_its_file_even_if_the_library_lets_go_of_it(tmp_path: pathlib.Path) -> None:
+    # The library closes a file's descriptor when the file is removed (a failed
+    # download) or published again; the number may then be reused for another file
+    # while a 16 MiB chunk waits for a reader that is slow to take it.
+    size = 16 * 1024 * 1024
+    served_path, other_path = tmp_path / "served.bin", tmp_path / "other.bin"
+    served_path.write_bytes(b"A" * size)
+    other_path.write_bytes(b"S" * size)
+    manifest = build_manifest(served_path, size)
+    st = os.stat(served_path)
+    library = Library()
+    library.add(open_published(served_path, manifest, (st.st_size, st.st_mtime_ns)))
+    server = ChunkServer(library, PEER_ID)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+            conn = Connection(await trio.open_tcp_stream(host, port))
+            await handshake(conn)
+            await conn.send(RequestChunk(manifest.file_id, 0))
+            await trio.sleep(0.3)  # the sender fills the socket buffers and waits
+            library.remove(manifest.file_id)
+            other = os.open(other_path, os.O_RDONLY)  # likely the number just closed
+            try:
+                reply = await conn.receive()
+            finally:
+                os.close(other)
+            assert isinstance(reply, ChunkData) and manifest.verify_chunk(0, reply.data) is None
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
