@@ -84,10 +84,18 @@ class ChunkServer:
     max_connections: int = 32
     max_queued: int = 16
     handshake_timeout: float = 10.0
+    #: Connections that have not said HELLO yet, at most: a newcomer beyond it
+    #: closes the one that has waited longest. Each holds a descriptor for up to
+    #: ``handshake_timeout``, and silent connections must not use up the
+    #: descriptors the peer needs for its files; an honest peer says HELLO at
+    #: once, so it is the silent ones that go.
+    max_handshakes: int = 64
     #: A connection that sends no request, or does not take our data, for this long is closed.
     idle_timeout: float = 120.0
     transfers: Transfers = attrs.field(factory=Transfers)
     active: int = attrs.field(init=False, default=0)
+    #: The handshakes under way, oldest first, by the scope that ends one early.
+    _greeting: dict[trio.CancelScope, None] = attrs.field(init=False, factory=dict)
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``host:port`` (0: a free port) and serve forever; started value: the bound address."""
@@ -114,7 +122,17 @@ class ChunkServer:
             await conn.aclose()
 
     async def _serve(self, conn: Connection) -> None:
-        hello = await conn.receive_within(self.handshake_timeout)
+        if len(self._greeting) >= self.max_handshakes:
+            next(iter(self._greeting)).cancel()  # the longest silent: it is dropped, not the newcomer
+        with trio.CancelScope() as greeting:
+            self._greeting[greeting] = None
+            try:
+                hello = await conn.receive_within(self.handshake_timeout)
+            finally:
+                del self._greeting[greeting]
+        if greeting.cancelled_caught:
+            logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
+            return
         if not isinstance(hello, Hello):
             logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
             await self._send(conn, Error(ErrorCode.BAD_REQUEST, "expected HELLO"))

@@ -238,3 +238,20 @@ async def test_a_chunk_being_sent_comes_from_its_file_even_if_the_library_lets_g
             assert isinstance(reply, ChunkData) and manifest.verify_chunk(0, reply.data) is None
             await conn.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_connections_that_do_not_say_hello_are_capped(published: tuple[Library, Manifest, bytes]) -> None:
+    library, _, _ = published
+    server = ChunkServer(library, PEER_ID, max_handshakes=2)
+    async with trio.open_nursery() as nursery:
+        clients = []
+        for _ in range(3):
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.handle_stream, server_stream)
+            clients.append(Connection(client_stream))
+            await trio.testing.wait_all_tasks_blocked()  # one after the other
+        with trio.fail_after(1), pytest.raises(ConnectionClosed):  # the oldest silent one: closed, without a word
+            await clients[0].receive()
+        await handshake(clients[2])  # the newcomer is served
+        await handshake(clients[1])
+        nursery.cancel_scope.cancel()
