@@ -387,8 +387,8 @@ class _Connection:
     #: each time: ``handle_stream`` closes the stream only after ``run`` returns, so
     #: the number cannot be reused by another connection while this one uses it.
     _fd: int = attrs.field(init=False, default=-1)
-    #: Whether the last read may have left data in the socket (it filled the buffer),
-    #: so the next read must not wait for a readiness event: the hub reports only new data.
+    #: Whether the last read may have left data in the socket (see ``_drained``), so
+    #: the next read must not wait for a readiness event: the hub reports only new data.
     _unread: bool = attrs.field(init=False, default=True)
     #: Bytes in ``pending``.
     _pending_size: int = attrs.field(init=False, default=0)
