@@ -83,6 +83,11 @@ __all__ = ["ProgressSink", "DownloadResult", "Downloader"]
 
 logger = logging.getLogger(__name__)
 
+#: The shortest time between two holder refreshes of one download.
+_MIN_REFRESH_GAP = 0.1
+#: Past this many remembered failed holders, those whose retry delay is over are forgotten.
+_MAX_RETRY_ENTRIES = 1000
+
 
 class ProgressSink(Protocol):
     """What the engine tells a progress display (``peer/ui.py``).
@@ -142,9 +147,18 @@ class _Source:
     pause_until: float = 0.0
     #: Set when this session may have something new to request.
     wakeup: trio.Event = attrs.field(factory=trio.Event)
+    #: When this peer must have answered: ``request_timeout`` after our last request
+    #: or its last answer. Frames that answer nothing do not move it.
+    answer_due: float = 0.0
+    #: The receiver's wait for the next frame, whose deadline is ``answer_due``.
+    answer_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     def wake(self) -> None:
         self.wakeup.set()
+
+    def expect_answer(self, within: float) -> None:
+        """This peer has ``within`` seconds from now to answer."""
+        self.answer_due = self.answer_wait.deadline = trio.current_time() + within
 
 
 @attrs.define(eq=False)
@@ -168,6 +182,8 @@ class Downloader:
     _sources: dict[bytes, _Source] = attrs.field(init=False, factory=dict)
     _retry_after: dict[bytes, float] = attrs.field(init=False, factory=dict)
     _refresh_now: trio.Event = attrs.field(init=False, factory=trio.Event)
+    #: When the last chunk was verified (or the swarm joined): see ``_refresher``.
+    _progress_at: float = attrs.field(init=False, factory=time.monotonic)
     _done: trio.Event = attrs.field(init=False, factory=trio.Event)
     _to_announce: ChunkSet = attrs.field(init=False)
     _announce_due: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -327,6 +343,8 @@ class Downloader:
 
     async def _refresher(self) -> None:
         stalled_since: float | None = None
+        config = self.config
+        self._progress_at = time.monotonic()
         while True:
             try:
                 holders = await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
@@ -334,16 +352,24 @@ class Downloader:
             except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
                 logger.debug("%s: holder refresh failed: %s", self._label, exc)
             picker = self._picker
+            now = time.monotonic()
             if picker.in_flight_total == 0 and picker.verifying_count == 0 and not self._connecting():
-                now = time.monotonic()
                 stalled_since = stalled_since if stalled_since is not None else now
-                if now - stalled_since >= self.config.stall_timeout:
+                if now - stalled_since >= config.stall_timeout:
                     self._give_up()
             else:
                 stalled_since = None
+            # Requests in flight keep the download alive only while chunks come: an honest
+            # peer answers within request_timeout, so holders that take requests and never
+            # answer (or are reconnected to, again and again) cannot hold it up for ever.
+            if now - self._progress_at >= config.stall_timeout + config.request_timeout:
+                self._give_up()
             self._refresh_now = trio.Event()
-            with trio.move_on_after(self.config.refresh_interval):
+            with trio.move_on_after(config.refresh_interval):
                 await self._refresh_now.wait()
+            # At most so often, however many sessions end: holders that refuse every
+            # connection must not turn this into a loop of WHO_HAS.
+            await trio.sleep(_MIN_REFRESH_GAP)
 
     def _connecting(self) -> bool:
         # A first attempt to reach a holder holds off the stall timer; a retry of one that
@@ -364,6 +390,8 @@ class Downloader:
         count = self.manifest.chunk_count
         missing = ~self._picker.have.mask & ((1 << count) - 1)
         now = time.monotonic()
+        if len(self._retry_after) > _MAX_RETRY_ENTRIES:  # a tracker can list endless new ids
+            self._retry_after = {peer: due for peer, due in self._retry_after.items() if due > now}
         for holder in holders.holders:
             if holder.peer_id == self.peer_id or self._picker.is_banned(holder.peer_id):
                 continue
@@ -452,9 +480,16 @@ class Downloader:
                 await trio.sleep(pause)
             # A fresh event before picking: whatever changes after this pick wakes us.
             source.wakeup = trio.Event()
+            waiting = bool(self._picker.in_flight(key))
             indexes = self._picker.pick_many(key)
             if indexes:
-                await conn.send_many([RequestChunk(file_id, i) for i in indexes])
+                try:
+                    with trio.fail_after(self.config.request_timeout):  # a peer that takes no requests is dropped
+                        await conn.send_many([RequestChunk(file_id, i) for i in indexes])
+                except trio.TooSlowError:
+                    raise PeerTimeout(f"took no request within {self.config.request_timeout:g} s") from None
+                if not waiting:  # the clock starts at the first request it owes us
+                    source.expect_answer(self.config.request_timeout)
                 continue
             if not self._picker.in_flight(key) and key not in self._picker.useful_peers():
                 self._refresh_now.set()
@@ -465,12 +500,17 @@ class Downloader:
         picker = self._picker
         manifest = self.manifest
         assert self._nursery is not None
+        timeout = self.config.request_timeout
+        source.expect_answer(timeout)
         while True:
-            with trio.move_on_after(self.config.request_timeout) as waited:
+            # Only an answer moves the deadline on, so a peer that sends anything
+            # but answers cannot keep our requests in flight forever.
+            with trio.CancelScope(deadline=source.answer_due) as source.answer_wait:
                 message = await conn.receive()
-            if waited.cancelled_caught:
+            if source.answer_wait.cancelled_caught:
                 if picker.in_flight(key):
-                    raise PeerTimeout(f"no answer within {self.config.request_timeout:g} s")
+                    raise PeerTimeout(f"no answer within {timeout:g} s")
+                source.expect_answer(timeout)
                 continue
             if isinstance(message, ChunkData):
                 # Wait for a verification slot first (backpressure on this peer), so that
@@ -482,13 +522,17 @@ class Downloader:
                     self._verify_slots.release()
                     self._buffers.give_back(message.data)
                     continue
+                source.expect_answer(timeout)
                 self._nursery.start_soon(self._verify, source, message.index, message.data)
-            elif isinstance(message, ChunkError):
+            elif isinstance(message, ChunkError) and message.file_id == manifest.file_id:
+                source.expect_answer(timeout)
                 not_held = message.code != ErrorCode.BUSY
                 picker.on_rejected(key, message.index, not_held=not_held)
                 if not not_held:
                     source.pause_until = time.monotonic() + 0.05
                 self._wake_all()  # the chunk is requestable again, from anyone
+            elif isinstance(message, ChunkError):
+                raise ConnectionClosed(f"sent a CHUNK_ERROR about another file ({message.file_id.hex()[:16]})")
             elif isinstance(message, Error):
                 raise ConnectionClosed(f"sent ERROR {message.code_name}: {message.message}")
             else:
@@ -520,15 +564,9 @@ class Downloader:
         except StorageError:
             self._picker.on_write_failed(index)
             raise
-        for other, other_index in self._picker.on_verified(key, index):
-            other_source = self._sources.get(other)
-            if other_source is not None and other_source.conn is not None:
-                other_source.wake()
-                try:
-                    await other_source.conn.send(CancelChunk(manifest.file_id, other_index))
-                except ChunkswarmError:
-                    pass
+        duplicates = self._picker.on_verified(key, index)
         nbytes = manifest.chunk_length(index)
+        self._progress_at = time.monotonic()
         self._held.have.add(index)
         self._to_announce.add(index)
         self._announce_due.set()
@@ -543,6 +581,22 @@ class Downloader:
             self._lose(bad)
         if self._picker.complete:
             self._done.set()
+        assert self._nursery is not None
+        for other, other_index in duplicates:
+            other_source = self._sources.get(other)
+            if other_source is not None and other_source.conn is not None:
+                other_source.wake()
+                # In a task of its own: a peer that reads nothing must not hold up this
+                # chunk's bookkeeping, and the cancel is only a courtesy.
+                self._nursery.start_soon(self._cancel, other_source, other_source.conn, other_index)
+
+    async def _cancel(self, source: _Source, conn: Connection, index: int) -> None:
+        """Tell ``source`` we no longer want chunk ``index`` (endgame: another peer sent it first)."""
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await conn.send(CancelChunk(self.manifest.file_id, index))
+            except ChunkswarmError as exc:  # its connection is ending; its own task reports why
+                logger.debug("%s: no cancel of chunk %d to %s: %s", self._label, index, source.name, exc)
 
     def _write_chunk(self, fd: int, index: int, data: Buffer) -> list[int]:
         """Verify and write chunk ``index`` (in a worker thread); the older chunks that failed their read-back."""

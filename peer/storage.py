@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 STATE_SUFFIX = ".state"
 _STATE_VERSION = 1
+#: Far more than the state of the largest file (2**18 ranges of a few bytes each):
+#: a file larger than this is not ours to parse.
+_MAX_STATE_BYTES = 16 * 1024 * 1024
 
 #: Chunk bytes as they arrive: a view of a receive buffer, or bytes.
 Buffer = bytes | bytearray | memoryview
@@ -579,7 +582,16 @@ class PartFile:
 
     def _read_state(self) -> list[int]:
         try:
-            state = json.loads(self.state_path.read_text())
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            logger.warning("cannot read the resume state %s (%s); downloading from the start", self.state_path, exc.strerror or exc)
+            return []
+        try:
+            if len(raw) > _MAX_STATE_BYTES:
+                raise ValueError(f"{len(raw)} bytes, more than any resume state")
+            state = json.loads(raw)
             if (
                 state.get("version") != _STATE_VERSION
                 or state.get("file_id") != self.manifest.hex_id
@@ -588,7 +600,9 @@ class PartFile:
             ):
                 return []
             done = ChunkSet.from_ranges(self.manifest.chunk_count, tuple(tuple(r) for r in state["done"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser goes.
+            logger.warning("ignoring the unreadable resume state %s (%s); downloading from the start", self.state_path, exc)
             return []
         return list(done)
 

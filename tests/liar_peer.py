@@ -9,6 +9,7 @@ every chunk, heartbeats, then serves chunk requests:
 * ``corrupt``: the right length, one byte flipped;
 * ``truncate``: a well-formed CHUNK_DATA with half the bytes;
 * ``stall``: accepts the connection and the requests, never answers;
+* ``chatter``: as ``stall``, but sends a CHUNK_DATA about another file every 0.3 s;
 * ``oversize``: a CHUNK_DATA header that claims 16 MiB, then the chunk and padding.
 
 ``--budget-file`` gates any mode: chunks are sent only while the number sent
@@ -33,7 +34,7 @@ from common.manifest import Manifest, build_manifest
 from common.messages import Announce, Heartbeat, Hello, Message, Publish, Register, RequestChunk, Welcome
 from common.messages import ChunkData
 
-MODES = ("honest", "corrupt", "truncate", "stall", "oversize")
+MODES = ("honest", "corrupt", "truncate", "stall", "chatter", "oversize")
 
 
 def say(text: str) -> None:
@@ -60,7 +61,7 @@ class Liar:
             return 0
 
     async def wait_for_budget(self) -> None:
-        while self.sent >= self.budget() or self.mode == "stall":
+        while self.sent >= self.budget() or self.mode in ("stall", "chatter"):
             if not self.said_holding:
                 self.said_holding = True
                 say("holding a request")
@@ -91,6 +92,8 @@ class Liar:
                             break
                         if isinstance(event, Hello):
                             await stream.send_all(codec.send(Welcome(self.peer_id, 0, "127.0.0.1", 1, 1, f"liar-{self.mode}")))
+                            if self.mode == "chatter":
+                                nursery.start_soon(self.chatter, stream, codec)
                         elif isinstance(event, RequestChunk):
                             await requests_send.send(event)
                 nursery.cancel_scope.cancel()
@@ -98,6 +101,11 @@ class Liar:
             say(f"connection ended: {exc!r}")
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def chatter(self, stream: trio.SocketStream, codec: Codec) -> None:
+        while True:
+            await stream.send_all(codec.send(ChunkData(bytes(32), 0, b"x")))  # about no file the downloader wants
+            await trio.sleep(0.3)
 
     async def answer(self, stream: trio.SocketStream, codec: Codec, requests: trio.MemoryReceiveChannel[RequestChunk]) -> None:
         async for request in requests:

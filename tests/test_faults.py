@@ -239,7 +239,7 @@ async def test_lying_peers_are_dropped_and_honest_ones_finish(big: pathlib.Path,
                 honest.signal(signal.SIGSTOP)  # the liars get the downloader to themselves first
                 try:
                     liars = {}
-                    for mode in ("corrupt", "truncate", "stall", "oversize"):
+                    for mode in ("corrupt", "truncate", "stall", "chatter", "oversize"):
                         liars[mode] = await procs.start(_start_liar, procs, big, port, mode)
                     started = time.monotonic()
                     async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), "--request-timeout", "2", "--stall-timeout", "30",
@@ -247,6 +247,7 @@ async def test_lying_peers_are_dropped_and_honest_ones_finish(big: pathlib.Path,
                         await getter.wait_for(r"banned liar-corrupt")
                         await getter.wait_for(r"banned liar-truncate")
                         await getter.wait_for(r"dropping liar-stall \S+ no answer within 2 s")
+                        await getter.wait_for(r"dropping liar-chatter \S+ no answer within 2 s")
                         await getter.wait_for(r"dropping liar-oversize \S+ CHUNK_DATA frame of 16777216 bytes exceeds")
                         dropped_all = time.monotonic() - started
                         honest.signal(signal.SIGCONT)

@@ -159,6 +159,22 @@ def test_state_for_another_file_is_ignored(tmp_path: pathlib.Path, source: pathl
     assert PartFile(manifest, tmp_path / manifest.name).open() == []
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b"{", b"42", b"\xff\xfe", b" " * (17 * 1024 * 1024)],
+    ids=["nested too deep", "cut short", "not an object", "not text", "too large"],
+)
+def test_a_damaged_state_file_means_starting_over(
+    tmp_path: pathlib.Path, source: pathlib.Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = build_manifest(source, CHUNK)
+    part = PartFile(manifest, tmp_path / manifest.name)
+    part.state_path.write_bytes(content)
+    assert part.open() == []
+    part.close()
+    assert any("unreadable resume state" in r.getMessage() for r in caplog.records)
+
+
 def test_place_file_never_overwrites_a_different_file(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
     manifest = build_manifest(source, CHUNK)
     part = tmp_path / "x.part"
