@@ -14,9 +14,10 @@ import trio
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
-from common.messages import Announce, Hello, Publish
+from common.messages import Announce, CancelChunk, Hello, Message, Publish
 import peer.download
 from peer.config import PeerConfig
+from peer.connection import Connection
 from peer.node import Peer, open_peer
 from peer.storage import HeldFile
 from peer.tracker_client import TrackerLink
@@ -377,20 +378,48 @@ async def silent_peer(*, task_status: trio.TaskStatus[int]) -> None:
     await trio.serve_listeners(handler, listeners)
 
 
-async def test_a_silent_peer_times_out_and_its_requests_move(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
-                                                             nursery: trio.Nursery) -> None:
-    manifest = build_manifest(source, CHUNK)
+async def start_silent_holder(swarm: Swarm, manifest: Manifest, nursery: trio.Nursery) -> None:
+    """A silent peer (see above) that the tracker is told holds every chunk of ``manifest``."""
     port = await nursery.start(silent_peer)
-    # The tracker is told that the silent server holds every chunk.
     link = await TrackerLink.open(swarm.tracker, Hello(b"s" * 20, listen_port=port, agent="silent"), timeout=5, register_port=port)
     nursery.start_soon(link.run)
     await link.request_many([Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())], timeout=5)
+
+
+async def test_a_silent_peer_times_out_and_its_requests_move(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
+                                                             nursery: trio.Nursery) -> None:
+    await start_silent_holder(swarm, build_manifest(source, CHUNK), nursery)
     with trio.fail_after(20):
         async with swarm.peer() as honest, swarm.peer(request_timeout=0.5, endgame_copies=1) as getter:
             await honest.publish([source])
             result = await getter.download("data.bin", tmp_path / "out")
             assert result.path.read_bytes() == source.read_bytes()
             assert list(result.received) == [f"peer-1 (127.0.0.1:{honest.listen_address[1]})"]
+
+
+async def test_a_cancel_that_cannot_be_sent_does_not_hold_up_the_download(
+    swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Endgame: a chunk asked of both the silent peer and the honest one comes from the
+    # honest one, and the silent one is told to cancel. A send to a peer whose socket
+    # takes nothing more never completes; the chunk must count as held all the same.
+    cancels: list[CancelChunk] = []
+    send = Connection.send
+
+    async def send_except_cancels(self: Connection, message: Message) -> None:
+        if isinstance(message, CancelChunk):
+            cancels.append(message)
+            await trio.sleep_forever()
+        await send(self, message)
+
+    monkeypatch.setattr(Connection, "send", send_except_cancels)
+    await start_silent_holder(swarm, build_manifest(source, CHUNK), nursery)
+    with trio.fail_after(20):
+        async with swarm.peer() as honest, swarm.peer(request_timeout=5, endgame_copies=2) as getter:
+            await honest.publish([source])
+            result = await getter.download("data.bin", tmp_path / "out")
+    assert result.path.read_bytes() == source.read_bytes()
+    assert cancels  # the endgame did ask both
 
 
 async def test_a_minimal_progress_sink_is_enough(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:
