@@ -89,7 +89,7 @@ async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
         await leecher.aclose()
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on; the same path is tested over IPv4")
 async def test_ipv6(nursery: trio.Nursery) -> None:
     with trio.fail_after(TIMEOUT):
         running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(host="::1", port=0))

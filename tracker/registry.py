@@ -252,14 +252,8 @@ class Registry:
     def has_file(self, file_id: bytes) -> bool:
         return file_id in self._files
 
-    def manifest(self, file_id: bytes) -> Manifest:
-        return self._file(file_id).manifest
-
     def record(self, file_id: bytes) -> FileRecord:
         """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""
-        return self._file(file_id)
-
-    def _file(self, file_id: bytes) -> FileRecord:
         record = self._files.get(file_id)
         if record is None:
             raise TrackerError(f"no file with id {file_id.hex()[:16]}", code=ErrorCode.UNKNOWN_FILE)
@@ -295,7 +289,7 @@ class Registry:
         Returns the replica, or None when nothing is held yet (an empty
         announcement of a file with chunks).
         """
-        record = self._file(file_id)
+        record = self.record(file_id)
         count = record.manifest.chunk_count
         try:
             mask = _mask_from_ranges(count, ranges)
@@ -329,7 +323,7 @@ class Registry:
 
     def holder_slots(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[FileRecord, Collection[int]]:
         """As :meth:`holders`, as the file's record and the chosen slots in its ``replicas``/``entries``."""
-        record = self._file(file_id)
+        record = self.record(file_id)
         count = len(record.replicas)
         mine = -1
         if exclude is not None:

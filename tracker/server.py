@@ -783,9 +783,6 @@ class _Connection:
         return self.codec.send(StatsReply(self.service.stats()))
 
 
-# ---------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------
 # Plain functions, not a connection's bound methods: a connection that held
 # those would refer to itself, and a cycle is freed only by the cyclic
 # collector, which never sees the objects the tracker CLI has frozen
@@ -807,6 +804,9 @@ _WAITING_REQUESTS: Final[Mapping[type, Callable[[Any, Any], Awaitable[bytes]]]] 
 }
 
 
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
 @attrs.frozen
 class RunningTracker:
     """What ``serve_tracker`` hands to ``task_status.started``: where it listens, and its counters."""
