@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from common.manifest import DEFAULT_CHUNK_SIZE, hash_file  # noqa: E402
+from common.manifest import DEFAULT_CHUNK_SIZE, hash_file
 
 MIB = 1024 * 1024
 WRITE_BLOCK = 16 * MIB

@@ -1,3 +1,5 @@
 """chunkswarm: BitTorrent-like file sharing over a framed opcode protocol."""
 
-__version__ = "0.1.0"
+from common.version import __version__
+
+__all__ = ["__version__"]

@@ -27,6 +27,8 @@ class ChunkSet:
     """A mutable set of chunk indexes in ``range(count)``."""
 
     __slots__ = ("count", "mask")
+    #: Mutable, so not hashable (equality compares contents).
+    __hash__ = None  # type: ignore[assignment]
 
     def __init__(self, count: int, mask: int = 0) -> None:
         if count < 0:

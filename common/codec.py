@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import msgpack
 
@@ -82,7 +82,8 @@ def _payload(message: Message) -> bytes:
     if isinstance(message, ChunkData):
         return _CHUNK_PREFIX.pack(message.file_id, message.index) + bytes(message.data)
     try:
-        return msgpack.packb(message.to_fields(), use_bin_type=True)
+        packed: bytes = msgpack.packb(message.to_fields(), use_bin_type=True)
+        return packed
     except (ValueError, TypeError, OverflowError) as exc:
         # Values the validators let through but MessagePack cannot carry: integers
         # beyond 64 bits, text with lone surrogates. Our bug, not the peer's.

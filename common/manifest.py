@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import attrs
@@ -174,6 +174,10 @@ def _validate_chunk_size(instance: object, attribute: object, value: int) -> Non
         raise ValidationError(f"chunk size must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, got {value!r}")
 
 
+def _hash_tuple(value: Iterable[bytes]) -> tuple[bytes, ...]:
+    return value if type(value) is tuple else tuple(value)
+
+
 @attrs.frozen(cache_hash=True)
 class Manifest:
     """What identifies and verifies a file: its name, size, chunk size, chunk hashes and id.
@@ -186,7 +190,7 @@ class Manifest:
     name: str = attrs.field(validator=lambda i, a, v: validate_name(v))
     size: int = attrs.field(validator=_validate_size)
     chunk_size: int = attrs.field(validator=_validate_chunk_size)
-    chunk_hashes: tuple[bytes, ...] = attrs.field(converter=tuple, validator=_validate_hashes)
+    chunk_hashes: tuple[bytes, ...] = attrs.field(converter=_hash_tuple, validator=_validate_hashes)
     file_id: bytes = attrs.field(validator=_validate_id)
 
     def __attrs_post_init__(self) -> None:

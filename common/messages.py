@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Union
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -476,19 +476,19 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
     return Manifest(name, size, chunk_size, hashes, file_id)
 
 
-Message = Union[
-    Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
-    ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-    ChunkError, CancelChunk, Error,
-]  # fmt: skip
+Message = (
+    Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
+    | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
+    | ChunkError | CancelChunk | Error
+)
 
 #: Opcode -> message class, for the decoder.
-MESSAGE_TYPES: Final[dict[Opcode, type]] = {
+MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     cls.OPCODE: cls
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
         ChunkError, CancelChunk, Error,
-    )  # fmt: skip
+    )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

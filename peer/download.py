@@ -6,10 +6,10 @@
     ├── refresher     WHO_HAS every refresh_interval (or when peers run out); starts sessions; stall detection
     ├── announcer     ANNOUNCE verified chunks in batches (at most announce_delay late)
     ├── state saver   writes the resume state (after the pwrite of every chunk it lists)
-    ├── session × N   one connection per holder:
+    ├── session x N   one connection per holder:
     │   ├── requester     keeps up to pipeline_depth REQUEST_CHUNKs in flight (the picker chooses)
     │   └── receiver      CHUNK_DATA -> verifier task; CHUNK_ERROR -> back to the picker
-    └── verifier × M  SHA-256 + pwrite in a worker thread; then announce, serve, log, cancel endgame duplicates
+    └── verifier x M  SHA-256 + pwrite in a worker thread; then announce, serve, log, cancel endgame duplicates
 
 Scheduling decisions are the pure :class:`~peer.picker.Picker`'s; this module
 only does I/O and time. Every verified chunk is added to the

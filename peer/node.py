@@ -24,7 +24,6 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from chunkswarm import __version__
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, ChunkswarmError, IntegrityError, UnknownFile
 from common.manifest import Manifest
@@ -44,6 +43,7 @@ from common.messages import (
     Stats,
     StatsReply,
 )
+from common.version import __version__
 from peer.config import PeerConfig
 from peer.download import Downloader, DownloadResult, ProgressSink
 from peer.server import ChunkServer

@@ -36,7 +36,7 @@ import os
 import pathlib
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 import msgpack
@@ -435,14 +435,14 @@ class ReadBack:
                 self._flushing.extend(i for i, _ in check)
                 self._flushing_bytes += sum(length(i) for i, _ in check)
                 while self._flushing_bytes > self.window:
-                    old = self._flushing.popleft()
-                    self._flushing_bytes -= length(old)
-                    drop.append(old)
+                    flushed = self._flushing.popleft()
+                    self._flushing_bytes -= length(flushed)
+                    drop.append(flushed)
         bad = self._read_back(check)
         self._release(check)
         if self.keeps_data:
-            for old in (*(i for i, _ in check), *drop):
-                _advise(self.fd, self.manifest.chunk_offset(old), length(old), os.POSIX_FADV_DONTNEED)
+            for done in (*(i for i, _ in check), *drop):
+                _advise(self.fd, self.manifest.chunk_offset(done), length(done), os.POSIX_FADV_DONTNEED)
         return bad
 
     def finish(self, part: int = 0, parts: int = 1) -> list[int]:

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Final
 
 from rich.console import Console
-from rich.table import Table
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -24,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from common.messages import FileEntry
 from peer.download import ProgressSink

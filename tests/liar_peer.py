@@ -31,8 +31,7 @@ import trio
 from common.address import parse_address
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.manifest import Manifest, build_manifest
-from common.messages import Announce, Heartbeat, Hello, Message, Publish, Register, RequestChunk, Welcome
-from common.messages import ChunkData
+from common.messages import Announce, ChunkData, Heartbeat, Hello, Message, Publish, Register, RequestChunk, Welcome
 
 MODES = ("honest", "corrupt", "truncate", "stall", "chatter", "oversize")
 
@@ -130,7 +129,7 @@ class Liar:
                 continue
             codec = Codec()
 
-            async def request(message: Message) -> Message:
+            async def request(message: Message, stream: trio.SocketStream = stream, codec: Codec = codec) -> Message:
                 await stream.send_all(codec.send(message))
                 while (event := codec.next_event()) is NEED_DATA:
                     codec.receive_data(await stream.receive_some(65536))

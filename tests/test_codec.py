@@ -8,6 +8,7 @@ pytest and hypothesis; no trio.
 
 from __future__ import annotations
 
+import itertools
 import math
 import pathlib
 import random
@@ -100,7 +101,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
 def ranges(draw: st.DrawFn) -> tuple[tuple[int, int], ...]:
     bounds = sorted(draw(st.lists(st.integers(0, MAX_CHUNKS), unique=True, max_size=16)))
     del bounds[len(bounds) & ~1 :]
-    return tuple(zip(bounds[::2], bounds[1::2]))
+    return tuple(zip(bounds[::2], bounds[1::2], strict=False))
 
 
 #: Chunk bytes: mostly small, often beyond LARGE_FRAME (64 KiB), up to 300 KiB.
@@ -207,7 +208,7 @@ def feed_into(codec: Codec, data: bytes, read_size: int) -> tuple[list[Any], int
 
 def split_at(data: bytes, points: Iterable[int]) -> list[bytes]:
     cuts = [0, *sorted(points), len(data)]
-    return [data[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def byte_by_byte(data: bytes) -> Iterator[bytes]:

@@ -197,7 +197,7 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                     expected_done = point
                     async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
                                      name=f"getter-{run}") as getter:
-                        await wait_until(lambda: done_count(state) == expected_done)
+                        await wait_until(lambda expected=expected_done: done_count(state) == expected)
                         getter.kill()
                         assert await getter.wait_exit() == -signal.SIGKILL
                     resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", getter.text)

@@ -104,7 +104,7 @@ async def test_pipelined_requests_and_errors(published: tuple[Library, Manifest,
 
 
 async def test_cancelled_request_gets_no_reply(published: tuple[Library, Manifest, bytes]) -> None:
-    library, manifest, data = published
+    library, manifest, _data = published
     async with served(ChunkServer(library, PEER_ID), trio.testing.lockstep_stream_pair) as conn:
         fid = manifest.file_id
         await conn.send_many([RequestChunk(fid, 1), RequestChunk(fid, 2), RequestChunk(fid, 3), CancelChunk(fid, 2)])
@@ -129,7 +129,7 @@ async def test_full_queue_answers_busy(published: tuple[Library, Manifest, bytes
 
 
 async def test_connection_cap_says_busy(published: tuple[Library, Manifest, bytes]) -> None:
-    library, manifest, _ = published
+    library, _manifest, _ = published
     server = ChunkServer(library, PEER_ID, max_connections=1)
     async with trio.open_nursery() as nursery:
         first_client, first_server = trio.testing.memory_stream_pair()

@@ -45,7 +45,7 @@ def test_expand_paths(tmp_path: pathlib.Path) -> None:
 
 def test_manifest_cache_hits_and_misses(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
     cache = ManifestCache(tmp_path / "state")
-    manifest, signature, cached = cache.manifest_for(source, CHUNK)
+    manifest, _signature, cached = cache.manifest_for(source, CHUNK)
     assert not cached and manifest == build_manifest(source, CHUNK)
     again, _, cached = cache.manifest_for(source, CHUNK)
     assert cached and again == manifest
@@ -239,7 +239,7 @@ def test_written_chunks_are_read_back_once_out_of_the_window(tmp_path: pathlib.P
         read_back = ReadBack(manifest, part.fd, 2 * chunk, part.direct_fd)
         order = [4, 0, 5, 1, 3, 2]
         lost = []
-        for step, index in enumerate(order):
+        for _step, index in enumerate(order):
             fd = part.direct_fd if part.direct_fd >= 0 else part.fd
             piece = memoryview(data)[index * chunk : (index + 1) * chunk]
             verify_and_write(manifest, fd, index, piece)

@@ -11,11 +11,11 @@ import attrs
 import pytest
 import trio
 
+import peer.download
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
 from common.messages import Announce, CancelChunk, Hello, Message, Publish
-import peer.download
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.node import Peer, open_peer
@@ -286,7 +286,7 @@ async def test_connect_while_reconnecting_raises_then_waits_for_the_tracker(rest
         async with swarm.peer(reconnect_max_delay=0.2, tracker_timeout=1.0) as peer:
             await restartable.stop(peer)
             # A reconnection loop is running: connect() must not return as if it had worked.
-            with pytest.raises(TrackerUnavailable, match="unreachable.*still reconnecting in the background"):
+            with pytest.raises(TrackerUnavailable, match=r"unreachable.*still reconnecting in the background"):
                 await peer.connect()
             assert not peer.connected
             await restartable.restart()

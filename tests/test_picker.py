@@ -226,7 +226,7 @@ def test_large_file_stays_rarest_first_through_availability_changes() -> None:
         taken.add(index)
         return index
 
-    first = check_pick("p1")
+    check_pick("p1")
     # Availability moves both ways: two peers gain chunks, one leaves.
     for key in ("p2", "p3"):
         masks[key] |= masks["p1"] >> 1

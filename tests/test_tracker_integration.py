@@ -333,7 +333,7 @@ async def test_a_client_that_floods_does_not_keep_the_others_waiting(tracker: Ru
             seen.append(served)
             await trio.lowlevel.checkpoint()  # the other tasks' turn, as a timer's or another client's
         # Requests answered between two turns of this task: a few reads' worth, not the whole queue.
-        steps = [after - before for before, after in zip(seen, [*seen[1:], start + count])]
+        steps = [after - before for before, after in zip(seen, [*seen[1:], start + count], strict=False)]
         assert max(steps) <= 3 * (RECEIVE_SIZE // len(request) + 1), steps
         flooder.close()
         await seeder.aclose()

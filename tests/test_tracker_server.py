@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+import tracker.server
 from common.codec import Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
 from common.messages import (
@@ -25,7 +26,6 @@ from common.messages import (
     Holders,
     ListFiles,
     ManifestReply,
-    Message,
     Ok,
     Publish,
     Published,
@@ -40,7 +40,6 @@ from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_fr
 from tracker.config import TrackerConfig
 from tracker.registry import Registry
 from tracker.replies import encode_file_list, encode_holders, file_entry, holder_entry
-import tracker.server
 from tracker.server import LIST_SLICE, TrackerService
 from tracker.store import Store
 

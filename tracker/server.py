@@ -36,7 +36,6 @@ import attrs
 import outcome
 import trio
 
-from chunkswarm import __version__
 from common.address import format_address
 from common.codec import CLOSED, NEED_DATA, Codec, Sentinel, encode_message
 from common.errors import (
@@ -46,7 +45,7 @@ from common.errors import (
     StorageError,
     TrackerError,
 )
-from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode, encode_header
+from common.framing import PROTOCOL_VERSION, ErrorCode
 from common.manifest import Manifest
 from common.messages import (
     PEER_ID_SIZE,
@@ -68,6 +67,7 @@ from common.messages import (
     Welcome,
     WhoHas,
 )
+from common.version import __version__
 from tracker.config import TrackerConfig
 from tracker.registry import FileRecord, Registry, check_manifest
 from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
