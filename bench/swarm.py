@@ -119,7 +119,7 @@ def make_file(path: pathlib.Path, size: int) -> None:
 
 
 def peer_args(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peer", *args]
+    return [sys.executable, "-m", "chunkswarm", *args]
 
 
 def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
     scenario_dir.mkdir()
     # Start from a clean page cache state: no writeback of earlier scenarios in this one's time.
     os.sync()
-    tracker = Proc([sys.executable, "-m", "tracker", "--port", "0", "--db", str(scenario_dir / "tracker.db"),
+    tracker = Proc([sys.executable, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(scenario_dir / "tracker.db"),
                     "--heartbeat-interval", "5", "--peer-timeout", "30"], "tracker")
     procs = [tracker]
     try:

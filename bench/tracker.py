@@ -1,4 +1,4 @@
-"""Tracker load benchmark: ``python -m tracker`` in one process, N simulated peers in this one.
+"""Tracker load benchmark: ``python -m chunkswarm tracker`` in one process, N simulated peers in this one.
 
     python bench/tracker.py [--peers 1000] [--files 100] [--chunks 1000] [--seconds 10] [--rate 20000] [--depth 1]
                             [--who-has-share 0.5] [--profile PATH] [--trace PATH]
@@ -88,7 +88,7 @@ def frame(opcode: Opcode, fields: list[Any]) -> bytes:
 class TrackerProcess:
     def __init__(self, db: str, heartbeat: float, profile: str | None = None) -> None:
         args = [
-            sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "tracker", "--port", "0", "--db", db, "--heartbeat-interval", str(heartbeat),
+            sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "chunkswarm", "tracker", "--port", "0", "--db", db, "--heartbeat-interval", str(heartbeat),
             "--peer-timeout", str(heartbeat * 20), "--max-connections", "8192", "--log-level", "INFO",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 
 from chunkswarm import __version__
-from peer.cli import peer_commands
-from tracker.cli import tracker_command
+from chunkswarm.peer_commands import peer_commands
+from chunkswarm.tracker_command import tracker_command
 
 __all__ = ["cli", "main"]
 

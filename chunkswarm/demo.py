@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from chunkswarm.ui import LogProgress, RichProgress
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
@@ -38,7 +39,6 @@ from peer.config import PeerConfig
 from peer.download import DownloadResult, ProgressSink
 from peer.node import Peer, open_peer
 from peer.tasks import open_nursery
-from peer.ui import LogProgress, RichProgress
 from tracker.config import TrackerConfig
 from tracker.server import RunningTracker, serve_tracker
 

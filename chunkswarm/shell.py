@@ -21,12 +21,12 @@ import attrs
 import trio
 from rich.console import Console
 
+from chunkswarm.ui import file_table, format_size, progress_display
 from common.address import format_address
 from common.errors import ChunkswarmError
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage import PART_SUFFIX, STATE_SUFFIX, expand_paths
-from peer.ui import file_table, format_size, progress_display
 
 __all__ = ["HELP", "Shell", "ShellConfig", "run_shell"]
 

@@ -1,1 +1,1 @@
-"""The chunkswarm peer: chunk server, downloader, storage, tracker client and CLI."""
+"""The chunkswarm peer engine: chunk server, downloader, storage and tracker client (no CLI: that is ``chunkswarm``)."""

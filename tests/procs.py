@@ -110,8 +110,8 @@ async def spawn(nursery: trio.Nursery, *args: str, name: str = "", nice: int = 0
 
 @asynccontextmanager
 async def start_tracker(nursery: trio.Nursery, db: pathlib.Path, *extra: str, port: int = 0) -> AsyncIterator[tuple[Child, int]]:
-    """``python -m tracker`` on ``port`` (0: any); yields the child and the port it logged."""
-    async with spawn(nursery, "-m", "tracker", "--port", str(port), "--db", str(db), *extra, name="tracker") as child:
+    """``python -m chunkswarm tracker`` on ``port`` (0: any); yields the child and the port it logged."""
+    async with spawn(nursery, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(db), *extra, name="tracker") as child:
         found = await child.wait_for(r"tracker listening on 127\.0\.0\.1:(\d+)")
         yield child, int(found.group(1))
 

@@ -39,14 +39,14 @@ async def start(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
 
 @pytest.fixture
 async def seeded_tracker(nursery: trio.Nursery, tmp_path: pathlib.Path) -> AsyncIterator[str]:
-    """A tracker subprocess and a ``python -m peer seed`` of sample_files/dir3; yields HOST:PORT."""
+    """A tracker subprocess and a ``python -m chunkswarm seed`` of sample_files/dir3; yields HOST:PORT."""
     with trio.fail_after(15):
-        async with start(nursery, "-m", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
+        async with start(nursery, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
             await tracker.wait_for("tracker listening on")
             match = re.search(rb"tracker listening on (127\.0\.0\.1:\d+)", tracker.output)
             assert match is not None, tracker.output
             address = match.group(1).decode()
-            async with start(nursery, "-m", "peer", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK),
+            async with start(nursery, "-m", "chunkswarm", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK),
                              "--state-dir", str(tmp_path / "seeder"), "--label", "seeder") as seeder:  # fmt: skip
                 await seeder.wait_for("seeding gradient.bmp")
                 await seeder.wait_for("seeding file1_dir3.txt")
@@ -140,12 +140,12 @@ async def test_tracker_down_is_explained_and_the_shell_goes_on(tmp_path: pathlib
 
 async def test_ctrl_c_cancels_a_download_and_keeps_its_part_file(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
     with trio.fail_after(30):
-        async with start(nursery, "-m", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
+        async with start(nursery, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
             await tracker.wait_for("tracker listening on")
             match = re.search(rb"tracker listening on (127\.0\.0\.1:\d+)", tracker.output)
             assert match is not None
             address = match.group(1).decode()
-            seed = ["-m", "peer", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK), "--state-dir", str(tmp_path / "seeder")]
+            seed = ["-m", "chunkswarm", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK), "--state-dir", str(tmp_path / "seeder")]
             async with start(nursery, *seed) as seeder:
                 await seeder.wait_for("seeding gradient.bmp")
                 seeder.kill()  # gone without a goodbye: the tracker still lists it, so the download waits for it

@@ -1,7 +1,7 @@
 """What real networks do, end to end: real processes over 127.0.0.1 and a 32 MiB file.
 
-The tracker, the seeders and the downloader are ``python -m tracker``,
-``python -m peer seed`` and ``python -m peer get``. Where a scenario needs the
+The tracker, the seeders and the downloader are ``python -m chunkswarm tracker``,
+``python -m chunkswarm seed`` and ``python -m chunkswarm get``. Where a scenario needs the
 download to be stopped at an exact point, a holder is ``tests/liar_peer.py`` in
 ``honest`` mode with a budget file (it sends exactly that many chunks, then
 holds further requests), or a real seeder frozen with SIGSTOP until the test
@@ -82,7 +82,7 @@ def liar_sent(child: Child) -> int:
 
 def seed(procs: trio.Nursery, path: pathlib.Path, port: int, tmp_path: pathlib.Path) -> AbstractAsyncContextManager[Child]:
     """A real ``peer seed`` of ``path`` labelled seed-s."""
-    return spawn(procs, "-m", "peer", "seed", str(path), "--chunk-size", str(CHUNK), *peer_args(port, tmp_path / "s", "seed-s"), name="seed-s")
+    return spawn(procs, "-m", "chunkswarm", "seed", str(path), "--chunk-size", str(CHUNK), *peer_args(port, tmp_path / "s", "seed-s"), name="seed-s")
 
 
 def liar(procs: trio.Nursery, path: pathlib.Path, port: int, *options: str, name: str) -> AbstractAsyncContextManager[Child]:
@@ -106,7 +106,7 @@ async def test_seeder_killed_mid_download_another_holder_finishes(big: pathlib.P
                 survivor.signal(signal.SIGSTOP)  # frozen until the other seeder is dead: it cannot finish the job early
                 try:
                     async with liar(procs, big, port, "--budget-file", str(budget), name="victim") as victim, \
-                            spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), "--request-timeout", "10", "--stall-timeout", "20",
+                            spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--request-timeout", "10", "--stall-timeout", "20",
                                   *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                         await victim.wait_for_text("liar holding a request")
                         await victim.wait_for_text("liar sent 30 chunks")
@@ -137,7 +137,7 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
         async with start_tracker(procs, tmp_path / "t.db", *TRACKER_OPTIONS) as (_, port):
             async with liar(procs, big, port, "--budget-file", str(budget), name="holder") as holder:
                 await holder.wait_for_text("liar announced big.bin")
-                async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), "--stall-timeout", "2",
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--stall-timeout", "2",
                                  *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                     await wait_until(lambda: done_count(state) == 40)
                     holder.kill()
@@ -154,7 +154,7 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
 
             async with seed(procs, big, port, tmp_path) as seeder:
                 await seeder.wait_for_text("seeding big.bin")
-                async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
                                  name="again") as again:
                     assert await again.wait_exit() == 0, again.text
                 seeder.signal(signal.SIGTERM)
@@ -195,7 +195,7 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                     # The holder sends every damaged chunk once more: the getter ends the run with exactly ``point`` chunks.
                     budget.write_text(str(point + damaged))
                     expected_done = point
-                    async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
                                      name=f"getter-{run}") as getter:
                         await wait_until(lambda expected=expected_done: done_count(state) == expected)
                         getter.kill()
@@ -214,7 +214,7 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                             handle.write(b"\xff" * 16 if source[victim * CHUNK + 1000] != 0xFF else b"\x00" * 16)
                     damaged += 1
                 budget.write_text(str(10**6))
-                async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
                                  name="getter-last") as last:
                     assert await last.wait_exit() == 0, last.text
                 resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", last.text)
@@ -242,7 +242,7 @@ async def test_lying_peers_are_dropped_and_honest_ones_finish(big: pathlib.Path,
                     for mode in ("corrupt", "truncate", "stall", "chatter", "oversize"):
                         liars[mode] = await procs.start(_start_liar, procs, big, port, mode)
                     started = time.monotonic()
-                    async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), "--request-timeout", "2", "--stall-timeout", "30",
+                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--request-timeout", "2", "--stall-timeout", "30",
                                      *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                         await getter.wait_for(r"banned liar-corrupt")
                         await getter.wait_for(r"banned liar-truncate")
@@ -274,7 +274,7 @@ async def _start_liar(procs: trio.Nursery, big: pathlib.Path, port: int, mode: s
 
 # -- 6. disk trouble --------------------------------------------------------------------------
 async def _get_into(procs: trio.Nursery, port: int, tmp_path: pathlib.Path, out: pathlib.Path, name: str) -> Child:
-    async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", name), name=name) as getter:
+    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", name), name=name) as getter:
         await getter.wait_exit()
     return getter
 
@@ -345,7 +345,7 @@ async def test_disk_fills_up_mid_download(big: pathlib.Path, tmp_path: pathlib.P
         async with start_tracker(procs, tmp_path / "t.db", *TRACKER_OPTIONS) as (_, port):
             async with liar(procs, big, port, "--budget-file", str(budget), name="holder") as holder:
                 await holder.wait_for_text("liar announced big.bin")
-                async with spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
                                  name="getter") as getter:
                     await wait_until(lambda: done_count(out / "big.bin.part.state") == 10)
                     # Something else fills the disk while the download waits for data.
@@ -416,12 +416,12 @@ async def test_tracker_killed_and_restarted_during_a_download(big: pathlib.Path,
     with trio.fail_after(DEADLINE):
         async with start_tracker(procs, db, *TRACKER_OPTIONS) as (first, port):
             holder = await procs.start(_start_liar_with_budget, procs, big, port, budget)
-            getter_cm = spawn(procs, "-m", "peer", "get", "big.bin", "-o", str(out), "--seed", *peer_args(port, tmp_path / "g", "getter"),
+            getter_cm = spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--seed", *peer_args(port, tmp_path / "g", "getter"),
                               name="getter")
             getter = await getter_cm.__aenter__()
             try:
                 await holder.wait_for_text("liar sent 32 chunks")
-                async with spawn(procs, "-m", "peer", "seed", str(late), "--chunk-size", str(CHUNK), *peer_args(port, tmp_path / "s", "seed-s"),
+                async with spawn(procs, "-m", "chunkswarm", "seed", str(late), "--chunk-size", str(CHUNK), *peer_args(port, tmp_path / "s", "seed-s"),
                                  name="seed-s") as seeder:
                     await seeder.wait_for_text("seeding late.bin")  # logged once the tracker acknowledged the PUBLISH
                     first.kill()

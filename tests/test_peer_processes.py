@@ -1,4 +1,4 @@
-"""Scenarios that need a real kill: peers as ``python -m peer`` subprocesses, SIGKILLed mid-transfer."""
+"""Scenarios that need a real kill: peers as ``python -m chunkswarm`` subprocesses, SIGKILLed mid-transfer."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ CHUNK = 16 * 1024
 
 @asynccontextmanager
 async def child(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
-    async with spawn(nursery, "-m", "peer", *args) as proc:
+    async with spawn(nursery, "-m", "chunkswarm", *args) as proc:
         yield proc
 
 
@@ -124,28 +124,28 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             tracker = f"{swarm.tracker[0]}:{swarm.tracker[1]}"
             env = {**os.environ, "CHUNKSWARM_TRACKER": tracker, "COLUMNS": "200"}
             joined = caplog.text.count(" joined, serving at ")
-            listing = await trio.run_process([sys.executable, "-m", "peer", "ls", "--state-dir", str(tmp_path / "l")],
+            listing = await trio.run_process([sys.executable, "-m", "chunkswarm", "ls", "--state-dir", str(tmp_path / "l")],
                                              capture_stdout=True, capture_stderr=True, env=env)
             assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
             # ls only asks (HELLO with listen_port 0, no REGISTER): it never joins the swarm.
             assert caplog.text.count(" joined, serving at ") == joined == 1
-            counters = await trio.run_process([sys.executable, "-m", "peer", "stats", "--state-dir", str(tmp_path / "l")],
+            counters = await trio.run_process([sys.executable, "-m", "chunkswarm", "stats", "--state-dir", str(tmp_path / "l")],
                                               capture_stdout=True, capture_stderr=True, env=env)
             rows = dict(re.findall(r"│ ([a-z ]+?) +│ +([\d,]+(?: s)?) │", counters.stdout.decode()))
             assert (rows["peers"], rows["files"], rows["replicas"]) == ("1", "1", "1"), counters.stdout
             assert rows["uptime"].endswith(" s") and caplog.text.count(" joined, serving at ") == 1
-            unknown = await trio.run_process([sys.executable, "-m", "peer", "get", "nope.bin", "--state-dir", str(tmp_path / "u")],
+            unknown = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "nope.bin", "--state-dir", str(tmp_path / "u")],
                                              capture_stdout=True, capture_stderr=True, env=env, check=False)
             assert unknown.returncode != 0 and b"no file named 'nope.bin'" in unknown.stderr
-            down = await trio.run_process([sys.executable, "-m", "peer", "get", "--tracker", "127.0.0.1:1", "data.bin",
+            down = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "--tracker", "127.0.0.1:1", "data.bin",
                                            "--state-dir", str(tmp_path / "u")], capture_stdout=True, capture_stderr=True, check=False)
             assert down.returncode != 0 and b"unreachable" in down.stderr
-            got = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "-o", str(tmp_path / "out"),
+            got = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "-o", str(tmp_path / "out"),
                                           "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env)
             assert (tmp_path / "out" / "data.bin").read_bytes() == source.read_bytes(), got.stderr
             blocker = tmp_path / "blocker"
             blocker.write_text("a file, not a directory")
-            unwritable = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "-o", str(blocker / "sub"),
+            unwritable = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "-o", str(blocker / "sub"),
                                                  "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env,
                                                 check=False)
             assert unwritable.returncode != 0 and b"cannot" in unwritable.stderr and b"Traceback" not in unwritable.stderr
@@ -153,6 +153,6 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             other.parent.mkdir()
             other.write_bytes(b"y" * 100)
             await seeder.publish([other])
-            ambiguous = await trio.run_process([sys.executable, "-m", "peer", "get", "data.bin", "--state-dir", str(tmp_path / "g")],
+            ambiguous = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "--state-dir", str(tmp_path / "g")],
                                                capture_stdout=True, capture_stderr=True, env=env, check=False)
             assert ambiguous.returncode != 0 and b"matches 2 files" in ambiguous.stderr

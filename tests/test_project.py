@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import pathlib
 import re
 
@@ -30,20 +29,6 @@ def test_readme_opens_with_two_commands() -> None:
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _readme_commands()[1] in ci
-
-
-def test_common_imports_neither_tracker_nor_peer_nor_trio() -> None:
-    for path in (ROOT / "common").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                root = name.split(".")[0]
-                assert root not in {"tracker", "peer", "trio", "socket", "chunkswarm"}, f"{path.name} imports {name}"
 
 
 def test_cli_version_and_help() -> None:

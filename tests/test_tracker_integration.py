@@ -19,6 +19,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 
+from chunkswarm.tracker_command import tracker_command
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
 from common.manifest import Manifest
@@ -43,7 +44,6 @@ from common.messages import (
     WhoHas,
 )
 from tests.tracker_client_helper import make_manifest, open_client
-from tracker.cli import tracker_command
 from tracker.config import MIN_FRAME_SIZE, TrackerConfig
 from tracker.registry import Registry
 from tracker.server import RECEIVE_SIZE, RunningTracker, _Connection, serve_tracker
@@ -405,7 +405,7 @@ async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCapture
 
 # -- the process ---------------------------------------------------------------
 class TrackerProcess:
-    """``python -m tracker`` as a child: started, its listening port read from its log."""
+    """``python -m chunkswarm tracker`` as a child: started, its listening port read from its log."""
 
     def __init__(self, process: trio.Process, port: int) -> None:
         self.process = process
@@ -413,7 +413,7 @@ class TrackerProcess:
 
 
 async def _start_tracker(nursery: trio.Nursery, db: pathlib.Path, *extra: str) -> TrackerProcess:
-    command = [sys.executable, "-m", "tracker", "--port", "0", "--db", str(db), "--heartbeat-interval", "5", *extra]
+    command = [sys.executable, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(db), "--heartbeat-interval", "5", *extra]
     process = await trio.lowlevel.open_process(command, cwd=ROOT, stderr=subprocess.PIPE)
     assert process.stderr is not None
     log = bytearray()

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from rich.console import Console
 from rich.progress import (
@@ -48,7 +48,7 @@ class RichProgress:
         #: The file being hashed (a bar without peers), or None.
         self._hashing: str | None = None
 
-    def _fields(self) -> dict[str, object]:
+    def _fields(self) -> dict[str, Any]:
         sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
         return {"peers": self._peers, "sources": sources, "detail": f"{self._peers} peers {sources}"}
 

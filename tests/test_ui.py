@@ -8,7 +8,7 @@ import logging
 import pytest
 from rich.console import Console
 
-from peer.ui import LogProgress, RichProgress, progress_display
+from chunkswarm.ui import LogProgress, RichProgress, progress_display
 
 
 def feed(sink: object) -> None:
@@ -83,6 +83,6 @@ def test_remote_names_bracket_ipv6_addresses() -> None:
 
 
 def test_file_sizes_read_as_people_read_them() -> None:
-    from peer.ui import format_size
+    from chunkswarm.ui import format_size
 
     assert [format_size(n) for n in (0, 1023, 8983, 5 * 1024**3)] == ["0 B", "1023 B", "8.8 KiB", "5.0 GiB"]

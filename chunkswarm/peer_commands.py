@@ -1,7 +1,6 @@
 """``chunkswarm seed | get | ls | stats``: click commands that build a :class:`PeerConfig` and run trio.
 
-Exported as ``peer_commands`` for the ``chunkswarm`` group; ``python -m peer``
-runs them on their own (subprocess tests, benchmarks).
+Exported as ``peer_commands`` for the ``chunkswarm`` group (``chunkswarm.cli``).
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_catalogue, open_peer
-from peer.ui import file_table, progress_display, stats_table
 
-__all__ = ["peer_commands", "seed", "get", "ls", "stats", "main"]
+__all__ = ["peer_commands", "seed", "get", "ls", "stats"]
 
 logger = logging.getLogger("peer")
 
@@ -189,12 +188,3 @@ async def _stats(config: PeerConfig) -> dict[str, int | float]:
 
 
 peer_commands = [seed, get, ls, stats]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """A chunkswarm peer: seed, get, ls and stats."""
-
-
-for _command in peer_commands:
-    main.add_command(_command)
