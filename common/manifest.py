@@ -37,6 +37,7 @@ __all__ = [
     "MAX_CHUNKS",
     "MAX_NAME_BYTES",
     "Manifest",
+    "ManifestRecord",
     "chunk_count_for",
     "sha256",
     "merkle_root",
@@ -174,6 +175,11 @@ def _validate_chunk_size(instance: object, attribute: object, value: int) -> Non
         raise ValidationError(f"chunk size must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, got {value!r}")
 
 
+#: A manifest as plain values: name, size, chunk size, file id, the chunk hashes concatenated.
+ManifestRecord = tuple[str, int, int, bytes, bytes]
+RECORD_FIELDS: Final = 5
+
+
 def _hash_tuple(value: Iterable[bytes]) -> tuple[bytes, ...]:
     return value if type(value) is tuple else tuple(value)
 
@@ -221,6 +227,25 @@ class Manifest:
 
     def chunk_offset(self, index: int) -> int:
         return index * self.chunk_size
+
+    def record(self) -> ManifestRecord:
+        """The manifest as five plain values, in the order of ``common/PROTOCOL.md`` §4.1.
+
+        The one encoding of a manifest: the PUBLISH and MANIFEST messages, the
+        tracker's catalogue and the peer's manifest cache all store this.
+        """
+        return (self.name, self.size, self.chunk_size, self.file_id, b"".join(self.chunk_hashes))
+
+    @classmethod
+    def from_record(cls, record: Sequence[object]) -> Manifest:
+        """The manifest of a :meth:`record` (checked as any manifest is; the Merkle root is left to :meth:`verify`)."""
+        if len(record) != RECORD_FIELDS:
+            raise ValidationError(f"a manifest record has {RECORD_FIELDS} fields, got {len(record)}")
+        name, size, chunk_size, file_id, joined = record
+        if not isinstance(joined, bytes) or len(joined) % HASH_SIZE:
+            raise ValidationError(f"chunk hashes must be a multiple of {HASH_SIZE} bytes")
+        hashes = tuple(joined[i : i + HASH_SIZE] for i in range(0, len(joined), HASH_SIZE))
+        return cls(name, size, chunk_size, hashes, file_id)  # type: ignore[arg-type]  # the validators check the types
 
     def verify(self) -> None:
         """Raise :class:`IntegrityError` unless the file id is the root of the chunk hashes."""

@@ -465,15 +465,11 @@ def _exactly(cls: type, fields: tuple[Any, ...], count: int) -> tuple[Any, ...]:
 
 
 def _manifest_fields(manifest: Manifest) -> list[Any]:
-    return [manifest.name, manifest.size, manifest.chunk_size, manifest.file_id, b"".join(manifest.chunk_hashes)]
+    return list(manifest.record())
 
 
 def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
-    name, size, chunk_size, file_id, joined = _exactly(Manifest, fields, 5)
-    if not isinstance(joined, bytes) or len(joined) % HASH_SIZE:
-        raise ValidationError("chunk hashes must be a multiple of 32 bytes")
-    hashes = tuple(joined[i : i + HASH_SIZE] for i in range(0, len(joined), HASH_SIZE))
-    return Manifest(name, size, chunk_size, hashes, file_id)
+    return Manifest.from_record(fields)
 
 
 Message = (

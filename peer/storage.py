@@ -223,14 +223,14 @@ class ManifestCache:
 
     @staticmethod
     def _key(path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> str:
-        text = f"{path.resolve()}\0{signature[0]}\0{signature[1]}\0{chunk_size}"
+        # "record": entries hold Manifest.record(); entries of the older field order have other keys.
+        text = f"record\0{path.resolve()}\0{signature[0]}\0{signature[1]}\0{chunk_size}"
         return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     def get(self, path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> Manifest | None:
         entry = self.directory / self._key(path, signature, chunk_size)
         try:
-            name, size, csize, hashes, file_id = msgpack.unpackb(entry.read_bytes(), raw=False)
-            manifest = Manifest(name, size, csize, tuple(hashes[i : i + 32] for i in range(0, len(hashes), 32)), file_id)
+            manifest = Manifest.from_record(msgpack.unpackb(entry.read_bytes(), raw=False))
             manifest.verify()
         except (OSError, ValueError, TypeError, ValidationError, IntegrityError, msgpack.UnpackException):
             return None
@@ -238,10 +238,9 @@ class ManifestCache:
 
     def put(self, path: pathlib.Path, signature: tuple[int, int], manifest: Manifest) -> None:
         entry = self.directory / self._key(path, signature, manifest.chunk_size)
-        fields = [manifest.name, manifest.size, manifest.chunk_size, b"".join(manifest.chunk_hashes), manifest.file_id]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(entry, msgpack.packb(fields, use_bin_type=True))
+            _atomic_write(entry, msgpack.packb(manifest.record(), use_bin_type=True))
         except OSError as exc:
             logger.warning("cannot cache the manifest of %s: %s", path, exc)
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 
 from common.errors import StorageError, ValidationError
-from common.manifest import HASH_SIZE, Manifest
+from common.manifest import Manifest
 
 __all__ = ["Store"]
 
@@ -56,17 +56,10 @@ class Store:
 
     def save(self, manifest: Manifest) -> bool:
         """Store ``manifest`` durably; False if that file id was stored already. Blocking."""
-        row = (
-            manifest.file_id,
-            manifest.name,
-            manifest.size,
-            manifest.chunk_size,
-            b"".join(manifest.chunk_hashes),
-        )
         with self._lock:
             try:
                 cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO files (file_id, name, size, chunk_size, hashes) VALUES (?, ?, ?, ?, ?)", row
+                    "INSERT OR IGNORE INTO files (name, size, chunk_size, file_id, hashes) VALUES (?, ?, ?, ?, ?)", manifest.record()
                 )
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot store manifest {manifest.name!r}: {exc}") from None
@@ -76,15 +69,14 @@ class Store:
         """Every stored manifest, oldest first. Rows that no longer make a valid manifest are logged and skipped."""
         with self._lock:
             try:
-                rows = self._db.execute("SELECT file_id, name, size, chunk_size, hashes FROM files ORDER BY seq").fetchall()
+                rows = self._db.execute("SELECT name, size, chunk_size, file_id, hashes FROM files ORDER BY seq").fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read the tracker database {self.path}: {exc}") from None
-        for file_id, name, size, chunk_size, joined in rows:
+        for row in rows:
             try:
-                hashes = tuple(joined[i : i + HASH_SIZE] for i in range(0, len(joined), HASH_SIZE))
-                yield Manifest(name, size, chunk_size, hashes, file_id)
+                yield Manifest.from_record(row)
             except (ValidationError, TypeError) as exc:
-                log.warning("skipping a damaged catalogue row %r: %s", name, exc)
+                log.warning("skipping a damaged catalogue row %r: %s", row[0], exc)
 
     def close(self) -> None:
         with self._lock:
