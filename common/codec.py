@@ -119,13 +119,19 @@ def decode_payload(opcode: Opcode, payload: bytes | bytearray) -> Message:
     try:
         if opcode in _RAW_OPCODES:
             return _decode_raw(opcode, payload)
-        fields = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True)
+        fields = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext)
         if not isinstance(fields, tuple):
             raise ValidationError(f"payload must be a MessagePack array, got {type(fields).__name__}")
         message: Message = cls.from_fields(fields)
         return message
     except (ValidationError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"malformed {opcode.name} payload: {exc}", error_code=ErrorCode.BAD_REQUEST) from None
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    # Ext types never appear (PROTOCOL.md §2). Left alone, msgpack would hand one over as an
+    # ExtType, a 2-tuple that could pass for an array of two fields.
+    raise ValidationError(f"MessagePack ext type {code} is not allowed")
 
 
 def _decode_raw(opcode: Opcode, payload: bytes | bytearray) -> Message:

@@ -26,6 +26,7 @@ __all__ = [
     "UnknownFile",
     "AmbiguousFile",
     "NoHolders",
+    "Refused",
 ]
 
 
@@ -107,3 +108,16 @@ class NoHolders(ChunkswarmError):
     def __init__(self, message: str, missing: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class Refused(ChunkswarmError):
+    """The other side answered HELLO with ERROR, or agreed on less than this side requires.
+
+    ``code`` is the :class:`common.framing.ErrorCode` value (BUSY, TOO_MANY_CONNECTIONS,
+    UNSUPPORTED_VERSION, MISSING_CAPABILITY ...); a code this side does not know is
+    a generic refusal.
+    """
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code

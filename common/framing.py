@@ -90,6 +90,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 10  # the server failed; not the client's fault
     TIMEOUT = 11  # the connection was idle too long
     IDENTITY_CONFLICT = 12  # that peer id is registered from another address
+    MISSING_CAPABILITY = 13  # the other side requires a capability this side did not offer
 
 
 class FrameHeader:

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "Manifest",
     "ManifestRecord",
+    "RECORD_FIELDS",
     "chunk_count_for",
     "sha256",
     "merkle_root",

@@ -12,16 +12,39 @@ the codec turns into a ``RemoteProtocolError``.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import attrs
 
+from common.capabilities import Capabilities, capabilities_converter, capabilities_validator
 from common.chunkset import Ranges
 from common.errors import ValidationError
+from common.fields import (
+    MAX_HOLDERS,
+    MAX_LIST,
+    MAX_TEXT,
+    PEER_ID_SIZE,
+    Record,
+    as_tuple,
+    at_least,
+    chunk_index,
+    chunk_ranges,
+    file_id_bytes,
+    int_in,
+    ip_address_text,
+    pairs_converter,
+    peer_id_bytes,
+    port_number,
+    seconds,
+    text_of,
+    to_tuple,
+    tuple_of,
+    u16,
+    u32,
+)
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
-from common.manifest import HASH_SIZE, MAX_CHUNKS, Manifest
+from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 
 __all__ = [
     "PEER_ID_SIZE",
@@ -55,162 +78,65 @@ __all__ = [
     "MESSAGE_TYPES",
 ]
 
-PEER_ID_SIZE: Final = 20
-MAX_TEXT: Final = 1024
-MAX_HOLDERS: Final = 1000
-MAX_LIST: Final = 100_000
-MAX_U32: Final = 2**32 - 1
-
-
-# ---------------------------------------------------------------------------
-# Validators: strict about types because the values may come off the wire.
-# ---------------------------------------------------------------------------
-def _int_in(low: int, high: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ValidationError(f"{attribute.name} must be an integer in {low}..{high}, got {value!r}")
-
-    return check
-
-
-def _bytes_of(size: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, bytes) or len(value) != size:
-            raise ValidationError(f"{attribute.name} must be {size} bytes")
-
-    return check
-
-
-def _text(max_length: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, str) or len(value) > max_length:
-            raise ValidationError(f"{attribute.name} must be text of at most {max_length} characters")
-
-    return check
-
-
-def _host(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str):
-        raise ValidationError(f"{attribute.name} must be an IP address")
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValidationError(f"{attribute.name} {value[:64]!r} is not an IP address") from None
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 86_400:
-        raise ValidationError(f"{attribute.name} must be 0..86400 seconds, got {value!r}")
-
-
-def _ranges(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, tuple) or len(value) > MAX_CHUNKS:
-        raise ValidationError(f"{attribute.name} must be a list of at most {MAX_CHUNKS} ranges")
-    previous_stop = 0
-    for item in value:
-        if not (isinstance(item, tuple) and len(item) == 2 and type(item[0]) is int and type(item[1]) is int):
-            raise ValidationError(f"{attribute.name} must hold [start, stop] integer pairs")
-        start, stop = item
-        if not previous_stop <= start < stop <= MAX_CHUNKS:
-            raise ValidationError(f"{attribute.name} must be ascending, disjoint, non-empty ranges within 0..{MAX_CHUNKS}")
-        previous_stop = stop
-
-
-def _tuple_of(kind: type, max_items: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, tuple) or len(value) > max_items or not all(isinstance(v, kind) for v in value):
-            raise ValidationError(f"{attribute.name} must be at most {max_items} {kind.__name__} items")
-
-    return check
-
-
-def _to_tuple(value: object) -> object:
-    # Lists are accepted for convenience; anything else is left for the validator to refuse.
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _ranges_converter(value: object) -> object:
-    # The decoder hands over tuples of tuples (the usual case, one new chunk): keep them.
-    if type(value) is tuple and all(type(v) is tuple for v in value):
-        return value
-    if isinstance(value, (list, tuple)):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return value
-
-
-_file_id = _bytes_of(HASH_SIZE)
-_peer_id = _bytes_of(PEER_ID_SIZE)
-_u16 = _int_in(0, 0xFFFF)
-_u32 = _int_in(0, MAX_U32)
-_port = _int_in(1, 0xFFFF)
-_chunk_index = _int_in(0, MAX_CHUNKS - 1)
 
 
 # ---------------------------------------------------------------------------
 # The messages
 # ---------------------------------------------------------------------------
-class _Fields:
-    """Default field mapping: the attrs fields in declaration order."""
-
-    def to_fields(self) -> list[Any]:
-        return [getattr(self, a.name) for a in attrs.fields(type(self))]  # type: ignore[arg-type]
-
-    @classmethod
-    def from_fields(cls, fields: tuple[Any, ...]) -> Any:
-        expected = len(cls.__attrs_attrs__)  # type: ignore[attr-defined]  # attrs.fields(cls), minus its checks
-        if len(fields) != expected:
-            raise ValidationError(f"{cls.__name__} needs {expected} fields, got {len(fields)}")
-        return cls(*fields)
-
-
 @attrs.frozen
-class Hello(_Fields):
+class Hello(Record):
     """Client -> server, first frame on every connection."""
 
     OPCODE: ClassVar[Opcode] = Opcode.HELLO
-    peer_id: bytes = attrs.field(validator=_peer_id)
-    listen_port: int = attrs.field(default=0, validator=_u16)  # 0: this client serves nothing
-    protocol_version: int = attrs.field(default=PROTOCOL_VERSION, validator=_int_in(0, 255))
-    agent: str = attrs.field(default="", validator=_text(64))
+    REQUIRED: ClassVar[int] = 4  # capabilities came later (PROTOCOL.md §8)
+    peer_id: bytes = attrs.field(validator=peer_id_bytes)
+    listen_port: int = attrs.field(default=0, validator=u16)  # 0: this client serves nothing
+    protocol_version: int = attrs.field(default=PROTOCOL_VERSION, validator=int_in(0, 255))
+    agent: str = attrs.field(default="", validator=text_of(64))
+    #: What the client offers: every optional feature it speaks, with its highest version.
+    capabilities: Capabilities = attrs.field(default=(), converter=capabilities_converter, validator=capabilities_validator)
 
 
 @attrs.frozen
-class Welcome(_Fields):
+class Welcome(Record):
     """Server -> client, the reply to HELLO."""
 
     OPCODE: ClassVar[Opcode] = Opcode.WELCOME
-    peer_id: bytes = attrs.field(validator=_peer_id)
-    heartbeat_interval: float = attrs.field(default=0.0, validator=_seconds)  # 0: no heartbeats wanted
-    observed_host: str = attrs.field(default="127.0.0.1", validator=_host)
-    observed_port: int = attrs.field(default=0, validator=_u16)
-    protocol_version: int = attrs.field(default=PROTOCOL_VERSION, validator=_int_in(0, 255))
-    agent: str = attrs.field(default="", validator=_text(64))  # software and a label, for logs
+    REQUIRED: ClassVar[int] = 6  # capabilities came later (PROTOCOL.md §8)
+    peer_id: bytes = attrs.field(validator=peer_id_bytes)
+    heartbeat_interval: float = attrs.field(default=0.0, validator=seconds)  # 0: no heartbeats wanted
+    observed_host: str = attrs.field(default="127.0.0.1", validator=ip_address_text)
+    observed_port: int = attrs.field(default=0, validator=u16)
+    protocol_version: int = attrs.field(default=PROTOCOL_VERSION, validator=int_in(0, 255))
+    agent: str = attrs.field(default="", validator=text_of(64))  # software and a label, for logs
+    #: The agreement: what both sides use on this connection (common/capabilities.py).
+    capabilities: Capabilities = attrs.field(default=(), converter=capabilities_converter, validator=capabilities_validator)
 
 
 @attrs.frozen
-class Register(_Fields):
+class Register(Record):
     """->T: become a live peer serving chunks on ``listen_port`` at the address the tracker sees."""
 
     OPCODE: ClassVar[Opcode] = Opcode.REGISTER
-    listen_port: int = attrs.field(validator=_port)
+    listen_port: int = attrs.field(validator=port_number)
 
 
 @attrs.frozen
-class Deregister(_Fields):
+class Deregister(Record):
     """->T: leave the swarm; the tracker forgets the peer and its replicas."""
 
     OPCODE: ClassVar[Opcode] = Opcode.DEREGISTER
 
 
 @attrs.frozen
-class Heartbeat(_Fields):
+class Heartbeat(Record):
     """->T: still alive; sent every ``heartbeat_interval`` seconds of WELCOME."""
 
     OPCODE: ClassVar[Opcode] = Opcode.HEARTBEAT
 
 
 @attrs.frozen
-class Ok(_Fields):
+class Ok(Record):
     """T->: the request succeeded and has nothing else to say."""
 
     OPCODE: ClassVar[Opcode] = Opcode.OK
@@ -232,28 +158,28 @@ class Publish:
 
 
 @attrs.frozen
-class Published(_Fields):
+class Published(Record):
     """T->: the manifest is stored (durably) and listed under ``file_id``."""
 
     OPCODE: ClassVar[Opcode] = Opcode.PUBLISHED
-    file_id: bytes = attrs.field(validator=_file_id)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
 
 
 @attrs.frozen
-class Announce(_Fields):
+class Announce(Record):
     """->T: the sender holds (verified) the chunks in ``ranges`` of ``file_id``."""
 
     OPCODE: ClassVar[Opcode] = Opcode.ANNOUNCE
-    file_id: bytes = attrs.field(validator=_file_id)
-    ranges: Ranges = attrs.field(converter=_ranges_converter, validator=_ranges)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    ranges: Ranges = attrs.field(converter=pairs_converter, validator=chunk_ranges)
 
 
 @attrs.frozen
-class GetManifest(_Fields):
+class GetManifest(Record):
     """->T: ask for the manifest of ``file_id``."""
 
     OPCODE: ClassVar[Opcode] = Opcode.GET_MANIFEST
-    file_id: bytes = attrs.field(validator=_file_id)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
 
 
 @attrs.frozen
@@ -272,21 +198,21 @@ class ManifestReply:
 
 
 @attrs.frozen
-class WhoHas(_Fields):
+class WhoHas(Record):
     """->T: who holds chunks of ``file_id``? At most ``max_peers`` holders come back."""
 
     OPCODE: ClassVar[Opcode] = Opcode.WHO_HAS
-    file_id: bytes = attrs.field(validator=_file_id)
-    max_peers: int = attrs.field(default=50, validator=_int_in(1, MAX_HOLDERS))
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    max_peers: int = attrs.field(default=50, validator=int_in(1, MAX_HOLDERS))
 
 
 @attrs.frozen
-class Holder(_Fields):
+class Holder(Record):
     """One holder in HOLDERS: where it serves and a bitfield of its chunks (MSB first)."""
 
-    peer_id: bytes = attrs.field(validator=_peer_id)
-    host: str = attrs.field(validator=_host)
-    port: int = attrs.field(validator=_port)
+    peer_id: bytes = attrs.field(validator=peer_id_bytes)
+    host: str = attrs.field(validator=ip_address_text)
+    port: int = attrs.field(validator=port_number)
     bitfield: bytes = attrs.field(validator=attrs.validators.and_(attrs.validators.instance_of(bytes), attrs.validators.max_len(MAX_CHUNKS // 8)))
 
 
@@ -295,38 +221,38 @@ class Holders:
     """T->: holders of ``file_id`` (the asker excluded), chosen at random when there are more."""
 
     OPCODE: ClassVar[Opcode] = Opcode.HOLDERS
-    file_id: bytes = attrs.field(validator=_file_id)
-    holders: tuple[Holder, ...] = attrs.field(converter=_to_tuple, validator=_tuple_of(Holder, MAX_HOLDERS))
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    holders: tuple[Holder, ...] = attrs.field(converter=to_tuple, validator=tuple_of(Holder, MAX_HOLDERS))
 
     def to_fields(self) -> list[Any]:
         return [self.file_id, [h.to_fields() for h in self.holders]]
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> Holders:
-        file_id, holders = _exactly(cls, fields, 2)
-        return cls(file_id, tuple(Holder.from_fields(_as_tuple(h)) for h in _as_tuple(holders)))
+        file_id, holders = at_least(cls, fields, 2)
+        return cls(file_id, tuple(Holder.from_fields(as_tuple(h)) for h in as_tuple(holders)))
 
 
 @attrs.frozen
-class ListFiles(_Fields):
+class ListFiles(Record):
     """->T: files whose name contains ``pattern`` (case-insensitive; empty: all), at most ``limit``."""
 
     OPCODE: ClassVar[Opcode] = Opcode.LIST_FILES
-    pattern: str = attrs.field(default="", validator=_text(255))
-    limit: int = attrs.field(default=1000, validator=_int_in(1, MAX_LIST))
+    pattern: str = attrs.field(default="", validator=text_of(255))
+    limit: int = attrs.field(default=1000, validator=int_in(1, MAX_LIST))
 
 
 @attrs.frozen
-class FileEntry(_Fields):
+class FileEntry(Record):
     """One file in FILE_LIST."""
 
-    file_id: bytes = attrs.field(validator=_file_id)
-    name: str = attrs.field(validator=_text(1024))
-    size: int = attrs.field(validator=_int_in(0, 2**63 - 1))
-    chunk_size: int = attrs.field(validator=_u32)
-    chunk_count: int = attrs.field(validator=_int_in(0, MAX_CHUNKS))
-    holders: int = attrs.field(validator=_u32)  # live peers holding at least one chunk
-    complete_copies: int = attrs.field(validator=_u32)  # live peers holding every chunk
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    name: str = attrs.field(validator=text_of(1024))
+    size: int = attrs.field(validator=int_in(0, 2**63 - 1))
+    chunk_size: int = attrs.field(validator=u32)
+    chunk_count: int = attrs.field(validator=int_in(0, MAX_CHUNKS))
+    holders: int = attrs.field(validator=u32)  # live peers holding at least one chunk
+    complete_copies: int = attrs.field(validator=u32)  # live peers holding every chunk
 
 
 @attrs.frozen
@@ -334,19 +260,19 @@ class FileList:
     """T->: the files that matched LIST_FILES, newest first."""
 
     OPCODE: ClassVar[Opcode] = Opcode.FILE_LIST
-    entries: tuple[FileEntry, ...] = attrs.field(converter=_to_tuple, validator=_tuple_of(FileEntry, MAX_LIST))
+    entries: tuple[FileEntry, ...] = attrs.field(converter=to_tuple, validator=tuple_of(FileEntry, MAX_LIST))
 
     def to_fields(self) -> list[Any]:
         return [[e.to_fields() for e in self.entries]]
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> FileList:
-        (entries,) = _exactly(cls, fields, 1)
-        return cls(tuple(FileEntry.from_fields(_as_tuple(e)) for e in _as_tuple(entries)))
+        (entries,) = at_least(cls, fields, 1)
+        return cls(tuple(FileEntry.from_fields(as_tuple(e)) for e in as_tuple(entries)))
 
 
 @attrs.frozen
-class Stats(_Fields):
+class Stats(Record):
     """->T: ask for the tracker's counters."""
 
     OPCODE: ClassVar[Opcode] = Opcode.STATS
@@ -355,7 +281,7 @@ class Stats(_Fields):
 def _counters_converter(value: object) -> object:
     if isinstance(value, Mapping):
         return tuple(sorted(value.items()))
-    return _ranges_converter(value)
+    return pairs_converter(value)
 
 
 def _counters(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -368,7 +294,7 @@ def _counters(instance: object, attribute: attrs.Attribute[Any], value: object) 
 
 
 @attrs.frozen
-class StatsReply(_Fields):
+class StatsReply(Record):
     """T->: named counters (peers, files, replicas, connections, requests ...)."""
 
     OPCODE: ClassVar[Opcode] = Opcode.STATS_REPLY
@@ -379,21 +305,21 @@ class StatsReply(_Fields):
 
 
 @attrs.frozen
-class RequestChunk(_Fields):
+class RequestChunk(Record):
     """->P: send chunk ``index`` of ``file_id``. Raw binary: file id, u32 index."""
 
     OPCODE: ClassVar[Opcode] = Opcode.REQUEST_CHUNK
-    file_id: bytes = attrs.field(validator=_file_id)
-    index: int = attrs.field(validator=_chunk_index)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    index: int = attrs.field(validator=chunk_index)
 
 
 @attrs.frozen
-class CancelChunk(_Fields):
+class CancelChunk(Record):
     """->P: forget a queued REQUEST_CHUNK for this chunk if not started; no reply."""
 
     OPCODE: ClassVar[Opcode] = Opcode.CANCEL_CHUNK
-    file_id: bytes = attrs.field(validator=_file_id)
-    index: int = attrs.field(validator=_chunk_index)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    index: int = attrs.field(validator=chunk_index)
 
 
 def _buffer(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -410,8 +336,8 @@ class ChunkData:
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.CHUNK_DATA
-    file_id: bytes = attrs.field(validator=_file_id)
-    index: int = attrs.field(validator=_chunk_index)
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    index: int = attrs.field(validator=chunk_index)
     data: bytes | bytearray | memoryview = attrs.field(validator=_buffer)
 
     def __eq__(self, other: object) -> bool:
@@ -423,23 +349,23 @@ class ChunkData:
 
 
 @attrs.frozen
-class ChunkError(_Fields):
+class ChunkError(Record):
     """P->: the request for this chunk fails; ``code`` is NOT_HELD, BUSY or BAD_REQUEST."""
 
     OPCODE: ClassVar[Opcode] = Opcode.CHUNK_ERROR
-    file_id: bytes = attrs.field(validator=_file_id)
-    index: int = attrs.field(validator=_u32)
-    code: int = attrs.field(validator=_u16)
-    message: str = attrs.field(default="", validator=_text(MAX_TEXT))
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    index: int = attrs.field(validator=u32)
+    code: int = attrs.field(validator=u16)
+    message: str = attrs.field(default="", validator=text_of(MAX_TEXT))
 
 
 @attrs.frozen
-class Error(_Fields):
+class Error(Record):
     """Either way: a typed error. From a server it answers the last request, or precedes a close."""
 
     OPCODE: ClassVar[Opcode] = Opcode.ERROR
-    code: int = attrs.field(validator=_u16)
-    message: str = attrs.field(default="", validator=_text(MAX_TEXT))
+    code: int = attrs.field(validator=u16)
+    message: str = attrs.field(default="", validator=text_of(MAX_TEXT))
 
     @property
     def code_name(self) -> str:
@@ -450,26 +376,14 @@ class Error(_Fields):
 
 
 # ---------------------------------------------------------------------------
-# Helpers for nested values
+# Manifests inside messages
 # ---------------------------------------------------------------------------
-def _as_tuple(value: object) -> tuple[Any, ...]:
-    if not isinstance(value, (tuple, list)):
-        raise ValidationError(f"expected a list, got {type(value).__name__}")
-    return tuple(value)
-
-
-def _exactly(cls: type, fields: tuple[Any, ...], count: int) -> tuple[Any, ...]:
-    if len(fields) != count:
-        raise ValidationError(f"{cls.__name__} needs {count} fields, got {len(fields)}")
-    return fields
-
-
 def _manifest_fields(manifest: Manifest) -> list[Any]:
     return list(manifest.record())
 
 
 def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
-    return Manifest.from_record(fields)
+    return Manifest.from_record(at_least(Manifest, fields, RECORD_FIELDS))
 
 
 Message = (

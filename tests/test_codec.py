@@ -18,6 +18,7 @@ import tracemalloc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -112,9 +113,10 @@ chunk_bytes = st.one_of(
 )
 counter_values = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False))
 
+capability_sets = st.dictionaries(st.from_regex(r"[a-z][a-z0-9._-]{0,31}", fullmatch=True), st.integers(0, 0xFFFF), max_size=6)
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
-    m.Hello: st.builds(m.Hello, peer_ids, u16, st.integers(0, 255), texts(64)),
-    m.Welcome: st.builds(m.Welcome, peer_ids, seconds, hosts, u16, st.integers(0, 255), texts(64)),
+    m.Hello: st.builds(m.Hello, peer_ids, u16, st.integers(0, 255), texts(64), capability_sets),
+    m.Welcome: st.builds(m.Welcome, peer_ids, seconds, hosts, u16, st.integers(0, 255), texts(64), capability_sets),
     m.Register: st.builds(m.Register, ports),
     m.Deregister: st.just(m.Deregister()),
     m.Heartbeat: st.just(m.Heartbeat()),
@@ -541,12 +543,18 @@ def test_raw_chunk_index_out_of_range(cls: type) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
-def test_wrong_field_count(data: st.DataObject) -> None:
+def test_missing_fields_are_refused_and_trailing_ones_ignored(data: st.DataObject) -> None:
+    # The growth rule (common/fields.py, PROTOCOL.md §2): a newer sender may append fields.
     cls = data.draw(st.sampled_from(MSGPACK_CLASSES))
-    fields = data.draw(STRATEGIES[cls]).to_fields()
-    remote_error([frame(cls.OPCODE, msgpack.packb([*fields, 0]))], ErrorCode.BAD_REQUEST)
-    if fields:
-        remote_error([frame(cls.OPCODE, msgpack.packb(fields[:-1]))], ErrorCode.BAD_REQUEST)
+    message = data.draw(STRATEGIES[cls])
+    fields = message.to_fields()
+    every_field = fields + [getattr(message, a.name) for a in attrs.fields(cls)[len(fields) :]]  # later ones at their defaults
+    extra = data.draw(st.lists(st.one_of(st.integers(0, 2**32), st.text(max_size=8), st.binary(max_size=8)), min_size=1, max_size=3))
+    codec = Codec()
+    assert feed(codec, [frame(cls.OPCODE, msgpack.packb([*every_field, *extra]))]) == [message]
+    required = cls.REQUIRED if getattr(cls, "REQUIRED", None) is not None else len(attrs.fields(cls))
+    if required:
+        remote_error([frame(cls.OPCODE, msgpack.packb(every_field[: required - 1]))], ErrorCode.BAD_REQUEST)
 
 
 def _nodes(value: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[int, ...]]:

@@ -1,0 +1,240 @@
+"""The handshake state machines and how the protocol grows (common/handshake.py, PROTOCOL.md §8).
+
+The byte vectors are read from PROTOCOL.md §8.4 itself, so the page and the
+code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.capabilities import MAX_CAPABILITIES, agree, check_agreement
+from common.codec import Codec, decode_payload, encode_message
+from common.errors import LocalProtocolError, Refused, RemoteProtocolError, ValidationError
+from common.framing import HEADER_SIZE, ErrorCode, Opcode
+from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
+from common.messages import Error, Hello, Ok, Register, Welcome
+
+PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
+P = b"P" * 20
+T = b"T" * 20
+#: The WELCOME a server fills in (PROTOCOL.md §8.4: observed 127.0.0.1:6881, heartbeat 30).
+TEMPLATE = Welcome(T, 30, "127.0.0.1", 6881)
+
+OLD_HELLO = Hello(P, 6881)
+OLD_WELCOME = TEMPLATE
+NEW_HELLO = Hello(P, 6881, capabilities={"x-demo": 2})
+NEW_WELCOME = Welcome(T, 30, "127.0.0.1", 6881, capabilities={"x-demo": 1})
+#: What a protocol-1 server (as first specified: exact field counts) answers NEW_HELLO before it closes.
+OLD_SERVER_REFUSAL = Error(ErrorCode.BAD_REQUEST, "malformed HELLO payload: Hello needs 4 fields, got 5")
+
+
+def _doc_vectors() -> list[bytes]:
+    """The frames of PROTOCOL.md §8.4, in order, with P, T and "text" expanded."""
+    text = PROTOCOL_MD.read_text()
+    section = text[text.index("### 8.4 Test vectors") :]
+    block = section[section.index("```") + 3 :]
+    block = block[: block.index("```")]
+    frames = []
+    for line in block.splitlines():
+        if "|" not in line:
+            continue
+        header, payload = line.split("|", 1)
+        data = bytes.fromhex(" ".join(header.split()[-8:]))
+        for token in re.findall(r'"[^"]*"|\S+', payload):
+            if token == "P":
+                data += P
+            elif token == "T":
+                data += T
+            elif token.startswith('"'):
+                data += token[1:-1].encode()
+            else:
+                data += bytes.fromhex(token)
+        frames.append(data)
+    return frames
+
+
+def test_the_doc_vectors_are_the_encoding() -> None:
+    expected = [OLD_HELLO, OLD_WELCOME, NEW_HELLO, NEW_WELCOME, OLD_SERVER_REFUSAL]
+    frames = _doc_vectors()
+    assert len(frames) == len(expected)
+    for message, frame in zip(expected, frames, strict=True):
+        assert encode_message(message) == frame, message
+        assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
+
+
+def _fields_on_the_wire(frame: bytes) -> int:
+    fields = msgpack.unpackb(frame[HEADER_SIZE:])
+    assert isinstance(fields, list)
+    return len(fields)
+
+
+def test_an_older_client_gets_the_welcome_it_reads() -> None:
+    """A four-field HELLO offers nothing, and the WELCOME has the six fields protocol 1 specified."""
+    server = ServerHandshake(supported={"x-demo": 1})
+    codec = Codec()
+    codec.receive_data(_doc_vectors()[0])
+    welcome = server.receive(codec.next_event(), TEMPLATE)  # type: ignore[arg-type]
+    frame = encode_message(welcome)
+    assert frame == _doc_vectors()[1]
+    assert _fields_on_the_wire(frame) == 6  # exactly what an older client accepts
+    assert server.state is HandshakeState.DONE
+    assert server.agreement is not None and server.agreement.capabilities == {}
+
+
+def test_a_newer_client_falls_back_to_the_plain_hello_with_an_older_server() -> None:
+    client = ClientHandshake(NEW_HELLO)
+    assert encode_message(client.hello) == _doc_vectors()[2]
+    # An older server refuses the fifth field; that is what it says before closing.
+    refusal = decode_payload(Opcode.ERROR, _doc_vectors()[4][HEADER_SIZE:])
+    assert client.receive(refusal) is RETRY_PLAIN  # type: ignore[arg-type]
+    again = client.plain()
+    assert encode_message(again.hello) == _doc_vectors()[0]  # the four fields an older server reads
+    agreement = again.receive(OLD_WELCOME)
+    assert isinstance(agreement, Agreement) and agreement.capabilities == {}
+
+
+def test_newer_sides_agree_on_the_lower_version() -> None:
+    server = ServerHandshake(supported={"x-demo": 1, "other": 4})
+    welcome = server.receive(NEW_HELLO, TEMPLATE)
+    assert welcome == NEW_WELCOME
+    assert encode_message(welcome) == _doc_vectors()[3]
+    agreement = ClientHandshake(NEW_HELLO).receive(welcome)
+    assert isinstance(agreement, Agreement)
+    assert agreement.version("x-demo") == 1 and agreement.speaks("x-demo")
+    assert not agreement.speaks("other")  # not offered: never used
+    assert server.agreement == agreement
+
+
+def test_unknown_capabilities_are_left_out_not_refused() -> None:
+    hello = Hello(P, capabilities={"a": 3, "zz-from-the-future": 9})
+    welcome = ServerHandshake(supported={"a": 1}).receive(hello, TEMPLATE)
+    assert welcome.capabilities == (("a", 1),)
+
+
+def test_trailing_values_of_a_newer_sender_are_ignored() -> None:
+    # A HELLO from a later revision: a capability entry and the message itself carry more.
+    payload = msgpack.packb([P, 6881, 1, "", [["x-demo", 2, "later"]], "a field from later"])
+    assert decode_payload(Opcode.HELLO, payload) == NEW_HELLO
+
+
+def test_a_server_that_requires_a_capability_refuses_a_hello_without_it() -> None:
+    server = ServerHandshake(supported={"x-demo": 1}, required=frozenset({"x-demo"}))
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive(OLD_HELLO, TEMPLATE)
+    assert info.value.error_code == ErrorCode.MISSING_CAPABILITY and "x-demo" in info.value.reason
+    assert server.state is HandshakeState.FAILED and server.agreement is None
+
+
+def test_a_client_that_requires_a_capability_does_not_fall_back() -> None:
+    client = ClientHandshake(NEW_HELLO, required=frozenset({"x-demo"}))
+    with pytest.raises(Refused) as info:
+        client.receive(OLD_SERVER_REFUSAL)
+    assert info.value.code == ErrorCode.BAD_REQUEST
+    client = ClientHandshake(NEW_HELLO, required=frozenset({"x-demo"}))
+    with pytest.raises(Refused) as info:
+        client.receive(OLD_WELCOME)  # a newer server that does not speak it
+    assert info.value.code == ErrorCode.MISSING_CAPABILITY
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (Register(6881), ErrorCode.BAD_REQUEST),
+        (Ok(), ErrorCode.BAD_REQUEST),
+        (Hello(P, protocol_version=2), ErrorCode.UNSUPPORTED_VERSION),
+    ],
+    ids=["register first", "ok first", "version 2"],
+)
+def test_the_server_refuses_anything_but_a_hello_of_its_version(first: Hello | Register | Ok, code: int) -> None:
+    server = ServerHandshake()
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive(first, TEMPLATE)
+    assert info.value.error_code == code
+    with pytest.raises(LocalProtocolError):  # refusal is final: a shell that tried again has a bug
+        server.receive(OLD_HELLO, TEMPLATE)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Welcome(T, capabilities={"never-offered": 1}),
+        Welcome(T, capabilities={"x-demo": 3}),  # above the version offered
+        Welcome(T, protocol_version=2),
+        Ok(),
+        Hello(P),
+    ],
+    ids=["unoffered", "higher version", "version 2", "ok", "hello"],
+)
+def test_the_client_refuses_an_answer_that_breaks_the_rules(answer: Welcome | Ok | Hello) -> None:
+    client = ClientHandshake(NEW_HELLO)
+    with pytest.raises(RemoteProtocolError):
+        client.receive(answer)
+    assert client.state is HandshakeState.FAILED
+
+
+@pytest.mark.parametrize("code", [ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.UNSUPPORTED_VERSION, 999])
+def test_an_error_answer_is_a_refusal_with_its_code(code: int) -> None:
+    with pytest.raises(Refused) as info:
+        ClientHandshake(NEW_HELLO).receive(Error(code, "no"))
+    assert info.value.code == code
+    with pytest.raises(Refused):  # a client offering nothing has nothing to fall back from
+        ClientHandshake(OLD_HELLO).receive(Error(ErrorCode.BAD_REQUEST, "no"))
+
+
+def test_a_handshake_answers_once() -> None:
+    client = ClientHandshake(OLD_HELLO)
+    client.receive(OLD_WELCOME)
+    with pytest.raises(LocalProtocolError):
+        client.receive(OLD_WELCOME)
+    with pytest.raises(LocalProtocolError):
+        ServerHandshake(supported={}, required=frozenset({"x"}))  # cannot require what it does not speak
+    with pytest.raises(LocalProtocolError):
+        ClientHandshake(OLD_HELLO, required=frozenset({"x"}))  # cannot require what it does not offer
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"Upper": 1},
+        {"": 1},
+        {"9starts-with-digit": 1},
+        {"x" * 33: 1},
+        {"space name": 1},
+        {"x": -1},
+        {"x": 70_000},
+        [("x", 1), ("x", 2)],
+        [("x",)],
+        {f"c{i}": 1 for i in range(MAX_CAPABILITIES + 1)},
+        "x",
+    ],
+    ids=["upper", "empty", "digit first", "too long", "space", "negative", "too high", "twice", "no version", "too many", "not pairs"],
+)
+def test_capability_sets_are_validated(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        Hello(P, capabilities=bad)  # type: ignore[arg-type]
+    fields = [P, 0, 1, "", list(bad.items()) if isinstance(bad, dict) else bad]
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_payload(Opcode.HELLO, msgpack.packb(fields))
+    assert info.value.error_code == ErrorCode.BAD_REQUEST
+
+
+names = st.from_regex(r"[a-z][a-z0-9._-]{0,31}", fullmatch=True)
+capability_maps = st.dictionaries(names, st.integers(0, 0xFFFF), max_size=8)
+
+
+@given(offered=capability_maps, supported=capability_maps)
+def test_the_agreement_is_what_both_speak_at_the_lower_version(offered: dict[str, int], supported: dict[str, int]) -> None:
+    hello = Hello(P, capabilities=offered)
+    agreed = dict(agree(hello.capabilities, supported))
+    assert agreed == {name: min(version, supported[name]) for name, version in offered.items() if name in supported}
+    check_agreement(hello.capabilities, tuple(sorted(agreed.items())))  # a client accepts it
+    # ... and the round trip over the wire keeps it.
+    welcome = ServerHandshake(supported=supported).receive(hello, TEMPLATE)
+    assert decode_payload(Opcode.WELCOME, encode_message(welcome)[HEADER_SIZE:]) == welcome
