@@ -91,10 +91,16 @@ class Child:
 
 
 @asynccontextmanager
-async def spawn(nursery: trio.Nursery, *args: str, name: str = "", nice: int = 0) -> AsyncIterator[Child]:
-    """``python ARGS...`` from the repository root (at ``nice`` priority); SIGKILLed (if still running) and reaped on exit."""
+async def spawn(
+    nursery: trio.Nursery, *args: str, name: str = "", nice: int = 0, cwd: pathlib.Path = ROOT
+) -> AsyncIterator[Child]:
+    """``python ARGS...`` from ``cwd``, the repository root by default (at ``nice`` priority); SIGKILLed (if still running) and reaped on exit.
+
+    Python puts ``cwd`` first on the module path of ``-m``: another checkout's
+    packages run instead of the installed ones (tests/test_compat.py).
+    """
     process = await trio.lowlevel.open_process(
-        [sys.executable, *args], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        [sys.executable, *args], cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         env={**os.environ, "COLUMNS": "250"}, preexec_fn=(lambda: os.nice(nice)) if nice else None,
     )
     proc = Child(process, name)
