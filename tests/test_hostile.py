@@ -56,7 +56,7 @@ from peer.storage import Library, PartFile, open_published
 from tests.procs import rss_kib, start_tracker, wait_until
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import TrackerConfig
-from tracker.server import TrackerService
+from tracker.service import TrackerService
 from tracker.store import Store
 
 CHUNK = 1024
@@ -145,7 +145,7 @@ async def _send_and_wait_for_close(stream: trio.abc.Stream, parts: list[bytes]) 
 @given(conversation=conversations)
 def test_tracker_survives_any_conversation(conversation: list[bytes]) -> None:
     config = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=60.0, max_connections=8)
-    logger, handler = _capture("tracker.server")
+    logger, handler = _capture("tracker.connection")
 
     async def scenario() -> None:
         with Store(None) as store:

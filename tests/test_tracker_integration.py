@@ -45,8 +45,9 @@ from common.messages import (
 )
 from tests.tracker_client_helper import make_manifest, open_client
 from tracker.config import MIN_FRAME_SIZE, TrackerConfig
+from tracker.connection import RECEIVE_SIZE, Connection
 from tracker.registry import Registry
-from tracker.server import RECEIVE_SIZE, RunningTracker, _Connection, serve_tracker
+from tracker.service import RunningTracker, serve_tracker
 from tracker.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -302,7 +303,7 @@ async def test_closed_connections_are_freed_by_reference_counting(tracker: Runni
                 await client.aclose()
             while tracker.stats()["connections"]:
                 await trio.sleep(0.01)
-        assert [o for o in gc.get_objects() if isinstance(o, _Connection)] == []
+        assert [o for o in gc.get_objects() if isinstance(o, Connection)] == []
     finally:
         gc.enable()
 
