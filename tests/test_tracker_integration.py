@@ -1,4 +1,9 @@
-"""The tracker over real loopback sockets, and as a process that is killed and restarted."""
+"""The tracker over real loopback sockets, and as a process that is killed and restarted.
+
+Every test on a real socket runs on both socket paths (the ``io`` fixture):
+``"epoll"``, the readiness hub's fast path (``tracker.hub``), and ``"streams"``,
+trio's generic streams. A test of the hub alone says so and runs on epoll only.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import os
 import pathlib
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -17,8 +23,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 from click.testing import CliRunner
 
+import chunkswarm.tracker_command
 from chunkswarm.tracker_command import tracker_command
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
@@ -44,7 +52,7 @@ from common.messages import (
     WhoHas,
 )
 from tests.tracker_client_helper import make_manifest, open_client
-from tracker.config import MIN_FRAME_SIZE, TrackerConfig
+from tracker.config import MIN_FRAME_SIZE, IoPath, TrackerConfig
 from tracker.connection import RECEIVE_SIZE, Connection
 from tracker.registry import Registry
 from tracker.service import RunningTracker, serve_tracker
@@ -64,10 +72,25 @@ def _has_ipv6_loopback() -> bool:
         return False
 
 
-@pytest.fixture
-async def tracker(nursery: trio.Nursery) -> RunningTracker:
-    running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+@pytest.fixture(
+    params=[pytest.param("epoll", marks=pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux only")), "streams"]
+)
+def io(request: pytest.FixtureRequest) -> IoPath:
+    """Each socket path in turn: CI runs both."""
+    path: IoPath = request.param
+    return path
+
+
+async def start(nursery: trio.Nursery, config: TrackerConfig) -> RunningTracker:
+    """A tracker on ``config``, checked to be on the socket path it asks for."""
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    assert (running.service.hub is not None) == (config.io == "epoll")
     return running
+
+
+@pytest.fixture
+async def tracker(nursery: trio.Nursery, io: IoPath) -> RunningTracker:
+    return await start(nursery, TrackerConfig(port=0, io=io))
 
 
 async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
@@ -91,9 +114,9 @@ async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on; the same path is tested over IPv4")
-async def test_ipv6(nursery: trio.Nursery) -> None:
+async def test_ipv6(nursery: trio.Nursery, io: IoPath) -> None:
     with trio.fail_after(TIMEOUT):
-        running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(host="::1", port=0))
+        running = await start(nursery, TrackerConfig(host="::1", port=0, io=io))
         client = await open_client("::1", running.port)
         welcome = await client.hello()
         assert welcome.observed_host == "::1"
@@ -131,7 +154,6 @@ async def test_a_large_manifest_goes_through(tracker: RunningTracker) -> None:
 async def test_a_pipelined_batch_larger_than_one_read_is_answered_whole(tracker: RunningTracker) -> None:
     # The readiness hub reports only data that arrived since its last event, so
     # the tracker must read on while reads fill its buffer (RECEIVE_SIZE).
-    assert tracker.service.hub is not None
     with trio.fail_after(TIMEOUT):
         client = await open_client(tracker.host, tracker.port)
         await client.register()
@@ -303,6 +325,8 @@ async def test_closed_connections_are_freed_by_reference_counting(tracker: Runni
                 await client.aclose()
             while tracker.stats()["connections"]:
                 await trio.sleep(0.01)
+            # A connection is counted out before its socket is closed: let the tasks end.
+            await trio.testing.wait_all_tasks_blocked()
         assert [o for o in gc.get_objects() if isinstance(o, Connection)] == []
     finally:
         gc.enable()
@@ -340,12 +364,12 @@ async def test_a_client_that_floods_does_not_keep_the_others_waiting(tracker: Ru
         await seeder.aclose()
 
 
-async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_listings(nursery: trio.Nursery) -> None:
+async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_listings(nursery: trio.Nursery, io: IoPath) -> None:
     # A manifest reply is encoded once and shared by every connection sending it;
     # what clients have not read is counted, and past max_unsent the tracker
     # refuses new listings (megabytes each) until they catch up.
-    config = TrackerConfig(port=0, max_unsent=MIN_FRAME_SIZE)
-    running: RunningTracker = await nursery.start(serve_tracker, config)
+    config = TrackerConfig(port=0, max_unsent=MIN_FRAME_SIZE, io=io)
+    running = await start(nursery, config)
     manifest = make_manifest("large.iso", chunks=1 << 17)  # a 4 MiB frame
     codec = Codec()
     asking = codec.send(Hello(os.urandom(20), 0)) + codec.send(GetManifest(manifest.file_id)) * 4
@@ -377,10 +401,10 @@ async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_list
         await publisher.aclose()
 
 
-async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    # The idle timeout cancels a task parked in the readiness hub.
-    config = TrackerConfig(port=0, idle_timeout=60.0)
-    running: RunningTracker = await nursery.start(serve_tracker, config)
+async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, io: IoPath) -> None:
+    # The idle timeout cancels a task parked in the readiness hub, or in trio's wait for its socket.
+    config = TrackerConfig(port=0, idle_timeout=60.0, io=io)
+    running = await start(nursery, config)
     client = await open_client(running.host, running.port)
     await client.hello()
     with trio.fail_after(2 * config.idle_timeout):
@@ -391,11 +415,11 @@ async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: t
     assert running.stats()["connections"] == 0
 
 
-async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCaptureFixture, io: IoPath) -> None:
     # Connection tasks end before the readiness hub's epoll is closed.
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+            running = await start(nursery, TrackerConfig(port=0, io=io))
             clients = [await open_client(running.host, running.port) for _ in range(3)]
             for client in clients:
                 await client.hello()
@@ -441,12 +465,12 @@ async def child_nursery() -> AsyncIterator[trio.Nursery]:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Path, child_nursery: trio.Nursery, io: IoPath) -> None:
     db = tmp_path / "tracker.db"
     manifest = make_manifest("kept.iso", chunks=10)
     peer_id = os.urandom(20)
     with trio.fail_after(TIMEOUT):
-        first = await _start_tracker(child_nursery, db)
+        first = await _start_tracker(child_nursery, db, "--io", io)
         seeder = await open_client("127.0.0.1", first.port, peer_id)
         await seeder.register(7001)
         assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)
@@ -454,7 +478,7 @@ async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Pa
         await first.process.wait()
         await seeder.aclose()
 
-        second = await _start_tracker(child_nursery, db)
+        second = await _start_tracker(child_nursery, db, "--io", io)
         try:
             browser = await open_client("127.0.0.1", second.port)
             await browser.hello()
@@ -479,9 +503,9 @@ async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Pa
         assert list(store.load()) == [manifest]
 
 
-async def test_sigint_shuts_down_cleanly(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+async def test_sigint_shuts_down_cleanly(tmp_path: pathlib.Path, child_nursery: trio.Nursery, io: IoPath) -> None:
     with trio.fail_after(TIMEOUT):
-        running = await _start_tracker(child_nursery, tmp_path / "t.db", "--log-level", "debug")
+        running = await _start_tracker(child_nursery, tmp_path / "t.db", "--log-level", "debug", "--io", io)
         client = await open_client("127.0.0.1", running.port)
         await client.hello()
         assert isinstance(await client.request(Stats()), StatsReply)
@@ -498,8 +522,23 @@ def test_cli_refuses_bad_settings_with_a_message() -> None:
     assert result.exit_code == 1 and "peer_timeout" in result.output
     result = runner.invoke(tracker_command, ["--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--log-level"):
+    for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--io", "--log-level"):
         assert option in result.output
+    result = runner.invoke(tracker_command, ["--io", "kqueue", "--db", "x.db"])
+    assert result.exit_code == 2 and "'kqueue' is not one of" in result.output
+
+
+def test_cli_passes_the_socket_path_on(io: IoPath, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Else the process tests above would run the default path twice.
+    configs: list[TrackerConfig] = []
+
+    async def run(config: TrackerConfig) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(chunkswarm.tracker_command, "_run_until_signal", run)
+    result = CliRunner().invoke(tracker_command, ["--io", io, "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 0, result.output
+    assert [config.io for config in configs] == [io]
 
 
 def test_an_unusable_database_is_a_clear_error(tmp_path: pathlib.Path) -> None:
