@@ -7,6 +7,7 @@ trio's generic streams. A test of the hub alone says so and runs on epoll only.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import os
@@ -52,10 +53,11 @@ from common.messages import (
     WhoHas,
 )
 from tests.tracker_client_helper import make_manifest, open_client
+from tracker import handlers
 from tracker.config import MIN_FRAME_SIZE, IoPath, TrackerConfig
 from tracker.connection import RECEIVE_SIZE, Connection
 from tracker.registry import Registry
-from tracker.service import RunningTracker, serve_tracker
+from tracker.service import RunningTracker, TrackerService, serve_tracker
 from tracker.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -221,6 +223,83 @@ async def test_a_failure_while_answering_closes_only_that_connection(
     assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
 
 
+# -- where a handler runs ------------------------------------------------------------
+#: Set by each connection's own task, as access control would set who is asking.
+_asker: contextvars.ContextVar[int] = contextvars.ContextVar("asker")
+
+
+@pytest.fixture
+def connection_tasks(monkeypatch: pytest.MonkeyPatch) -> dict[int, trio.lowlevel.Task]:
+    """Each connection's own task, by the client's port; each sets ``_asker`` to that port (trackers started after)."""
+    tasks: dict[int, trio.lowlevel.Task] = {}
+    serve_socket = TrackerService.serve_socket
+
+    async def serve_socket_as_asker(self: TrackerService, stream: trio.SocketStream) -> None:
+        port = stream.socket.getpeername()[1]
+        tasks[port] = trio.lowlevel.current_task()
+        _asker.set(port)
+        await serve_socket(self, stream)
+
+    monkeypatch.setattr(TrackerService, "serve_socket", serve_socket_as_asker)
+    return tasks
+
+
+async def _ask_in_turns(running: RunningTracker, request: Message, *, clients: int = 2, times: int = 3) -> None:
+    """``clients`` registered clients each send ``request`` ``times``, one request in flight, taking turns."""
+    with trio.fail_after(TIMEOUT):
+        connected = [await open_client(running.host, running.port) for _ in range(clients)]
+        for client in connected:
+            await client.register()
+        for _ in range(times):
+            for client in connected:
+                reply = await client.request(request)
+                assert not isinstance(reply, Error), reply
+        for client in connected:
+            await client.aclose()
+
+
+async def test_a_handler_on_the_fast_path_runs_in_its_connections_context(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, connection_tasks: dict[int, trio.lowlevel.Task]
+) -> None:
+    # Epoll only: the hub's fast path. It answers a parked connection's request in
+    # the hub's task, where the handler must still see what that connection's own
+    # task set (who is asking, for access control), not what the hub's task has.
+    seen: list[tuple[int, int | None, trio.lowlevel.Task]] = []
+
+    def heartbeat(connection: Connection, request: Heartbeat) -> bytes:
+        seen.append((connection.port, _asker.get(None), trio.lowlevel.current_task()))
+        return handlers.heartbeat(connection, request)
+
+    monkeypatch.setitem(handlers.REQUESTS.fast, Heartbeat, heartbeat)
+    running = await start(nursery, TrackerConfig(port=0, io="epoll"))
+    await _ask_in_turns(running, Heartbeat())
+    assert len(seen) == 6 and len({port for port, _, _ in seen}) == 2
+    for port, asker, task in seen:
+        assert task is not connection_tasks[port]  # answered on the fast path, or this test tests nothing
+        assert asker == port
+
+
+async def test_a_request_not_declared_fast_is_answered_in_its_connections_task(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, connection_tasks: dict[int, trio.lowlevel.Task], io: IoPath
+) -> None:
+    # On epoll the hub reads the request while the connection's task is parked, and
+    # must hand it over rather than answer it: only Handlers.fast runs in the hub.
+    seen: list[tuple[int, trio.lowlevel.Task]] = []
+
+    async def stats(connection: Connection, request: Stats) -> bytes:
+        seen.append((connection.port, trio.lowlevel.current_task()))
+        return handlers.stats(connection, request)
+
+    monkeypatch.delitem(handlers.REQUESTS.fast, Stats)
+    monkeypatch.setitem(handlers.REQUESTS.task, Stats, stats)
+    running = await start(nursery, TrackerConfig(port=0, io=io))
+    await _ask_in_turns(running, Stats())
+    assert len(seen) == 6 and len({port for port, _ in seen}) == 2
+    for port, task in seen:
+        assert task is connection_tasks[port]
+
+
+# -- the end of the stream -------------------------------------------------------------
 async def _send_then_close(tracker: RunningTracker, *batches: bytes) -> socket.socket:
     """A plain socket that sends ``batches`` and then closes its end, with no yield between the last two.
 

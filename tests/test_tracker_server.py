@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 
@@ -190,6 +191,15 @@ async def test_holders_are_never_stale(service: TrackerService, nursery: trio.Nu
     assert await seen() == (6881, b"\x81")
     assert await seeder.request(Register(7000)) == Ok()  # back on another port
     assert await seen() == (7000, b"\x81")
+
+
+@pytest.mark.parametrize("phase", [tracker.handlers.GREETING, tracker.handlers.REQUESTS], ids=["greeting", "requests"])
+def test_each_handler_is_declared_where_it_can_run(phase: tracker.handlers.Handlers) -> None:
+    # ``fast`` handlers may run on the hub's fast path, where nothing may wait: plain
+    # functions. ``task`` ones run in the connection's own task: coroutine functions.
+    assert not any(inspect.iscoroutinefunction(handler) for handler in phase.fast.values())
+    assert all(inspect.iscoroutinefunction(handler) for handler in phase.task.values())
+    assert not phase.fast.keys() & phase.task.keys()
 
 
 # -- request-level errors: an ERROR reply, the connection stays ------------------

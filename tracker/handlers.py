@@ -78,9 +78,9 @@ class Handlers:
     The rule for the next handler (access control included): a handler goes
     in ``fast`` only if it is synchronous, never blocks and answers from the
     registry and the service's counters. The readiness hub (``tracker.hub``)
-    then answers it without waking the connection's task: in the hub's task,
-    hence outside the connection's cancel scope and its nurseries, with
-    nothing that may wait.
+    then answers it without waking the connection's task: inside that task's
+    contextvars context, but in the hub's task, hence outside the
+    connection's cancel scope and its nurseries, with nothing that may wait.
     Anything else (a handler that waits for a thread or the disk, yields
     between slices, changes what the connection is, or must run under its
     own cancel scope) goes in ``task``, as a coroutine function: the fast

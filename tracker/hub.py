@@ -6,9 +6,10 @@ and writing its socket's descriptor directly. With ``io="streams"`` neither
 is used: sockets take the generic path of ``tracker.connection``, as memory
 streams do.
 
-The fast path answers a parked connection's requests in the hub's task, and
-only with the handlers that ``tracker.handlers`` declares safe there; any
-other request is handed to the connection's own task.
+The fast path answers a parked connection's requests in the hub's task, in
+the connection task's contextvars context, and only with the handlers that
+``tracker.handlers`` declares safe there; any other request is handed to the
+connection's own task.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class ReadinessHub:
     trio.
 
     When a socket with a parked task becomes readable, the hub calls the
-    socket's ``on_ready`` in its own task step. That callback (a connection's fast path: read,
+    socket's ``on_ready`` in its own task step, inside the parked task's
+    contextvars context (so a handler sees what that connection's task set,
+    not what the hub's did). That callback (a connection's fast path: read,
     answer, write) returns None when it has done everything and the task may
     stay parked, or a value the parked task is woken with; an exception it
     raises is thrown into the parked task instead, so the connection's own
@@ -134,7 +137,8 @@ class ReadinessHub:
                     ready.add(fd)
                     continue
                 try:
-                    handed_over = on_ready[fd]()
+                    # The parked task is not running, so its context is free to enter.
+                    handed_over = task.context.run(on_ready[fd])
                 except Exception as exc:  # the connection's task deals with it: logs, says why, closes
                     del parked[fd]
                     reschedule(task, outcome.Error(exc))
@@ -190,7 +194,8 @@ class HubConnection(Connection):
     def _serve_ready(self) -> object:
         """The hub's fast path: read what arrived, answer it and write the replies, without the task.
 
-        Runs in the hub's task and answers only with ``Handlers.fast``. Returns None once everything
+        Runs in the hub's task, in this connection task's contextvars context,
+        and answers only with ``Handlers.fast``. Returns None once everything
         is answered and written; otherwise ``_HANDED_OVER``, and the woken task
         carries on from the codec, ``pending`` and ``_held``: the socket may hold
         more (see ``_drained``), the stream has ended, a request is one only the
