@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -197,15 +197,26 @@ async def test_a_client_that_reads_slowly_gets_every_large_reply_whole(tracker: 
         await client.aclose()
 
 
+def _one_bug() -> Exception:
+    return RuntimeError("a bug in the registry")
+
+
+def _a_group_of_bugs() -> Exception:
+    return ExceptionGroup("bugs in the registry", [RuntimeError("the first bug"), KeyError("the second bug")])
+
+
+@pytest.mark.parametrize("bug", [_one_bug, _a_group_of_bugs], ids=["error", "group"])
 async def test_a_failure_while_answering_closes_only_that_connection(
-    tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, bug: Callable[[], Exception]
 ) -> None:
     # A bug met while the hub answers for a parked connection ends that connection,
-    # reported by its own task, and the hub goes on serving the others.
+    # reported by its own task, and the hub goes on serving the others. An
+    # exception group is logged whole: every member, not the first.
     manifest = make_manifest("boom.bin")
+    raised = bug()
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("a bug in the registry")
+        raise raised
 
     with trio.fail_after(TIMEOUT):
         honest = await open_client(tracker.host, tracker.port)
@@ -220,7 +231,11 @@ async def test_a_failure_while_answering_closes_only_that_connection(
         assert await honest.request(Heartbeat()) == Ok()
         await victim.aclose()
         await honest.aclose()
-    assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("internal error on the connection")]
+    assert record.exc_info is not None and record.exc_info[1] is raised
+    logged = logging.Formatter().format(record)
+    members = raised.exceptions if isinstance(raised, ExceptionGroup) else [raised]
+    assert all(str(member) in logged for member in members), logged
 
 
 # -- where a handler runs ------------------------------------------------------------
