@@ -40,7 +40,7 @@ from peer.download import DownloadResult, ProgressSink
 from peer.node import Peer, open_peer
 from peer.tasks import open_nursery
 from tracker.config import TrackerConfig
-from tracker.server import RunningTracker, serve_tracker
+from tracker.service import RunningTracker, serve_tracker
 
 __all__ = ["DemoConfig", "DemoOutcome", "PeerReport", "auto_chunk_size", "run_demo", "summary_table"]
 

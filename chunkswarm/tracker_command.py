@@ -18,8 +18,8 @@ import trio
 
 from chunkswarm.console import LOG_LEVELS, setup_logging
 from common.errors import StorageError
-from tracker.config import TrackerConfig
-from tracker.server import serve_tracker
+from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
+from tracker.service import serve_tracker
 
 __all__ = ["tracker_command", "default_db_path"]
 
@@ -117,6 +117,8 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="Most holders returned per WHO_HAS.")  # fmt: skip
 @click.option("--stats-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds between stats lines in the log.")  # fmt: skip
+@click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
+              help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 def tracker_command(
     host: str,
@@ -128,6 +130,7 @@ def tracker_command(
     max_connections: int,
     max_holders: int,
     stats_interval: float,
+    io: IoPath,
     log_level: str,
 ) -> None:
     """Run the tracker of a swarm until SIGINT or SIGTERM."""
@@ -146,6 +149,7 @@ def tracker_command(
             max_connections=max_connections,
             max_holders=max_holders,
             stats_interval=stats_interval,
+            io=io,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

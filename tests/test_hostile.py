@@ -55,8 +55,8 @@ from peer.server import ChunkServer
 from peer.storage import Library, PartFile, open_published
 from tests.procs import rss_kib, start_tracker, wait_until
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
-from tracker.config import TrackerConfig
-from tracker.server import TrackerService
+from tracker.config import IO_PATHS, TrackerConfig
+from tracker.service import TrackerService
 from tracker.store import Store
 
 CHUNK = 1024
@@ -145,7 +145,7 @@ async def _send_and_wait_for_close(stream: trio.abc.Stream, parts: list[bytes]) 
 @given(conversation=conversations)
 def test_tracker_survives_any_conversation(conversation: list[bytes]) -> None:
     config = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=60.0, max_connections=8)
-    logger, handler = _capture("tracker.server")
+    logger, handler = _capture("tracker.connection")
 
     async def scenario() -> None:
         with Store(None) as store:
@@ -277,10 +277,11 @@ async def _closed_by_server(stream: trio.SocketStream) -> None:
 
 
 @pytest.mark.slow
-async def test_tracker_drops_200_slow_clients_and_serves_others(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("io", IO_PATHS)  # both socket paths of the tracker
+async def test_tracker_drops_200_slow_clients_and_serves_others(tmp_path: pathlib.Path, io: str) -> None:
     async with trio.open_nursery() as procs:
         with trio.fail_after(30):
-            async with start_tracker(procs, tmp_path / "t.db", "--heartbeat-interval", "1", "--idle-timeout", "2") as (tracker, port):
+            async with start_tracker(procs, tmp_path / "t.db", "--heartbeat-interval", "1", "--idle-timeout", "2", "--io", io) as (tracker, port):
                 rss_before = rss_kib(tracker.process.pid)
                 slow = await _half_headers(port, SLOW)
                 honest = TrackerTestClient(await trio.open_tcp_stream("127.0.0.1", port))
@@ -298,7 +299,7 @@ async def test_tracker_drops_200_slow_clients_and_serves_others(tmp_path: pathli
                     await stream.aclose()
                 await honest.aclose()
             procs.cancel_scope.cancel()
-    print(f"\n[slow clients, tracker] honest_requests_seconds={served_in:.3f} all_{SLOW}_dropped_after_s={dropped_after:.2f} "
+    print(f"\n[slow clients, tracker --io {io}] honest_requests_seconds={served_in:.3f} all_{SLOW}_dropped_after_s={dropped_after:.2f} "
           f"rss_kib_before={rss_before} rss_kib_after={rss_after}")
 
 

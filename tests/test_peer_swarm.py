@@ -22,7 +22,7 @@ from peer.node import Peer, open_peer
 from peer.storage import HeldFile
 from peer.tracker_client import TrackerLink
 from tracker.config import TrackerConfig
-from tracker.server import serve_tracker
+from tracker.service import serve_tracker
 
 CHUNK = 64 * 1024
 SIZE = 4 * 1024 * 1024 + 1000

@@ -1,24 +1,33 @@
-"""The tracker over real loopback sockets, and as a process that is killed and restarted."""
+"""The tracker over real loopback sockets, and as a process that is killed and restarted.
+
+Every test on a real socket runs on both socket paths (the ``io`` fixture):
+``"epoll"``, the readiness hub's fast path (``tracker.hub``), and ``"streams"``,
+trio's generic streams. A test of the hub alone says so and runs on epoll only.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import os
 import pathlib
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
+import trio.testing
 from click.testing import CliRunner
 
+import chunkswarm.tracker_command
 from chunkswarm.tracker_command import tracker_command
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
@@ -44,9 +53,11 @@ from common.messages import (
     WhoHas,
 )
 from tests.tracker_client_helper import make_manifest, open_client
-from tracker.config import MIN_FRAME_SIZE, TrackerConfig
+from tracker import handlers
+from tracker.config import MIN_FRAME_SIZE, IoPath, TrackerConfig
+from tracker.connection import RECEIVE_SIZE, Connection
 from tracker.registry import Registry
-from tracker.server import RECEIVE_SIZE, RunningTracker, _Connection, serve_tracker
+from tracker.service import RunningTracker, TrackerService, serve_tracker
 from tracker.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -63,10 +74,25 @@ def _has_ipv6_loopback() -> bool:
         return False
 
 
-@pytest.fixture
-async def tracker(nursery: trio.Nursery) -> RunningTracker:
-    running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+@pytest.fixture(
+    params=[pytest.param("epoll", marks=pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux only")), "streams"]
+)
+def io(request: pytest.FixtureRequest) -> IoPath:
+    """Each socket path in turn: CI runs both."""
+    path: IoPath = request.param
+    return path
+
+
+async def start(nursery: trio.Nursery, config: TrackerConfig) -> RunningTracker:
+    """A tracker on ``config``, checked to be on the socket path it asks for."""
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    assert (running.service.hub is not None) == (config.io == "epoll")
     return running
+
+
+@pytest.fixture
+async def tracker(nursery: trio.Nursery, io: IoPath) -> RunningTracker:
+    return await start(nursery, TrackerConfig(port=0, io=io))
 
 
 async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
@@ -90,9 +116,9 @@ async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on; the same path is tested over IPv4")
-async def test_ipv6(nursery: trio.Nursery) -> None:
+async def test_ipv6(nursery: trio.Nursery, io: IoPath) -> None:
     with trio.fail_after(TIMEOUT):
-        running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(host="::1", port=0))
+        running = await start(nursery, TrackerConfig(host="::1", port=0, io=io))
         client = await open_client("::1", running.port)
         welcome = await client.hello()
         assert welcome.observed_host == "::1"
@@ -130,7 +156,6 @@ async def test_a_large_manifest_goes_through(tracker: RunningTracker) -> None:
 async def test_a_pipelined_batch_larger_than_one_read_is_answered_whole(tracker: RunningTracker) -> None:
     # The readiness hub reports only data that arrived since its last event, so
     # the tracker must read on while reads fill its buffer (RECEIVE_SIZE).
-    assert tracker.service.hub is not None
     with trio.fail_after(TIMEOUT):
         client = await open_client(tracker.host, tracker.port)
         await client.register()
@@ -172,15 +197,26 @@ async def test_a_client_that_reads_slowly_gets_every_large_reply_whole(tracker: 
         await client.aclose()
 
 
+def _one_bug() -> Exception:
+    return RuntimeError("a bug in the registry")
+
+
+def _a_group_of_bugs() -> Exception:
+    return ExceptionGroup("bugs in the registry", [RuntimeError("the first bug"), KeyError("the second bug")])
+
+
+@pytest.mark.parametrize("bug", [_one_bug, _a_group_of_bugs], ids=["error", "group"])
 async def test_a_failure_while_answering_closes_only_that_connection(
-    tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tracker: RunningTracker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, bug: Callable[[], Exception]
 ) -> None:
     # A bug met while the hub answers for a parked connection ends that connection,
-    # reported by its own task, and the hub goes on serving the others.
+    # reported by its own task, and the hub goes on serving the others. An
+    # exception group is logged whole: every member, not the first.
     manifest = make_manifest("boom.bin")
+    raised = bug()
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("a bug in the registry")
+        raise raised
 
     with trio.fail_after(TIMEOUT):
         honest = await open_client(tracker.host, tracker.port)
@@ -195,9 +231,90 @@ async def test_a_failure_while_answering_closes_only_that_connection(
         assert await honest.request(Heartbeat()) == Ok()
         await victim.aclose()
         await honest.aclose()
-    assert any(r.getMessage().startswith("internal error on the connection") and r.exc_info for r in caplog.records)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("internal error on the connection")]
+    assert record.exc_info is not None and record.exc_info[1] is raised
+    logged = logging.Formatter().format(record)
+    members = raised.exceptions if isinstance(raised, ExceptionGroup) else [raised]
+    assert all(str(member) in logged for member in members), logged
 
 
+# -- where a handler runs ------------------------------------------------------------
+#: Set by each connection's own task, as access control would set who is asking.
+_asker: contextvars.ContextVar[int] = contextvars.ContextVar("asker")
+
+
+@pytest.fixture
+def connection_tasks(monkeypatch: pytest.MonkeyPatch) -> dict[int, trio.lowlevel.Task]:
+    """Each connection's own task, by the client's port; each sets ``_asker`` to that port (trackers started after)."""
+    tasks: dict[int, trio.lowlevel.Task] = {}
+    serve_socket = TrackerService.serve_socket
+
+    async def serve_socket_as_asker(self: TrackerService, stream: trio.SocketStream) -> None:
+        port = stream.socket.getpeername()[1]
+        tasks[port] = trio.lowlevel.current_task()
+        _asker.set(port)
+        await serve_socket(self, stream)
+
+    monkeypatch.setattr(TrackerService, "serve_socket", serve_socket_as_asker)
+    return tasks
+
+
+async def _ask_in_turns(running: RunningTracker, request: Message, *, clients: int = 2, times: int = 3) -> None:
+    """``clients`` registered clients each send ``request`` ``times``, one request in flight, taking turns."""
+    with trio.fail_after(TIMEOUT):
+        connected = [await open_client(running.host, running.port) for _ in range(clients)]
+        for client in connected:
+            await client.register()
+        for _ in range(times):
+            for client in connected:
+                reply = await client.request(request)
+                assert not isinstance(reply, Error), reply
+        for client in connected:
+            await client.aclose()
+
+
+async def test_a_handler_on_the_fast_path_runs_in_its_connections_context(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, connection_tasks: dict[int, trio.lowlevel.Task]
+) -> None:
+    # Epoll only: the hub's fast path. It answers a parked connection's request in
+    # the hub's task, where the handler must still see what that connection's own
+    # task set (who is asking, for access control), not what the hub's task has.
+    seen: list[tuple[int, int | None, trio.lowlevel.Task]] = []
+
+    def heartbeat(connection: Connection, request: Heartbeat) -> bytes:
+        seen.append((connection.port, _asker.get(None), trio.lowlevel.current_task()))
+        return handlers.heartbeat(connection, request)
+
+    monkeypatch.setitem(handlers.REQUESTS.fast, Heartbeat, heartbeat)
+    running = await start(nursery, TrackerConfig(port=0, io="epoll"))
+    await _ask_in_turns(running, Heartbeat())
+    assert len(seen) == 6 and len({port for port, _, _ in seen}) == 2
+    for port, asker, task in seen:
+        assert task is not connection_tasks[port]  # answered on the fast path, or this test tests nothing
+        assert asker == port
+
+
+async def test_a_request_not_declared_fast_is_answered_in_its_connections_task(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, connection_tasks: dict[int, trio.lowlevel.Task], io: IoPath
+) -> None:
+    # On epoll the hub reads the request while the connection's task is parked, and
+    # must hand it over rather than answer it: only Handlers.fast runs in the hub.
+    seen: list[tuple[int, trio.lowlevel.Task]] = []
+
+    async def stats(connection: Connection, request: Stats) -> bytes:
+        seen.append((connection.port, trio.lowlevel.current_task()))
+        return handlers.stats(connection, request)
+
+    monkeypatch.delitem(handlers.REQUESTS.fast, Stats)
+    monkeypatch.setitem(handlers.REQUESTS.task, Stats, stats)
+    running = await start(nursery, TrackerConfig(port=0, io=io))
+    await _ask_in_turns(running, Stats())
+    assert len(seen) == 6 and len({port for port, _ in seen}) == 2
+    for port, task in seen:
+        assert task is connection_tasks[port]
+
+
+# -- the end of the stream -------------------------------------------------------------
 async def _send_then_close(tracker: RunningTracker, *batches: bytes) -> socket.socket:
     """A plain socket that sends ``batches`` and then closes its end, with no yield between the last two.
 
@@ -302,7 +419,9 @@ async def test_closed_connections_are_freed_by_reference_counting(tracker: Runni
                 await client.aclose()
             while tracker.stats()["connections"]:
                 await trio.sleep(0.01)
-        assert [o for o in gc.get_objects() if isinstance(o, _Connection)] == []
+            # A connection is counted out before its socket is closed: let the tasks end.
+            await trio.testing.wait_all_tasks_blocked()
+        assert [o for o in gc.get_objects() if isinstance(o, Connection)] == []
     finally:
         gc.enable()
 
@@ -339,12 +458,12 @@ async def test_a_client_that_floods_does_not_keep_the_others_waiting(tracker: Ru
         await seeder.aclose()
 
 
-async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_listings(nursery: trio.Nursery) -> None:
+async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_listings(nursery: trio.Nursery, io: IoPath) -> None:
     # A manifest reply is encoded once and shared by every connection sending it;
     # what clients have not read is counted, and past max_unsent the tracker
     # refuses new listings (megabytes each) until they catch up.
-    config = TrackerConfig(port=0, max_unsent=MIN_FRAME_SIZE)
-    running: RunningTracker = await nursery.start(serve_tracker, config)
+    config = TrackerConfig(port=0, max_unsent=MIN_FRAME_SIZE, io=io)
+    running = await start(nursery, config)
     manifest = make_manifest("large.iso", chunks=1 << 17)  # a 4 MiB frame
     codec = Codec()
     asking = codec.send(Hello(os.urandom(20), 0)) + codec.send(GetManifest(manifest.file_id)) * 4
@@ -376,10 +495,10 @@ async def test_slow_readers_of_a_large_manifest_share_one_copy_and_hold_off_list
         await publisher.aclose()
 
 
-async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    # The idle timeout cancels a task parked in the readiness hub.
-    config = TrackerConfig(port=0, idle_timeout=60.0)
-    running: RunningTracker = await nursery.start(serve_tracker, config)
+async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, io: IoPath) -> None:
+    # The idle timeout cancels a task parked in the readiness hub, or in trio's wait for its socket.
+    config = TrackerConfig(port=0, idle_timeout=60.0, io=io)
+    running = await start(nursery, config)
     client = await open_client(running.host, running.port)
     await client.hello()
     with trio.fail_after(2 * config.idle_timeout):
@@ -390,11 +509,11 @@ async def test_an_idle_socket_is_closed(nursery: trio.Nursery, autojump_clock: t
     assert running.stats()["connections"] == 0
 
 
-async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stopping_with_connections_open_is_quiet(caplog: pytest.LogCaptureFixture, io: IoPath) -> None:
     # Connection tasks end before the readiness hub's epoll is closed.
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0))
+            running = await start(nursery, TrackerConfig(port=0, io=io))
             clients = [await open_client(running.host, running.port) for _ in range(3)]
             for client in clients:
                 await client.hello()
@@ -440,12 +559,12 @@ async def child_nursery() -> AsyncIterator[trio.Nursery]:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Path, child_nursery: trio.Nursery, io: IoPath) -> None:
     db = tmp_path / "tracker.db"
     manifest = make_manifest("kept.iso", chunks=10)
     peer_id = os.urandom(20)
     with trio.fail_after(TIMEOUT):
-        first = await _start_tracker(child_nursery, db)
+        first = await _start_tracker(child_nursery, db, "--io", io)
         seeder = await open_client("127.0.0.1", first.port, peer_id)
         await seeder.register(7001)
         assert await seeder.request(Publish(manifest)) == Published(manifest.file_id)
@@ -453,7 +572,7 @@ async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Pa
         await first.process.wait()
         await seeder.aclose()
 
-        second = await _start_tracker(child_nursery, db)
+        second = await _start_tracker(child_nursery, db, "--io", io)
         try:
             browser = await open_client("127.0.0.1", second.port)
             await browser.hello()
@@ -478,9 +597,9 @@ async def test_a_killed_tracker_restarts_with_its_catalogue(tmp_path: pathlib.Pa
         assert list(store.load()) == [manifest]
 
 
-async def test_sigint_shuts_down_cleanly(tmp_path: pathlib.Path, child_nursery: trio.Nursery) -> None:
+async def test_sigint_shuts_down_cleanly(tmp_path: pathlib.Path, child_nursery: trio.Nursery, io: IoPath) -> None:
     with trio.fail_after(TIMEOUT):
-        running = await _start_tracker(child_nursery, tmp_path / "t.db", "--log-level", "debug")
+        running = await _start_tracker(child_nursery, tmp_path / "t.db", "--log-level", "debug", "--io", io)
         client = await open_client("127.0.0.1", running.port)
         await client.hello()
         assert isinstance(await client.request(Stats()), StatsReply)
@@ -497,8 +616,23 @@ def test_cli_refuses_bad_settings_with_a_message() -> None:
     assert result.exit_code == 1 and "peer_timeout" in result.output
     result = runner.invoke(tracker_command, ["--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--log-level"):
+    for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--io", "--log-level"):
         assert option in result.output
+    result = runner.invoke(tracker_command, ["--io", "kqueue", "--db", "x.db"])
+    assert result.exit_code == 2 and "'kqueue' is not one of" in result.output
+
+
+def test_cli_passes_the_socket_path_on(io: IoPath, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Else the process tests above would run the default path twice.
+    configs: list[TrackerConfig] = []
+
+    async def run(config: TrackerConfig) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(chunkswarm.tracker_command, "_run_until_signal", run)
+    result = CliRunner().invoke(tracker_command, ["--io", io, "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 0, result.output
+    assert [config.io for config in configs] == [io]
 
 
 def test_an_unusable_database_is_a_clear_error(tmp_path: pathlib.Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-import tracker.server
+import tracker.handlers
 from common.codec import Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
 from common.messages import (
@@ -38,9 +39,10 @@ from common.messages import (
 )
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import TrackerConfig
+from tracker.handlers import LIST_SLICE
 from tracker.registry import Registry
 from tracker.replies import encode_file_list, encode_holders, file_entry, holder_entry
-from tracker.server import LIST_SLICE, TrackerService
+from tracker.service import TrackerService
 from tracker.store import Store
 
 CONFIG = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=60.0, max_connections=8)
@@ -191,6 +193,15 @@ async def test_holders_are_never_stale(service: TrackerService, nursery: trio.Nu
     assert await seen() == (7000, b"\x81")
 
 
+@pytest.mark.parametrize("phase", [tracker.handlers.GREETING, tracker.handlers.REQUESTS], ids=["greeting", "requests"])
+def test_each_handler_is_declared_where_it_can_run(phase: tracker.handlers.Handlers) -> None:
+    # ``fast`` handlers may run on the hub's fast path, where nothing may wait: plain
+    # functions. ``task`` ones run in the connection's own task: coroutine functions.
+    assert not any(inspect.iscoroutinefunction(handler) for handler in phase.fast.values())
+    assert all(inspect.iscoroutinefunction(handler) for handler in phase.task.values())
+    assert not phase.fast.keys() & phase.task.keys()
+
+
 # -- request-level errors: an ERROR reply, the connection stays ------------------
 async def test_request_errors_leave_the_connection_open(service: TrackerService, nursery: trio.Nursery) -> None:
     client = connect(service, nursery, "10.0.0.1")
@@ -268,7 +279,7 @@ async def test_protocol_violations_close_only_that_connection(
     offender = connect(service, nursery, "10.0.0.1")
     if hello_first:
         await offender.hello()
-    with caplog.at_level(logging.WARNING, logger="tracker.server"):
+    with caplog.at_level(logging.WARNING, logger="tracker.connection"):
         await offender.send_raw(data)
         messages = await offender.closed_after()
     assert len(messages) == 1 and isinstance(messages[0], Error), messages
@@ -348,7 +359,7 @@ async def test_a_trickle_of_bytes_does_not_keep_a_connection_open(
 async def test_silent_peers_expire_with_their_replicas(
     service: TrackerService, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tracker.server")
+    caplog.set_level(logging.INFO, logger="tracker.service")
     nursery.start_soon(service.expiry_loop)
     manifest = make_manifest()
     # Published directly: a PUBLISH waits for a worker thread, during which the
@@ -372,7 +383,7 @@ async def test_silent_peers_expire_with_their_replicas(
 async def test_the_stats_line_is_logged_every_interval(
     service: TrackerService, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tracker.server")
+    caplog.set_level(logging.INFO, logger="tracker.service")
     nursery.start_soon(service.stats_loop)
     await trio.sleep(CONFIG.stats_interval * 2.5)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats:")]
@@ -439,7 +450,7 @@ async def test_a_listing_larger_than_a_frame_is_refused_and_the_connection_stays
 ) -> None:
     # Filling a 16 MiB frame takes ~55,000 files of the longest names; instead the
     # frame's fixed part is made to take all but ~1,000 bytes, room for ~15 entries.
-    monkeypatch.setattr(tracker.server, "FILE_LIST_OVERHEAD", CONFIG.max_frame_size - 1000)
+    monkeypatch.setattr(tracker.handlers, "FILE_LIST_OVERHEAD", CONFIG.max_frame_size - 1000)
     _publish_many(service, 40)
     client = connect(service, nursery)
     await client.hello()

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import select
+from typing import Final, Literal
+
 import attrs
 
 from common.framing import DEFAULT_MAX_FRAME_SIZE
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
 
-__all__ = ["TrackerConfig", "MIN_FRAME_SIZE"]
+__all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO"]
 
 #: The largest legitimate frame a tracker receives is a PUBLISH of a manifest
 #: with MAX_CHUNKS hashes: 16 MiB of hashes plus the name and a few integers.
 #: A smaller cap would refuse files the peers are allowed to publish.
 MIN_FRAME_SIZE = MAX_CHUNKS * HASH_SIZE + MAX_NAME_BYTES + 128
+
+
+#: How a tracker reads and writes its sockets: ``"epoll"``, through one
+#: edge-triggered epoll for all of them and directly on their descriptors
+#: (``tracker.hub``, Linux only); ``"streams"``, through trio's generic
+#: ``receive_some``/``send_all``, the path memory streams take in tests.
+IoPath = Literal["epoll", "streams"]
+IO_PATHS: Final[tuple[IoPath, ...]] = ("epoll", "streams")
+#: The fast path where there is one.
+DEFAULT_IO: Final[IoPath] = "epoll" if hasattr(select, "epoll") else "streams"
+
+
+def _io_path(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in IO_PATHS:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(IO_PATHS)}, got {value!r}")
+    if value == "epoll" and not hasattr(select, "epoll"):
+        raise ValueError(f'{attribute.name}="epoll" needs select.epoll (Linux); use "streams"')
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -33,7 +53,8 @@ class TrackerConfig:
     ``peer_timeout`` is how long a registered peer may stay silent before it and
     its replicas are dropped; ``idle_timeout`` is how long one connection may go
     without completing a request before it is closed (the peer itself stays
-    registered until ``peer_timeout``).
+    registered until ``peer_timeout``). ``io`` picks how sockets are read and
+    written (``IO_PATHS``).
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +74,7 @@ class TrackerConfig:
     #: beyond it LIST_FILES (megabytes built per request) is refused with BUSY. A cached
     #: manifest counts for every connection sending it, though they share its bytes.
     max_unsent: int = attrs.field(default=256 * 1024 * 1024, validator=attrs.validators.ge(MIN_FRAME_SIZE))
+    io: IoPath = attrs.field(default=DEFAULT_IO, validator=_io_path)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

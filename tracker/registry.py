@@ -279,9 +279,6 @@ class Registry:
                 if found == limit:
                     return
 
-    def files(self) -> Iterator[Manifest]:
-        return (record.manifest for record in self._files.values())
-
     # -- replicas --------------------------------------------------------------
     def announce(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
         """Record that ``peer`` holds the chunks in ``ranges`` of ``file_id`` (added to what it held).

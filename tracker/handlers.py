@@ -1,0 +1,268 @@
+"""The tracker's request handlers, and the tables that say where each may run.
+
+A handler takes the connection and a decoded request and returns the reply
+frame; a ``TrackerError`` it raises becomes an ERROR reply (:func:`refusal`)
+and the connection stays open. Which handlers a connection uses depends on
+its phase: :data:`GREETING` until HELLO, :data:`REQUESTS` after.
+
+Where a handler runs is declared by the table it is in (see :class:`Handlers`):
+``fast`` handlers may be answered by the readiness hub's fast path
+(``tracker.hub``), outside the connection's task; ``task`` handlers only ever
+run in the connection's own task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import attrs
+import trio
+
+from common.address import format_address
+from common.codec import encode_message
+from common.errors import RemoteProtocolError, StorageError, TrackerError
+from common.framing import PROTOCOL_VERSION, ErrorCode
+from common.messages import (
+    Announce,
+    Deregister,
+    Error,
+    GetManifest,
+    Heartbeat,
+    Hello,
+    ListFiles,
+    ManifestReply,
+    Message,
+    Ok,
+    Publish,
+    Published,
+    Register,
+    Stats,
+    StatsReply,
+    Welcome,
+    WhoHas,
+)
+from common.version import __version__
+from tracker.registry import FileRecord, check_manifest
+from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
+
+if TYPE_CHECKING:
+    from tracker.connection import Connection
+
+__all__ = ["Handlers", "GREETING", "REQUESTS", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
+
+log = logging.getLogger(__name__)
+
+AGENT: Final = f"chunkswarm-tracker/{__version__}"
+#: A listing yields to the other connections after every this many files: an
+#: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
+LIST_SLICE: Final = 1000
+#: Manifests at most this many chunks are checked on the event loop: the Merkle
+#: root of 256 chunks is ~512 SHA-256 of 64 bytes, well under a millisecond.
+INLINE_CHECK_CHUNKS: Final = 256
+
+_OK_FRAME: Final = encode_message(Ok())
+
+#: Answers at once, synchronously, wherever the connection's input is read.
+FastHandler: TypeAlias = "Callable[[Connection, Any], bytes]"
+#: Answers in the connection's own task, and may wait.
+TaskHandler: TypeAlias = "Callable[[Connection, Any], Awaitable[bytes]]"
+
+
+@attrs.frozen(eq=False)
+class Handlers:
+    """How a connection answers requests in one phase of its life; a request in neither table is a violation.
+
+    The rule for the next handler (access control included): a handler goes
+    in ``fast`` only if it is synchronous, never blocks and answers from the
+    registry and the service's counters. The readiness hub (``tracker.hub``)
+    then answers it without waking the connection's task: inside that task's
+    contextvars context, but in the hub's task, hence outside the
+    connection's cancel scope and its nurseries, with nothing that may wait.
+    Anything else (a handler that waits for a thread or the disk, yields
+    between slices, changes what the connection is, or must run under its
+    own cancel scope) goes in ``task``, as a coroutine function: the fast
+    path hands the request to the connection's task, which answers it there,
+    replies still in order.
+
+    Plain functions, not a connection's bound methods: a connection that held
+    those would refer to itself, and a cycle is freed only by the cyclic
+    collector, which never sees the objects the tracker command has frozen
+    (``gc.freeze`` in ``chunkswarm/tracker_command.py``). Reference counting
+    frees a closed connection at once (a test checks it).
+    """
+
+    fast: Mapping[type, FastHandler]
+    task: Mapping[type, TaskHandler]
+
+
+def refusal(request: Message, exc: TrackerError) -> bytes:
+    """The ERROR reply to a request the registry refused; the connection stays open."""
+    log.debug("%s refused: %s", request.OPCODE.name, exc)
+    return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
+
+
+# -- the greeting ----------------------------------------------------------------
+async def handshake(connection: Connection, hello: Hello) -> bytes:
+    """HELLO -> WELCOME: check the version, learn who is asking, and open the tracker's requests to it.
+
+    In the connection's own task: it decides what the connection may ask.
+    """
+    if hello.protocol_version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"HELLO speaks protocol version {hello.protocol_version}, this tracker speaks {PROTOCOL_VERSION}",
+            error_code=ErrorCode.UNSUPPORTED_VERSION,
+        )
+    connection.peer_id = hello.peer_id
+    connection.handlers = REQUESTS
+    service = connection.service
+    return encode_message(
+        Welcome(service.tracker_id, service.config.heartbeat_interval, connection.host, connection.port, PROTOCOL_VERSION, AGENT)
+    )
+
+
+def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:
+    """The violation a request no table of the connection's phase answers is."""
+    if type(request) is Hello:
+        return RemoteProtocolError("HELLO sent twice", error_code=ErrorCode.BAD_REQUEST)
+    if connection.peer_id is None:
+        return RemoteProtocolError(f"{request.OPCODE.name} before HELLO", error_code=ErrorCode.BAD_REQUEST)
+    return RemoteProtocolError(f"{request.OPCODE.name} is not a tracker request", error_code=ErrorCode.BAD_REQUEST)
+
+
+def _peer_id(connection: Connection) -> bytes:
+    peer_id = connection.peer_id
+    assert peer_id is not None  # the handlers below are in REQUESTS, reached only after HELLO
+    return peer_id
+
+
+# -- answered anywhere: synchronous, from the registry -------------------------------
+def register(connection: Connection, request: Register) -> bytes:
+    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port)
+    if new:
+        log.info("peer %s joined, serving at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+    else:
+        log.debug("peer %s registered again at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+    return _OK_FRAME
+
+
+def heartbeat(connection: Connection, request: Heartbeat) -> bytes:
+    connection.service.registry.peer(_peer_id(connection), connection.host)
+    return _OK_FRAME
+
+
+def deregister(connection: Connection, request: Deregister) -> bytes:
+    peer = connection.service.registry.deregister(_peer_id(connection), connection.host)
+    if peer is not None:
+        log.info("peer %s at %s left", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+    return _OK_FRAME
+
+
+def announce(connection: Connection, request: Announce) -> bytes:
+    registry = connection.service.registry
+    registry.announce(registry.peer(_peer_id(connection), connection.host), request.file_id, request.ranges)
+    return _OK_FRAME
+
+
+def get_manifest(connection: Connection, request: GetManifest) -> bytes:
+    # Encoded once per file: a manifest of 2**19 chunks is a 16 MiB frame that
+    # takes 30-100 ms to encode, and every connection sending it shares the bytes.
+    record = connection.service.registry.record(request.file_id)
+    if record.manifest_reply is None:
+        record.manifest_reply = connection.codec.send(ManifestReply(record.manifest))
+    return record.manifest_reply
+
+
+def _fill_entry(record: FileRecord, slot: int) -> bytes:
+    entry = record.entries[slot] = holder_entry(record.replicas[slot])
+    return entry
+
+
+def who_has(connection: Connection, request: WhoHas) -> bytes:
+    service = connection.service
+    limit = min(request.max_peers, service.config.max_holders)
+    record, slots = service.registry.holder_slots(request.file_id, limit=limit, exclude=connection.peer_id)
+    cached = record.entries
+    max_frame_size = connection.codec.max_frame_size
+    if len(slots) > 1:
+        # One C call fetches the cached entries. With 100,000 replicas they are
+        # scattered across memory and nearly every one is a cache miss, which a
+        # comprehension takes one at a time: ~30% slower. None marks a stale entry.
+        fetched = itemgetter(*slots)(cached)
+        if all(fetched):
+            return encode_holders(request.file_id, fetched, max_frame_size=max_frame_size)
+    entries = [cached[i] or _fill_entry(record, i) for i in slots]
+    return encode_holders(request.file_id, entries, max_frame_size=max_frame_size)
+
+
+def stats(connection: Connection, request: Stats) -> bytes:
+    return connection.codec.send(StatsReply(connection.service.stats()))
+
+
+# -- in the connection's task only: they wait ---------------------------------------
+async def publish(connection: Connection, request: Publish) -> bytes:
+    service = connection.service
+    registry = service.registry
+    manifest = request.manifest
+    try:
+        registry.peer(_peer_id(connection), connection.host)
+        if not registry.has_file(manifest.file_id):
+            # The commit (and the Merkle check of a large manifest) runs in a worker
+            # thread; the reply waits for it, so an acknowledged publish is on disk.
+            if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
+                check_manifest(manifest)
+                await trio.to_thread.run_sync(service.store.save, manifest)
+            else:
+                await trio.to_thread.run_sync(service.check_and_save, manifest)
+            if registry.publish(manifest, checked=True):
+                log.info(
+                    "file %r published (%s, %d bytes, %d chunks)",
+                    manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count,
+                )  # fmt: skip
+    except StorageError as exc:
+        log.error("cannot store %r: %s", manifest.name, exc)
+        return encode_message(Error(ErrorCode.INTERNAL, "the tracker could not store the manifest"))
+    return encode_message(Published(manifest.file_id))
+
+
+async def list_files(connection: Connection, request: ListFiles) -> bytes:
+    service = connection.service
+    if service.unsent > service.config.max_unsent:
+        # A listing can be megabytes built for one request: a crowd of clients that
+        # ask and never read must not make the tracker hold gigabytes.
+        raise TrackerError(
+            f"the tracker holds {service.unsent} bytes of replies its clients have not read; list again later",
+            code=ErrorCode.BUSY,
+        )
+    max_frame_size = connection.codec.max_frame_size
+    entries: list[bytes] = []
+    size = FILE_LIST_OVERHEAD
+    for summary in service.registry.iter_files(request.pattern, request.limit):
+        entry = file_entry(summary)
+        size += len(entry)
+        if size > max_frame_size:
+            raise TrackerError(f"a listing of more than {len(entries)} files does not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST)
+        entries.append(entry)
+        if len(entries) % LIST_SLICE == 0:
+            await trio.lowlevel.checkpoint()
+    return encode_file_list(entries, max_frame_size=max_frame_size)
+
+
+#: Until HELLO only the handshake is answered, in the connection's task.
+GREETING: Final = Handlers(fast={}, task={Hello: handshake})
+#: After HELLO. Before moving a handler into ``fast``, read the rule on :class:`Handlers`.
+REQUESTS: Final = Handlers(
+    fast={
+        Register: register,
+        Heartbeat: heartbeat,
+        Deregister: deregister,
+        Announce: announce,
+        GetManifest: get_manifest,
+        WhoHas: who_has,
+        Stats: stats,
+    },
+    # A PUBLISH waits for the store, a listing yields between its slices.
+    task={Publish: publish, ListFiles: list_files},
+)

@@ -1,0 +1,157 @@
+"""One running tracker: the state and counters its connections share, its timed loops, and its entry point.
+
+:func:`serve_tracker` opens the store and the listeners and runs a
+:class:`TrackerService` until cancelled: one task per connection
+(``tracker.connection``, or ``tracker.hub`` for sockets when
+``TrackerConfig.io`` is ``"epoll"``), the readiness hub's task if there is one,
+and the expiry and stats loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from common.address import format_address
+from common.manifest import Manifest
+from common.messages import PEER_ID_SIZE
+from tracker.config import TrackerConfig
+from tracker.connection import Connection, observed_host, serve_connection
+from tracker.hub import HubConnection, ReadinessHub
+from tracker.registry import Registry, check_manifest
+from tracker.store import Store
+
+__all__ = ["serve_tracker", "RunningTracker", "TrackerService"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class TrackerService:
+    """The registry, the store and the counters that every connection of one tracker shares."""
+
+    config: TrackerConfig
+    registry: Registry
+    store: Store
+    tracker_id: bytes = attrs.field(factory=lambda: os.urandom(PEER_ID_SIZE))
+    connections: int = 0
+    requests: int = 0
+    #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
+    buffered: int = 0
+    #: Bytes of replies waiting for clients that do not read as fast as they ask (see ``max_unsent``).
+    unsent: int = 0
+    started_at: float = attrs.field(factory=trio.current_time)
+    #: Serves the sockets when ``config.io`` is ``"epoll"`` (set by ``serve_tracker``);
+    #: None: every stream takes the generic path (memory streams, ``io="streams"``).
+    hub: ReadinessHub | None = None
+
+    @classmethod
+    def create(cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = ()) -> TrackerService:
+        """A service whose registry lists ``catalogue`` (the manifests read from ``store``)."""
+        registry = Registry(config.peer_timeout, trio.current_time)
+        for manifest in catalogue:
+            registry.publish(manifest, checked=True)  # checked before it was written
+        return cls(config, registry, store)
+
+    def stats(self) -> dict[str, int | float]:
+        counters: dict[str, int | float] = dict(self.registry.counts())
+        counters["connections"] = self.connections
+        counters["requests"] = self.requests
+        counters["uptime_s"] = round(trio.current_time() - self.started_at, 3)
+        return counters
+
+    async def handle_stream(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+        """Serve one connection from ``remote`` until it closes, misbehaves or idles; always closes ``stream``.
+
+        Never raises (but ``Cancelled``): whatever goes wrong ends this connection only.
+        """
+        hubbed = self.hub is not None and isinstance(stream, trio.SocketStream)
+        await serve_connection(self, stream, remote, HubConnection if hubbed else Connection)
+
+    async def serve_socket(self, stream: trio.SocketStream) -> None:
+        """``trio.serve_listeners`` handler: learn the remote address, then :meth:`handle_stream`."""
+        try:
+            remote = stream.socket.getpeername()
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        await self.handle_stream(stream, (remote[0], remote[1]))
+
+    async def expiry_loop(self) -> None:
+        """Drop silent peers, sweeping a few times per ``peer_timeout``."""
+        interval = min(self.config.heartbeat_interval, self.config.peer_timeout / 4)
+        while True:
+            await trio.sleep(interval)
+            for peer in self.registry.expire():
+                log.info(
+                    "peer %s at %s expired (silent for over %gs)",
+                    peer.peer_id.hex()[:16], format_address(peer.host, peer.port), self.config.peer_timeout,
+                )  # fmt: skip
+
+    async def stats_loop(self) -> None:
+        """One stats line in the log every ``stats_interval``."""
+        previous = self.requests
+        while True:
+            await trio.sleep(self.config.stats_interval)
+            counters = self.stats()
+            log.info(
+                "stats: %d peers online, %d files, %d replicas, %d connections, %d requests served (%d in the last %gs)",
+                counters["peers"], counters["files"], counters["replicas"], counters["connections"],
+                counters["requests"], self.requests - previous, self.config.stats_interval,
+            )  # fmt: skip
+            previous = self.requests
+
+    def check_and_save(self, manifest: Manifest) -> bool:
+        """Blocking: check a new manifest and commit it to the store (run in a worker thread)."""
+        check_manifest(manifest)
+        return self.store.save(manifest)
+
+
+@attrs.frozen
+class RunningTracker:
+    """What ``serve_tracker`` hands to ``task_status.started``: where it listens, and its counters."""
+
+    host: str
+    port: int
+    service: TrackerService = attrs.field(repr=False)
+
+    def stats(self) -> dict[str, int | float]:
+        return self.service.stats()
+
+
+async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[RunningTracker] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a tracker until cancelled; ``task_status.started`` gets a :class:`RunningTracker` once bound.
+
+    ``config.host`` of ``"*"`` or ``""`` listens on every interface, IPv4 and IPv6.
+    """
+    store = await trio.to_thread.run_sync(Store, config.db_path)
+    try:
+        catalogue = await trio.to_thread.run_sync(lambda: list(store.load()))
+        service = TrackerService.create(config, store, catalogue)
+        if service.registry.file_count:
+            log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
+        bind_host = None if config.host in ("", "*") else config.host
+        listeners = await trio.open_tcp_listeners(config.port, host=bind_host)
+        service.hub = hub = ReadinessHub() if config.io == "epoll" else None
+        try:
+            async with trio.open_nursery() as nursery:
+                if hub is not None:
+                    nursery.start_soon(hub.run)
+                nursery.start_soon(service.expiry_loop)
+                nursery.start_soon(service.stats_loop)
+                await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
+                bound = [listener.socket.getsockname() for listener in listeners]
+                for address in bound:
+                    log.info("tracker listening on %s", format_address(observed_host(address[0]), address[1]))
+                task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+        finally:
+            if hub is not None:  # every connection task has ended with the nursery
+                hub.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
+        log.info("tracker stopped; catalogue closed")
