@@ -95,6 +95,19 @@ async def test_hello_is_answered_with_what_the_tracker_sees(service: TrackerServ
     assert welcome.agent.startswith("chunkswarm-tracker/")
 
 
+async def test_hello_offering_capabilities_gets_the_agreement(service: TrackerService, nursery: trio.Nursery) -> None:
+    # PROTOCOL.md §8: a capability the tracker does not speak is left out, not refused; with nothing
+    # agreed, the WELCOME is the six fields of protocol 1, and the connection works as ever.
+    client = connect(service, nursery)
+    await client.send(Hello(client.peer_id, 6881, capabilities={"x-demo": 2}))
+    frame = await client.stream.receive_some(65536)
+    assert frame[3] == Opcode.WELCOME and frame[8] == 0x96  # a MessagePack array of 6 fields
+    client.codec.receive_data(frame)
+    welcome = client.codec.next_event()
+    assert isinstance(welcome, Welcome) and welcome.capabilities == ()
+    assert await client.request(Register(6881)) == Ok()
+
+
 async def test_ipv4_mapped_and_ipv6_addresses(service: TrackerService, nursery: trio.Nursery) -> None:
     mapped = connect(service, nursery, "::ffff:192.0.2.5", 1)
     assert (await mapped.hello()).observed_host == "192.0.2.5"

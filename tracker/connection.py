@@ -37,6 +37,7 @@ from common.address import format_address
 from common.codec import CLOSED, NEED_DATA, Codec, Sentinel, encode_message
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
+from common.handshake import Agreement
 from common.messages import Error, Message
 from tracker.handlers import GREETING, Handlers, refusal, unexpected
 
@@ -132,6 +133,8 @@ class Connection:
     port: int
     codec: Codec = attrs.field(init=False)
     peer_id: bytes | None = attrs.field(init=False, default=None)
+    #: What the handshake settled, the capabilities in use included; None before HELLO.
+    agreement: Agreement | None = attrs.field(init=False, default=None)
     #: How requests are answered in the connection's current phase (``tracker.handlers``).
     handlers: Handlers = attrs.field(init=False, default=GREETING)
     #: Replies made for the current batch but not sent yet.

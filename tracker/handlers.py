@@ -24,8 +24,10 @@ import trio
 from common.address import format_address
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
-from common.framing import PROTOCOL_VERSION, ErrorCode
+from common.framing import ErrorCode
+from common.handshake import ServerHandshake
 from common.messages import (
+    MESSAGE_TYPES,
     Announce,
     Deregister,
     Error,
@@ -56,6 +58,8 @@ __all__ = ["Handlers", "GREETING", "REQUESTS", "handshake", "refusal", "unexpect
 log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
+#: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
+SUPPORTED: Final[Mapping[str, int]] = {}
 #: A listing yields to the other connections after every this many files: an
 #: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
 LIST_SLICE: Final = 1000
@@ -105,30 +109,29 @@ def refusal(request: Message, exc: TrackerError) -> bytes:
 
 
 # -- the greeting ----------------------------------------------------------------
-async def handshake(connection: Connection, hello: Hello) -> bytes:
-    """HELLO -> WELCOME: check the version, learn who is asking, and open the tracker's requests to it.
+async def handshake(connection: Connection, first: Message) -> bytes:
+    """The first message -> WELCOME: the rules of ``common/handshake.py``, then the tracker's requests open to the client.
 
-    In the connection's own task: it decides what the connection may ask.
+    Every message type leads here before HELLO (:data:`GREETING`), so that
+    module alone decides what a first message may be. In the connection's own
+    task: it decides who is asking and what the connection may use.
     """
-    if hello.protocol_version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(
-            f"HELLO speaks protocol version {hello.protocol_version}, this tracker speaks {PROTOCOL_VERSION}",
-            error_code=ErrorCode.UNSUPPORTED_VERSION,
-        )
-    connection.peer_id = hello.peer_id
-    connection.handlers = REQUESTS
     service = connection.service
-    return encode_message(
-        Welcome(service.tracker_id, service.config.heartbeat_interval, connection.host, connection.port, PROTOCOL_VERSION, AGENT)
-    )
+    greeting = ServerHandshake(supported=SUPPORTED)
+    welcome = greeting.receive(first, Welcome(service.tracker_id, service.config.heartbeat_interval, connection.host, connection.port,
+                                              agent=AGENT))  # fmt: skip
+    agreement = greeting.agreement
+    assert agreement is not None  # receive() returned a WELCOME
+    connection.agreement = agreement
+    connection.peer_id = agreement.hello.peer_id
+    connection.handlers = REQUESTS
+    return encode_message(welcome)
 
 
 def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:
-    """The violation a request no table of the connection's phase answers is."""
+    """The violation a request no table of the connection's phase answers is (after HELLO: before, the handshake says)."""
     if type(request) is Hello:
         return RemoteProtocolError("HELLO sent twice", error_code=ErrorCode.BAD_REQUEST)
-    if connection.peer_id is None:
-        return RemoteProtocolError(f"{request.OPCODE.name} before HELLO", error_code=ErrorCode.BAD_REQUEST)
     return RemoteProtocolError(f"{request.OPCODE.name} is not a tracker request", error_code=ErrorCode.BAD_REQUEST)
 
 
@@ -251,7 +254,8 @@ async def list_files(connection: Connection, request: ListFiles) -> bytes:
 
 
 #: Until HELLO only the handshake is answered, in the connection's task.
-GREETING: Final = Handlers(fast={}, task={Hello: handshake})
+#: Before HELLO: whatever comes first goes to the handshake, which refuses anything but HELLO.
+GREETING: Final = Handlers(fast={}, task=dict.fromkeys(MESSAGE_TYPES.values(), handshake))
 #: After HELLO. Before moving a handler into ``fast``, read the rule on :class:`Handlers`.
 REQUESTS: Final = Handlers(
     fast={
