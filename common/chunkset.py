@@ -21,6 +21,25 @@ Ranges = tuple[tuple[int, int], ...]
 #: Bytes that reverse the bit order of a byte; bitfields are MSB-first on the
 #: wire while int.to_bytes is LSB-first within the integer.
 _REVERSE: Final = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+#: Above this many ranges a set is built through a byte buffer rather than by
+#: OR-ing big ints, which copies the whole mask per range (quadratic in the file size).
+_MANY_RANGES: Final = 64
+
+
+def _mask_through_bytes(count: int, ranges: Ranges) -> int:
+    """The bitmask of ``ranges`` (bit i = chunk i), linear in ``count`` whatever the number of ranges."""
+    buffer = bytearray((count + 7) // 8)  # little-endian: bit i is bit i % 8 of byte i // 8
+    for start, stop in ranges:
+        if not 0 <= start < stop <= count:
+            raise ValidationError(f"chunk range [{start}, {stop}) outside 0..{count}")
+        first, last = start >> 3, (stop - 1) >> 3
+        if first == last:
+            buffer[first] |= ((1 << (stop - start)) - 1) << (start & 7)
+            continue
+        buffer[first] |= (0xFF << (start & 7)) & 0xFF
+        buffer[first + 1 : last] = b"\xff" * (last - first - 1)
+        buffer[last] |= (1 << ((stop - 1) & 7) + 1) - 1
+    return int.from_bytes(buffer, "little")
 
 
 class ChunkSet:
@@ -52,6 +71,9 @@ class ChunkSet:
 
     @classmethod
     def from_ranges(cls, count: int, ranges: Ranges) -> ChunkSet:
+        """The chunks in ``ranges`` (half-open; overlaps and any order allowed), linear in ``count`` however many."""
+        if len(ranges) > _MANY_RANGES:
+            return cls(count, _mask_through_bytes(count, ranges))
         mask = 0
         for start, stop in ranges:
             if not 0 <= start < stop <= count:

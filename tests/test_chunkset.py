@@ -90,6 +90,22 @@ def test_overlapping_ranges_are_merged() -> None:
     assert ChunkSet.from_ranges(10, ((4, 8), (0, 2), (1, 5))).ranges() == ((0, 8),)
 
 
+@given(st.integers(1, 3000), st.data())
+def test_many_ranges_make_the_same_set_as_their_indexes(count: int, data: st.DataObject) -> None:
+    # Above 64 ranges the set is built through a byte buffer (linear in the file size).
+    cuts = sorted(data.draw(st.sets(st.integers(0, count), min_size=2, max_size=300)))
+    ranges = tuple((cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2))
+    indexes = [i for start, stop in ranges for i in range(start, stop)]
+    assert ChunkSet.from_ranges(count, ranges) == ChunkSet.from_indexes(count, indexes)
+    assert ChunkSet.from_ranges(count, ranges[::-1] + ranges[:3]) == ChunkSet.from_indexes(count, indexes)  # any order, overlaps
+
+
+def test_many_ranges_are_checked_too() -> None:
+    many = tuple((i, i + 1) for i in range(0, 200, 2))
+    with pytest.raises(ValidationError):
+        ChunkSet.from_ranges(100, many)
+
+
 def test_construction_and_mutation_checks() -> None:
     with pytest.raises(ValidationError):
         ChunkSet(-1)

@@ -6,15 +6,13 @@ import random
 
 import attrs
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from common.chunkset import ChunkSet
 from common.errors import TrackerError, ValidationError
 from common.framing import ErrorCode
 from common.manifest import Manifest
 from tests.tracker_client_helper import make_manifest
-from tracker.registry import Registry, _mask_from_ranges, check_manifest
+from tracker.registry import Registry, check_manifest
 
 A, B, C = b"A" * 20, b"B" * 20, b"C" * 20
 
@@ -219,13 +217,6 @@ def test_an_empty_file_has_complete_copies(registry: Registry) -> None:
     peer, _ = registry.register(A, "10.0.0.1", 1)
     assert registry.announce(peer, empty.file_id, ()) is not None
     assert registry.list_files()[0].complete_copies == 1
-
-
-@given(st.integers(1, 3000), st.data())
-def test_many_ranges_make_the_same_mask_as_chunkset(count: int, data: st.DataObject) -> None:
-    cuts = sorted(data.draw(st.sets(st.integers(0, count), min_size=2, max_size=300)))
-    ranges = tuple((cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2))
-    assert _mask_from_ranges(count, ranges) == ChunkSet.from_ranges(count, ranges).mask
 
 
 # -- holder selection ----------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from typing import Final
 
 import attrs
 
@@ -35,10 +34,6 @@ from common.framing import ErrorCode
 from common.manifest import Manifest, validate_name
 
 __all__ = ["Registry", "Peer", "Replica", "FileRecord", "FileSummary", "check_manifest"]
-
-#: Above this many ranges an announcement is turned into a mask through a byte
-#: buffer rather than by OR-ing big ints (which is quadratic in the file size).
-_MANY_RANGES: Final = 64
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -55,24 +50,6 @@ def check_manifest(manifest: Manifest) -> None:
         manifest.verify()
     except (IntegrityError, ValidationError) as exc:
         raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
-
-
-def _mask_from_ranges(count: int, ranges: Ranges) -> int:
-    """The bitmask of ``ranges`` (bit i = chunk i), linear in the file size whatever the number of ranges."""
-    if len(ranges) <= _MANY_RANGES:
-        return ChunkSet.from_ranges(count, ranges).mask
-    buffer = bytearray((count + 7) // 8)  # little-endian: bit i is bit i % 8 of byte i // 8
-    for start, stop in ranges:
-        if not 0 <= start < stop <= count:
-            raise ValidationError(f"chunk range [{start}, {stop}) outside 0..{count}")
-        first, last = start >> 3, (stop - 1) >> 3
-        if first == last:
-            buffer[first] |= ((1 << (stop - start)) - 1) << (start & 7)
-            continue
-        buffer[first] |= (0xFF << (start & 7)) & 0xFF
-        buffer[first + 1 : last] = b"\xff" * (last - first - 1)
-        buffer[last] |= (1 << ((stop - 1) & 7) + 1) - 1
-    return int.from_bytes(buffer, "little")
 
 
 class Replica:
@@ -289,7 +266,7 @@ class Registry:
         record = self.record(file_id)
         count = record.manifest.chunk_count
         try:
-            mask = _mask_from_ranges(count, ranges)
+            mask = ChunkSet.from_ranges(count, ranges).mask
         except ValidationError as exc:
             raise TrackerError(f"bad announcement for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None
         replica = peer.replicas.get(file_id)
