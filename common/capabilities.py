@@ -32,6 +32,7 @@ __all__ = [
     "capabilities_validator",
     "agree",
     "check_agreement",
+    "WITHDRAW",
     "KNOWN",
 ]
 
@@ -43,11 +44,14 @@ _NAME: Final = re.compile(r"[a-z][a-z0-9._-]{0,31}\Z")
 #: ``(name, version)`` pairs, sorted by name, names unique.
 Capabilities = tuple[tuple[str, int], ...]
 
+#: ``withdraw`` (PROTOCOL.md §8.5): the WITHDRAW message, and a registration bound to its connection.
+WITHDRAW: Final = "withdraw"
+
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
-#: and its section to PROTOCOL.md §8). None yet: protocol 1 as first specified
-#: is what a connection speaks when nothing is agreed.
-KNOWN: Final[Mapping[str, int]] = {}
+#: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
+#: protocol 1 as first specified.
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1}
 
 
 def capabilities_converter(value: object) -> object:

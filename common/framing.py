@@ -66,6 +66,7 @@ class Opcode(enum.IntEnum):
     FILE_LIST = 0x18  # reply: one entry per file
     STATS = 0x19  # ask for counters
     STATS_REPLY = 0x1A  # reply: counters
+    WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
     # Chunk transfer (->P), pipelined; replies may come in any order.
     REQUEST_CHUNK = 0x20  # file id + chunk index
     CHUNK_DATA = 0x21  # reply: file id + chunk index + raw chunk bytes

@@ -75,9 +75,9 @@ __all__ = [
     "ChunkError",
     "CancelChunk",
     "Error",
+    "Withdraw",
     "MESSAGE_TYPES",
 ]
-
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +170,15 @@ class Announce(Record):
     """->T: the sender holds (verified) the chunks in ``ranges`` of ``file_id``."""
 
     OPCODE: ClassVar[Opcode] = Opcode.ANNOUNCE
+    file_id: bytes = attrs.field(validator=file_id_bytes)
+    ranges: Ranges = attrs.field(converter=pairs_converter, validator=chunk_ranges)
+
+
+@attrs.frozen
+class Withdraw(Record):
+    """->T: the sender no longer serves the chunks in ``ranges`` of ``file_id`` (capability ``withdraw``, PROTOCOL.md §8.5)."""
+
+    OPCODE: ClassVar[Opcode] = Opcode.WITHDRAW
     file_id: bytes = attrs.field(validator=file_id_bytes)
     ranges: Ranges = attrs.field(converter=pairs_converter, validator=chunk_ranges)
 
@@ -389,7 +398,7 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
 Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
-    | ChunkError | CancelChunk | Error
+    | ChunkError | CancelChunk | Error | Withdraw
 )
 
 #: Opcode -> message class, for the decoder.
@@ -398,7 +407,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-        ChunkError, CancelChunk, Error,
+        ChunkError, CancelChunk, Error, Withdraw,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

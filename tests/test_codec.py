@@ -124,6 +124,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.Publish: st.builds(m.Publish, manifests()),
     m.Published: st.builds(m.Published, file_ids),
     m.Announce: st.builds(m.Announce, file_ids, ranges()),
+    m.Withdraw: st.builds(m.Withdraw, file_ids, ranges()),
     m.GetManifest: st.builds(m.GetManifest, file_ids),
     m.ManifestReply: st.builds(m.ManifestReply, manifests()),
     m.WhoHas: st.builds(m.WhoHas, file_ids, st.integers(1, m.MAX_HOLDERS)),
@@ -359,6 +360,10 @@ def test_known_wire_bytes() -> None:
     )
     assert encode_message(m.Announce(FILE_ID, [(0, 2), (5, 6)])) == (
         b"CS\x01\x12\x00\x00\x00\x2a" + b"\x92\xc4\x20" + FILE_ID + b"\x92\x92\x00\x02\x92\x05\x06"
+    )
+    # Announce's fields under another opcode (PROTOCOL.md §8.5, whose vector test_handshake.py pins).
+    assert encode_message(m.Withdraw(FILE_ID, [(0, 2), (5, 6)])) == (
+        b"CS\x01\x1b\x00\x00\x00\x2a" + b"\x92\xc4\x20" + FILE_ID + b"\x92\x92\x00\x02\x92\x05\x06"
     )
 
 
@@ -636,6 +641,9 @@ INVALID_MESSAGES = {
     "overlapping ranges": lambda: m.Announce(FILE_ID, [(3, 5), (4, 6)]),
     "descending ranges": lambda: m.Announce(FILE_ID, [(4, 6), (0, 2)]),
     "range beyond MAX_CHUNKS": lambda: m.Announce(FILE_ID, [(0, MAX_CHUNKS + 1)]),
+    "withdraw: empty range": lambda: m.Withdraw(FILE_ID, [(5, 5)]),
+    "withdraw: overlapping ranges": lambda: m.Withdraw(FILE_ID, [(3, 5), (4, 6)]),
+    "withdraw: ranges not pairs": lambda: m.Withdraw(FILE_ID, [(1, 2, 3)]),
     "negative index": lambda: m.RequestChunk(FILE_ID, -1),
     "index MAX_CHUNKS": lambda: m.CancelChunk(FILE_ID, MAX_CHUNKS),
     "short file id": lambda: m.RequestChunk(FILE_ID[:31], 0),

@@ -1,7 +1,7 @@
 """The handshake state machines and how the protocol grows (common/handshake.py, PROTOCOL.md §8).
 
-The byte vectors are read from PROTOCOL.md §8.4 itself, so the page and the
-code cannot drift apart.
+The byte vectors are read from PROTOCOL.md §8.4 and §8.5 themselves, so the
+page and the code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.capabilities import MAX_CAPABILITIES, agree, check_agreement
+from common.capabilities import KNOWN, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
 from common.errors import LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
-from common.messages import Error, Hello, Ok, Register, Welcome
+from common.messages import Error, Hello, Ok, Register, Welcome, Withdraw
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
 P = b"P" * 20
 T = b"T" * 20
+F = b"F" * 32
 #: The WELCOME a server fills in (PROTOCOL.md §8.4: observed 127.0.0.1:6881, heartbeat 30).
 TEMPLATE = Welcome(T, 30, "127.0.0.1", 6881)
 
@@ -35,10 +36,10 @@ NEW_WELCOME = Welcome(T, 30, "127.0.0.1", 6881, capabilities={"x-demo": 1})
 OLD_SERVER_REFUSAL = Error(ErrorCode.BAD_REQUEST, "malformed HELLO payload: Hello needs 4 fields, got 5")
 
 
-def _doc_vectors() -> list[bytes]:
-    """The frames of PROTOCOL.md §8.4, in order, with P, T and "text" expanded."""
+def _doc_vectors(heading: str = "### 8.4 Test vectors") -> list[bytes]:
+    """The frames of the first code block after ``heading`` in PROTOCOL.md, in order, with P, T, F and "text" expanded."""
     text = PROTOCOL_MD.read_text()
-    section = text[text.index("### 8.4 Test vectors") :]
+    section = text[text.index(heading) :]
     block = section[section.index("```") + 3 :]
     block = block[: block.index("```")]
     frames = []
@@ -52,6 +53,8 @@ def _doc_vectors() -> list[bytes]:
                 data += P
             elif token == "T":
                 data += T
+            elif token == "F":
+                data += F
             elif token.startswith('"'):
                 data += token[1:-1].encode()
             else:
@@ -67,6 +70,20 @@ def test_the_doc_vectors_are_the_encoding() -> None:
     for message, frame in zip(expected, frames, strict=True):
         assert encode_message(message) == frame, message
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
+
+
+def test_the_withdraw_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
+    hello = Hello(P, 6881, capabilities={WITHDRAW: 1})
+    welcome = ServerHandshake(supported=KNOWN).receive(hello, TEMPLATE)
+    expected = [hello, welcome, Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())]
+    frames = _doc_vectors("### 8.5 ")
+    assert len(frames) == len(expected)
+    for message, frame in zip(expected, frames, strict=True):
+        assert encode_message(message) == frame, message
+        assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
+    agreement = ClientHandshake(hello).receive(welcome)
+    assert isinstance(agreement, Agreement) and agreement.version(WITHDRAW) == 1
 
 
 def _fields_on_the_wire(frame: bytes) -> int:
