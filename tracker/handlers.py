@@ -47,7 +47,8 @@ from common.messages import (
     WhoHas,
 )
 from common.version import __version__
-from tracker.registry import FileRecord, check_manifest
+from tracker.records import FileRecord
+from tracker.registry import check_manifest
 from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
 
 if TYPE_CHECKING:

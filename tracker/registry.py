@@ -32,8 +32,9 @@ from common.chunkset import ChunkSet, Ranges
 from common.errors import IntegrityError, TrackerError, ValidationError
 from common.framing import ErrorCode
 from common.manifest import Manifest, validate_name
+from tracker.records import FileRecord, FileSummary, Peer, Replica
 
-__all__ = ["Registry", "Peer", "Replica", "FileRecord", "FileSummary", "check_manifest"]
+__all__ = ["Registry", "check_manifest"]
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -50,68 +51,6 @@ def check_manifest(manifest: Manifest) -> None:
         manifest.verify()
     except (IntegrityError, ValidationError) as exc:
         raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
-
-
-class Replica:
-    """The chunks of one file that one peer holds.
-
-    ``slot`` is its index in the file's replica list (for O(1) removal) and
-    in the file's ``entries``.
-    """
-
-    __slots__ = ("peer", "file", "chunks", "slot")
-
-    def __init__(self, peer: Peer, file: FileRecord, chunks: ChunkSet) -> None:
-        self.peer = peer
-        self.file = file
-        self.chunks = chunks
-        self.slot = -1
-
-    @property
-    def complete(self) -> bool:
-        return self.chunks.complete
-
-    def bitfield(self) -> bytes:
-        return self.chunks.bitfield()
-
-    def __repr__(self) -> str:
-        return f"Replica({self.peer.peer_id.hex()[:8]}, {self.file.manifest.name!r}, {len(self.chunks)}/{self.chunks.count})"
-
-
-@attrs.define(eq=False)
-class Peer:
-    """A registered, live peer: serves chunks at ``(host, port)``; ``host`` is what the tracker saw."""
-
-    peer_id: bytes
-    host: str
-    port: int
-    last_seen: float
-    replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
-
-
-@attrs.define(eq=False)
-class FileRecord:
-    """A published file and its live replicas."""
-
-    manifest: Manifest
-    folded_name: str  # for case-insensitive search
-    replicas: list[Replica] = attrs.field(factory=list, repr=False)
-    #: Beside ``replicas``, slot for slot: an opaque cache of each one's wire
-    #: encoding, filled by the server, reset to None whenever the replica or its
-    #: peer's address changes.
-    entries: list[bytes | None] = attrs.field(factory=list, repr=False)
-    complete_copies: int = 0
-    #: An opaque cache of the manifest's wire encoding, filled by the server.
-    manifest_reply: bytes | None = attrs.field(default=None, repr=False)
-
-
-@attrs.frozen
-class FileSummary:
-    """One row of a listing."""
-
-    manifest: Manifest
-    holders: int  # live peers holding at least one chunk
-    complete_copies: int  # live peers holding every chunk
 
 
 @attrs.define(eq=False)

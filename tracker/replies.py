@@ -16,7 +16,7 @@ from typing import Final
 import msgpack
 
 from common.framing import Opcode, encode_header
-from tracker.registry import FileSummary, Replica
+from tracker.records import FileSummary, Replica
 
 __all__ = ["holder_entry", "encode_holders", "file_entry", "encode_file_list", "FILE_LIST_OVERHEAD"]
 
