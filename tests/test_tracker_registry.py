@@ -277,3 +277,108 @@ def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: F
     with pytest.raises(TrackerError) as excinfo:
         registry.holders(bytes(32), limit=5)
     assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE
+
+
+# -- withdrawals (capability withdraw, PROTOCOL.md §8.5) --------------------------
+def _counts(registry: Registry) -> tuple[int, int, int, int]:
+    [summary] = registry.list_files()
+    return summary.holders, summary.complete_copies, registry.counts()["replicas"], registry.counts()["chunk_replicas"]
+
+
+def test_withdrawing_part_then_all_of_a_replica(registry: Registry, clock: FakeClock) -> None:
+    manifest = _swarm(registry, 0, chunks=10)
+    a, _ = registry.register(A, "10.0.0.1", 1)
+    b, _ = registry.register(B, "10.0.0.2", 2)
+    registry.announce(a, manifest.file_id, ((0, 10),))
+    registry.announce(b, manifest.file_id, ((0, 4),))
+    assert _counts(registry) == (2, 1, 2, 14)
+    record = registry.record(manifest.file_id)
+    record.entries[a.replicas[manifest.file_id].slot] = b"the server's cached wire entry"
+    replica = registry.withdraw(a, manifest.file_id, ((2, 5), (9, 10)))
+    assert replica is not None and list(replica.chunks) == [0, 1, 5, 6, 7, 8]
+    assert record.entries[replica.slot] is None  # stale now: the server makes it again
+    assert _counts(registry) == (2, 0, 2, 10)  # no longer a complete copy
+    assert registry.withdraw(a, manifest.file_id, ((2, 5),)) is replica  # chunks no longer held: nothing changes
+    assert _counts(registry) == (2, 0, 2, 10)
+    assert registry.withdraw(a, manifest.file_id, ((0, 10),)) is None  # nothing left: the replica goes
+    assert _counts(registry) == (1, 0, 1, 4)
+    assert [r.peer.peer_id for r in registry.holders(manifest.file_id, limit=50)[1]] == [B]
+    assert a.replicas == {} and registry.get_peer(A) is a  # still registered, holding nothing
+    assert registry.withdraw(a, manifest.file_id, ((0, 1),)) is None  # withdrawing again is harmless
+    registry.announce(a, manifest.file_id, ((3, 4),))  # and it may hold chunks again later
+    assert _counts(registry) == (2, 0, 2, 5)
+    assert all(record.replicas[r.slot] is r for r in record.replicas)
+
+
+def test_withdrawing_a_whole_copy_keeps_the_other_counts(registry: Registry) -> None:
+    manifest = _swarm(registry, 0, chunks=3)
+    peers = [registry.register(peer_id, "10.0.0.1", 1)[0] for peer_id in (A, B, C)]
+    for peer in peers:
+        registry.announce(peer, manifest.file_id, ((0, 3),))
+    registry.withdraw(peers[1], manifest.file_id, ((0, 3),))
+    assert _counts(registry) == (2, 2, 2, 6)
+    record = registry.record(manifest.file_id)
+    assert len(record.entries) == len(record.replicas) == 2 and all(record.replicas[r.slot] is r for r in record.replicas)
+
+
+def test_withdrawals_of_unknown_files_or_chunks_are_refused(registry: Registry) -> None:
+    manifest = _swarm(registry, 0, chunks=4)
+    peer, _ = registry.register(A, "10.0.0.1", 1)
+    registry.announce(peer, manifest.file_id, ((0, 4),))
+    with pytest.raises(TrackerError) as excinfo:
+        registry.withdraw(peer, bytes(32), ((0, 1),))
+    assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE
+    with pytest.raises(TrackerError) as excinfo:
+        registry.withdraw(peer, manifest.file_id, ((2, 5),))
+    assert code_of(excinfo) is ErrorCode.BAD_REQUEST and "withdrawal" in str(excinfo.value)
+    assert _counts(registry) == (1, 1, 1, 4)  # a refused withdrawal changes nothing
+    assert registry.withdraw(peer, manifest.file_id, ()) is not None  # nothing withdrawn from a file with chunks
+
+
+def test_an_empty_file_is_withdrawn_whole(registry: Registry) -> None:
+    empty = Manifest.from_hashes("empty", 0, 1024, [])
+    registry.publish(empty)
+    peer, _ = registry.register(A, "10.0.0.1", 1)
+    registry.announce(peer, empty.file_id, ())
+    assert registry.withdraw(peer, empty.file_id, ()) is None
+    assert registry.list_files()[0].complete_copies == 0 and registry.counts()["replicas"] == 0
+
+
+# -- a registration bound to its connection (PROTOCOL.md §8.5) ----------------------
+def test_a_peer_bound_to_its_connection_is_dropped_when_that_connection_closes(registry: Registry) -> None:
+    manifest = _swarm(registry, 0)
+    first, second = object(), object()
+    peer, _ = registry.register(A, "10.0.0.1", 1, connection=first)
+    registry.announce(peer, manifest.file_id, ((0, 8),))
+    assert registry.release(A, second) is None  # another connection closing: not this peer's
+    assert registry.release(B, first) is None  # a peer that never registered
+    assert registry.release(A, first) is peer
+    assert registry.get_peer(A) is None and registry.counts()["replicas"] == 0
+    assert registry.release(A, first) is None  # once
+
+
+def test_a_newer_registration_outlives_the_older_connection(registry: Registry) -> None:
+    manifest = _swarm(registry, 0)
+    old, new = object(), object()
+    peer, _ = registry.register(A, "10.0.0.1", 1, connection=old)
+    registry.announce(peer, manifest.file_id, ((0, 8),))
+    again, fresh = registry.register(A, "10.0.0.1", 2, connection=new)  # a reconnect, registered again
+    assert again is peer and not fresh
+    assert registry.release(A, old) is None
+    assert registry.counts()["replicas"] == 1
+    registry.register(A, "10.0.0.1", 2)  # again on a connection that did not agree on withdraw: bound to none
+    assert registry.release(A, new) is None
+    assert registry.get_peer(A) is peer
+
+
+def test_a_bound_peer_still_expires_and_an_id_taken_anew_is_not_released(registry: Registry, clock: FakeClock) -> None:
+    first, later = object(), object()
+    registry.register(A, "10.0.0.1", 1, connection=first)
+    clock.now += 91
+    assert [p.peer_id for p in registry.expire()] == [A]  # silent while its connection stayed open
+    peer, new = registry.register(A, "10.0.0.2", 1, connection=later)  # the id is free again
+    assert new
+    assert registry.release(A, first) is None  # the old connection's close does not touch the new registration
+    assert registry.get_peer(A) is peer
+    unbound, _ = registry.register(B, "10.0.0.1", 1)
+    assert unbound.connection is None

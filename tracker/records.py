@@ -48,6 +48,9 @@ class Peer:
     host: str
     port: int
     last_seen: float
+    #: The token of the connection whose close drops this peer (PROTOCOL.md §8.5: the
+    #: connection of its latest REGISTER agreed on ``withdraw``); None: it expires only.
+    connection: object | None = None
     replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
 
 

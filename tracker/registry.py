@@ -14,7 +14,11 @@ peers x 100 files answers tens of thousands of requests a second:
 * each file keeps its replicas in a list in random order (a newcomer takes a
   random slot, removal swaps in the last), so N random holders are a window
   of N consecutive slots from a random start, and counts its complete copies
-  incrementally;
+  incrementally; a replica joins and leaves in O(1), so dropping a peer costs
+  O(its replicas) and a withdrawal what an announcement does (a mask over the
+  file's chunks), plus O(1) to remove the replica when nothing is left;
+* a peer bound to its connection (capability ``withdraw``) keeps that
+  connection's token, so releasing it when the connection closes is one look-up;
 * each file keeps, beside its replica list, a list of their wire entries
   (address and bitfield) cached for the server until a replica changes, so a
   WHO_HAS touches 50 small byte strings rather than 50 objects and their sets.
@@ -53,6 +57,14 @@ def check_manifest(manifest: Manifest) -> None:
         raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
 
 
+def _mask(record: FileRecord, ranges: Ranges, what: str) -> int:
+    """The bitmask of ``ranges`` over ``record``'s chunks; ``TrackerError(BAD_REQUEST)`` for ranges beyond the file."""
+    try:
+        return ChunkSet.from_ranges(record.manifest.chunk_count, ranges).mask
+    except ValidationError as exc:
+        raise TrackerError(f"bad {what} for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None
+
+
 @attrs.define(eq=False)
 class Registry:
     """Peers, files and replicas of one swarm.
@@ -60,7 +72,10 @@ class Registry:
     Peers are keyed by peer id, bound to the host they registered from while
     they are live: the same id from the same host may re-register (a
     reconnect, possibly on a new port) and keeps its replicas; from another
-    host it is refused until the first registration expires.
+    host it is refused until the first registration expires. A registration
+    may also be bound to its connection (``connection``, any token the
+    caller chooses): :meth:`release` drops the peer when that connection
+    closes, unless a later registration has bound it elsewhere or to none.
     """
 
     peer_timeout: float
@@ -72,8 +87,12 @@ class Registry:
     chunk_replica_count: int = attrs.field(init=False, default=0)
 
     # -- peers -----------------------------------------------------------------
-    def register(self, peer_id: bytes, host: str, port: int) -> tuple[Peer, bool]:
-        """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new."""
+    def register(self, peer_id: bytes, host: str, port: int, connection: object | None = None) -> tuple[Peer, bool]:
+        """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new.
+
+        ``connection``: the token of the connection this registration is bound
+        to (see :meth:`release`), or None for one that only expires.
+        """
         now = self.clock()
         peer = self._live(peer_id, now)
         if peer is not None:
@@ -85,9 +104,10 @@ class Registry:
                 peer.port = port
                 for replica in peer.replicas.values():
                     replica.file.entries[replica.slot] = None
+            peer.connection = connection  # the latest registration decides
             self._touch(peer, now)
             return peer, False
-        peer = Peer(peer_id, host, port, now)
+        peer = Peer(peer_id, host, port, now, connection)
         self._peers[peer_id] = peer
         return peer, True
 
@@ -113,6 +133,18 @@ class Registry:
             raise TrackerError(
                 f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
             )
+        self._remove_peer(peer)
+        return peer
+
+    def release(self, peer_id: bytes, connection: object) -> Peer | None:
+        """The connection whose token was given to :meth:`register` has closed: drop the peer if still bound to it.
+
+        Returns the peer dropped, or None when ``peer_id`` is gone or has
+        registered again since, on another connection or on none.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.connection is not connection:
+            return None
         self._remove_peer(peer)
         return peer
 
@@ -204,10 +236,7 @@ class Registry:
         """
         record = self.record(file_id)
         count = record.manifest.chunk_count
-        try:
-            mask = ChunkSet.from_ranges(count, ranges).mask
-        except ValidationError as exc:
-            raise TrackerError(f"bad announcement for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None
+        mask = _mask(record, ranges, "announcement")
         replica = peer.replicas.get(file_id)
         if replica is None:
             if not mask and count:
@@ -224,6 +253,32 @@ class Registry:
             record.entries[replica.slot] = None
             if chunks.complete and not was_complete:
                 record.complete_copies += 1
+        return replica
+
+    def withdraw(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
+        """Forget that ``peer`` holds the chunks in ``ranges`` of ``file_id``; its replica goes once none is left.
+
+        Returns the replica, or None when the peer holds nothing of the file
+        any more (a file without chunks is withdrawn whole, whatever the
+        ranges). Chunks it never announced are not an error. (PROTOCOL.md §8.5)
+        """
+        record = self.record(file_id)
+        mask = _mask(record, ranges, "withdrawal")
+        replica = peer.replicas.get(file_id)
+        if replica is None:
+            return None
+        chunks = replica.chunks
+        left = chunks.mask & ~mask
+        if not left:
+            del peer.replicas[file_id]
+            self._unlink(replica)
+            return None
+        if left != chunks.mask:
+            if chunks.complete:
+                record.complete_copies -= 1
+            self.chunk_replica_count -= chunks.mask.bit_count() - left.bit_count()
+            chunks.mask = left
+            record.entries[replica.slot] = None
         return replica
 
     def holders(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[Manifest, list[Replica]]:
