@@ -206,7 +206,9 @@ async def test_holders_are_never_stale(service: TrackerService, nursery: trio.Nu
     assert await seen() == (7000, b"\x81")
 
 
-@pytest.mark.parametrize("phase", [tracker.handlers.GREETING, tracker.handlers.REQUESTS], ids=["greeting", "requests"])
+@pytest.mark.parametrize(
+    "phase", [tracker.handlers.GREETING, tracker.handlers.REQUESTS, tracker.handlers.WITHDRAWING], ids=["greeting", "requests", "withdrawing"]
+)
 def test_each_handler_is_declared_where_it_can_run(phase: tracker.handlers.Handlers) -> None:
     # ``fast`` handlers may run on the hub's fast path, where nothing may wait: plain
     # functions. ``task`` ones run in the connection's own task: coroutine functions.

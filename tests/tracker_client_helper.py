@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgpack
 import trio
@@ -67,13 +67,13 @@ class TrackerTestClient:
         assert reply is not None, f"connection closed instead of answering {type(message).__name__}"
         return reply
 
-    async def hello(self, listen_port: int = 0) -> Welcome:
-        reply = await self.request(Hello(self.peer_id, listen_port))
+    async def hello(self, listen_port: int = 0, capabilities: Mapping[str, int] | None = None) -> Welcome:
+        reply = await self.request(Hello(self.peer_id, listen_port, capabilities=capabilities or {}))
         assert isinstance(reply, Welcome), reply
         return reply
 
-    async def register(self, listen_port: int = 6881) -> None:
-        await self.hello(listen_port)
+    async def register(self, listen_port: int = 6881, capabilities: Mapping[str, int] | None = None) -> None:
+        await self.hello(listen_port, capabilities)
         reply = await self.request(Register(listen_port))
         assert reply == Ok(), reply
 

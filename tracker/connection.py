@@ -21,7 +21,10 @@ Errors are sorted once, at this boundary, and stay with their connection:
   member), an ERROR frame, the connection closed, the others served on.
 
 A dropped connection does not drop the peer: peers are keyed by id and expire
-only when silent for ``peer_timeout`` (``TrackerService.expiry_loop``).
+only when silent for ``peer_timeout`` (``TrackerService.expiry_loop``); unless
+the connection agreed on ``withdraw`` and registered the peer, which binds the
+registration to the connection: however the connection ends, its task drops
+the peer before anything else (:meth:`Connection.release`, PROTOCOL.md §8.5).
 """
 
 from __future__ import annotations
@@ -90,7 +93,10 @@ async def serve_connection(
     service.connections += 1
     connection = kind(service, stream, host, port)
     try:
-        await connection.run()
+        try:
+            await connection.run()
+        finally:
+            connection.release()  # at once, before any farewell: on every path, in this task
     except RemoteProtocolError as exc:
         log.warning("closing %s: %s", where, exc.reason)
         code = exc.error_code if exc.error_code is not None else ErrorCode.BAD_REQUEST
@@ -137,6 +143,11 @@ class Connection:
     agreement: Agreement | None = attrs.field(init=False, default=None)
     #: How requests are answered in the connection's current phase (``tracker.handlers``).
     handlers: Handlers = attrs.field(init=False, default=GREETING)
+    #: Stands for this connection in the registry: a registration bound to it names
+    #: this token, not the connection, which the registry then does not keep alive.
+    token: object = attrs.field(init=False, factory=object, repr=False)
+    #: Whether a REGISTER on this connection bound the peer to it (PROTOCOL.md §8.5).
+    bound: bool = attrs.field(init=False, default=False)
     #: Replies made for the current batch but not sent yet.
     pending: list[Buffer] = attrs.field(init=False, factory=list)
     #: This connection's share of ``TrackerService.buffered``.
@@ -230,6 +241,15 @@ class Connection:
             return await handler(self, request)
         except TrackerError as exc:
             return refusal(request, exc)
+
+    def release(self) -> None:
+        """The connection is over: drop the peer whose registration is still bound to it (PROTOCOL.md §8.5)."""
+        if not self.bound:
+            return
+        assert self.peer_id is not None  # bound by a REGISTER, after HELLO
+        peer = self.service.registry.release(self.peer_id, self.token)
+        if peer is not None:
+            log.info("peer %s at %s left: its connection closed", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
 
     def queue(self, reply: Buffer) -> None:
         self.pending.append(reply)

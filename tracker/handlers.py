@@ -3,7 +3,9 @@
 A handler takes the connection and a decoded request and returns the reply
 frame; a ``TrackerError`` it raises becomes an ERROR reply (:func:`refusal`)
 and the connection stays open. Which handlers a connection uses depends on
-its phase: :data:`GREETING` until HELLO, :data:`REQUESTS` after.
+its phase and its agreement: :data:`GREETING` until HELLO, then
+:data:`REQUESTS`, or :data:`WITHDRAWING` when the agreement includes the
+capability ``withdraw`` (PROTOCOL.md §8.5).
 
 Where a handler runs is declared by the table it is in (see :class:`Handlers`):
 ``fast`` handlers may be answered by the readiness hub's fast path
@@ -22,6 +24,7 @@ import attrs
 import trio
 
 from common.address import format_address
+from common.capabilities import WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -45,6 +48,7 @@ from common.messages import (
     StatsReply,
     Welcome,
     WhoHas,
+    Withdraw,
 )
 from common.version import __version__
 from tracker.records import FileRecord
@@ -54,13 +58,13 @@ from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders
 if TYPE_CHECKING:
     from tracker.connection import Connection
 
-__all__ = ["Handlers", "GREETING", "REQUESTS", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
+__all__ = ["Handlers", "GREETING", "REQUESTS", "WITHDRAWING", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
 
 log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {}
+SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1}
 #: A listing yields to the other connections after every this many files: an
 #: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
 LIST_SLICE: Final = 1000
@@ -125,7 +129,8 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     assert agreement is not None  # receive() returned a WELCOME
     connection.agreement = agreement
     connection.peer_id = agreement.hello.peer_id
-    connection.handlers = REQUESTS
+    # The agreement picks the table once: what it adds costs nothing per request.
+    connection.handlers = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
     return encode_message(welcome)
 
 
@@ -133,6 +138,12 @@ def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:
     """The violation a request no table of the connection's phase answers is (after HELLO: before, the handshake says)."""
     if type(request) is Hello:
         return RemoteProtocolError("HELLO sent twice", error_code=ErrorCode.BAD_REQUEST)
+    capability = _AGREED_ONLY.get(type(request))
+    if capability is not None:
+        # PROTOCOL.md §8.1: an opcode a capability added is never sent unless it was agreed.
+        return RemoteProtocolError(
+            f"{request.OPCODE.name} needs the capability {capability}, which this connection did not agree on", error_code=ErrorCode.BAD_REQUEST
+        )
     return RemoteProtocolError(f"{request.OPCODE.name} is not a tracker request", error_code=ErrorCode.BAD_REQUEST)
 
 
@@ -144,7 +155,22 @@ def _peer_id(connection: Connection) -> bytes:
 
 # -- answered anywhere: synchronous, from the registry -------------------------------
 def register(connection: Connection, request: Register) -> bytes:
-    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port)
+    return _register(connection, request, None)
+
+
+def register_bound(connection: Connection, request: Register) -> bytes:
+    """REGISTER on a connection that agreed on withdraw: the registration ends with the connection (PROTOCOL.md §8.5).
+
+    The connection's close then releases it (``Connection.release``), unless a
+    later REGISTER, on any connection, has bound it elsewhere.
+    """
+    reply = _register(connection, request, connection.token)
+    connection.bound = True
+    return reply
+
+
+def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
+    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to)
     if new:
         log.info("peer %s joined, serving at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
     else:
@@ -167,6 +193,14 @@ def deregister(connection: Connection, request: Deregister) -> bytes:
 def announce(connection: Connection, request: Announce) -> bytes:
     registry = connection.service.registry
     registry.announce(registry.peer(_peer_id(connection), connection.host), request.file_id, request.ranges)
+    return _OK_FRAME
+
+
+def withdraw(connection: Connection, request: Withdraw) -> bytes:
+    registry = connection.service.registry
+    peer = registry.peer(_peer_id(connection), connection.host)
+    if registry.withdraw(peer, request.file_id, request.ranges) is None:
+        log.debug("peer %s no longer serves %s", peer.peer_id.hex()[:16], request.file_id.hex()[:16])
     return _OK_FRAME
 
 
@@ -271,3 +305,8 @@ REQUESTS: Final = Handlers(
     # A PUBLISH waits for the store, a listing yields between its slices.
     task={Publish: publish, ListFiles: list_files},
 )
+#: After a HELLO whose agreement includes ``withdraw`` (PROTOCOL.md §8.5): WITHDRAW is
+#: answered, and a REGISTER binds the registration to this connection.
+WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
+#: Requests that a capability added: in a table only when the agreement includes it.
+_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW}
