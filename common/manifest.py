@@ -34,12 +34,14 @@ __all__ = [
     "MIN_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "DEFAULT_CHUNK_SIZE",
+    "TARGET_CHUNKS",
     "MAX_CHUNKS",
     "MAX_NAME_BYTES",
     "Manifest",
     "ManifestRecord",
     "RECORD_FIELDS",
     "chunk_count_for",
+    "chunk_size_for",
     "sha256",
     "merkle_root",
     "merkle_proof",
@@ -58,6 +60,8 @@ MAX_CHUNK_SIZE: Final = 16 * 1024 * 1024
 #: full speed; small enough that 8 requests in flight per connection stay cheap
 #: and a 1 GiB file still spreads as 1024 independently fetchable pieces.
 DEFAULT_CHUNK_SIZE: Final = 1024 * 1024
+#: :func:`chunk_size_for` cuts a file into at most this many chunks while the chunk size allows.
+TARGET_CHUNKS: Final = 1024
 #: 2**19 hashes of 32 bytes make a 16 MiB manifest, the frame limit.
 MAX_CHUNKS: Final = 1 << 19
 MAX_NAME_BYTES: Final = 255
@@ -70,6 +74,24 @@ def sha256(data: bytes | bytearray | memoryview) -> bytes:
 
 def chunk_count_for(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
+
+
+def chunk_size_for(size: int) -> int:
+    """The chunk size every publisher uses for a file of ``size`` bytes unless told otherwise (PROTOCOL.md §4.4).
+
+    A file's id depends on its chunk size, so a size that is a function of the
+    content gives the same bytes the same id whoever publishes them: one swarm
+    per content. It is the smallest power of two from MIN_CHUNK_SIZE (1 KiB) to
+    MAX_CHUNK_SIZE (16 MiB) that cuts the file into at most TARGET_CHUNKS
+    chunks: 513 to 1024 chunks from 1 MiB to 16 GiB (1 GiB gets 1 MiB chunks),
+    fewer below (a 9 KB file is still 9 chunks that downloaders can trade),
+    more above.
+    """
+    if size < 0:
+        raise ValidationError(f"a file size is never negative, got {size}")
+    least = chunk_count_for(size, TARGET_CHUNKS)  # the least chunk size that keeps to TARGET_CHUNKS chunks
+    power = 1 << max(least - 1, 0).bit_length()  # rounded up to a power of two
+    return min(MAX_CHUNK_SIZE, max(MIN_CHUNK_SIZE, power))
 
 
 # ---------------------------------------------------------------------------
@@ -311,12 +333,17 @@ def hash_file(
 
 def build_manifest(
     path: str | os.PathLike[str],
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     *,
     name: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
-    """Hash the file at ``path`` into a :class:`Manifest` named ``name`` (default: its base name)."""
+    """Hash the file at ``path`` into a :class:`Manifest` named ``name`` (default: its base name).
+
+    ``chunk_size`` None: :func:`chunk_size_for` the file's size, as every publisher does by default.
+    """
+    if chunk_size is None:
+        chunk_size = chunk_size_for(os.stat(path).st_size)
     size, hashes = hash_file(path, chunk_size, progress)
     display = name if name is not None else os.path.basename(os.fspath(path))
     if len(hashes) > MAX_CHUNKS:

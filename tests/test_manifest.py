@@ -22,9 +22,11 @@ from common.manifest import (
     MAX_CHUNKS,
     MAX_NAME_BYTES,
     MIN_CHUNK_SIZE,
+    TARGET_CHUNKS,
     Manifest,
     build_manifest,
     chunk_count_for,
+    chunk_size_for,
     hash_file,
     merkle_proof,
     merkle_root,
@@ -246,6 +248,76 @@ def test_large_file_is_hashed_in_bounded_memory(tmp_path: pathlib.Path) -> None:
     manifest = build_manifest(path, chunk_size)
     assert manifest.chunk_count == 1078
     assert manifest.file_id == reference_root(expected)
+
+
+# ---------------------------------------------------------------------------
+# The chunk size every publisher uses (PROTOCOL.md §4.4): one id per content
+# ---------------------------------------------------------------------------
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [
+        (0, KiB),
+        (1, KiB),
+        (8983, KiB),  # the demo's sample: 9 chunks, so its downloaders have something to trade
+        (MiB, KiB),
+        (MiB + 1, 2 * KiB),
+        (GiB, MiB),  # what bench/swarm.py uses
+        (GiB + 1, 2 * MiB),
+        (16 * GiB, 16 * MiB),
+        (16 * GiB + 1, 16 * MiB),  # the largest chunk size: more chunks from here on
+        (MAX_CHUNKS * 16 * MiB, 16 * MiB),
+    ],
+)
+def test_chunk_size_for_known_sizes(size: int, chunk_size: int) -> None:
+    assert chunk_size_for(size) == chunk_size
+
+
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**40))
+def test_chunk_size_for_is_monotonic_within_the_limits_and_aims_at_about_a_thousand_chunks(size: int, more: int) -> None:
+    chunk_size = chunk_size_for(size)
+    assert MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE and chunk_size & (chunk_size - 1) == 0  # a power of two
+    assert chunk_size_for(size + more) >= chunk_size
+    count = chunk_count_for(size, chunk_size)
+    if chunk_size < MAX_CHUNK_SIZE:
+        assert count <= TARGET_CHUNKS
+    if chunk_size > MIN_CHUNK_SIZE:
+        assert count > TARGET_CHUNKS // 2  # half the size would have been too small
+
+
+def _quantity(text: str) -> int:
+    """ "1 MiB + 1 byte" -> 1048577."""
+    units = {"byte": 1, "bytes": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB}
+    total = 0
+    for term in text.replace(",", "").split("+"):
+        number, *unit = term.split()
+        total += int(number) * (units[unit[0]] if unit else 1)
+    return total
+
+
+def test_the_protocol_doc_table_is_chunk_size_for() -> None:
+    text = (pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md").read_text()
+    section = text[text.index("### 4.4 ") : text.index("## 5. ")]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 5
+    for size, chunk_size, chunks in rows:
+        assert chunk_size_for(_quantity(size)) == _quantity(chunk_size), size
+        assert chunk_count_for(_quantity(size), _quantity(chunk_size)) == _quantity(chunks), size
+
+
+def test_chunk_size_for_refuses_a_negative_size() -> None:
+    with pytest.raises(ValidationError):
+        chunk_size_for(-1)
+
+
+def test_build_manifest_uses_chunk_size_for_by_default(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(os.urandom(3 * MiB + 5))
+    manifest = build_manifest(path)
+    assert manifest.chunk_size == chunk_size_for(3 * MiB + 5) == 4 * KiB
+    assert manifest == build_manifest(path, 4 * KiB)
 
 
 # ---------------------------------------------------------------------------
