@@ -13,7 +13,7 @@
 
 Scheduling decisions are the pure :class:`~peer.picker.Picker`'s; this module
 only does I/O and time. Every verified chunk is added to the
-:class:`~peer.storage.HeldFile` in the library at once, so the chunk server
+:class:`~peer.storage.library.HeldFile` in the library at once, so the chunk server
 serves it to other downloaders while this download goes on.
 """
 
@@ -63,19 +63,10 @@ from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.picker import Picker
 from peer.status import TransferCount, Transfers, describe_remote
-from peer.storage import (
-    Buffer,
-    HeldFile,
-    Library,
-    PartFile,
-    ReadBack,
-    direct_aligned,
-    hash_chunks,
-    open_published,
-    place_file,
-    same_content,
-    verify_and_write,
-)
+from peer.storage.chunk_io import Buffer, direct_aligned, hash_chunks, verify_and_write
+from peer.storage.library import HeldFile, Library, open_published
+from peer.storage.part_file import PartFile, place_file, same_content
+from peer.storage.read_back import ReadBack
 from peer.tasks import open_nursery
 from peer.tracker_client import TrackerClient
 

@@ -24,7 +24,7 @@ from common.framing import PROTOCOL_VERSION, ErrorCode
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
-from peer.storage import Library
+from peer.storage.library import Library
 from peer.tasks import open_nursery
 
 __all__ = ["ChunkServer"]

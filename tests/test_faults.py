@@ -32,7 +32,7 @@ from common.messages import FileList, Holders, ListFiles, WhoHas
 from peer import download as download_module
 from peer.config import PeerConfig
 from peer.node import open_peer
-from peer.storage import _storage_error
+from peer.storage.fs import storage_error
 from tests.procs import Child, part_state, peer_args, spawn, start_tracker, wait_until
 from tests.tracker_client_helper import open_client
 
@@ -384,7 +384,7 @@ async def test_disk_full_at_the_storage_layer(big: pathlib.Path, tmp_path: pathl
         manifest.verify_chunk(index, data)
         writes += 1
         if writes > 5:
-            raise _storage_error("write chunk to", f"fd {fd}", OSError(errno.ENOSPC, "No space left on device"))
+            raise storage_error("write chunk to", f"fd {fd}", OSError(errno.ENOSPC, "No space left on device"))
         real(manifest, fd, index, data)
 
     monkeypatch.setattr(download_module, "verify_and_write", full_after_five)

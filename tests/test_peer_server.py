@@ -17,7 +17,7 @@ from common.manifest import Manifest, build_manifest
 from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.server import ChunkServer
-from peer.storage import Library, open_published
+from peer.storage.library import Library, open_published
 
 CHUNK = 1024
 PEER_ID = b"s" * 20

@@ -19,7 +19,7 @@ from common.messages import Announce, CancelChunk, Hello, Message, Publish
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.node import Peer, open_peer
-from peer.storage import HeldFile
+from peer.storage.library import HeldFile
 from peer.tracker_client import TrackerLink
 from tracker.config import TrackerConfig
 from tracker.server import serve_tracker
