@@ -204,10 +204,6 @@ class TrackerClient:
     def connected(self) -> bool:
         return self._link is not None
 
-    @property
-    def link(self) -> TrackerLink | None:
-        return self._link
-
     async def connect(self) -> None:
         """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.
 

@@ -119,7 +119,7 @@ def test_resume_state_is_reverified(tmp_path: pathlib.Path, source: pathlib.Path
     claimed = again.open()
     assert claimed == [0, 1, 5, 7]
     try:
-        assert again.verify_all(claimed) == [0, 1, 5]
+        assert hash_chunks(manifest, again.fd, claimed) == [0, 1, 5]
     finally:
         again.close()
 

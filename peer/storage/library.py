@@ -38,10 +38,6 @@ class HeldFile:
     #: A second, ``O_DIRECT`` descriptor on a download's part file, or -1 (see :func:`peer.storage.chunk_io.open_direct`).
     direct_fd: int = -1
 
-    @property
-    def complete(self) -> bool:
-        return self.have.complete
-
     def offers(self, index: int) -> bool:
         """True if chunk ``index`` may be served now (re-checks the file on disk)."""
         if self.withdrawn or index not in self.have:

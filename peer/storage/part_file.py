@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
 
 import attrs
 
@@ -135,10 +134,6 @@ class PartFile:
             atomic_write(self.state_path, json.dumps(state).encode())
         except OSError as exc:
             raise storage_error("save download state", self.state_path, exc) from None
-
-    def verify_all(self, indexes: Sequence[int] | None = None) -> list[int]:
-        """Hash chunks on disk (blocking); the ones that match."""
-        return hash_chunks(self.manifest, self.fd, range(self.manifest.chunk_count) if indexes is None else indexes, self.direct_fd)
 
     def close(self) -> None:
         self.fd = close_fd(self.fd)
