@@ -24,7 +24,6 @@ import os
 import pathlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import attrs
 import trio
@@ -62,6 +61,7 @@ from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.picker import Picker
+from peer.progress import DownloadResult, ProgressSink
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer, direct_aligned, hash_chunks, verify_and_write
 from peer.storage.library import HeldFile, Library, open_published
@@ -70,7 +70,7 @@ from peer.storage.read_back import ReadBack
 from peer.tasks import open_nursery
 from peer.tracker_client import TrackerClient
 
-__all__ = ["ProgressSink", "DownloadResult", "Downloader"]
+__all__ = ["Downloader"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,50 +78,6 @@ logger = logging.getLogger(__name__)
 _MIN_REFRESH_GAP = 0.1
 #: Past this many remembered failed holders, those whose retry delay is over are forgotten.
 _MAX_RETRY_ENTRIES = 1000
-
-
-class ProgressSink(Protocol):
-    """What the engine tells a progress display (``peer/ui.py``).
-
-    ``started``, ``chunk`` (``source_label`` is ``label (host:port)``) and
-    ``finished`` are required; ``peers`` (the number of peers connected) is
-    called only if the sink has it. ``hashing`` (bytes of ``name`` hashed so
-    far, while a file is published) is optional too: a sink without it gets
-    ``started`` and ``finished`` once the file is hashed.
-    """
-
-    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None: ...
-
-    def chunk(self, index: int, nbytes: int, source_label: str) -> None: ...
-
-    def peers(self, count: int) -> None: ...
-
-    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None: ...
-
-    def finished(self) -> None: ...
-
-
-@attrs.frozen
-class DownloadResult:
-    """What :meth:`peer.node.Peer.download` did."""
-
-    path: pathlib.Path
-    manifest: Manifest
-    #: Chunks and bytes received per source peer, named ``label (host:port)``.
-    received: dict[str, TransferCount]
-    chunks_received: int
-    chunks_resumed: int
-    #: Chunks requested again after a bad chunk, a dead peer or a refusal.
-    chunks_refetched: int
-    #: Chunks whose data failed verification (never written).
-    bad_chunks: int
-    seconds: float
-    #: The file was already in place; nothing was transferred.
-    already_complete: bool = False
-
-    @property
-    def bytes_received(self) -> int:
-        return sum(c.bytes for c in self.received.values())
 
 
 class _PeerBusy(ChunkswarmError):

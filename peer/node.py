@@ -45,7 +45,8 @@ from common.messages import (
 )
 from common.version import __version__
 from peer.config import PeerConfig
-from peer.download import Downloader, DownloadResult, ProgressSink
+from peer.download import Downloader
+from peer.progress import DownloadResult, ProgressSink
 from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
 from peer.storage.library import Library, expand_paths, open_published
