@@ -29,7 +29,7 @@ import trio
 from common.errors import StorageError
 from common.manifest import build_manifest
 from common.messages import FileList, Holders, ListFiles, WhoHas
-from peer import download as download_module
+from peer import download_file
 from peer.config import PeerConfig
 from peer.node import open_peer
 from peer.storage.fs import storage_error
@@ -376,7 +376,7 @@ async def test_disk_fills_up_mid_download(big: pathlib.Path, tmp_path: pathlib.P
 
 async def test_disk_full_at_the_storage_layer(big: pathlib.Path, tmp_path: pathlib.Path, procs: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without root: the write of the 6th chunk fails with ENOSPC, in-process, against a real seeder process."""
-    real = download_module.verify_and_write
+    real = download_file.verify_and_write
     writes = 0
 
     def full_after_five(manifest, fd, index, data):  # type: ignore[no-untyped-def]
@@ -387,7 +387,7 @@ async def test_disk_full_at_the_storage_layer(big: pathlib.Path, tmp_path: pathl
             raise storage_error("write chunk to", f"fd {fd}", OSError(errno.ENOSPC, "No space left on device"))
         real(manifest, fd, index, data)
 
-    monkeypatch.setattr(download_module, "verify_and_write", full_after_five)
+    monkeypatch.setattr(download_file, "verify_and_write", full_after_five)
     out = tmp_path / "out"
     with trio.fail_after(DEADLINE):
         async with start_tracker(procs, tmp_path / "t.db", *TRACKER_OPTIONS) as (_, port):
