@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import time
 from typing import Protocol, TypeVar
 
 import attrs
@@ -136,7 +135,7 @@ class Downloader:
 
     # -- the whole download ----------------------------------------------------
     async def run(self) -> DownloadResult:
-        started = time.monotonic()
+        started = trio.current_time()
         manifest = self.manifest
         manifest.verify()  # the manifest against the file id, before trusting any chunk hash
         if await self._file.in_place(force=self.force):
@@ -171,7 +170,7 @@ class Downloader:
             chunks_resumed=resumed,
             chunks_refetched=self._picker.refetched,
             bad_chunks=self._bad_chunks,
-            seconds=time.monotonic() - started,
+            seconds=trio.current_time() - started,
             already_complete=already,
         )
 
@@ -202,7 +201,7 @@ class Downloader:
     async def _refresher(self) -> None:
         stalled_since: float | None = None
         config = self.config
-        self._progress_at = time.monotonic()
+        self._progress_at = trio.current_time()
         while True:
             try:
                 holders = await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
@@ -210,7 +209,7 @@ class Downloader:
             except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
                 logger.debug("%s: holder refresh failed: %s", self._label, exc)
             picker = self._picker
-            now = time.monotonic()
+            now = trio.current_time()
             if picker.in_flight_total == 0 and picker.verifying_count == 0 and not self._connecting():
                 stalled_since = stalled_since if stalled_since is not None else now
                 if now - stalled_since >= config.stall_timeout:
@@ -250,7 +249,7 @@ class Downloader:
     def _apply_holders(self, holders: Holders) -> None:
         count = self.manifest.chunk_count
         missing = ~self._picker.have.mask & ((1 << count) - 1)
-        now = time.monotonic()
+        now = trio.current_time()
         if len(self._retry_after) > _MAX_RETRY_ENTRIES:  # a tracker can list endless new ids
             self._retry_after = {peer: due for peer, due in self._retry_after.items() if due > now}
         context = self._context
@@ -304,7 +303,7 @@ class Downloader:
         finally:
             self._sources.pop(key, None)
             self._picker.remove_peer(key)
-            self._retry_after[key] = time.monotonic() + self.config.peer_retry_delay
+            self._retry_after[key] = trio.current_time() + self.config.peer_retry_delay
             self._wake_all()
             self._refresh_now.set()
             self._report_peers()
@@ -339,7 +338,7 @@ class Downloader:
             raise
         duplicates = self._picker.on_verified(key, index)
         nbytes = manifest.chunk_length(index)
-        self._progress_at = time.monotonic()
+        self._progress_at = trio.current_time()
         self._held.have.add(index)
         self._to_announce.add(index)
         self._announce_due.set()

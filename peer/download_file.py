@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -112,7 +111,7 @@ class DownloadFile:
         longer held, and the download fails with :class:`IntegrityError`.
         """
         manifest = self.manifest
-        checking = time.monotonic()
+        checking = trio.current_time()
         bad: list[int] = []
 
         async def one(part: int, parts: int) -> None:
@@ -120,7 +119,7 @@ class DownloadFile:
 
         await self._in_parallel(one)
         self._read_back.close()
-        logger.debug("%s: final read-back of %s took %.2f s", self.config.name, manifest.name, time.monotonic() - checking)
+        logger.debug("%s: final read-back of %s took %.2f s", self.config.name, manifest.name, trio.current_time() - checking)
         if bad:
             for index in bad:
                 self.held.have.discard(index)

@@ -17,7 +17,6 @@ session over memory streams.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -165,9 +164,8 @@ class Session:
         timeout = context.config.request_timeout
         key = self.peer_id
         while True:
-            pause = self.pause_until - time.monotonic()
-            if pause > 0:
-                await trio.sleep(pause)
+            if self.pause_until > trio.current_time():
+                await trio.sleep_until(self.pause_until)
             # A fresh event before picking: whatever changes after this pick wakes us.
             self.wakeup = trio.Event()
             waiting = bool(picker.in_flight(key))
@@ -221,7 +219,7 @@ class Session:
                 not_held = message.code != ErrorCode.BUSY
                 picker.on_rejected(key, message.index, not_held=not_held)
                 if not not_held:
-                    self.pause_until = time.monotonic() + _BUSY_PAUSE
+                    self.pause_until = trio.current_time() + _BUSY_PAUSE
                 context.wake_all()  # the chunk is requestable again, from anyone
             elif isinstance(message, ChunkError):
                 raise ConnectionClosed(f"sent a CHUNK_ERROR about another file ({message.file_id.hex()[:16]})")
