@@ -54,7 +54,7 @@ from peer.session import Connect, DownloadContext, PeerBusy, Session, connect_tc
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
-from peer.tasks import open_nursery
+from peer.tasks import describe, open_nursery
 
 __all__ = ["Tracker", "Downloader"]
 
@@ -294,10 +294,11 @@ class Downloader:
             with session.scope:
                 try:
                     await session.run()
-                except PeerBusy as exc:
-                    logger.debug("%s: %s is busy: %s", self._label, session.name, exc)
-                except (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as exc:
-                    logger.info("%s: dropping %s: %s", self._label, session.name, exc or type(exc).__name__)
+                except* PeerBusy as busy:
+                    logger.debug("%s: %s is busy: %s", self._label, session.name, describe(busy))
+                except* (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as ended:
+                    # Its requester and receiver may both have failed: every reason is said.
+                    logger.info("%s: dropping %s: %s", self._label, session.name, describe(ended))
             if self._picker.is_banned(key):
                 logger.warning("%s: banned %s for sending bad data", self._label, session.name)
         finally:

@@ -25,7 +25,7 @@ from common.messages import CancelChunk, ChunkError, Error, Hello, Message, Requ
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
-from peer.tasks import open_nursery
+from peer.tasks import describe, leaves, open_nursery
 
 __all__ = ["ChunkServer"]
 
@@ -107,17 +107,19 @@ class ChunkServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes; never raises (except Cancelled)."""
         conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
+        # except*: the reader and the sender may both have failed; each error is said.
         try:
             await self._serve(conn)
-        except ConnectionClosed as exc:
-            logger.debug("chunk connection ended: %s", exc)
-        except PeerTimeout as exc:
-            logger.info("closing an idle peer connection: %s", exc)
-        except RemoteProtocolError as exc:
-            logger.info("closing a peer connection after a protocol error: %s", exc)
-            await self._try_send_error(conn, exc.error_code or ErrorCode.BAD_REQUEST, exc.reason)
-        except ChunkswarmError as exc:
-            logger.warning("closing a peer connection: %s", exc)
+        except* ConnectionClosed as closed:
+            logger.debug("chunk connection ended: %s", describe(closed))
+        except* PeerTimeout as idle:
+            logger.info("closing an idle peer connection: %s", describe(idle))
+        except* RemoteProtocolError as broken:
+            logger.info("closing a peer connection after a protocol error: %s", describe(broken))
+            first = next(exc for exc in leaves(broken) if isinstance(exc, RemoteProtocolError))
+            await self._try_send_error(conn, first.error_code or ErrorCode.BAD_REQUEST, first.reason)
+        except* ChunkswarmError as failed:
+            logger.warning("closing a peer connection: %s", describe(failed))
         finally:
             await conn.aclose()
 

@@ -32,7 +32,7 @@ from common.errors import (
 )
 from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
 from peer.connection import Connection
-from peer.tasks import open_nursery
+from peer.tasks import describe, open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
 
@@ -275,8 +275,8 @@ class TrackerClient:
                         interval = link.welcome.heartbeat_interval
                         if interval > 0:
                             nursery.start_soon(self._heartbeat, link, interval)
-                except (ChunkswarmError, OSError) as exc:
-                    logger.warning("lost the tracker at %s: %s; reconnecting", where, exc)
+                except* (ChunkswarmError, OSError) as lost:  # the link's reader and the heartbeat may both fail
+                    logger.warning("lost the tracker at %s: %s; reconnecting", where, describe(lost))
                 if first:
                     first = False
                     task_status.started()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import pathlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,7 +23,7 @@ import trio
 import trio.testing
 
 from common.chunkset import ChunkSet
-from common.errors import ConnectionClosed, NoHolders
+from common.errors import ConnectionClosed, NoHolders, PeerTimeout
 from common.manifest import Manifest, build_manifest
 from common.messages import Hello, Holder, Holders, Message, Ok, RequestChunk, Welcome, WhoHas
 from peer.config import PeerConfig
@@ -30,8 +31,10 @@ from peer.connection import Connection
 from peer.download import Downloader
 from peer.progress import DownloadResult
 from peer.server import ChunkServer
+from peer.session import Session
 from peer.status import Transfers
 from peer.storage.library import HeldFile, Library
+from peer.tasks import TaskErrors
 
 CHUNK = 1024
 CHUNKS = 32
@@ -193,6 +196,29 @@ async def test_a_download_over_memory_streams_takes_each_half_from_its_holder(
     result = await harness.download()
     assert result.path.read_bytes() == source.read_bytes()
     assert {name: count.chunks for name, count in result.received.items()} == {"seed-1 (10.0.0.1:7000)": half, "seed-2 (10.0.0.2:7000)": half}
+
+
+async def test_a_session_that_ends_with_several_errors_is_dropped_and_says_them_all(
+    clock: trio.testing.MockClock, harness: Harness, source: pathlib.Path, manifest: Manifest,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its requester and its receiver can fail at once (one broken connection seen by both).
+    run = Session.run
+
+    async def both_fail_at_the_first_holder(session: Session) -> None:
+        if session.address == address(1):
+            raise TaskErrors.of([ConnectionClosed("connection lost"), PeerTimeout("took no request within 10 s")])
+        await run(session)
+
+    monkeypatch.setattr(Session, "run", both_fail_at_the_first_holder)
+    every = range(CHUNKS)
+    for number in (1, 2):
+        harness.tracker.holders.append(holder(number, ChunkSet.full(CHUNKS)))
+        harness.network.handlers[address(number)] = serving(source, manifest, every, f"seed-{number}")
+    with caplog.at_level(logging.INFO, logger="peer.download"):
+        result = await harness.download()
+    assert list(result.received) == ["seed-2 (10.0.0.2:7000)"]
+    assert any(r.getMessage().endswith("dropping 10.0.0.1:7000: connection lost; took no request within 10 s") for r in caplog.records)
 
 
 async def test_chunks_no_holder_has_end_the_download_after_stall_timeout(
