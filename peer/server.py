@@ -5,8 +5,8 @@ that queues REQUEST_CHUNKs (bounded; beyond the bound it answers BUSY at
 once rather than stalling) and drops CANCEL_CHUNKed ones, and a sender that
 answers the queue in order with CHUNK_DATA (file bytes by ``os.sendfile``) or
 CHUNK_ERROR. Connections above the cap get an ERROR(BUSY) and are closed.
-Each handler catches, logs and closes its own connection: one bad peer never
-takes the server down.
+Each handler catches, logs and closes its own connection: neither one bad peer
+nor a bug met while serving one takes the server down.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class ChunkServer:
         await trio.serve_listeners(self.handle_stream, listeners)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until it closes; never raises (except Cancelled)."""
+        """Serve one connection until it closes; never raises (but ``Cancelled``), whatever goes wrong."""
         conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
         # except*: the reader and the sender may both have failed; each error is said.
         try:
@@ -120,6 +120,14 @@ class ChunkServer:
             await self._try_send_error(conn, first.error_code or ErrorCode.BAD_REQUEST, first.reason)
         except* ChunkswarmError as failed:
             logger.warning("closing a peer connection: %s", describe(failed))
+        except* Exception as bug:
+            # Neither the peer's doing nor a failure we know: a bug of ours. It is logged whole and
+            # ends this one connection; the server goes on serving the others. (Never BaseException:
+            # Cancelled and KeyboardInterrupt must pass.)
+            errors = leaves(bug)
+            remote = describe_remote("", conn.remote_address)
+            logger.exception("closing the connection of %s after an internal error", remote, exc_info=errors[0] if len(errors) == 1 else bug)
+            await self._try_send_error(conn, ErrorCode.INTERNAL, "internal error")
         finally:
             await conn.aclose()
 
