@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_FRAME = 16 * 1024
 
 
+def _observed_address(conn: Connection) -> tuple[str, int]:
+    """Where the peer's connection comes from, as WELCOME reports it (a memory stream has no address)."""
+    address = conn.remote_address
+    return address if address is not None else ("127.0.0.1", 0)
+
+
 class _RequestQueue:
     """Queued (file id, index) requests of one connection, in arrival order, cancellable."""
 
@@ -132,6 +138,26 @@ class ChunkServer:
             await conn.aclose()
 
     async def _serve(self, conn: Connection) -> None:
+        hello = await self._handshake(conn)
+        if hello is None:
+            return
+        try:
+            host, port = _observed_address(conn)
+            remote = describe_remote(hello.agent, (host, hello.listen_port or port))
+            queue = _RequestQueue()
+            async with open_nursery() as nursery:
+                nursery.start_soon(self._sender, conn, queue, remote)
+                if await self._reader(conn, queue):
+                    await queue.drained()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.active -= 1
+
+    async def _handshake(self, conn: Connection) -> Hello | None:
+        """HELLO in, then WELCOME out, or the ERROR that refuses it; the peer's HELLO, or None once refused.
+
+        A WELCOME takes one of the ``max_connections`` slots (``active``), which the caller gives back.
+        """
         if len(self._greeting) >= self.max_handshakes:
             next(iter(self._greeting)).cancel()  # the longest silent: it is dropped, not the newcomer
         with trio.CancelScope() as greeting:
@@ -142,33 +168,27 @@ class ChunkServer:
                 del self._greeting[greeting]
         if greeting.cancelled_caught:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
-            return
+            return None
         if not isinstance(hello, Hello):
             logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
             await self._send(conn, Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
-            return
+            return None
         if hello.protocol_version != PROTOCOL_VERSION:
             logger.info("closing a peer connection: it speaks protocol version %d", hello.protocol_version)
             text = f"HELLO speaks protocol version {hello.protocol_version}, this peer speaks {PROTOCOL_VERSION}"
             await self._send(conn, Error(ErrorCode.UNSUPPORTED_VERSION, text))
-            return
+            return None
         if self.active >= self.max_connections:
             await self._send(conn, Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
-            return
-        self.active += 1
+            return None
+        self.active += 1  # no checkpoint since the check above: the cap holds
         try:
-            address = conn.remote_address
-            host, port = address if address is not None else ("127.0.0.1", 0)
+            host, port = _observed_address(conn)
             await self._send(conn, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
-            remote = describe_remote(hello.agent, (host, hello.listen_port or port))
-            queue = _RequestQueue()
-            async with open_nursery() as nursery:
-                nursery.start_soon(self._sender, conn, queue, remote)
-                if await self._reader(conn, queue):
-                    await queue.drained()
-                nursery.cancel_scope.cancel()
-        finally:
+        except BaseException:
             self.active -= 1
+            raise
+        return hello
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).

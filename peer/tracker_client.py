@@ -71,12 +71,7 @@ class TrackerLink:
             raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
         conn = Connection(stream)
         try:
-            await conn.send(hello)
-            welcome = await conn.receive_within(timeout)
-            if isinstance(welcome, Error):
-                raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
-            if not isinstance(welcome, Welcome):
-                raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+            welcome = await _handshake(conn, hello, timeout)
             if register_port is not None:
                 await conn.send(Register(register_port))
                 reply = await conn.receive_within(timeout)
@@ -156,6 +151,17 @@ class TrackerLink:
         """One request; its reply of type ``expect``, :class:`TrackerError` for an ERROR reply."""
         (reply,) = await self.request_many((message,), timeout=timeout)
         return check_reply(reply, expect)
+
+
+async def _handshake(conn: Connection, hello: Hello, timeout: float) -> Welcome:
+    """HELLO out, WELCOME in (within ``timeout``); :class:`TrackerError` if the tracker refuses."""
+    await conn.send(hello)
+    welcome = await conn.receive_within(timeout)
+    if isinstance(welcome, Error):
+        raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
+    if not isinstance(welcome, Welcome):
+        raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+    return welcome
 
 
 @asynccontextmanager
