@@ -27,7 +27,6 @@ from peer.storage.fs import storage_error
 
 __all__ = [
     "Buffer",
-    "DIRECT_ALIGN",
     "read_chunk",
     "verify_and_write",
     "hash_chunks",
