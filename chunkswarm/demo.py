@@ -36,8 +36,8 @@ from common.address import format_address
 from common.errors import ChunkswarmError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig
-from peer.download import DownloadResult, ProgressSink
 from peer.node import Peer, open_peer
+from peer.progress import DownloadResult, ProgressSink
 from peer.tasks import open_nursery
 from tracker.config import TrackerConfig
 from tracker.service import RunningTracker, serve_tracker

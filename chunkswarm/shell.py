@@ -26,7 +26,8 @@ from common.address import format_address
 from common.errors import ChunkswarmError
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
-from peer.storage import PART_SUFFIX, STATE_SUFFIX, expand_paths
+from peer.storage.library import expand_paths
+from peer.storage.part_file import PART_SUFFIX, STATE_SUFFIX
 
 __all__ = ["HELP", "Shell", "ShellConfig", "run_shell"]
 

@@ -1,7 +1,7 @@
 """Progress display and tables: the engine's progress events as rich bars on a terminal, log lines elsewhere.
 
 The only module of ``peer`` that imports rich; the engine just calls a
-:class:`~peer.download.ProgressSink`.
+:class:`~peer.progress.ProgressSink`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from common.messages import FileEntry
-from peer.download import ProgressSink
+from peer.progress import ProgressSink
 
 __all__ = ["RichProgress", "LogProgress", "progress_display", "format_size", "file_table"]
 

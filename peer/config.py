@@ -58,11 +58,11 @@ class PeerConfig:
     io_threads: int = 2
     #: Write chunks, and read them back, with O_DIRECT (past the page cache) where the file
     #: system allows it. Off by default: every chunk write waits for the device and chunks
-    #: served to other peers must be read back from it (see ``peer.storage``).
+    #: served to other peers must be read back from it (see ``peer.storage.chunk_io``).
     direct_io: bool = False
     #: A written chunk is read back from disk and checked once this many more bytes have
     #: been written; through the page cache it bounds the memory a download fills to about twice
-    #: this (see ``peer.storage.ReadBack``).
+    #: this (see ``peer.storage.read_back.ReadBack``).
     read_back_window: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
     #: WHO_HAS refresh period while downloading.
     refresh_interval: float = attrs.field(default=0.5, validator=_positive)

@@ -28,7 +28,7 @@ import trio
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.errors import ConnectionClosed, PeerTimeout, StorageError
 from common.messages import Message
-from peer.storage import read_chunk
+from peer.storage.chunk_io import read_chunk
 
 __all__ = ["Connection", "RECEIVE_SIZE"]
 

@@ -45,10 +45,12 @@ from common.messages import (
 )
 from common.version import __version__
 from peer.config import PeerConfig
-from peer.download import Downloader, DownloadResult, ProgressSink
+from peer.download import Downloader
+from peer.progress import DownloadResult, ProgressSink
 from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
-from peer.storage import Library, ManifestCache, expand_paths, open_published
+from peer.storage.library import Library, expand_paths, open_published
+from peer.storage.manifest_cache import ManifestCache
 from peer.tasks import open_nursery
 from peer.tracker_client import TrackerClient, TrackerLink, check_reply, open_query_link
 

@@ -132,10 +132,6 @@ class Picker(Generic[PeerKey]):
         return self._done == (1 << self.chunk_count) - 1
 
     @property
-    def missing_count(self) -> int:
-        return self.chunk_count - self._done.bit_count()
-
-    @property
     def in_flight_total(self) -> int:
         return sum(len(p.in_flight) for p in self._peers.values())
 
@@ -152,10 +148,6 @@ class Picker(Generic[PeerKey]):
     @property
     def peers(self) -> list[PeerKey]:
         return list(self._peers)
-
-    @property
-    def banned(self) -> frozenset[PeerKey]:
-        return frozenset(self._banned)
 
     def is_banned(self, key: PeerKey) -> bool:
         return key in self._banned

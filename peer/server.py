@@ -5,8 +5,8 @@ that queues REQUEST_CHUNKs (bounded; beyond the bound it answers BUSY at
 once rather than stalling) and drops CANCEL_CHUNKed ones, and a sender that
 answers the queue in order with CHUNK_DATA (file bytes by ``os.sendfile``) or
 CHUNK_ERROR. Connections above the cap get an ERROR(BUSY) and are closed.
-Each handler catches, logs and closes its own connection: one bad peer never
-takes the server down.
+Each handler catches, logs and closes its own connection: neither one bad peer
+nor a bug met while serving one takes the server down.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from common.framing import PROTOCOL_VERSION, ErrorCode
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
-from peer.storage import Library
-from peer.tasks import open_nursery
+from peer.storage.library import Library
+from peer.tasks import describe, leaves, open_nursery
 
 __all__ = ["ChunkServer"]
 
@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 #: The largest frame a downloader has reason to send us: HELLO, REQUEST_CHUNK, CANCEL_CHUNK
 #: and an ERROR with its 1,024-character message all fit. Anything larger is refused at its header.
 MAX_REQUEST_FRAME = 16 * 1024
+
+
+def _observed_address(conn: Connection) -> tuple[str, int]:
+    """Where the peer's connection comes from, as WELCOME reports it (a memory stream has no address)."""
+    address = conn.remote_address
+    return address if address is not None else ("127.0.0.1", 0)
 
 
 class _RequestQueue:
@@ -105,23 +111,53 @@ class ChunkServer:
         await trio.serve_listeners(self.handle_stream, listeners)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until it closes; never raises (except Cancelled)."""
+        """Serve one connection until it closes; never raises (but ``Cancelled``), whatever goes wrong."""
         conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
+        # except*: the reader and the sender may both have failed; each error is said.
         try:
             await self._serve(conn)
-        except ConnectionClosed as exc:
-            logger.debug("chunk connection ended: %s", exc)
-        except PeerTimeout as exc:
-            logger.info("closing an idle peer connection: %s", exc)
-        except RemoteProtocolError as exc:
-            logger.info("closing a peer connection after a protocol error: %s", exc)
-            await self._try_send_error(conn, exc.error_code or ErrorCode.BAD_REQUEST, exc.reason)
-        except ChunkswarmError as exc:
-            logger.warning("closing a peer connection: %s", exc)
+        except* ConnectionClosed as closed:
+            logger.debug("chunk connection ended: %s", describe(closed))
+        except* PeerTimeout as idle:
+            logger.info("closing an idle peer connection: %s", describe(idle))
+        except* RemoteProtocolError as broken:
+            logger.info("closing a peer connection after a protocol error: %s", describe(broken))
+            first = next(exc for exc in leaves(broken) if isinstance(exc, RemoteProtocolError))
+            await self._try_send_error(conn, first.error_code or ErrorCode.BAD_REQUEST, first.reason)
+        except* ChunkswarmError as failed:
+            logger.warning("closing a peer connection: %s", describe(failed))
+        except* Exception as bug:
+            # Neither the peer's doing nor a failure we know: a bug of ours. It is logged whole and
+            # ends this one connection; the server goes on serving the others. (Never BaseException:
+            # Cancelled and KeyboardInterrupt must pass.)
+            errors = leaves(bug)
+            remote = describe_remote("", conn.remote_address)
+            logger.exception("closing the connection of %s after an internal error", remote, exc_info=errors[0] if len(errors) == 1 else bug)
+            await self._try_send_error(conn, ErrorCode.INTERNAL, "internal error")
         finally:
             await conn.aclose()
 
     async def _serve(self, conn: Connection) -> None:
+        hello = await self._handshake(conn)
+        if hello is None:
+            return
+        try:
+            host, port = _observed_address(conn)
+            remote = describe_remote(hello.agent, (host, hello.listen_port or port))
+            queue = _RequestQueue()
+            async with open_nursery() as nursery:
+                nursery.start_soon(self._sender, conn, queue, remote)
+                if await self._reader(conn, queue):
+                    await queue.drained()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.active -= 1
+
+    async def _handshake(self, conn: Connection) -> Hello | None:
+        """HELLO in, then WELCOME out, or the ERROR that refuses it; the peer's HELLO, or None once refused.
+
+        A WELCOME takes one of the ``max_connections`` slots (``active``), which the caller gives back.
+        """
         if len(self._greeting) >= self.max_handshakes:
             next(iter(self._greeting)).cancel()  # the longest silent: it is dropped, not the newcomer
         with trio.CancelScope() as greeting:
@@ -132,33 +168,27 @@ class ChunkServer:
                 del self._greeting[greeting]
         if greeting.cancelled_caught:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
-            return
+            return None
         if not isinstance(hello, Hello):
             logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
             await self._send(conn, Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
-            return
+            return None
         if hello.protocol_version != PROTOCOL_VERSION:
             logger.info("closing a peer connection: it speaks protocol version %d", hello.protocol_version)
             text = f"HELLO speaks protocol version {hello.protocol_version}, this peer speaks {PROTOCOL_VERSION}"
             await self._send(conn, Error(ErrorCode.UNSUPPORTED_VERSION, text))
-            return
+            return None
         if self.active >= self.max_connections:
             await self._send(conn, Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
-            return
-        self.active += 1
+            return None
+        self.active += 1  # no checkpoint since the check above: the cap holds
         try:
-            address = conn.remote_address
-            host, port = address if address is not None else ("127.0.0.1", 0)
+            host, port = _observed_address(conn)
             await self._send(conn, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
-            remote = describe_remote(hello.agent, (host, hello.listen_port or port))
-            queue = _RequestQueue()
-            async with open_nursery() as nursery:
-                nursery.start_soon(self._sender, conn, queue, remote)
-                if await self._reader(conn, queue):
-                    await queue.drained()
-                nursery.cancel_scope.cancel()
-        finally:
+        except BaseException:
             self.active -= 1
+            raise
+        return hello
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).

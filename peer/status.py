@@ -42,10 +42,6 @@ class Transfers:
     def bytes_uploaded(self) -> int:
         return sum(c.bytes for c in self.uploaded.values())
 
-    @property
-    def bytes_downloaded(self) -> int:
-        return sum(c.bytes for c in self.downloaded.values())
-
 
 @attrs.frozen
 class PeerStatus:

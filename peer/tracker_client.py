@@ -32,7 +32,7 @@ from common.errors import (
 )
 from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
 from peer.connection import Connection
-from peer.tasks import open_nursery
+from peer.tasks import describe, open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
 
@@ -71,12 +71,7 @@ class TrackerLink:
             raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
         conn = Connection(stream)
         try:
-            await conn.send(hello)
-            welcome = await conn.receive_within(timeout)
-            if isinstance(welcome, Error):
-                raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
-            if not isinstance(welcome, Welcome):
-                raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+            welcome = await _handshake(conn, hello, timeout)
             if register_port is not None:
                 await conn.send(Register(register_port))
                 reply = await conn.receive_within(timeout)
@@ -158,6 +153,17 @@ class TrackerLink:
         return check_reply(reply, expect)
 
 
+async def _handshake(conn: Connection, hello: Hello, timeout: float) -> Welcome:
+    """HELLO out, WELCOME in (within ``timeout``); :class:`TrackerError` if the tracker refuses."""
+    await conn.send(hello)
+    welcome = await conn.receive_within(timeout)
+    if isinstance(welcome, Error):
+        raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
+    if not isinstance(welcome, Welcome):
+        raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+    return welcome
+
+
 @asynccontextmanager
 async def open_query_link(address: tuple[str, int], hello: Hello, *, timeout: float) -> AsyncIterator[TrackerLink]:
     """A query-only session: HELLO (``hello.listen_port`` should be 0) and never REGISTER.
@@ -203,10 +209,6 @@ class TrackerClient:
     @property
     def connected(self) -> bool:
         return self._link is not None
-
-    @property
-    def link(self) -> TrackerLink | None:
-        return self._link
 
     async def connect(self) -> None:
         """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.
@@ -279,8 +281,8 @@ class TrackerClient:
                         interval = link.welcome.heartbeat_interval
                         if interval > 0:
                             nursery.start_soon(self._heartbeat, link, interval)
-                except (ChunkswarmError, OSError) as exc:
-                    logger.warning("lost the tracker at %s: %s; reconnecting", where, exc)
+                except* (ChunkswarmError, OSError) as lost:  # the link's reader and the heartbeat may both fail
+                    logger.warning("lost the tracker at %s: %s; reconnecting", where, describe(lost))
                 if first:
                     first = False
                     task_status.started()

@@ -52,7 +52,8 @@ from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.node import open_peer
 from peer.server import ChunkServer
-from peer.storage import Library, PartFile, open_published
+from peer.storage.library import Library, open_published
+from peer.storage.part_file import PartFile
 from tests.procs import rss_kib, start_tracker, wait_until
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import IO_PATHS, TrackerConfig

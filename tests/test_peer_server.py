@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from common.manifest import Manifest, build_manifest
 from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.server import ChunkServer
-from peer.storage import Library, open_published
+from peer.storage.library import HeldFile, Library, open_published
 
 CHUNK = 1024
 PEER_ID = b"s" * 20
@@ -255,3 +256,29 @@ async def test_connections_that_do_not_say_hello_are_capped(published: tuple[Lib
         await handshake(clients[2])  # the newcomer is served
         await handshake(clients[1])
         nursery.cancel_scope.cancel()
+
+
+class FaultyLibrary(Library):
+    """A library whose lookup of one file id fails as a bug would."""
+
+    broken = b"\xee" * 32
+
+    def get(self, file_id: bytes) -> HeldFile | None:
+        if file_id == self.broken:
+            raise RuntimeError("lookup failed")
+        return super().get(file_id)
+
+
+async def test_an_unexpected_error_ends_only_its_own_connection(
+    published: tuple[Library, Manifest, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    library, manifest, data = published
+    server = ChunkServer(FaultyLibrary(library.files), PEER_ID)
+    async with served(server) as unlucky, served(server) as other:
+        with caplog.at_level(logging.ERROR, logger="peer.server"):
+            await unlucky.send(RequestChunk(FaultyLibrary.broken, 0))
+            await expect_farewell(unlucky, ErrorCode.INTERNAL)
+        await other.send(RequestChunk(manifest.file_id, 1))
+        assert await other.receive() == ChunkData(manifest.file_id, 1, chunk_of(data, 1))
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert "internal error" in record.getMessage() and "lookup failed" in str(record.exc_info[1])  # type: ignore[index]

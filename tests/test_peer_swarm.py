@@ -11,7 +11,7 @@ import attrs
 import pytest
 import trio
 
-import peer.download
+import peer.download_file
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
@@ -19,7 +19,7 @@ from common.messages import Announce, CancelChunk, Hello, Message, Publish
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.node import Peer, open_peer
-from peer.storage import HeldFile
+from peer.storage.library import HeldFile
 from peer.tracker_client import TrackerLink
 from tracker.config import TrackerConfig
 from tracker.service import serve_tracker
@@ -448,7 +448,7 @@ async def test_a_minimal_progress_sink_is_enough(swarm: Swarm, source: pathlib.P
 async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-back of written chunks catches a device that loses a write; the chunk is downloaded again."""
-    written = peer.download.verify_and_write
+    written = peer.download_file.verify_and_write
     spoiled: list[int] = []
 
     def bad_device(manifest: Manifest, fd: int, index: int, data: bytes | bytearray | memoryview) -> None:
@@ -457,7 +457,7 @@ async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, sour
             spoiled.append(index)
             os.pwrite(fd, b"\0" * 16, manifest.chunk_offset(index) + 7)
 
-    monkeypatch.setattr(peer.download, "verify_and_write", bad_device)
+    monkeypatch.setattr(peer.download_file, "verify_and_write", bad_device)
     with trio.fail_after(20):
         async with swarm.peer() as seeder, swarm.peer(read_back_window=4 * CHUNK) as getter:
             (manifest,) = await seeder.publish([source.parent])

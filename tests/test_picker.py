@@ -60,7 +60,7 @@ def test_verify_completes() -> None:
     for index in picker.pick_many("a"):
         assert picker.on_data("a", index)
         assert picker.on_verified("a", index) == []
-    assert picker.complete and picker.missing_count == 0
+    assert picker.complete and len(picker.have) == 2
 
 
 def test_a_chunk_lost_after_verification_is_missing_again() -> None:
@@ -236,4 +236,4 @@ def test_large_file_stays_rarest_first_through_availability_changes() -> None:
     for key in masks:
         index = check_pick(key)
         assert picker.on_data(key, index) and picker.on_verified(key, index) == []
-    assert picker.missing_count == count - len(taken) + 1  # the first pick is still in flight
+    assert len(picker.have) == len(taken) - 1  # verified: every pick but the first, still in flight

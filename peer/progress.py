@@ -1,0 +1,61 @@
+"""What a download tells the app: progress as it goes (:class:`ProgressSink`), a summary when done (:class:`DownloadResult`).
+
+The engine only calls a sink; the app's ``chunkswarm/ui.py`` draws it (rich
+stays at the edge).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Protocol
+
+import attrs
+
+from common.manifest import Manifest
+from peer.status import TransferCount
+
+__all__ = ["ProgressSink", "DownloadResult"]
+
+
+class ProgressSink(Protocol):
+    """What the engine tells a progress display (``chunkswarm/ui.py``).
+
+    ``started``, ``chunk`` (``source_label`` is ``label (host:port)``) and
+    ``finished`` are required; ``peers`` (the number of peers connected) is
+    called only if the sink has it. ``hashing`` (bytes of ``name`` hashed so
+    far, while a file is published) is optional too: a sink without it gets
+    ``started`` and ``finished`` once the file is hashed.
+    """
+
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None: ...
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None: ...
+
+    def peers(self, count: int) -> None: ...
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None: ...
+
+    def finished(self) -> None: ...
+
+
+@attrs.frozen
+class DownloadResult:
+    """What :meth:`peer.node.Peer.download` did."""
+
+    path: pathlib.Path
+    manifest: Manifest
+    #: Chunks and bytes received per source peer, named ``label (host:port)``.
+    received: dict[str, TransferCount]
+    chunks_received: int
+    chunks_resumed: int
+    #: Chunks requested again after a bad chunk, a dead peer or a refusal.
+    chunks_refetched: int
+    #: Chunks whose data failed verification (never written).
+    bad_chunks: int
+    seconds: float
+    #: The file was already in place; nothing was transferred.
+    already_complete: bool = False
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(c.bytes for c in self.received.values())

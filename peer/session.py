@@ -1,0 +1,229 @@
+"""One download session per source peer: connect, handshake, then a requester and a receiver.
+
+::
+
+    Session.run
+    ├── connect, then HELLO -> WELCOME (within connect_timeout)
+    ├── requester     keeps up to pipeline_depth REQUEST_CHUNKs in flight (the picker chooses)
+    └── receiver      CHUNK_DATA -> a check in the download's nursery; CHUNK_ERROR -> back to the picker
+
+A session owns the conversation with one peer; the
+:class:`~peer.download.Downloader` owns its life (it starts it, says why it
+ended and when that peer may be tried again) and checks the chunks it
+receives. The stream comes from :attr:`DownloadContext.connect`, so tests run a
+session over memory streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from common.codec import Codec
+from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout
+from common.framing import ErrorCode
+from common.manifest import Manifest
+from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk, Welcome
+from peer.buffers import BufferPool
+from peer.config import PeerConfig
+from peer.connection import Connection
+from peer.picker import Picker
+from peer.status import describe_remote
+from peer.storage.chunk_io import Buffer
+from peer.tasks import open_nursery
+
+__all__ = ["Connect", "connect_tcp", "PeerBusy", "DownloadContext", "Session"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a session waits before asking again after a CHUNK_ERROR BUSY.
+_BUSY_PAUSE = 0.05
+
+#: Opens a stream to a peer's ``(host, port)``.
+Connect = Callable[[tuple[str, int]], Awaitable[trio.abc.Stream]]
+
+
+async def connect_tcp(address: tuple[str, int]) -> trio.abc.Stream:
+    """The :data:`Connect` of a real peer: a TCP connection."""
+    return await trio.open_tcp_stream(*address)
+
+
+class PeerBusy(ChunkswarmError):
+    """The peer answered HELLO with BUSY: it serves others now, and may serve us later."""
+
+
+@attrs.frozen
+class DownloadContext:
+    """What the sessions of one download share."""
+
+    manifest: Manifest
+    config: PeerConfig
+    hello: Hello
+    picker: Picker[bytes]
+    buffers: BufferPool
+    connect: Connect
+    #: Taken before a received chunk is accepted, given back once it is checked: a
+    #: peer whose chunks cannot be checked as fast as they come is read no faster.
+    verify_slots: trio.Semaphore
+    #: The download's nursery, where received chunks are checked: a check outlives
+    #: the session that received the chunk.
+    nursery: trio.Nursery
+    #: Checks chunk ``index`` received by a session (its verification slot is taken).
+    verify: Callable[[Session, int, Buffer], Awaitable[None]]
+    #: Wakes every session: a chunk became requestable again, from anyone.
+    wake_all: Callable[[], None]
+    #: Asks the tracker for holders now: a session has nothing left to request.
+    refresh: Callable[[], None]
+
+
+@attrs.define(eq=False)
+class Session:
+    """One connection to the peer at ``address``; see the module docstring."""
+
+    context: DownloadContext
+    peer_id: bytes
+    address: tuple[str, int]
+    #: How logs and counters name the peer: ``label (host:port)`` once it has said WELCOME.
+    name: str
+    #: Cancelled to end the session early (a banned peer).
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: The connection, once the stream is open (None while connecting).
+    conn: Connection | None = None
+    pause_until: float = 0.0
+    #: Set when this session may have something new to request.
+    wakeup: trio.Event = attrs.field(factory=trio.Event)
+    #: When this peer must have answered: ``request_timeout`` after our last request
+    #: or its last answer. Frames that answer nothing do not move it.
+    answer_due: float = 0.0
+    #: The receiver's wait for the next frame, whose deadline is ``answer_due``.
+    answer_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    def expect_answer(self, within: float) -> None:
+        """This peer has ``within`` seconds from now to answer."""
+        self.answer_due = self.answer_wait.deadline = trio.current_time() + within
+
+    async def run(self) -> None:
+        """Connect, shake hands, then request and receive chunks until the connection ends (with the error why).
+
+        :class:`PeerBusy` if the peer is busy; :class:`ConnectionClosed`,
+        :class:`PeerTimeout`, a protocol error, ``OSError`` or
+        ``trio.TooSlowError`` (connecting) if it is gone or misbehaves.
+        """
+        context = self.context
+        with trio.fail_after(context.config.connect_timeout):
+            stream = await context.connect(self.address)
+            # Nothing a serving peer sends is larger than one chunk: a header that claims more is
+            # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
+            codec = Codec(max_receive_size=max(16 * 1024, context.manifest.chunk_size + 64), allocate_body=context.buffers.take)
+            conn = self.conn = Connection(stream, codec=codec)
+            welcome = await self._handshake(conn)
+        self.name = describe_remote(welcome.agent, self.address)
+        logger.debug("%s: connected to %s", context.config.name, self.name)
+        async with open_nursery() as nursery:
+            nursery.start_soon(self._requester, conn)
+            await self._receiver(conn)
+
+    async def _handshake(self, conn: Connection) -> Welcome:
+        """HELLO out, WELCOME in; a refusal is :class:`PeerBusy` or :class:`ConnectionClosed`."""
+        await conn.send(self.context.hello)
+        welcome = await conn.receive()
+        if isinstance(welcome, Error):
+            if welcome.code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS):
+                raise PeerBusy(welcome.message)
+            raise ConnectionClosed(f"refused: {welcome.message}")
+        if not isinstance(welcome, Welcome):
+            raise ConnectionClosed(f"answered HELLO with {type(welcome).__name__}")
+        return welcome
+
+    async def cancel(self, index: int) -> None:
+        """Tell the peer we no longer want chunk ``index`` (endgame: another peer sent it first); a courtesy, bounded."""
+        context = self.context
+        conn = self.conn
+        if conn is None:
+            return
+        with trio.move_on_after(context.config.request_timeout):
+            try:
+                await conn.send(CancelChunk(context.manifest.file_id, index))
+            except ChunkswarmError as exc:  # its connection is ending; its own task reports why
+                logger.debug("%s: no cancel of chunk %d to %s: %s", context.config.name, index, self.name, exc)
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.aclose()
+
+    async def _requester(self, conn: Connection) -> None:
+        context = self.context
+        picker = context.picker
+        file_id = context.manifest.file_id
+        timeout = context.config.request_timeout
+        key = self.peer_id
+        while True:
+            if self.pause_until > trio.current_time():
+                await trio.sleep_until(self.pause_until)
+            # A fresh event before picking: whatever changes after this pick wakes us.
+            self.wakeup = trio.Event()
+            waiting = bool(picker.in_flight(key))
+            indexes = picker.pick_many(key)
+            if indexes:
+                try:
+                    with trio.fail_after(timeout):  # a peer that takes no requests is dropped
+                        await conn.send_many([RequestChunk(file_id, i) for i in indexes])
+                except trio.TooSlowError:
+                    raise PeerTimeout(f"took no request within {timeout:g} s") from None
+                if not waiting:  # the clock starts at the first request it owes us
+                    self.expect_answer(timeout)
+                continue
+            if not picker.in_flight(key) and key not in picker.useful_peers():
+                context.refresh()
+            await self.wakeup.wait()
+
+    async def _receiver(self, conn: Connection) -> None:
+        context = self.context
+        picker = context.picker
+        file_id = context.manifest.file_id
+        verify_slots = context.verify_slots
+        start_check, verify = context.nursery.start_soon, context.verify
+        timeout = context.config.request_timeout
+        key = self.peer_id
+        self.expect_answer(timeout)
+        while True:
+            # Only an answer moves the deadline on, so a peer that sends anything
+            # but answers cannot keep our requests in flight forever.
+            with trio.CancelScope(deadline=self.answer_due) as self.answer_wait:
+                message = await conn.receive()
+            if self.answer_wait.cancelled_caught:
+                if picker.in_flight(key):
+                    raise PeerTimeout(f"no answer within {timeout:g} s")
+                self.expect_answer(timeout)
+                continue
+            if isinstance(message, ChunkData):
+                # Wait for a verification slot first (backpressure on this peer), so that
+                # nothing can cancel us between accepting the data and starting its check.
+                await verify_slots.acquire()
+                accepted = message.file_id == file_id and picker.on_data(key, message.index)
+                self.wake()  # a pipeline slot is free
+                if not accepted:
+                    verify_slots.release()
+                    context.buffers.give_back(message.data)
+                    continue
+                self.expect_answer(timeout)
+                start_check(verify, self, message.index, message.data)
+            elif isinstance(message, ChunkError) and message.file_id == file_id:
+                self.expect_answer(timeout)
+                not_held = message.code != ErrorCode.BUSY
+                picker.on_rejected(key, message.index, not_held=not_held)
+                if not not_held:
+                    self.pause_until = trio.current_time() + _BUSY_PAUSE
+                context.wake_all()  # the chunk is requestable again, from anyone
+            elif isinstance(message, ChunkError):
+                raise ConnectionClosed(f"sent a CHUNK_ERROR about another file ({message.file_id.hex()[:16]})")
+            elif isinstance(message, Error):
+                raise ConnectionClosed(f"sent ERROR {message.code_name}: {message.message}")
+            else:
+                raise ConnectionClosed(f"sent an unexpected {type(message).__name__}")
