@@ -29,7 +29,7 @@ SAMPLE = HERE / "sample_files" / "dir1" / "file1_dir1.txt"
 @click.option("--file", "source", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path), default=SAMPLE,
               help="The file to swarm (a large one shows progress bars)  [default: sample_files/dir1/file1_dir1.txt]")
 @click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=None,
-              help="Chunk size in bytes  [default: 1024 for the sample; at most 64 chunks for larger files]")
+              help="Chunk size in bytes  [default: from the file's size, as every publisher does: 1024 for the sample]")
 @click.option("--keep", is_flag=True, help="Keep the temporary folder with every peer's share, downloads and state.")
 @click.option("--keep-running", is_flag=True, help="Afterwards keep the tracker and peers up for demo_peer.py until Ctrl-C.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)

@@ -40,13 +40,13 @@ def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tu
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on.")
 @click.option("--label", default="demo-peer", show_default=True, help="This peer's name in its own and other peers' logs.")
-@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=64 * 1024, show_default=True,
-              help="Chunk size in bytes for the files u publishes.")
+@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=None,
+              help="Chunk size in bytes for the files u publishes  [default: from each file's size, as every publisher does]")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
               help=f"Where the peer keeps its manifest cache  [default: {default_state_dir()}]")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
 def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
-         chunk_size: int, state_dir: pathlib.Path | None, log_level: str) -> None:  # fmt: skip
+         chunk_size: int | None, state_dir: pathlib.Path | None, log_level: str) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
     peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size,

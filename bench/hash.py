@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from common.manifest import DEFAULT_CHUNK_SIZE, hash_file
+from common.manifest import chunk_size_for, hash_file
 
 MIB = 1024 * 1024
 WRITE_BLOCK = 16 * MIB
@@ -48,7 +48,7 @@ def sha256_baseline(chunk_size: int, total: int = 256 * MIB) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (default 1024)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 1 MiB)")
+    parser.add_argument("--chunk-size", type=int, default=chunk_size_for(1 << 30), help="bytes per chunk (default 1 MiB, a 1 GiB file's)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs; the fastest is reported (default 3)")
     parser.add_argument("--dir", default="/tmp", help="where to write the file (default /tmp)")
     args = parser.parse_args()

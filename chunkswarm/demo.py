@@ -34,7 +34,7 @@ from rich.table import Table
 from chunkswarm.ui import LogProgress, RichProgress
 from common.address import format_address
 from common.errors import ChunkswarmError
-from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.manifest import chunk_size_for
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.progress import DownloadResult, ProgressSink
@@ -42,22 +42,12 @@ from peer.tasks import open_nursery
 from tracker.config import TrackerConfig
 from tracker.service import RunningTracker, serve_tracker
 
-__all__ = ["DemoConfig", "DemoOutcome", "PeerReport", "auto_chunk_size", "run_demo", "summary_table"]
+__all__ = ["DemoConfig", "DemoOutcome", "PeerReport", "run_demo", "summary_table"]
 
 logger = logging.getLogger("demo")
 
-#: Without ``--chunk-size`` a file is cut into at most this many chunks (the sample file: 9 chunks of 1 KiB).
-AUTO_MAX_CHUNKS = 64
 #: Above this many chunks a download logs its chunks at DEBUG, not one INFO line each.
 CHUNK_LOG_LIMIT = 512
-
-
-def auto_chunk_size(size: int) -> int:
-    """The smallest power of two >= 1 KiB that cuts ``size`` bytes into at most :data:`AUTO_MAX_CHUNKS` chunks."""
-    chunk = MIN_CHUNK_SIZE
-    while chunk * AUTO_MAX_CHUNKS < size and chunk < MAX_CHUNK_SIZE:
-        chunk *= 2
-    return chunk
 
 
 def _at_least_two(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -67,7 +57,7 @@ def _at_least_two(instance: object, attribute: attrs.Attribute[int], value: int)
 
 @attrs.frozen
 class DemoConfig:
-    """What ``demo.py`` asks for; ``chunk_size=None`` picks :func:`auto_chunk_size`."""
+    """What ``demo.py`` asks for; ``chunk_size=None``: the size every publisher uses (``chunk_size_for``, the sample: 1 KiB)."""
 
     source: pathlib.Path = attrs.field(converter=pathlib.Path)
     peers: int = attrs.field(default=4, validator=_at_least_two)
@@ -213,7 +203,7 @@ async def run_demo(config: DemoConfig, console: Console) -> DemoOutcome:
     """
     source = config.source
     size = source.stat().st_size
-    chunk_size = config.chunk_size or auto_chunk_size(size)
+    chunk_size = config.chunk_size or chunk_size_for(size)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="chunkswarm-demo-"))
     outcomes: list[DemoOutcome] = []
     try:

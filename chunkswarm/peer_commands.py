@@ -20,7 +20,7 @@ from chunkswarm.console import LOG_LEVELS, console, setup_logging
 from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
-from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_catalogue, open_peer
 
@@ -89,12 +89,13 @@ async def _serve_until_signalled(peer: Peer) -> None:
 # -- seed --------------------------------------------------------------------------
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
-@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE, show_default=True,
-              help="Chunk size in bytes for newly published files.")
+@click.option("--chunk-size", type=click.IntRange(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE), default=None,
+              help="Chunk size in bytes for newly published files [default: from each file's size, as every publisher does, "
+                   "so the same file has the same id: 1 KiB to 16 MiB, about 1,000 chunks a file]. Another size publishes another file id.")
 @click.option("--max-upload-connections", type=click.IntRange(min=1), default=PeerConfig().max_upload_connections, show_default=True,
               help="Peers served at once; more are told BUSY.")
 @_peer_options
-def seed(paths: tuple[pathlib.Path, ...], chunk_size: int, max_upload_connections: int, log_level: str, **options: Any) -> None:
+def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, log_level: str, **options: Any) -> None:
     """Publish files (directories: every file inside) and serve them until interrupted."""
     setup_logging(log_level)
     config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)

@@ -33,7 +33,6 @@ __all__ = [
     "ZERO_HASH",
     "MIN_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
-    "DEFAULT_CHUNK_SIZE",
     "TARGET_CHUNKS",
     "MAX_CHUNKS",
     "MAX_NAME_BYTES",
@@ -55,12 +54,11 @@ HASH_SIZE: Final = 32
 ZERO_HASH: Final = bytes(HASH_SIZE)
 MIN_CHUNK_SIZE: Final = 1024
 MAX_CHUNK_SIZE: Final = 16 * 1024 * 1024
-#: 1 MiB: large enough that per-request overhead (a frame header, a task wake-up,
-#: a thread hop for hashing) is amortised over a megabyte, and hashlib runs at its
-#: full speed; small enough that 8 requests in flight per connection stay cheap
-#: and a 1 GiB file still spreads as 1024 independently fetchable pieces.
-DEFAULT_CHUNK_SIZE: Final = 1024 * 1024
-#: :func:`chunk_size_for` cuts a file into at most this many chunks while the chunk size allows.
+#: :func:`chunk_size_for` cuts a file into at most this many chunks while the chunk size allows:
+#: enough independently fetchable pieces to spread a file over many peers, few enough
+#: that per-chunk costs (a request, a task wake-up, a thread hop for hashing, an
+#: announcement) stay small beside the transfer; a 1 GiB file gets 1 MiB chunks, where
+#: hashlib runs at its full speed and 8 requests in flight per connection stay cheap.
 TARGET_CHUNKS: Final = 1024
 #: 2**19 hashes of 32 bytes make a 16 MiB manifest, the frame limit.
 MAX_CHUNKS: Final = 1 << 19
@@ -298,7 +296,7 @@ ProgressCallback = Callable[[int], None]
 
 
 def hash_file(
-    path: str | os.PathLike[str], chunk_size: int = DEFAULT_CHUNK_SIZE, progress: ProgressCallback | None = None
+    path: str | os.PathLike[str], chunk_size: int, progress: ProgressCallback | None = None
 ) -> tuple[int, list[bytes]]:
     """Stream ``path`` and return ``(size, chunk hashes)``.
 

@@ -8,7 +8,7 @@ import pathlib
 import attrs
 import platformdirs
 
-from common.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 __all__ = ["PeerConfig", "default_state_dir"]
 
@@ -33,8 +33,11 @@ class PeerConfig:
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
     #: A human name such as "peer-1": sent as the HELLO/WELCOME agent and used in logs.
     label: str = ""
-    chunk_size: int = attrs.field(
-        default=DEFAULT_CHUNK_SIZE, validator=attrs.validators.and_(attrs.validators.ge(MIN_CHUNK_SIZE), attrs.validators.le(MAX_CHUNK_SIZE))
+    #: Chunk size of the files this peer publishes. None (the default): ``chunk_size_for`` each
+    #: file's size, as every publisher does (PROTOCOL.md §4.4), so the same bytes get the same id.
+    chunk_size: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.and_(attrs.validators.ge(MIN_CHUNK_SIZE), attrs.validators.le(MAX_CHUNK_SIZE))),
     )
     #: Level of the one-line-per-received-chunk log (the demo sets INFO).
     chunk_log_level: int = logging.DEBUG

@@ -12,7 +12,7 @@ import sys
 
 import trio
 
-from chunkswarm.demo import DemoOutcome, PeerReport, auto_chunk_size
+from chunkswarm.demo import DemoOutcome, PeerReport
 from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -107,10 +107,3 @@ def test_outcome_names_every_failed_copy() -> None:
     failed = outcome(report("peer-3", False, "no reachable peer holds 2 chunk(s)"), report("peer-4", False))
     assert not failed.ok
     assert failed.problems == ["peer-3 did not finish: no reachable peer holds 2 chunk(s)", "peer-4's copy at /w/peer-4/f.txt does not match f.txt"]
-
-
-def test_auto_chunk_size_keeps_the_sample_at_1_kib_and_big_files_at_64_chunks_or_fewer() -> None:
-    assert auto_chunk_size((ROOT / "sample_files" / "dir1" / "file1_dir1.txt").stat().st_size) == 1024
-    assert auto_chunk_size(0) == 1024
-    assert auto_chunk_size(200_000_000) == 4 * 1024 * 1024  # 48 chunks
-    assert auto_chunk_size(64 * 1024 + 1) == 2048

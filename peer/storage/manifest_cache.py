@@ -10,7 +10,7 @@ import attrs
 import msgpack
 
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import Manifest, ProgressCallback, build_manifest
+from common.manifest import Manifest, ProgressCallback, build_manifest, chunk_size_for
 from peer.storage.fs import atomic_write, file_signature, storage_error
 
 __all__ = ["ManifestCache"]
@@ -52,15 +52,18 @@ class ManifestCache:
             logger.warning("cannot cache the manifest of %s: %s", path, exc)
 
     def manifest_for(
-        self, path: pathlib.Path, chunk_size: int, progress: ProgressCallback | None = None
+        self, path: pathlib.Path, chunk_size: int | None = None, progress: ProgressCallback | None = None
     ) -> tuple[Manifest, tuple[int, int], bool]:
         """The manifest of ``path`` (cached, or hashed now), its signature, and whether it came from the cache.
 
-        ``progress`` is called with the bytes hashed after every chunk, in this (worker) thread.
+        ``chunk_size`` None: ``chunk_size_for`` the file's size (PROTOCOL.md §4.4). ``progress`` is
+        called with the bytes hashed after every chunk, in this (worker) thread.
         """
         signature = file_signature(path)
         if signature is None:
             raise StorageError(f"{path}: cannot read it")
+        if chunk_size is None:
+            chunk_size = chunk_size_for(signature[0])  # the size hashed: the signature is checked again after
         cached = self.get(path, signature, chunk_size)
         if cached is not None:
             return cached, signature, True
