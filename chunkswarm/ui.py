@@ -28,7 +28,7 @@ from rich.table import Table
 from common.messages import FileEntry
 from peer.progress import ProgressSink
 
-__all__ = ["RichProgress", "LogProgress", "progress_display", "format_size", "file_table"]
+__all__ = ["RichProgress", "LogProgress", "progress_display", "format_size", "file_table", "chunk_size_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,12 +187,25 @@ def stats_table(counters: dict[str, int | float], title: str) -> Table:
 
 
 def file_table(entries: list[FileEntry], title: str, *, id_chars: int = 16) -> Table:
-    """The tracker's files as a table: name, size, id prefix, chunks, live holders, complete copies."""
+    """The tracker's files as a table: name, size, id prefix, chunks and their size, live holders, complete copies.
+
+    The chunk size tells apart files of one name and content published with
+    other chunk sizes (each its own file id, PROTOCOL.md §4.4).
+    """
     table = Table(title=title)
     for column, justify in (("name", "left"), ("size", "right"), ("id", "left"), ("chunks", "right"),
                             ("holders", "right"), ("complete", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for entry in entries:
-        table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:id_chars], str(entry.chunk_count),
-                      str(entry.holders), str(entry.complete_copies))  # fmt: skip
+        chunks = f"{entry.chunk_count}\u00d7{chunk_size_text(entry.chunk_size)}"  # 73 chunks of 4 KiB: "73 (times sign) 4 KiB"
+        table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:id_chars], chunks, str(entry.holders),
+                      str(entry.complete_copies))  # fmt: skip
     return table
+
+
+def chunk_size_text(size: int) -> str:
+    """``65536`` -> ``64 KiB``: chunk sizes, usually powers of two, exactly when they are whole KiB or MiB."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return format_size(size)

@@ -99,7 +99,7 @@ async def test_session_through_a_pipe(seeded_tracker: str, tmp_path: pathlib.Pat
     assert line_after(lines, "uploaded 2 files").startswith("uploaded 2 files from ")
     # The listing: the seeder's files and ours, with sizes, id prefixes and holders.
     table = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in lines if line.startswith("│")}
-    assert table["gradient.bmp"][:3] == ["288.1 KiB", build_manifest(SEEDED / "gradient.bmp", CHUNK).hex_id[:12], "73"]
+    assert table["gradient.bmp"][:3] == ["288.1 KiB", build_manifest(SEEDED / "gradient.bmp", CHUNK).hex_id[:12], "73\u00d74 KiB"]
     assert table["file1_dir2.txt"][3] == "1" and set(table) == {"gradient.bmp", "file1_dir3.txt", "file1_dir2.txt", "file2_dir2.txt"}
     saved = line_after(lines, "saved gradient.bmp")
     assert f"to {tmp_path / 'downloads' / 'gradient.bmp'} " in saved and "(73 chunks from seeder: 73)" in saved

@@ -127,6 +127,7 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             listing = await trio.run_process([sys.executable, "-m", "chunkswarm", "ls", "--state-dir", str(tmp_path / "l")],
                                              capture_stdout=True, capture_stderr=True, env=env)
             assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
+            assert f"1\u00d7{CHUNK // 1024} KiB".encode() in listing.stdout  # each file's chunk count and chunk size
             # ls only asks (HELLO with listen_port 0, no REGISTER): it never joins the swarm.
             assert caplog.text.count(" joined, serving at ") == joined == 1
             counters = await trio.run_process([sys.executable, "-m", "chunkswarm", "stats", "--state-dir", str(tmp_path / "l")],

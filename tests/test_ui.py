@@ -86,3 +86,9 @@ def test_file_sizes_read_as_people_read_them() -> None:
     from chunkswarm.ui import format_size
 
     assert [format_size(n) for n in (0, 1023, 8983, 5 * 1024**3)] == ["0 B", "1023 B", "8.8 KiB", "5.0 GiB"]
+
+
+def test_chunk_sizes_read_exactly() -> None:
+    from chunkswarm.ui import chunk_size_text
+
+    assert [chunk_size_text(n) for n in (1024, 65536, 1 << 20, 16 << 20, 1500)] == ["1 KiB", "64 KiB", "1 MiB", "16 MiB", "1.5 KiB"]
