@@ -255,23 +255,28 @@ class Peer:
         return list(reply.entries)
 
     async def resolve(self, query: str) -> FileEntry:
-        """The one file whose id starts with ``query`` (hex) or whose name is exactly ``query``."""
+        """The file ``query`` names: a file id or id prefix (hex), or an exact name.
+
+        Several files may share a name (the same content published with
+        another chunk size, or another content): the one with live holders is
+        meant, complete copies first (:func:`_live_one`); the name is
+        ambiguous only when more than one has them. An id prefix of several
+        files is ambiguous whatever their holders.
+        """
         query = query.strip()
         if not query:
             raise UnknownFile("no file given")
         entries = await self.list_files("")
         prefix = query.lower()
-        matches: dict[bytes, FileEntry] = {}
-        for entry in entries:
-            if entry.name == query or (set(prefix) <= _HEX and entry.file_id.hex().startswith(prefix)):
-                matches[entry.file_id] = entry
+        hexadecimal = set(prefix) <= _HEX
+        matches = [e for e in entries if e.name == query or (hexadecimal and e.file_id.hex().startswith(prefix))]
         if not matches:
             raise UnknownFile(f"no file named {query!r} or with an id starting with {query!r} on the tracker")
-        if len(matches) > 1:
-            candidates = tuple(matches.values())
-            listing = "; ".join(f"{e.name} ({e.file_id.hex()[:16]}, {e.size} bytes)" for e in candidates)
-            raise AmbiguousFile(f"{query!r} matches {len(candidates)} files: {listing}; give a longer id prefix", candidates)
-        return next(iter(matches.values()))
+        if len(matches) == 1:
+            return matches[0]
+        if any(e.name != query for e in matches):
+            raise AmbiguousFile(f"{query!r} matches {len(matches)} files: {_describe(matches)}; give a longer id prefix", tuple(matches))
+        return _live_one(query, matches)
 
     async def get_manifest(self, file_id: bytes) -> Manifest:
         reply = await self.tracker.request(GetManifest(file_id), ManifestReply)
@@ -325,6 +330,29 @@ class Peer:
             uploaded=dict(self.transfers.uploaded),
             downloaded=dict(self.transfers.downloaded),
         )
+
+
+def _live_one(name: str, entries: list[FileEntry]) -> FileEntry:
+    """Of several files named ``name`` (newest first), the one with complete copies, else the one with holders.
+
+    Files without a live holder never make a name ambiguous; when none has
+    one, the newest is taken (its download waits for holders like any other).
+    """
+    for live in ([e for e in entries if e.complete_copies], [e for e in entries if e.holders]):
+        if len(live) == 1:
+            return live[0]
+        if live:
+            ranked = sorted((e for e in entries if e.holders), key=lambda e: (-e.complete_copies, -e.holders))
+            raise AmbiguousFile(
+                f"{name!r} names {len(ranked)} files that peers hold: {_describe(ranked)}; give an id prefix to choose one", tuple(ranked)
+            )
+    return entries[0]
+
+
+def _describe(entries: Iterable[FileEntry]) -> str:
+    return "; ".join(
+        f"{e.name} (id {e.file_id.hex()[:16]}, {e.holders} holders, {e.complete_copies} complete, {e.size} bytes)" for e in entries
+    )
 
 
 @asynccontextmanager

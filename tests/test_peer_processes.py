@@ -156,4 +156,4 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             await seeder.publish([other])
             ambiguous = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "--state-dir", str(tmp_path / "g")],
                                                capture_stdout=True, capture_stderr=True, env=env, check=False)
-            assert ambiguous.returncode != 0 and b"matches 2 files" in ambiguous.stderr
+            assert ambiguous.returncode != 0 and b"'data.bin' names 2 files that peers hold" in ambiguous.stderr
