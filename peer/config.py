@@ -43,6 +43,9 @@ class PeerConfig:
     chunk_log_level: int = logging.DEBUG
 
     # -- serving ------------------------------------------------------------
+    #: The files served are checked for changes on disk this often (a ``stat`` each); one
+    #: that changed is no longer served, and the tracker is told (``peer.withdrawals``).
+    change_check_interval: float = attrs.field(default=1.0, validator=_positive)
     #: Connections served at once; more are told BUSY and closed.
     max_upload_connections: int = 32
     #: Requests queued per connection; more are answered BUSY at once.

@@ -9,7 +9,9 @@
 
 The chunk server is listening as soon as the context is entered; the tracker
 is contacted by :meth:`Peer.connect`. Leaving the context deregisters
-(bounded by ``shutdown_timeout``) and closes everything.
+(bounded by ``shutdown_timeout``) and closes everything. Meanwhile the files
+served are watched, and the tracker is told of those no longer served
+(``peer.withdrawals``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from common.capabilities import WITHDRAW
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, ChunkswarmError, IntegrityError, UnknownFile
 from common.manifest import Manifest
@@ -42,6 +45,7 @@ from common.messages import (
     Published,
     Stats,
     StatsReply,
+    Withdraw,
 )
 from common.version import __version__
 from peer.config import PeerConfig
@@ -53,6 +57,7 @@ from peer.storage.library import Library, expand_paths, open_published
 from peer.storage.manifest_cache import ManifestCache
 from peer.tasks import open_nursery
 from peer.tracker_client import TrackerClient, TrackerLink, check_reply, open_query_link
+from peer.withdrawals import Withdrawals
 
 __all__ = ["open_peer", "open_catalogue", "Catalogue", "Peer"]
 
@@ -132,6 +137,7 @@ class Peer:
     _server: ChunkServer | None = attrs.field(init=False, default=None)
     _tracker: TrackerClient | None = attrs.field(init=False, default=None)
     _cache: ManifestCache = attrs.field(init=False)
+    _withdrawals: Withdrawals | None = attrs.field(init=False, default=None)
     _downloads: list[str] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -166,7 +172,9 @@ class Peer:
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
             config.tracker,
-            self.hello,
+            # Only the tracker is offered withdraw: chunk servers have no use for it (and one
+            # of protocol 1 would refuse a HELLO that offers anything).
+            attrs.evolve(self.hello, capabilities={WITHDRAW: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
@@ -174,6 +182,10 @@ class Peer:
             min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay,
         )
+        self._withdrawals = withdrawals = Withdrawals(self.library, self._tracker, config.change_check_interval)
+        self.library.on_withdraw = withdrawals.note
+        self.nursery.start_soon(withdrawals.run)
+        self.nursery.start_soon(withdrawals.sweep)
 
     @property
     def tracker(self) -> TrackerClient:
@@ -198,11 +210,19 @@ class Peer:
                 continue
             messages.append(Publish(held.manifest))
             messages.append(Announce(held.manifest.file_id, held.have.ranges()))
+        # What stopped being served while the link was down: the tracker may have kept our
+        # registration (and the replicas) over the reconnection.
+        assert self._withdrawals is not None
+        if link.speaks(WITHDRAW):
+            messages += self._withdrawals.take()
+        else:
+            self._withdrawals.forget()
         if messages:
             replies = await link.request_many(messages, timeout=self.config.tracker_timeout)
-            for reply in replies:
-                if not isinstance(reply, (Ok, Published)):
-                    logger.warning("%s: re-announcing after reconnection: %s", self.name, reply)
+            for message, reply in zip(messages, replies, strict=True):
+                # A WITHDRAW refused is nothing to worry about: the tracker lists no such file (a new tracker, say).
+                if not isinstance(reply, (Ok, Published)) and not isinstance(message, Withdraw):
+                    logger.warning("%s: %s after reconnection: %s", self.name, message.OPCODE.name, reply)
 
     # -- publishing --------------------------------------------------------------
     async def publish(self, paths: Iterable[os.PathLike[str] | str], *, progress: ProgressSink | None = None) -> list[Manifest]:

@@ -3,6 +3,9 @@
 :class:`TrackerLink` is one connection: HELLO/WELCOME and REGISTER/OK on
 opening, then requests answered in order (pipelining allowed: every request
 queues a waiter, one reader task hands replies to waiters in FIFO order).
+The HELLO may offer capabilities (PROTOCOL.md §8); the link keeps what the
+WELCOME agreed on, and a tracker of protocol 1 as first specified, which
+refuses the offer, is greeted again without it.
 
 :class:`TrackerClient` keeps a link up: heartbeats at the interval WELCOME
 asked for, and when the tracker goes away it reconnects with exponential
@@ -22,6 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
+from common.capabilities import check_agreement
 from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
@@ -29,7 +33,9 @@ from common.errors import (
     RemoteProtocolError,
     TrackerError,
     TrackerUnavailable,
+    ValidationError,
 )
+from common.framing import ErrorCode
 from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
 from peer.connection import Connection
 from peer.tasks import describe, open_nursery
@@ -50,6 +56,10 @@ class _Waiter:
         self.error: ChunkswarmError | None = None
 
 
+class _OfferRefused(Exception):
+    """A tracker of protocol 1 as first specified refused a HELLO for its capabilities field (PROTOCOL.md §8.3)."""
+
+
 class TrackerLink:
     """One registered connection to the tracker."""
 
@@ -62,7 +72,20 @@ class TrackerLink:
 
     @classmethod
     async def open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
-        """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure."""
+        """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure.
+
+        A tracker that refuses the capabilities ``hello`` offers (one of
+        protocol 1 as first specified) is greeted again on a new connection
+        without them (PROTOCOL.md §8.3): the link then uses no optional feature.
+        """
+        try:
+            return await cls._open(address, hello, timeout=timeout, register_port=register_port)
+        except _OfferRefused:
+            logger.debug("the tracker at %s does not take capabilities: greeting it again without", format_address(*address))
+            return await cls._open(address, attrs.evolve(hello, capabilities=()), timeout=timeout, register_port=register_port)
+
+    @classmethod
+    async def _open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
         where = format_address(*address)
         try:
             with trio.fail_after(timeout):
@@ -86,6 +109,10 @@ class TrackerLink:
             await conn.aclose()
             raise
         return cls(conn, welcome)
+
+    def speaks(self, capability: str) -> bool:
+        """Whether the handshake agreed on ``capability``: only then is the feature used on this link."""
+        return any(name == capability for name, _ in self.welcome.capabilities)
 
     async def run(self) -> None:
         """Hand replies to waiters until the connection ends; then raises :class:`ConnectionClosed`."""
@@ -158,9 +185,15 @@ async def _handshake(conn: Connection, hello: Hello, timeout: float) -> Welcome:
     await conn.send(hello)
     welcome = await conn.receive_within(timeout)
     if isinstance(welcome, Error):
+        if welcome.code == ErrorCode.BAD_REQUEST and hello.capabilities:
+            raise _OfferRefused
         raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
     if not isinstance(welcome, Welcome):
         raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
+    try:
+        check_agreement(hello.capabilities, welcome.capabilities)
+    except ValidationError as exc:
+        raise RemoteProtocolError(f"tracker's WELCOME: {exc}") from None
     return welcome
 
 
@@ -209,6 +242,11 @@ class TrackerClient:
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    def speaks(self, capability: str) -> bool:
+        """Whether the current link agreed on ``capability`` (False while disconnected)."""
+        link = self._link
+        return link is not None and link.speaks(capability)
 
     async def connect(self) -> None:
         """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.

@@ -1,11 +1,17 @@
-"""The files a peer holds and serves: :class:`HeldFile` entries in a :class:`Library`, by file id."""
+"""The files a peer holds and serves: :class:`HeldFile` entries in a :class:`Library`, by file id.
+
+A file stops being served when it changes on disk (it is *withdrawn*, and
+stays listed as such) or leaves the library (a download that failed or was
+cancelled, a file removed). Either way the library's ``on_withdraw`` is told
+once, so that the tracker can be told (PROTOCOL.md §8.5, ``peer.withdrawals``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -14,9 +20,12 @@ from common.errors import StorageError
 from common.manifest import Manifest
 from peer.storage.fs import close_fd, file_signature, storage_error
 
-__all__ = ["HeldFile", "Library", "open_published", "expand_paths"]
+__all__ = ["HeldFile", "Library", "OnWithdraw", "open_published", "expand_paths", "changed_files"]
 
 logger = logging.getLogger(__name__)
+
+#: Told about each held file that stops being served (set on a :class:`Library`).
+OnWithdraw = Callable[["HeldFile"], None]
 
 
 @attrs.define(eq=False)
@@ -37,16 +46,30 @@ class HeldFile:
     withdrawn: bool = False
     #: A second, ``O_DIRECT`` descriptor on a download's part file, or -1 (see :func:`peer.storage.chunk_io.open_direct`).
     direct_fd: int = -1
+    #: The ``on_withdraw`` of the library the file is in, if any.
+    on_withdraw: OnWithdraw | None = attrs.field(default=None, repr=False)
 
     def offers(self, index: int) -> bool:
         """True if chunk ``index`` may be served now (re-checks the file on disk)."""
         if self.withdrawn or index not in self.have:
             return False
-        if self.signature is not None and file_signature(self.path) != self.signature:
+        if self.changed():
             logger.warning("%s changed on disk: no longer serving it", self.path)
-            self.withdrawn = True
+            self.withdraw()
             return False
         return True
+
+    def changed(self) -> bool:
+        """Blocking (a ``stat``): whether the file on disk is no longer the one verified (always False without a signature)."""
+        return self.signature is not None and file_signature(self.path) != self.signature
+
+    def withdraw(self) -> None:
+        """Serve this file no more; ``on_withdraw`` is told, once."""
+        if self.withdrawn:
+            return
+        self.withdrawn = True
+        if self.on_withdraw is not None:
+            self.on_withdraw(self)
 
     def close(self) -> None:
         self.fd = close_fd(self.fd)
@@ -58,25 +81,48 @@ class Library:
     """The files a peer holds, by file id."""
 
     files: dict[bytes, HeldFile] = attrs.field(factory=dict)
+    #: Told about each file that stops being served: withdrawn, or removed while served.
+    on_withdraw: OnWithdraw | None = None
 
     def get(self, file_id: bytes) -> HeldFile | None:
         return self.files.get(file_id)
 
+    def serves(self, file_id: bytes) -> bool:
+        """Whether chunks of ``file_id`` are served (the file is here and not withdrawn)."""
+        held = self.files.get(file_id)
+        return held is not None and not held.withdrawn
+
     def add(self, held: HeldFile) -> None:
+        """Serve ``held``, in place of any earlier entry of that file id (the same content: nothing is withdrawn)."""
         old = self.files.get(held.manifest.file_id)
         if old is not None and old is not held:
+            old.on_withdraw = None
             old.close()
+        held.on_withdraw = self.on_withdraw
         self.files[held.manifest.file_id] = held
 
     def remove(self, file_id: bytes) -> None:
+        """Serve ``file_id`` no more and forget it (``on_withdraw`` is told, unless it was withdrawn already)."""
         held = self.files.pop(file_id, None)
         if held is not None:
+            held.withdraw()
+            held.on_withdraw = None
             held.close()
 
     def close(self) -> None:
+        """Close every file (the peer is stopping: nothing is withdrawn, it leaves the tracker whole)."""
         for held in self.files.values():
+            held.on_withdraw = None
             held.close()
         self.files.clear()
+
+
+def changed_files(held_files: Iterable[HeldFile]) -> list[HeldFile]:
+    """Blocking (a ``stat`` each): those of ``held_files`` whose file on disk is no longer the one verified.
+
+    For a sweep in a worker thread: it only reads. The caller withdraws them.
+    """
+    return [held for held in held_files if held.changed()]
 
 
 def open_published(path: pathlib.Path, manifest: Manifest, signature: tuple[int, int]) -> HeldFile:
