@@ -53,8 +53,9 @@ class TrackerConfig:
     ``peer_timeout`` is how long a registered peer may stay silent before it and
     its replicas are dropped; ``idle_timeout`` is how long one connection may go
     without completing a request before it is closed (the peer itself stays
-    registered until ``peer_timeout``). ``io`` picks how sockets are read and
-    written (``IO_PATHS``).
+    registered until ``peer_timeout``, unless that connection agreed on
+    ``withdraw`` and registered it: then the peer goes with the connection,
+    PROTOCOL.md §8.5). ``io`` picks how sockets are read and written (``IO_PATHS``).
     """
 
     host: str = "127.0.0.1"
