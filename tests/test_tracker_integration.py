@@ -614,6 +614,8 @@ def test_cli_refuses_bad_settings_with_a_message() -> None:
     runner = CliRunner()
     result = runner.invoke(tracker_command, ["--heartbeat-interval", "10", "--peer-timeout", "5", "--db", "x.db"])
     assert result.exit_code == 1 and "peer_timeout" in result.output
+    result = runner.invoke(tracker_command, ["--heartbeat-interval", "10", "--idle-timeout", "10", "--db", "x.db"])
+    assert result.exit_code == 1 and "idle_timeout (10s) must exceed heartbeat_interval (10s)" in result.output
     result = runner.invoke(tracker_command, ["--help"])
     assert result.exit_code == 0
     for option in ("--host", "--port", "--db", "--peer-timeout", "--heartbeat-interval", "--io", "--log-level"):

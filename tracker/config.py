@@ -83,3 +83,10 @@ class TrackerConfig:
                 f"peer_timeout ({self.peer_timeout:g}s) must exceed heartbeat_interval ({self.heartbeat_interval:g}s), "
                 "or every peer would expire between two heartbeats"
             )
+        if self.idle_timeout <= self.heartbeat_interval:
+            # A peer's connection would be closed between two heartbeats, and a peer that
+            # agreed on withdraw goes with its connection (PROTOCOL.md §8.5).
+            raise ValueError(
+                f"idle_timeout ({self.idle_timeout:g}s) must exceed heartbeat_interval ({self.heartbeat_interval:g}s), "
+                "or every peer's connection would be closed between two heartbeats"
+            )
