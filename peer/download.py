@@ -48,9 +48,10 @@ from common.messages import Announce, Hello, Holders, Message, Ok, WhoHas
 from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.download_file import DownloadFile
+from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink
-from peer.session import Connect, DownloadContext, PeerBusy, Session, connect_tcp
+from peer.session import DownloadContext, PeerBusy, Session
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library

@@ -26,12 +26,15 @@ from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
     PeerTimeout,
+    Refused,
     RemoteProtocolError,
     TrackerError,
     TrackerUnavailable,
 )
-from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
+from common.handshake import Agreement
+from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register
 from peer.connection import Connection
+from peer.greeting import open_greeted
 from peer.tasks import describe, open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
@@ -53,9 +56,11 @@ class _Waiter:
 class TrackerLink:
     """One registered connection to the tracker."""
 
-    def __init__(self, conn: Connection, welcome: Welcome) -> None:
+    def __init__(self, conn: Connection, agreement: Agreement) -> None:
         self.conn = conn
-        self.welcome = welcome
+        #: What the handshake settled: the tracker's WELCOME and the capabilities in use.
+        self.agreement = agreement
+        self.welcome = agreement.welcome
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._send_lock = trio.Lock()
         self._dead: ChunkswarmError | None = None
@@ -64,14 +69,21 @@ class TrackerLink:
     async def open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
         """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure."""
         where = format_address(*address)
+
+        async def connect(address: tuple[str, int]) -> trio.abc.Stream:
+            try:
+                with trio.fail_after(timeout):
+                    return await trio.open_tcp_stream(*address)
+            except (OSError, trio.TooSlowError) as exc:
+                raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
+
         try:
-            with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(*address)
-        except (OSError, trio.TooSlowError) as exc:
-            raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
-        conn = Connection(stream)
+            conn, agreement = await open_greeted(connect, address, hello, answer_timeout=timeout)
+        except Refused as exc:
+            raise TrackerError(f"tracker refused HELLO: {exc}", code=exc.code) from None
+        except (ConnectionClosed, PeerTimeout, RemoteProtocolError) as exc:
+            raise TrackerUnavailable(f"tracker at {where} did not complete the handshake: {exc}") from None
         try:
-            welcome = await _handshake(conn, hello, timeout)
             if register_port is not None:
                 await conn.send(Register(register_port))
                 reply = await conn.receive_within(timeout)
@@ -85,7 +97,7 @@ class TrackerLink:
         except BaseException:
             await conn.aclose()
             raise
-        return cls(conn, welcome)
+        return cls(conn, agreement)
 
     async def run(self) -> None:
         """Hand replies to waiters until the connection ends; then raises :class:`ConnectionClosed`."""
@@ -151,17 +163,6 @@ class TrackerLink:
         """One request; its reply of type ``expect``, :class:`TrackerError` for an ERROR reply."""
         (reply,) = await self.request_many((message,), timeout=timeout)
         return check_reply(reply, expect)
-
-
-async def _handshake(conn: Connection, hello: Hello, timeout: float) -> Welcome:
-    """HELLO out, WELCOME in (within ``timeout``); :class:`TrackerError` if the tracker refuses."""
-    await conn.send(hello)
-    welcome = await conn.receive_within(timeout)
-    if isinstance(welcome, Error):
-        raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
-    if not isinstance(welcome, Welcome):
-        raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
-    return welcome
 
 
 @asynccontextmanager
