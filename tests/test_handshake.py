@@ -22,7 +22,7 @@ from common.errors import LocalProtocolError, Refused, RemoteProtocolError, Vali
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.messages import Error, Hello, Ok, Register, Welcome
-from peer.greeting import open_greeted
+from peer.greeting import Connect, open_greeted
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
 P = b"P" * 20
@@ -254,15 +254,20 @@ async def _protocol_1_server(stream: trio.abc.Stream) -> None:
     await stream.aclose()
 
 
-async def test_a_connecting_peer_greets_a_protocol_1_server_again_without_capabilities(nursery: trio.Nursery) -> None:
-    hellos: list[bytes] = []
+def _protocol_1_servers(nursery: trio.Nursery, hellos: list[bytes]) -> Connect:
+    """A ``Connect`` whose every connection reaches a new :func:`_protocol_1_server`; what they receive goes in ``hellos``."""
 
     async def connect(address: tuple[str, int]) -> trio.abc.Stream:
         client, server = trio.testing.memory_stream_pair()
         nursery.start_soon(_protocol_1_server, _Recording(server, hellos))
         return client
 
-    conn, agreement = await open_greeted(connect, ("192.0.2.1", 6881), NEW_HELLO)
+    return connect
+
+
+async def test_a_connecting_peer_greets_a_protocol_1_server_again_without_capabilities(nursery: trio.Nursery) -> None:
+    hellos: list[bytes] = []
+    conn, agreement = await open_greeted(_protocol_1_servers(nursery, hellos), ("192.0.2.1", 6881), NEW_HELLO)
     await conn.aclose()
     assert hellos == [_doc_vectors()[2], _doc_vectors()[0]]  # offered x-demo, then the protocol-1 HELLO
     assert agreement.welcome == OLD_WELCOME and agreement.capabilities == {}
@@ -270,13 +275,7 @@ async def test_a_connecting_peer_greets_a_protocol_1_server_again_without_capabi
 
 async def test_a_connecting_peer_that_offers_nothing_greets_once(nursery: trio.Nursery) -> None:
     hellos: list[bytes] = []
-
-    async def connect(address: tuple[str, int]) -> trio.abc.Stream:
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(_protocol_1_server, _Recording(server, hellos))
-        return client
-
-    conn, _ = await open_greeted(connect, ("192.0.2.1", 6881), OLD_HELLO)
+    conn, _ = await open_greeted(_protocol_1_servers(nursery, hellos), ("192.0.2.1", 6881), OLD_HELLO)
     await conn.aclose()
     assert hellos == [_doc_vectors()[0]]
 
