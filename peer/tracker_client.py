@@ -211,15 +211,23 @@ class TrackerClient:
     def connected(self) -> bool:
         return self._link is not None
 
-    async def connect(self) -> None:
+    async def connect(self, *, retry: bool = False) -> None:
         """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.
 
         While an earlier link is being re-established in the background, this waits up to
         ``timeout`` for that reconnection and raises :class:`TrackerUnavailable` if it has not
         succeeded by then (the background attempts go on until :meth:`disconnect`).
+
+        With ``retry``, a tracker that cannot be reached now is not an error: the
+        first connection is made in the background, with the same backoff as a
+        reconnection, and this returns at once (a seeder started before its tracker).
         """
         if self._scope is not None:
-            await self._current()
+            if not retry:
+                await self._current()
+            return
+        if retry:
+            await self.nursery.start(self._supervise, None)
             return
         link = await self._open()
         await self.nursery.start(self._supervise, link)
@@ -264,11 +272,17 @@ class TrackerClient:
     async def _open(self) -> TrackerLink:
         return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port)
 
-    async def _supervise(self, link: TrackerLink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _supervise(self, link: TrackerLink | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep ``link`` (None: not connected yet) up, reconnecting with backoff; started once connected, or at once without a link."""
         where = format_address(*self.address)
         with trio.CancelScope() as scope:
             self._scope = scope
             first = True
+            if link is None:
+                first = False
+                task_status.started()
+                link = await self._reconnect()
+                logger.info("connected to the tracker at %s", where)
             while True:
                 try:
                     async with open_nursery() as nursery:
@@ -293,13 +307,19 @@ class TrackerClient:
                 logger.info("reconnected to the tracker at %s", where)
 
     async def _reconnect(self) -> TrackerLink:
+        """A new link, tried with exponential backoff until it works; the first failure is logged as a warning, the rest at debug."""
         delay = self.min_delay
+        told = False
         while True:
-            await trio.sleep(delay)
             try:
                 return await self._open()
             except (ChunkswarmError, OSError) as exc:
-                logger.debug("tracker still unreachable: %s", exc)
+                if not told:
+                    logger.warning("%s; retrying every %g s at most", exc, self.max_delay)
+                    told = True
+                else:
+                    logger.debug("tracker still unreachable: %s", exc)
+            await trio.sleep(delay)
             delay = min(delay * 2, self.max_delay)
 
     async def _heartbeat(self, link: TrackerLink, interval: float) -> None:
