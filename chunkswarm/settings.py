@@ -103,9 +103,9 @@ def load_settings(path: pathlib.Path, commands: Mapping[str, click.Command], *, 
             used = False
             for target in targets:
                 param = _option(commands[target], name)
-                if param is not None:
-                    default_map.setdefault(target, {})[name] = _checked(path, section, key, param, value)
-                    sections[(target, name)] = section
+                if param is not None and param.name is not None:
+                    default_map.setdefault(target, {})[param.name] = _checked(path, section, key, param, value)
+                    sections[(target, param.name)] = section
                     used = True
             if not used:
                 raise click.ClickException(f"{path}: [{section}] has no setting {key!r}")
@@ -113,8 +113,12 @@ def load_settings(path: pathlib.Path, commands: Mapping[str, click.Command], *, 
 
 
 def _option(command: click.Command, name: str) -> click.Option | None:
+    """The option of ``command`` spelled ``name`` (as on the command line, or as its parameter is called)."""
     for param in command.params:
-        if isinstance(param, click.Option) and param.name == name and not param.hidden and param.expose_value:
+        if not isinstance(param, click.Option) or param.hidden or not param.expose_value:
+            continue
+        spellings = {param.name, *(opt.lstrip("-").replace("-", "_") for opt in param.opts if opt.startswith("--"))}
+        if name in spellings:
             return param
     return None
 

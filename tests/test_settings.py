@@ -18,7 +18,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> Result:
 def config(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "config.toml"
     path.write_text('[peer]\ntracker = "127.0.0.1:1"\nlabel = "from-peer"\n\n[seed]\nlabel = "from-seed"\nmax-upload-connections = 64\n\n'
-                    '[tracker]\nport = 7171\n')  # fmt: skip
+                    '[tracker]\nport = 7171\ndb = "/tmp/elsewhere.db"\n')  # fmt: skip
     return path
 
 
@@ -43,6 +43,7 @@ def test_config_shows_each_value_and_where_it_comes_from(config: pathlib.Path) -
     assert rows["--port"] == ("0", "default")
     tracker = _run("--config", str(config), "config", "tracker").output
     assert "7171" in tracker and f"{config} [tracker]" in tracker
+    assert "/tmp/elsewhere.db" in tracker  # --db: spelled as on the command line, not as its parameter (db_path)
     env = _run("--config", str(config), "config", "ls", env={"CHUNKSWARM_TRACKER": "10.1.2.3:9"}).output
     assert "10.1.2.3:9" in env and "environment CHUNKSWARM_TRACKER" in env
 
