@@ -19,14 +19,14 @@ import attrs
 import trio
 
 from common.codec import Codec
-from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError
+from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError, describe, leaves
 from common.framing import ErrorCode
 from common.handshake import ServerHandshake
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
-from peer.tasks import describe, leaves, open_nursery
+from peer.tasks import open_nursery
 
 __all__ = ["ChunkServer"]
 

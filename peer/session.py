@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from common.codec import Codec
-from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, Refused
+from common.errors import Busy, ChunkswarmError, ConnectionClosed, PeerTimeout, Refused
 from common.framing import ErrorCode
 from common.handshake import Agreement
 from common.manifest import Manifest
@@ -37,16 +37,12 @@ from peer.status import describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.tasks import open_nursery
 
-__all__ = ["PeerBusy", "DownloadContext", "Session"]
+__all__ = ["DownloadContext", "Session"]
 
 logger = logging.getLogger(__name__)
 
 #: How long a session waits before asking again after a CHUNK_ERROR BUSY.
 _BUSY_PAUSE = 0.05
-
-class PeerBusy(ChunkswarmError):
-    """The peer answered HELLO with BUSY: it serves others now, and may serve us later."""
-
 
 @attrs.frozen
 class DownloadContext:
@@ -104,7 +100,7 @@ class Session:
     async def run(self) -> None:
         """Connect, shake hands, then request and receive chunks until the connection ends (with the error why).
 
-        :class:`PeerBusy` if the peer is busy; :class:`ConnectionClosed`,
+        :class:`~common.errors.Busy` if the peer is busy; :class:`ConnectionClosed`,
         :class:`PeerTimeout`, a protocol error, ``OSError`` or
         ``trio.TooSlowError`` (connecting) if it is gone or misbehaves.
         """
@@ -119,7 +115,7 @@ class Session:
             await self._receiver(conn)
 
     async def _greet(self) -> tuple[Connection, Agreement]:
-        """Connect and shake hands (``peer/greeting.py``); a refusal is :class:`PeerBusy` or :class:`ConnectionClosed`."""
+        """Connect and shake hands (``peer/greeting.py``); a refusal is :class:`~common.errors.Busy` or :class:`ConnectionClosed`."""
         context = self.context
         # Nothing a serving peer sends is larger than one chunk: a header that claims more is
         # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
@@ -127,9 +123,9 @@ class Session:
         try:
             return await open_greeted(context.connect, self.address, context.hello,
                                       make_codec=lambda: Codec(max_receive_size=max_receive, allocate_body=context.buffers.take))  # fmt: skip
+        except Busy:
+            raise  # it may serve us later: the downloader retries it
         except Refused as exc:
-            if exc.code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS):
-                raise PeerBusy(str(exc)) from None
             raise ConnectionClosed(str(exc)) from None
 
     async def cancel(self, index: int) -> None:

@@ -30,12 +30,13 @@ from common.errors import (
     RemoteProtocolError,
     TrackerError,
     TrackerUnavailable,
+    describe,
 )
 from common.handshake import Agreement
 from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register
 from peer.connection import Connection
 from peer.greeting import open_greeted
-from peer.tasks import describe, open_nursery
+from peer.tasks import open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
 

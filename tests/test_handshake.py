@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from common.capabilities import MAX_CAPABILITIES, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
-from common.errors import LocalProtocolError, Refused, RemoteProtocolError, ValidationError
+from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.messages import Error, Hello, Ok, Register, Welcome
@@ -187,6 +187,8 @@ def test_an_error_answer_is_a_refusal_with_its_code(code: int) -> None:
     with pytest.raises(Refused) as info:
         ClientHandshake(NEW_HELLO).receive(Error(code, "no"))
     assert info.value.code == code
+    # At a limit: it may take us later, and a downloader tries it again.
+    assert isinstance(info.value, Busy) == (code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS))
     with pytest.raises(Refused):  # a client offering nothing has nothing to fall back from
         ClientHandshake(OLD_HELLO).receive(Error(ErrorCode.BAD_REQUEST, "no"))
 
