@@ -23,6 +23,7 @@ from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_catalogue, open_peer
+from peer.seeder import Seeder
 
 __all__ = ["peer_commands", "seed", "get", "ls", "stats"]
 
@@ -94,24 +95,39 @@ async def _serve_until_signalled(peer: Peer) -> None:
                    "so the same file has the same id: 1 KiB to 16 MiB, about 1,000 chunks a file]. Another size publishes another file id.")
 @click.option("--max-upload-connections", type=click.IntRange(min=1), default=PeerConfig().max_upload_connections, show_default=True,
               help="Peers served at once; more are told BUSY.")
+@click.option("--watch/--no-watch", default=True, show_default=True,
+              help="Follow the folders: publish new and changed files, stop serving removed ones.")
 @_peer_options
-def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, log_level: str, **options: Any) -> None:
-    """Publish files (directories: every file inside) and serve them until interrupted."""
+def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, watch: bool, log_level: str,
+         **options: Any) -> None:  # fmt: skip
+    """Publish files (directories: every file inside) and serve them until interrupted.
+
+    The tracker need not be up yet: it is tried until it answers.
+    """
     setup_logging(log_level)
     config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)
-    _run(_seed, config, paths)
+    _run(_seed, config, paths, watch)
 
 
-async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...]) -> None:
+async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool) -> None:
     async with open_peer(config) as peer:
         logger.info("serving on %s", format_address(*peer.listen_address))
-        await peer.connect()
-        logger.info("connected to the tracker at %s", format_address(*config.tracker))
+        # A service may start before its tracker: it is tried until it answers, and
+        # everything seeded is published then (and again after every reconnection).
+        await peer.connect(retry=True)
+        if peer.connected:
+            logger.info("connected to the tracker at %s", format_address(*config.tracker))
+        seeder = Seeder(peer, paths)
         with progress_display(console) as progress:
-            manifests = await peer.publish(paths, progress=progress)
+            manifests = await seeder.publish_all(progress=progress)
         for manifest in manifests:
             logger.info("seeding %s (%s, %d bytes, %d chunks)", manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count)
-        await _serve_until_signalled(peer)
+        async with trio.open_nursery() as nursery:
+            if watch:
+                await nursery.start(seeder.follow)
+                logger.info("watching %s: new and changed files are published as they appear", ", ".join(map(str, paths)))
+            await _serve_until_signalled(peer)
+            nursery.cancel_scope.cancel()
 
 
 # -- get ---------------------------------------------------------------------------

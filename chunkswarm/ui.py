@@ -1,7 +1,7 @@
 """Progress display and tables: the engine's progress events as rich bars on a terminal, log lines elsewhere.
 
-The only module of ``peer`` that imports rich; the engine just calls a
-:class:`~peer.progress.ProgressSink`.
+The engine never imports rich: it calls a :class:`~peer.progress.ProgressSink`,
+and this module shows what it is told.
 """
 
 from __future__ import annotations

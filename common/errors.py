@@ -11,6 +11,9 @@ other side did (close that connection, keep serving the rest).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
 __all__ = [
     "ChunkswarmError",
     "ProtocolError",
@@ -27,6 +30,10 @@ __all__ = [
     "AmbiguousFile",
     "NoHolders",
     "Refused",
+    "Busy",
+    "TaskErrors",
+    "leaves",
+    "describe",
 ]
 
 
@@ -121,3 +128,48 @@ class Refused(ChunkswarmError):
     def __init__(self, message: str, *, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Busy(Refused):
+    """The other side is at a limit (``BUSY``, ``TOO_MANY_CONNECTIONS``): try later, or elsewhere."""
+
+
+# ---------------------------------------------------------------------------
+# Several errors at once (the tasks of one nursery)
+# ---------------------------------------------------------------------------
+def leaves(error: BaseException) -> list[BaseException]:
+    """The errors in ``error``, nested groups flattened; ``[error]`` if it is no group."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+
+
+def describe(error: BaseException) -> str:
+    """Every error in ``error`` in a few words (its message, else its class), each distinct one once."""
+    return _summary(leaves(error))
+
+
+def _summary(errors: Iterable[BaseException]) -> str:
+    counts = Counter(str(error) or type(error).__name__ for error in errors)
+    return "; ".join(text if count == 1 else f"{text} ({count} times)" for text, count in counts.items())
+
+
+class TaskErrors(ExceptionGroup[ChunkswarmError], ChunkswarmError):
+    """Several tasks of one nursery failed, each with a chunkswarm error.
+
+    A :class:`ChunkswarmError` (``except ChunkswarmError`` reports it like any
+    other, and its message names every error) that is also an
+    ``ExceptionGroup`` (``except*`` sorts its errors out by type).
+    """
+
+    @classmethod
+    def of(cls, errors: Sequence[ChunkswarmError]) -> TaskErrors:
+        """The group of ``errors``, with a message that names them all."""
+        return cls(_summary(leaf for error in errors for leaf in leaves(error)), errors)
+
+    def derive(self, excs: Sequence[ChunkswarmError]) -> TaskErrors:  # type: ignore[override]  # (typeshed's overloads)
+        # except* splits a group with derive(): the parts stay TaskErrors, so still ChunkswarmErrors.
+        return TaskErrors.of(excs)
+
+    def __str__(self) -> str:
+        return self.message  # not "message (2 sub-exceptions)": it is what the app shows a user

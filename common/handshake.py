@@ -34,7 +34,7 @@ from collections.abc import Mapping
 import attrs
 
 from common.capabilities import agree, check_agreement
-from common.errors import LocalProtocolError, Refused, RemoteProtocolError, ValidationError
+from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import PROTOCOL_VERSION, ErrorCode
 from common.messages import Error, Hello, Message, Welcome
 
@@ -147,7 +147,8 @@ class ClientHandshake:
 
         Returns :data:`RETRY_PLAIN` for the ERROR BAD_REQUEST a protocol-1.0
         server gives a HELLO that offers capabilities, when none is required.
-        Raises :class:`Refused` for any other ERROR (``code`` says why) or a
+        Raises :class:`Refused` for any other ERROR (``code`` says why; :class:`Busy`
+        when the server is at a limit and may take us later) or a
         WELCOME without a required capability, :class:`RemoteProtocolError`
         for anything else.
         """
@@ -157,7 +158,8 @@ class ClientHandshake:
         if isinstance(message, Error):
             if message.code == ErrorCode.BAD_REQUEST and self.hello.capabilities and not self.required:
                 return RETRY_PLAIN
-            raise Refused(f"refused with {message.code_name}: {message.message}", code=message.code)
+            refusal = Busy if message.code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS) else Refused
+            raise refusal(f"refused with {message.code_name}: {message.message}", code=message.code)
         if not isinstance(message, Welcome):
             raise RemoteProtocolError(f"answered HELLO with {type(message).__name__}", error_code=ErrorCode.BAD_REQUEST)
         _check_version(message.protocol_version, "WELCOME")

@@ -33,6 +33,7 @@ import trio
 from common.chunkset import ChunkSet
 from common.codec import chunk_data_body_size
 from common.errors import (
+    Busy,
     ConnectionClosed,
     IntegrityError,
     NoHolders,
@@ -42,19 +43,21 @@ from common.errors import (
     TrackerError,
     TrackerUnavailable,
     ValidationError,
+    describe,
 )
 from common.manifest import Manifest
 from common.messages import Announce, Hello, Holders, Message, Ok, WhoHas
 from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.download_file import DownloadFile
+from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink
-from peer.session import Connect, DownloadContext, PeerBusy, Session, connect_tcp
+from peer.session import DownloadContext, Session
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
-from peer.tasks import describe, open_nursery
+from peer.tasks import open_nursery
 
 __all__ = ["Tracker", "Downloader"]
 
@@ -294,7 +297,7 @@ class Downloader:
             with session.scope:
                 try:
                     await session.run()
-                except* PeerBusy as busy:
+                except* Busy as busy:
                     logger.debug("%s: %s is busy: %s", self._label, session.name, describe(busy))
                 except* (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as ended:
                     # Its requester and receiver may both have failed: every reason is said.

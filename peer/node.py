@@ -28,7 +28,7 @@ import trio
 
 from common.capabilities import WITHDRAW
 from common.chunkset import ChunkSet
-from common.errors import AmbiguousFile, ChunkswarmError, IntegrityError, UnknownFile
+from common.errors import AmbiguousFile, ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest
 from common.messages import (
     PEER_ID_SIZE,
@@ -193,10 +193,15 @@ class Peer:
         return self._tracker
 
     # -- tracker membership ----------------------------------------------------
-    async def connect(self) -> None:
-        """HELLO + REGISTER; then heartbeats and automatic reconnection in the background."""
-        await self.tracker.connect()
-        logger.debug("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
+    async def connect(self, *, retry: bool = False) -> None:
+        """HELLO + REGISTER; then heartbeats and automatic reconnection in the background.
+
+        With ``retry`` an unreachable tracker is no error: it is tried again in the
+        background (with backoff) and everything held is published once it answers.
+        """
+        await self.tracker.connect(retry=retry)
+        if self.connected:
+            logger.debug("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
 
     async def disconnect(self) -> None:
         """DEREGISTER and stop heartbeating; :meth:`connect` works again later."""
@@ -233,15 +238,30 @@ class Peer:
             manifest, signature, cached = await self._manifest_for(path, progress)
             logger.info("%s: %s %s (%d bytes, %d chunks, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
                         path, manifest.size, manifest.chunk_count, manifest.hex_id[:16])
+            self.forget(path, keep=manifest.file_id)  # an earlier version of this file is not served any more
             self.library.add(open_published(path, manifest, signature))
             if self.connected:
-                replies = await self.tracker.request_many(
-                    [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
-                )
-                check_reply(replies[0], Published)
-                check_reply(replies[1], Ok)
+                try:
+                    replies = await self.tracker.request_many(
+                        [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
+                    )
+                except (TrackerUnavailable, ConnectionClosed, PeerTimeout) as exc:
+                    # Held and served already; a reconnection publishes everything held (_on_connected).
+                    logger.warning("%s: %s is not on the tracker yet (%s); it will be once the tracker answers", self.name, path.name, exc)
+                else:
+                    check_reply(replies[0], Published)
+                    check_reply(replies[1], Ok)
             manifests.append(manifest)
         return manifests
+
+    def forget(self, path: pathlib.Path, *, keep: bytes | None = None) -> list[Manifest]:
+        """Stop serving the published file at ``path`` (every version of it but ``keep``); the manifests dropped."""
+        where = path.absolute()
+        dropped = [held.manifest for held in list(self.library.files.values())
+                   if held.path.absolute() == where and held.manifest.file_id != keep]  # fmt: skip
+        for manifest in dropped:
+            self.library.remove(manifest.file_id)
+        return dropped
 
     async def _manifest_for(self, path: pathlib.Path, progress: ProgressSink | None) -> tuple[Manifest, tuple[int, int], bool]:
         """The cached or freshly hashed manifest of ``path``, reporting hashing progress to ``progress``."""

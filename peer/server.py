@@ -19,13 +19,14 @@ import attrs
 import trio
 
 from common.codec import Codec
-from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError
-from common.framing import PROTOCOL_VERSION, ErrorCode
+from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError, describe, leaves
+from common.framing import ErrorCode
+from common.handshake import ServerHandshake
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
-from peer.tasks import describe, leaves, open_nursery
+from peer.tasks import open_nursery
 
 __all__ = ["ChunkServer"]
 
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 #: The largest frame a downloader has reason to send us: HELLO, REQUEST_CHUNK, CANCEL_CHUNK
 #: and an ERROR with its 1,024-character message all fit. Anything larger is refused at its header.
 MAX_REQUEST_FRAME = 16 * 1024
+#: The optional features (PROTOCOL.md §8) a chunk server speaks, with their highest versions.
+SUPPORTED: dict[str, int] = {}
 
 
 def _observed_address(conn: Connection) -> tuple[str, int]:
@@ -163,32 +166,31 @@ class ChunkServer:
         with trio.CancelScope() as greeting:
             self._greeting[greeting] = None
             try:
-                hello = await conn.receive_within(self.handshake_timeout)
+                first = await conn.receive_within(self.handshake_timeout)
             finally:
                 del self._greeting[greeting]
         if greeting.cancelled_caught:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
             return None
-        if not isinstance(hello, Hello):
-            logger.info("closing a peer connection: %s before HELLO", type(hello).__name__)
-            await self._send(conn, Error(ErrorCode.BAD_REQUEST, "expected HELLO"))
-            return None
-        if hello.protocol_version != PROTOCOL_VERSION:
-            logger.info("closing a peer connection: it speaks protocol version %d", hello.protocol_version)
-            text = f"HELLO speaks protocol version {hello.protocol_version}, this peer speaks {PROTOCOL_VERSION}"
-            await self._send(conn, Error(ErrorCode.UNSUPPORTED_VERSION, text))
+        host, port = _observed_address(conn)
+        handshake = ServerHandshake(supported=SUPPORTED)
+        try:
+            welcome = handshake.receive(first, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
+        except RemoteProtocolError as exc:
+            logger.info("closing a peer connection: %s", exc.reason)
+            await self._send(conn, Error(exc.error_code or ErrorCode.BAD_REQUEST, exc.reason))
             return None
         if self.active >= self.max_connections:
             await self._send(conn, Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
             return None
         self.active += 1  # no checkpoint since the check above: the cap holds
         try:
-            host, port = _observed_address(conn)
-            await self._send(conn, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
+            await self._send(conn, welcome)
         except BaseException:
             self.active -= 1
             raise
-        return hello
+        assert handshake.agreement is not None  # receive() returned a WELCOME
+        return handshake.agreement.hello
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).

@@ -23,37 +23,26 @@ import attrs
 import trio
 
 from common.codec import Codec
-from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout
+from common.errors import Busy, ChunkswarmError, ConnectionClosed, PeerTimeout, Refused
 from common.framing import ErrorCode
+from common.handshake import Agreement
 from common.manifest import Manifest
-from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk, Welcome
+from common.messages import CancelChunk, ChunkData, ChunkError, Error, Hello, RequestChunk
 from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.connection import Connection
+from peer.greeting import Connect, open_greeted
 from peer.picker import Picker
 from peer.status import describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.tasks import open_nursery
 
-__all__ = ["Connect", "connect_tcp", "PeerBusy", "DownloadContext", "Session"]
+__all__ = ["DownloadContext", "Session"]
 
 logger = logging.getLogger(__name__)
 
 #: How long a session waits before asking again after a CHUNK_ERROR BUSY.
 _BUSY_PAUSE = 0.05
-
-#: Opens a stream to a peer's ``(host, port)``.
-Connect = Callable[[tuple[str, int]], Awaitable[trio.abc.Stream]]
-
-
-async def connect_tcp(address: tuple[str, int]) -> trio.abc.Stream:
-    """The :data:`Connect` of a real peer: a TCP connection."""
-    return await trio.open_tcp_stream(*address)
-
-
-class PeerBusy(ChunkswarmError):
-    """The peer answered HELLO with BUSY: it serves others now, and may serve us later."""
-
 
 @attrs.frozen
 class DownloadContext:
@@ -111,35 +100,33 @@ class Session:
     async def run(self) -> None:
         """Connect, shake hands, then request and receive chunks until the connection ends (with the error why).
 
-        :class:`PeerBusy` if the peer is busy; :class:`ConnectionClosed`,
+        :class:`~common.errors.Busy` if the peer is busy; :class:`ConnectionClosed`,
         :class:`PeerTimeout`, a protocol error, ``OSError`` or
         ``trio.TooSlowError`` (connecting) if it is gone or misbehaves.
         """
         context = self.context
         with trio.fail_after(context.config.connect_timeout):
-            stream = await context.connect(self.address)
-            # Nothing a serving peer sends is larger than one chunk: a header that claims more is
-            # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
-            codec = Codec(max_receive_size=max(16 * 1024, context.manifest.chunk_size + 64), allocate_body=context.buffers.take)
-            conn = self.conn = Connection(stream, codec=codec)
-            welcome = await self._handshake(conn)
-        self.name = describe_remote(welcome.agent, self.address)
+            conn, agreement = await self._greet()
+        self.conn = conn
+        self.name = describe_remote(agreement.welcome.agent, self.address)
         logger.debug("%s: connected to %s", context.config.name, self.name)
         async with open_nursery() as nursery:
             nursery.start_soon(self._requester, conn)
             await self._receiver(conn)
 
-    async def _handshake(self, conn: Connection) -> Welcome:
-        """HELLO out, WELCOME in; a refusal is :class:`PeerBusy` or :class:`ConnectionClosed`."""
-        await conn.send(self.context.hello)
-        welcome = await conn.receive()
-        if isinstance(welcome, Error):
-            if welcome.code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS):
-                raise PeerBusy(welcome.message)
-            raise ConnectionClosed(f"refused: {welcome.message}")
-        if not isinstance(welcome, Welcome):
-            raise ConnectionClosed(f"answered HELLO with {type(welcome).__name__}")
-        return welcome
+    async def _greet(self) -> tuple[Connection, Agreement]:
+        """Connect and shake hands (``peer/greeting.py``); a refusal is :class:`~common.errors.Busy` or :class:`ConnectionClosed`."""
+        context = self.context
+        # Nothing a serving peer sends is larger than one chunk: a header that claims more is
+        # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
+        max_receive = max(16 * 1024, context.manifest.chunk_size + 64)
+        try:
+            return await open_greeted(context.connect, self.address, context.hello,
+                                      make_codec=lambda: Codec(max_receive_size=max_receive, allocate_body=context.buffers.take))  # fmt: skip
+        except Busy:
+            raise  # it may serve us later: the downloader retries it
+        except Refused as exc:
+            raise ConnectionClosed(str(exc)) from None
 
     async def cancel(self, index: int) -> None:
         """Tell the peer we no longer want chunk ``index`` (endgame: another peer sent it first); a courtesy, bounded."""

@@ -2,53 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
-from common.errors import ChunkswarmError
+from common.errors import ChunkswarmError, TaskErrors, leaves
 
-__all__ = ["open_nursery", "TaskErrors", "leaves", "describe"]
-
-
-def leaves(error: BaseException) -> list[BaseException]:
-    """The errors in ``error``, nested groups flattened; ``[error]`` if it is no group."""
-    if not isinstance(error, BaseExceptionGroup):
-        return [error]
-    return [leaf for inner in error.exceptions for leaf in leaves(inner)]
-
-
-def describe(error: BaseException) -> str:
-    """Every error in ``error`` in a few words (its message, else its class), each distinct one once."""
-    return _summary(leaves(error))
-
-
-def _summary(errors: Iterable[BaseException]) -> str:
-    counts = Counter(str(error) or type(error).__name__ for error in errors)
-    return "; ".join(text if count == 1 else f"{text} ({count} times)" for text, count in counts.items())
-
-
-class TaskErrors(ExceptionGroup[ChunkswarmError], ChunkswarmError):
-    """Several tasks of one nursery failed, each with a chunkswarm error.
-
-    A :class:`ChunkswarmError` (``except ChunkswarmError`` reports it like any
-    other, and its message names every error) that is also an
-    ``ExceptionGroup`` (``except*`` sorts its errors out by type).
-    """
-
-    @classmethod
-    def of(cls, errors: Sequence[ChunkswarmError]) -> TaskErrors:
-        """The group of ``errors``, with a message that names them all."""
-        return cls(_summary(leaf for error in errors for leaf in leaves(error)), errors)
-
-    def derive(self, excs: Sequence[ChunkswarmError]) -> TaskErrors:  # type: ignore[override]  # (typeshed's overloads)
-        # except* splits a group with derive(): the parts stay TaskErrors, so still ChunkswarmErrors.
-        return TaskErrors.of(excs)
-
-    def __str__(self) -> str:
-        return self.message  # not "message (2 sub-exceptions)": it is what the app shows a user
+__all__ = ["open_nursery"]
 
 
 @asynccontextmanager

@@ -3,9 +3,6 @@
 :class:`TrackerLink` is one connection: HELLO/WELCOME and REGISTER/OK on
 opening, then requests answered in order (pipelining allowed: every request
 queues a waiter, one reader task hands replies to waiters in FIFO order).
-The HELLO may offer capabilities (PROTOCOL.md §8); the link keeps what the
-WELCOME agreed on, and a tracker of protocol 1 as first specified, which
-refuses the offer, is greeted again without it.
 
 :class:`TrackerClient` keeps a link up: heartbeats at the interval WELCOME
 asked for, and when the tracker goes away it reconnects with exponential
@@ -25,20 +22,21 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import check_agreement
 from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
     PeerTimeout,
+    Refused,
     RemoteProtocolError,
     TrackerError,
     TrackerUnavailable,
-    ValidationError,
+    describe,
 )
-from common.framing import ErrorCode
-from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register, Welcome
+from common.handshake import Agreement
+from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register
 from peer.connection import Connection
-from peer.tasks import describe, open_nursery
+from peer.greeting import open_greeted
+from peer.tasks import open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
 
@@ -56,45 +54,37 @@ class _Waiter:
         self.error: ChunkswarmError | None = None
 
 
-class _OfferRefused(Exception):
-    """A tracker of protocol 1 as first specified refused a HELLO for its capabilities field (PROTOCOL.md §8.3)."""
-
-
 class TrackerLink:
     """One registered connection to the tracker."""
 
-    def __init__(self, conn: Connection, welcome: Welcome) -> None:
+    def __init__(self, conn: Connection, agreement: Agreement) -> None:
         self.conn = conn
-        self.welcome = welcome
+        #: What the handshake settled: the tracker's WELCOME and the capabilities in use.
+        self.agreement = agreement
+        self.welcome = agreement.welcome
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._send_lock = trio.Lock()
         self._dead: ChunkswarmError | None = None
 
     @classmethod
     async def open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
-        """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure.
-
-        A tracker that refuses the capabilities ``hello`` offers (one of
-        protocol 1 as first specified) is greeted again on a new connection
-        without them (PROTOCOL.md §8.3): the link then uses no optional feature.
-        """
-        try:
-            return await cls._open(address, hello, timeout=timeout, register_port=register_port)
-        except _OfferRefused:
-            logger.debug("the tracker at %s does not take capabilities: greeting it again without", format_address(*address))
-            return await cls._open(address, attrs.evolve(hello, capabilities=()), timeout=timeout, register_port=register_port)
-
-    @classmethod
-    async def _open(cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None) -> TrackerLink:
+        """Connect, say HELLO, and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure."""
         where = format_address(*address)
+
+        async def connect(address: tuple[str, int]) -> trio.abc.Stream:
+            try:
+                with trio.fail_after(timeout):
+                    return await trio.open_tcp_stream(*address)
+            except (OSError, trio.TooSlowError) as exc:
+                raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
+
         try:
-            with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(*address)
-        except (OSError, trio.TooSlowError) as exc:
-            raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
-        conn = Connection(stream)
+            conn, agreement = await open_greeted(connect, address, hello, answer_timeout=timeout)
+        except Refused as exc:
+            raise TrackerError(f"tracker refused HELLO: {exc}", code=exc.code) from None
+        except (ConnectionClosed, PeerTimeout, RemoteProtocolError) as exc:
+            raise TrackerUnavailable(f"tracker at {where} did not complete the handshake: {exc}") from None
         try:
-            welcome = await _handshake(conn, hello, timeout)
             if register_port is not None:
                 await conn.send(Register(register_port))
                 reply = await conn.receive_within(timeout)
@@ -108,11 +98,11 @@ class TrackerLink:
         except BaseException:
             await conn.aclose()
             raise
-        return cls(conn, welcome)
+        return cls(conn, agreement)
 
     def speaks(self, capability: str) -> bool:
         """Whether the handshake agreed on ``capability``: only then is the feature used on this link."""
-        return any(name == capability for name, _ in self.welcome.capabilities)
+        return self.agreement.speaks(capability)
 
     async def run(self) -> None:
         """Hand replies to waiters until the connection ends; then raises :class:`ConnectionClosed`."""
@@ -180,23 +170,6 @@ class TrackerLink:
         return check_reply(reply, expect)
 
 
-async def _handshake(conn: Connection, hello: Hello, timeout: float) -> Welcome:
-    """HELLO out, WELCOME in (within ``timeout``); :class:`TrackerError` if the tracker refuses."""
-    await conn.send(hello)
-    welcome = await conn.receive_within(timeout)
-    if isinstance(welcome, Error):
-        if welcome.code == ErrorCode.BAD_REQUEST and hello.capabilities:
-            raise _OfferRefused
-        raise TrackerError(f"tracker refused HELLO: {welcome.message}", code=welcome.code)
-    if not isinstance(welcome, Welcome):
-        raise RemoteProtocolError(f"tracker answered HELLO with {type(welcome).__name__}")
-    try:
-        check_agreement(hello.capabilities, welcome.capabilities)
-    except ValidationError as exc:
-        raise RemoteProtocolError(f"tracker's WELCOME: {exc}") from None
-    return welcome
-
-
 @asynccontextmanager
 async def open_query_link(address: tuple[str, int], hello: Hello, *, timeout: float) -> AsyncIterator[TrackerLink]:
     """A query-only session: HELLO (``hello.listen_port`` should be 0) and never REGISTER.
@@ -248,15 +221,23 @@ class TrackerClient:
         link = self._link
         return link is not None and link.speaks(capability)
 
-    async def connect(self) -> None:
+    async def connect(self, *, retry: bool = False) -> None:
         """Connect and register now (raising :class:`TrackerUnavailable` or :class:`TrackerError`), then stay connected.
 
         While an earlier link is being re-established in the background, this waits up to
         ``timeout`` for that reconnection and raises :class:`TrackerUnavailable` if it has not
         succeeded by then (the background attempts go on until :meth:`disconnect`).
+
+        With ``retry``, a tracker that cannot be reached now is not an error: the
+        first connection is made in the background, with the same backoff as a
+        reconnection, and this returns at once (a seeder started before its tracker).
         """
         if self._scope is not None:
-            await self._current()
+            if not retry:
+                await self._current()
+            return
+        if retry:
+            await self.nursery.start(self._supervise, None)
             return
         link = await self._open()
         await self.nursery.start(self._supervise, link)
@@ -301,11 +282,17 @@ class TrackerClient:
     async def _open(self) -> TrackerLink:
         return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port)
 
-    async def _supervise(self, link: TrackerLink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _supervise(self, link: TrackerLink | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep ``link`` (None: not connected yet) up, reconnecting with backoff; started once connected, or at once without a link."""
         where = format_address(*self.address)
         with trio.CancelScope() as scope:
             self._scope = scope
             first = True
+            if link is None:
+                first = False
+                task_status.started()
+                link = await self._reconnect()
+                logger.info("connected to the tracker at %s", where)
             while True:
                 try:
                     async with open_nursery() as nursery:
@@ -330,13 +317,19 @@ class TrackerClient:
                 logger.info("reconnected to the tracker at %s", where)
 
     async def _reconnect(self) -> TrackerLink:
+        """A new link, tried with exponential backoff until it works; the first failure is logged as a warning, the rest at debug."""
         delay = self.min_delay
+        told = False
         while True:
-            await trio.sleep(delay)
             try:
                 return await self._open()
             except (ChunkswarmError, OSError) as exc:
-                logger.debug("tracker still unreachable: %s", exc)
+                if not told:
+                    logger.warning("%s; retrying every %g s at most", exc, self.max_delay)
+                    told = True
+                else:
+                    logger.debug("tracker still unreachable: %s", exc)
+            await trio.sleep(delay)
             delay = min(delay * 2, self.max_delay)
 
     async def _heartbeat(self, link: TrackerLink, interval: float) -> None:

@@ -11,15 +11,18 @@ import re
 
 import msgpack
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 from common.capabilities import KNOWN, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
-from common.errors import LocalProtocolError, Refused, RemoteProtocolError, ValidationError
+from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.messages import Error, Hello, Ok, Register, Welcome, Withdraw
+from peer.greeting import Connect, open_greeted
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
 P = b"P" * 20
@@ -201,6 +204,8 @@ def test_an_error_answer_is_a_refusal_with_its_code(code: int) -> None:
     with pytest.raises(Refused) as info:
         ClientHandshake(NEW_HELLO).receive(Error(code, "no"))
     assert info.value.code == code
+    # At a limit: it may take us later, and a downloader tries it again.
+    assert isinstance(info.value, Busy) == (code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_CONNECTIONS))
     with pytest.raises(Refused):  # a client offering nothing has nothing to fall back from
         ClientHandshake(OLD_HELLO).receive(Error(ErrorCode.BAD_REQUEST, "no"))
 
@@ -255,3 +260,63 @@ def test_the_agreement_is_what_both_speak_at_the_lower_version(offered: dict[str
     # ... and the round trip over the wire keeps it.
     welcome = ServerHandshake(supported=supported).receive(hello, TEMPLATE)
     assert decode_payload(Opcode.WELCOME, encode_message(welcome)[HEADER_SIZE:]) == welcome
+
+
+# -- the connecting shell (peer/greeting.py) --------------------------------------
+async def _protocol_1_server(stream: trio.abc.Stream) -> None:
+    """A server as protocol 1 first specified it: exact field counts, so a HELLO with capabilities is refused."""
+    data = b""
+    while len(data) < HEADER_SIZE or len(data) < HEADER_SIZE + int.from_bytes(data[4:8], "big"):
+        data += await stream.receive_some(65536)
+    fields = msgpack.unpackb(data[HEADER_SIZE:])
+    await stream.send_all(encode_message(OLD_WELCOME if len(fields) == 4 else OLD_SERVER_REFUSAL))
+    await stream.aclose()
+
+
+def _protocol_1_servers(nursery: trio.Nursery, hellos: list[bytes]) -> Connect:
+    """A ``Connect`` whose every connection reaches a new :func:`_protocol_1_server`; what they receive goes in ``hellos``."""
+
+    async def connect(address: tuple[str, int]) -> trio.abc.Stream:
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(_protocol_1_server, _Recording(server, hellos))
+        return client
+
+    return connect
+
+
+async def test_a_connecting_peer_greets_a_protocol_1_server_again_without_capabilities(nursery: trio.Nursery) -> None:
+    hellos: list[bytes] = []
+    conn, agreement = await open_greeted(_protocol_1_servers(nursery, hellos), ("192.0.2.1", 6881), NEW_HELLO)
+    await conn.aclose()
+    assert hellos == [_doc_vectors()[2], _doc_vectors()[0]]  # offered x-demo, then the protocol-1 HELLO
+    assert agreement.welcome == OLD_WELCOME and agreement.capabilities == {}
+
+
+async def test_a_connecting_peer_that_offers_nothing_greets_once(nursery: trio.Nursery) -> None:
+    hellos: list[bytes] = []
+    conn, _ = await open_greeted(_protocol_1_servers(nursery, hellos), ("192.0.2.1", 6881), OLD_HELLO)
+    await conn.aclose()
+    assert hellos == [_doc_vectors()[0]]
+
+
+class _Recording(trio.abc.Stream):
+    """Passes a stream through, keeping what the other side sent."""
+
+    def __init__(self, inner: trio.abc.Stream, received: list[bytes]) -> None:
+        self.inner = inner
+        self.received = received
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if data:
+            self.received.append(bytes(data))
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

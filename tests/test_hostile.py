@@ -475,7 +475,7 @@ async def test_a_chunk_request_before_the_handshake_is_refused_and_logged(
             nursery.start_soon(server.handle_stream, server_stream)
             received = await _send_and_wait_for_close(client, [Codec().send(RequestChunk(manifest.file_id, 0))])
     assert [(type(m), m.code) for m in received] == [(Error, ErrorCode.BAD_REQUEST)]
-    assert any("RequestChunk before HELLO" in r.getMessage() for r in caplog.records)
+    assert any("REQUEST_CHUNK before HELLO" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_publish_before_register_is_refused_and_the_connection_stays_usable() -> None:

@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from common.chunkset import ChunkSet
-from common.errors import ConnectionClosed, NoHolders, PeerTimeout
+from common.errors import ConnectionClosed, NoHolders, PeerTimeout, TaskErrors
 from common.manifest import Manifest, build_manifest
 from common.messages import Hello, Holder, Holders, Message, Ok, RequestChunk, Welcome, WhoHas
 from peer.config import PeerConfig
@@ -34,7 +34,6 @@ from peer.server import ChunkServer
 from peer.session import Session
 from peer.status import Transfers
 from peer.storage.library import HeldFile, Library
-from peer.tasks import TaskErrors
 
 CHUNK = 1024
 CHUNKS = 32

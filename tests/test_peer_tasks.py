@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, StorageError
-from peer.tasks import TaskErrors, describe, leaves, open_nursery
+from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, StorageError, TaskErrors, describe, leaves
+from peer.tasks import open_nursery
 
 
 async def fail(error: BaseException) -> None:

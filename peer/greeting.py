@@ -1,0 +1,67 @@
+"""The connecting side of the handshake, for every outgoing connection of a peer (to the tracker, to other peers).
+
+``common/handshake.py`` holds the rules; this is its trio shell: connect, say
+HELLO, read the answer. A server of protocol 1 as first specified refuses a
+HELLO that offers capabilities (PROTOCOL.md §8.3); then the handshake is
+tried once more, on a new connection, offering nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from common.address import format_address
+from common.codec import Codec
+from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake
+from common.messages import Hello
+from peer.connection import Connection
+
+__all__ = ["Connect", "connect_tcp", "open_greeted"]
+
+logger = logging.getLogger(__name__)
+
+#: Opens a stream to an address: a TCP connection for real peers, memory streams in tests.
+Connect = Callable[[tuple[str, int]], Awaitable[trio.abc.Stream]]
+
+
+async def connect_tcp(address: tuple[str, int]) -> trio.abc.Stream:
+    """The :data:`Connect` of a real peer: a TCP connection."""
+    return await trio.open_tcp_stream(*address)
+
+
+async def open_greeted(
+    connect: Connect,
+    address: tuple[str, int],
+    hello: Hello,
+    *,
+    make_codec: Callable[[], Codec] = Codec,
+    answer_timeout: float | None = None,
+) -> tuple[Connection, Agreement]:
+    """A connection to ``address`` whose handshake is done, and what it agreed on.
+
+    Raises what connecting raises (``OSError``), :class:`~common.errors.Refused`
+    when the other side answers HELLO with ERROR (its ``code`` says why),
+    :class:`~common.errors.RemoteProtocolError` for an answer that breaks the
+    rules, :class:`~common.errors.ConnectionClosed` if the connection ends
+    first, :class:`~common.errors.PeerTimeout` if no answer comes within
+    ``answer_timeout`` (None: the caller bounds the whole with its own timeout).
+    """
+    handshake = ClientHandshake(hello)
+    while True:
+        conn = Connection(await connect(address), codec=make_codec())
+        try:
+            await conn.send(handshake.hello)
+            answer = await (conn.receive() if answer_timeout is None else conn.receive_within(answer_timeout))
+            outcome = handshake.receive(answer)
+        except BaseException:
+            await conn.aclose()
+            raise
+        if outcome is not RETRY_PLAIN:
+            return conn, outcome
+        await conn.aclose()
+        logger.debug("%s refused the capabilities offered: it speaks protocol 1 as first specified; greeting it without them",
+                     format_address(*address))  # fmt: skip
+        handshake = handshake.plain()
