@@ -25,18 +25,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _listing(port: int, tmp_path: pathlib.Path) -> dict[str, FileEntry]:
-    """What the tracker lists now, by name (newest entry of a name wins), or {} while it does not answer."""
+async def _entries(port: int, tmp_path: pathlib.Path) -> list[FileEntry]:
+    """What the tracker lists now, newest first, or [] while it does not answer."""
     config = PeerConfig(tracker=("127.0.0.1", port), state_dir=tmp_path / "query", tracker_timeout=2)
     try:
         async with open_catalogue(config) as catalogue:
-            entries = await catalogue.list_files()
+            return await catalogue.list_files()
     except TrackerUnavailable:  # not up yet
-        return {}
-    listing: dict[str, FileEntry] = {}
-    for entry in reversed(entries):  # newest first on the wire
-        listing[entry.name] = entry
-    return listing
+        return []
+
+
+async def _listing(port: int, tmp_path: pathlib.Path) -> dict[str, FileEntry]:
+    """What the tracker lists now, by name (the newest entry of a name wins)."""
+    return {entry.name: entry for entry in reversed(await _entries(port, tmp_path))}
+
+
+async def _until_unheld(port: int, tmp_path: pathlib.Path, file_id: bytes) -> None:
+    """Poll the tracker until no live peer holds ``file_id``."""
+    while any(entry.file_id == file_id and entry.holders for entry in await _entries(port, tmp_path)):
+        await trio.sleep(0.1)
 
 
 async def _until_listed(port: int, tmp_path: pathlib.Path, name: str, *, holders: int = 1, not_id: bytes | None = None) -> FileEntry:
@@ -94,11 +101,16 @@ async def test_a_seeded_folder_is_followed(tmp_path: pathlib.Path) -> None:
             with trio.fail_after(20):
                 again = await _until_listed(port, tmp_path, "edited.bin", not_id=first.file_id)
                 await seeder.wait_for("edited.bin changed: published again")
+            with trio.fail_after(3):  # the old version withdrawn from the tracker, not just unserved
+                await _until_unheld(port, tmp_path, first.file_id)
             assert again.size == len(b"second version " * 300)
-            # A removed file is no longer served.
+            # A removed file is no longer served, nor listed as held.
+            kept = (await _listing(port, tmp_path))["kept.bin"]
             (folder / "kept.bin").unlink()
             with trio.fail_after(20):
                 await seeder.wait_for("kept.bin is gone: no longer serving it")
+            with trio.fail_after(3):
+                await _until_unheld(port, tmp_path, kept.file_id)
             assert "half.bin.part" not in await _listing(port, tmp_path)
             # The new version downloads, byte for byte.
             out = tmp_path / "out"
