@@ -117,6 +117,8 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="Most holders returned per WHO_HAS.")  # fmt: skip
 @click.option("--stats-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds between stats lines in the log.")  # fmt: skip
+@click.option("--retention-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Days a published file stays listed once no peer holds it (0: for ever).")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
@@ -130,6 +132,7 @@ def tracker_command(
     max_connections: int,
     max_holders: int,
     stats_interval: float,
+    retention_days: float,
     io: IoPath,
     log_level: str,
 ) -> None:
@@ -149,6 +152,7 @@ def tracker_command(
             max_connections=max_connections,
             max_holders=max_holders,
             stats_interval=stats_interval,
+            retention=retention_days * 86400,
             io=io,
         )
     except (ValueError, OSError) as exc:

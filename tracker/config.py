@@ -76,6 +76,8 @@ class TrackerConfig:
     #: manifest counts for every connection sending it, though they share its bytes.
     max_unsent: int = attrs.field(default=256 * 1024 * 1024, validator=attrs.validators.ge(MIN_FRAME_SIZE))
     io: IoPath = attrs.field(default=DEFAULT_IO, validator=_io_path)
+    #: Seconds a published file stays listed once no peer holds it (``tracker/retention.py``); 0: for ever.
+    retention: float = attrs.field(default=30 * 86400.0, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

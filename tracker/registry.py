@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 import attrs
 
@@ -199,6 +199,20 @@ class Registry:
 
     def has_file(self, file_id: bytes) -> bool:
         return file_id in self._files
+
+    def held_files(self) -> list[bytes]:
+        """The files some live peer holds chunks of. O(files)."""
+        return [file_id for file_id, record in self._files.items() if record.replicas]
+
+    def drop_unheld(self, file_ids: Iterable[bytes]) -> list[Manifest]:
+        """Unlist those of ``file_ids`` no peer holds (retention: ``tracker/retention.py``); their manifests."""
+        dropped = []
+        for file_id in file_ids:
+            record = self._files.get(file_id)
+            if record is not None and not record.replicas:
+                del self._files[file_id]
+                dropped.append(record.manifest)
+        return dropped
 
     def record(self, file_id: bytes) -> FileRecord:
         """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""

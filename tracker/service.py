@@ -23,6 +23,7 @@ from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
 from tracker.registry import Registry, check_manifest
+from tracker.retention import retention_loop
 from tracker.store import Store
 
 __all__ = ["serve_tracker", "RunningTracker", "TrackerService"]
@@ -105,10 +106,10 @@ class TrackerService:
             )  # fmt: skip
             previous = self.requests
 
-    def check_and_save(self, manifest: Manifest) -> bool:
+    def check_and_save(self, manifest: Manifest) -> None:
         """Blocking: check a new manifest and commit it to the store (run in a worker thread)."""
         check_manifest(manifest)
-        return self.store.save(manifest)
+        self.store.save(manifest)
 
 
 @attrs.frozen
@@ -143,6 +144,7 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
                     nursery.start_soon(hub.run)
                 nursery.start_soon(service.expiry_loop)
                 nursery.start_soon(service.stats_loop)
+                nursery.start_soon(retention_loop, service)
                 await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
                 bound = [listener.socket.getsockname() for listener in listeners]
                 for address in bound:
