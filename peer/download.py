@@ -50,7 +50,7 @@ from peer.config import PeerConfig
 from peer.download_file import DownloadFile
 from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
-from peer.progress import DownloadResult, ProgressSink
+from peer.progress import DownloadResult, ProgressSink, completion_notes
 from peer.session import DownloadContext, PeerBusy, Session
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
@@ -93,6 +93,7 @@ class Downloader:
     force: bool = False
     progress: ProgressSink | None = None
     connect: Connect = connect_tcp
+    save_as: str = ""  # the output file's name in out_dir, if not the manifest's
 
     _picker: Picker[bytes] = attrs.field(init=False)
     _file: DownloadFile = attrs.field(init=False)
@@ -112,17 +113,14 @@ class Downloader:
     _buffers: BufferPool = attrs.field(init=False)
     #: What the sessions share, while the swarm runs (its nursery is the swarm's: sessions, checks and cancels run there).
     _context: DownloadContext | None = attrs.field(init=False, default=None)
+    _first_holders: Holders | None = attrs.field(init=False, default=None)  # asked before the start, for the first refresh
 
     def __attrs_post_init__(self) -> None:
         count = self.manifest.chunk_count
-        self._picker = Picker(
-            count,
-            max_in_flight=self.config.pipeline_depth,
-            ban_threshold=self.config.ban_threshold,
-            endgame_copies=self.config.endgame_copies,
-        )
+        self._picker = Picker(count, max_in_flight=self.config.pipeline_depth, ban_threshold=self.config.ban_threshold,
+                              endgame_copies=self.config.endgame_copies)  # fmt: skip
         self._buffers = BufferPool(chunk_data_body_size(self.manifest.chunk_size))
-        self._file = DownloadFile(self.manifest, self.out_dir / self.manifest.name, self.library, self.config, self._buffers.give_back)
+        self._file = DownloadFile(self.manifest, self.out_dir / (self.save_as or self.manifest.name), self.library, self.config, self._buffers.give_back)
         self._to_announce = ChunkSet(count)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
 
@@ -142,6 +140,27 @@ class Downloader:
         if await self._file.in_place(force=self.force):
             logger.info("%s is already complete at %s", manifest.name, self.final_path)
             return self._result(started, resumed=manifest.chunk_count, already=True)
+        await self._check_held_somewhere()
+        # Held from before the part file is opened until after it is moved into place (or kept).
+        await self._file.lock()
+        try:
+            return await self._fill(started)
+        finally:
+            self._file.unlock()
+
+    async def _check_held_somewhere(self) -> None:
+        """A fresh download of a file nobody holds fails now, before anything is created (a resumed one goes on: its part file may do)."""
+        if self._file.has_part_file():
+            return
+        try:
+            self._first_holders = holders = await self._who_has()
+        except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError):
+            return  # left to the refresher, as during the download
+        if not any(holder.peer_id != self.peer_id for holder in holders.holders):
+            raise NoHolders(f"no peer holds {self.manifest.name} now (0 holders on the tracker); nothing was downloaded")
+
+    async def _fill(self, started: float) -> DownloadResult:
+        manifest = self.manifest
         resumed = await self._file.open()
         self._held = self._file.held
         self._picker.mark_have(resumed)
@@ -156,24 +175,17 @@ class Downloader:
         except BaseException:
             await self._file.abandon()
             raise
-        logger.info("%s complete: %s (%d endgame duplicates, %d chunks re-fetched, %d bad)", manifest.name, self.final_path,
-                    self._picker.duplicates, self._picker.refetched, self._bad_chunks)
+        logger.debug("%s: %s complete: %s", self._label, manifest.name, self.final_path)  # the app says where it is
+        for level, note in completion_notes(self._picker.duplicates, self._picker.refetched, self._bad_chunks, manifest.chunk_count):
+            logger.log(level, "%s: %s: %s", self._label, manifest.name, note)
         if self.progress is not None:
             self.progress.finished()
         return self._result(started, resumed=len(resumed))
 
     def _result(self, started: float, *, resumed: int, already: bool = False) -> DownloadResult:
-        return DownloadResult(
-            path=self.final_path,
-            manifest=self.manifest,
-            received=dict(self._received),
-            chunks_received=sum(c.chunks for c in self._received.values()),
-            chunks_resumed=resumed,
-            chunks_refetched=self._picker.refetched,
-            bad_chunks=self._bad_chunks,
-            seconds=trio.current_time() - started,
-            already_complete=already,
-        )
+        received = dict(self._received)
+        return DownloadResult(self.final_path, self.manifest, received, sum(c.chunks for c in received.values()), resumed,
+                              self._picker.refetched, self._bad_chunks, trio.current_time() - started, already)  # fmt: skip
 
     # -- the swarm ---------------------------------------------------------------
     async def _swarm(self) -> None:
@@ -205,7 +217,7 @@ class Downloader:
         self._progress_at = trio.current_time()
         while True:
             try:
-                holders = await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
+                holders, self._first_holders = self._first_holders or await self._who_has(), None
                 self._apply_holders(holders)
             except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
                 logger.debug("%s: holder refresh failed: %s", self._label, exc)
@@ -228,6 +240,9 @@ class Downloader:
             # At most so often, however many sessions end: holders that refuse every
             # connection must not turn this into a loop of WHO_HAS.
             await trio.sleep(_MIN_REFRESH_GAP)
+
+    async def _who_has(self) -> Holders:
+        return await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
 
     def _refresh_soon(self) -> None:
         self._refresh_now.set()

@@ -283,9 +283,10 @@ class Peer:
 
     # -- downloading ----------------------------------------------------------------
     async def download(
-        self, query: str, out_dir: os.PathLike[str] | str, *, force: bool = False, progress: ProgressSink | None = None
+        self, query: str, out_dir: os.PathLike[str] | str, *, force: bool = False, progress: ProgressSink | None = None,
+        save_as: str = "",
     ) -> DownloadResult:
-        """Download the file ``query`` names into ``out_dir``; afterwards the peer serves it."""
+        """Download the file ``query`` names into ``out_dir`` (as ``save_as``, if given); afterwards the peer serves it."""
         entry = await self.resolve(query)
         manifest = await self.get_manifest(entry.file_id)
         downloader = Downloader(
@@ -299,6 +300,7 @@ class Peer:
             self.peer_id,
             force=force,
             progress=progress,
+            save_as=save_as,
         )
         self._downloads.append(manifest.name)
         try:
