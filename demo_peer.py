@@ -16,7 +16,7 @@ from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, setup_logging
 from chunkswarm.shell import ShellConfig, run_shell
-from common.address import parse_address
+from common.address import TRACKER_PORT, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
@@ -26,13 +26,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
     try:
-        return parse_address(value)
+        return parse_address(value, default_port=TRACKER_PORT)
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--tracker", default="127.0.0.1:7070", show_default=True, callback=_parse_tracker, help="Tracker address HOST:PORT.")
+@click.option("--tracker", default=f"127.0.0.1:{TRACKER_PORT}", show_default=True, callback=_parse_tracker,
+              help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
 @click.option("--share-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=HERE / "sample_files" / "dir2",
               help="Directory whose files u publishes  [default: sample_files/dir2]")
 @click.option("--download-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("downloads"),
