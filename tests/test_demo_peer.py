@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from common.manifest import build_manifest
+from peer.storage.download_lock import DownloadLock
 from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -182,3 +183,17 @@ async def test_ctrl_c_cancels_a_download_and_keeps_its_part_file(nursery: trio.N
                     process.kill()
     assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()
     assert not part.exists()
+
+
+async def test_d_refuses_a_file_another_download_is_writing(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    # Another process (this test) downloads gradient.bmp into the same folder: it holds the lock.
+    lock = DownloadLock(tmp_path / "downloads" / "gradient.bmp")
+    lock.acquire()
+    try:
+        status, lines, log = await shell(tmp_path, seeded_tracker, "c\nd gradient.bmp\nd file1_dir3.txt\n")
+    finally:
+        lock.release()
+    assert status == 0, "\n".join(lines) + log
+    refused = line_after(lines, "error: another get is already downloading gradient.bmp")
+    assert f"it holds the lock {lock.path}" in refused
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["file1_dir3.txt"]  # the other file came; nothing touched
