@@ -176,7 +176,7 @@ class Downloader:
             await self._file.abandon()
             raise
         logger.debug("%s: %s complete: %s", self._label, manifest.name, self.final_path)  # the app says where it is
-        for level, note in completion_notes(self._picker.duplicates, self._picker.refetched, self._bad_chunks, manifest.chunk_count):
+        for level, note in completion_notes(self._picker.duplicates, self._picker.surplus, self._picker.refetched, self._bad_chunks, manifest.chunk_count):
             logger.log(level, "%s: %s: %s", self._label, manifest.name, note)
         if self.progress is not None:
             self.progress.finished()

@@ -162,6 +162,7 @@ class Peer:
             max_connections=config.max_upload_connections,
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
+            upload_rate=config.max_upload_rate,
         )
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(

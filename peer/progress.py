@@ -63,17 +63,21 @@ class DownloadResult:
         return sum(c.bytes for c in self.received.values())
 
 
-def completion_notes(duplicates: int, refetched: int, bad: int, chunk_count: int) -> list[tuple[int, str]]:
+def completion_notes(duplicates: int, surplus: int, refetched: int, bad: int, chunk_count: int) -> list[tuple[int, str]]:
     """What a finished download says about the chunks it did not simply receive once: (log level, sentence).
 
-    Endgame duplicates are the normal price of a fast finish, worth an INFO
-    line only when they are a good part of the file (a small file); chunks
-    asked again were logged as their peer failed (DEBUG); bad chunks always are.
+    Near the end the last chunks are asked of two peers (``duplicates``
+    requests); a copy that came anyway after the first (``surplus``) is the
+    normal price of a fast finish, worth an INFO line only when it is a good
+    part of the file. Chunks asked again were logged as their peer failed
+    (DEBUG); bad chunks always are worth a line.
     """
     notes = []
     if duplicates:
-        level = logging.INFO if 4 * duplicates >= chunk_count else logging.DEBUG
-        notes.append((level, f"{plural(duplicates, 'chunk was', 'chunks were')} received twice near the end "
+        notes.append((logging.DEBUG, f"{plural(duplicates, 'request')} near the end went to a second peer"))
+    if surplus:
+        level = logging.INFO if 4 * surplus >= chunk_count else logging.DEBUG
+        notes.append((level, f"{plural(surplus, 'chunk was', 'chunks were')} received twice near the end "
                              "(normal: the last chunks are asked of two peers)"))  # fmt: skip
     if refetched:
         notes.append((logging.DEBUG, f"{plural(refetched, 'chunk was', 'chunks were')} asked of another peer "

@@ -146,3 +146,17 @@ def test_a_bar_that_never_got_a_byte_stalls_too() -> None:
     RichProgress(progress).started("data.bin", 1000, 0)
     clock.now += 10
     assert RateColumn().render(progress.tasks[0]).plain == "stalled 10 s"
+
+
+def test_the_end_of_a_download_says_its_extra_chunks_in_words() -> None:
+    from peer.progress import completion_notes
+
+    # 9 chunks, 3 received twice: a third of the file, worth saying; the duplicate requests behind them are not.
+    notes = completion_notes(duplicates=8, surplus=3, refetched=1, bad=0, chunk_count=9)
+    assert (logging.INFO, "3 chunks were received twice near the end (normal: the last chunks are asked of two peers)") in notes
+    assert [level for level, note in notes if "request" in note or "asked of another" in note] == [logging.DEBUG, logging.DEBUG]
+    # On a large file the same few are not worth an INFO line; a bad chunk always is.
+    quiet = completion_notes(duplicates=20, surplus=1, refetched=0, bad=1, chunk_count=1000)
+    assert [level for level, _ in quiet] == [logging.DEBUG, logging.DEBUG, logging.INFO]
+    assert quiet[1][1].startswith("1 chunk was received twice") and quiet[2][1] == "1 chunk failed verification and was fetched again"
+    assert completion_notes(0, 0, 0, 0, 9) == [] and not any("endgame" in note for _, note in notes + quiet)
