@@ -14,7 +14,7 @@ from chunkswarm import peer_commands
 from chunkswarm.cli import cli
 from common.address import TRACKER_PORT
 from peer.config import PeerConfig, default_state_dir
-from tests.procs import ROOT, peer_args, spawn, start_tracker
+from tests.procs import ROOT, peer_args, spawn, start_tracker, wait_until
 
 PEER_ONLY = ("--host", "--port", "--label", "--state-dir")
 
@@ -85,6 +85,8 @@ async def test_tracker_and_seed_log_to_a_file_too(nursery: trio.Nursery, tmp_pat
             async with spawn(nursery, "-m", "chunkswarm", "seed", str(share), "--log-file", str(seed_log),
                              *peer_args(port, tmp_path / "s", "alice")) as seeder:  # fmt: skip
                 await seeder.wait_for("seeding file2_dir1.txt")
+                # The file gets each line just after the console does.
+                await wait_until(lambda: "seeding file2_dir1.txt" in seed_log.read_text())
     # Plain lines, in addition to the console (which the tests above read).
     tracker_text, seed_text = tracker_log.read_text(), seed_log.read_text()
     assert f"INFO    tracker.service: tracker listening on 127.0.0.1:{port}" in tracker_text

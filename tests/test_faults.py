@@ -201,7 +201,7 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                         await wait_until(lambda expected=expected_done: done_count(state) == expected)
                         getter.kill()
                         assert await getter.wait_exit() == -signal.SIGKILL
-                    resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", getter.text)
+                    resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks? failed re-verification\))?", getter.text)
                     done = _check_state_is_true(state, part, source)
                     assert len(done) == expected_done and not (out / "big.bin").exists()
                     # Damage the part file behind the state's back: the next run must notice.
@@ -218,7 +218,7 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                 async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", "getter"),
                                  name="getter-last") as last:
                     assert await last.wait_exit() == 0, last.text
-                resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", last.text)
+                resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks? failed re-verification\))?", last.text)
                 await wait_until(lambda: liar_sent(holder) >= CHUNKS + damaged)
                 sent = liar_sent(holder)
         assert (out / "big.bin").read_bytes() == source
