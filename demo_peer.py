@@ -14,7 +14,7 @@ import click
 import trio
 from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
 from chunkswarm.shell import ShellConfig, run_shell
 from common.address import TRACKER_PORT, parse_address
 from common.errors import ChunkswarmError, ValidationError
@@ -52,6 +52,8 @@ def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathli
     setup_logging(log_level)
     peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size,
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
+    if create_state_dir(peer.state_dir):
+        console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)
     config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty())
     try:
         trio.run(run_shell, config, Console(), console)

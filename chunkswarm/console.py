@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["console", "setup_logging", "log_file_option", "LOG_LEVELS"]
+__all__ = ["console", "setup_logging", "log_file_option", "create_state_dir", "LOG_LEVELS"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -56,3 +56,14 @@ def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--log-file PATH``: the log also goes to PATH (appended), as plain lines."""
     return click.option("--log-file", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
                         help="Also write the log to this file (appended, plain lines).")(func)  # fmt: skip
+
+
+def create_state_dir(state_dir: pathlib.Path) -> bool:
+    """Create a peer's state folder if it is not there yet; True if it was created (the time to say where it is)."""
+    if state_dir.is_dir():
+        return False
+    try:
+        state_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create the state folder {state_dir}: {exc.strerror or exc}") from None
+    return True

@@ -16,7 +16,7 @@ import click
 import trio
 from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, log_file_option, setup_logging
+from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
 from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
@@ -78,14 +78,8 @@ def _config(tracker: tuple[str, int], state_dir: pathlib.Path | None, host: str,
 
 
 def _announce_state_dir(state_dir: pathlib.Path) -> None:
-    """Create the state folder on first use, and say where it is then (and only then)."""
-    if state_dir.is_dir():
-        return
-    try:
-        state_dir.mkdir(parents=True)
-    except OSError as exc:
-        raise click.ClickException(f"cannot create the state folder {state_dir}: {exc.strerror or exc}") from None
-    logger.info("created %s: chunkswarm keeps this peer's state there (--state-dir picks another folder)", state_dir)
+    if create_state_dir(state_dir):
+        logger.info("created %s: chunkswarm keeps this peer's state there (--state-dir picks another folder)", state_dir)
 
 
 def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
@@ -108,9 +102,10 @@ async def _serve_until_signalled(peer: Peer) -> None:
             logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
             break
     uploaded = peer.transfers.uploaded
-    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items()) or "nobody"
-    logger.info("%s uploaded %s (%s, %d bytes) to %s", peer.name, plural(sum(c.chunks for c in uploaded.values()), "chunk"),
-                format_size(peer.transfers.bytes_uploaded), peer.transfers.bytes_uploaded, detail)
+    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items())
+    logger.info("%s uploaded %s (%s, %d bytes) to %s%s", peer.name, plural(sum(c.chunks for c in uploaded.values()), "chunk"),
+                format_size(peer.transfers.bytes_uploaded), peer.transfers.bytes_uploaded, plural(len(uploaded), "peer"),
+                f" ({detail})" if detail else "")
 
 
 # -- seed --------------------------------------------------------------------------

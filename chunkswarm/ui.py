@@ -16,7 +16,6 @@ from typing import Any, Final
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -30,7 +29,7 @@ from common.messages import FileEntry
 from common.wording import format_rate, format_size, plural
 from peer.progress import ProgressSink
 
-__all__ = ["RichProgress", "LogProgress", "RateColumn", "progress_columns", "progress_display", "format_size", "file_table",
+__all__ = ["RichProgress", "LogProgress", "RateColumn", "BytesColumn", "progress_columns", "progress_display", "format_size", "file_table",
            "STALLED_AFTER"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -161,7 +160,7 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         if task.finished:
             speed = task.finished_speed or task.speed
-            return Text(format_rate(speed) if speed else "", style="progress.data.speed")
+            return Text(f"{format_rate(speed)} done" if speed else "done", style="progress.data.speed")
         moved_at = task.fields.get("moved_at")
         idle = task.get_time() - moved_at if moved_at is not None else 0.0
         if idle >= self.stalled_after:
@@ -174,13 +173,21 @@ class RateColumn(ProgressColumn):
         return Text(f"{format_rate(speed)} {hours:d}:{minutes:02d}:{seconds:02d}", style="progress.data.speed")
 
 
+class BytesColumn(ProgressColumn):
+    """``1.2/8.8 MiB`` as :func:`format_size` writes sizes (rich's own column says ``624/624 bytes``)."""
+
+    def render(self, task: Task) -> Text:
+        total = format_size(task.total) if task.total is not None else "?"
+        return Text(f"{format_size(task.completed)}/{total}", style="progress.download")
+
+
 def progress_columns(detail_field: str = "detail") -> tuple[ProgressColumn | str, ...]:
     """The columns of a download bar: name, bar, percentage, bytes, speed and time left (or "stalled"), ``detail_field``."""
     return (
         TextColumn("[bold blue]{task.description}", justify="right"),
         BarColumn(bar_width=None),
         "[progress.percentage]{task.percentage:>3.1f}%",
-        DownloadColumn(binary_units=True),
+        BytesColumn(),
         RateColumn(),
         TextColumn(f"{{task.fields[{detail_field}]}}"),
     )

@@ -138,7 +138,7 @@ class Downloader:
         manifest = self.manifest
         manifest.verify()  # the manifest against the file id, before trusting any chunk hash
         if await self._file.in_place(force=self.force):
-            logger.info("%s is already complete at %s", manifest.name, self.final_path)
+            logger.debug("%s is already complete at %s", manifest.name, self.final_path)  # the app says so
             return self._result(started, resumed=manifest.chunk_count, already=True)
         await self._check_held_somewhere()
         # Held from before the part file is opened until after it is moved into place (or kept).

@@ -92,6 +92,7 @@ async def test_session_through_a_pipe(seeded_tracker: str, tmp_path: pathlib.Pat
     status, lines, log = await shell(tmp_path, seeded_tracker, script)
     text = "\n".join(lines)
     assert status == 0, text + log
+    assert f"created {tmp_path / 'shell'}: the peer keeps its state there" in " ".join(log.split())  # said on first use
     assert line_after(lines, "not connected to the tracker") == "not connected to the tracker: type c to connect before uploading"
     assert "unknown command 'zz': type h for help" in lines
     assert line_after(lines, "connected to the tracker").startswith(f"connected to the tracker at {seeded_tracker} as tester")
