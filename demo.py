@@ -18,6 +18,7 @@ import trio
 from chunkswarm.console import LOG_LEVELS, console, setup_logging
 from chunkswarm.demo import DemoConfig, run_demo
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.wording import plural
 
 HERE = pathlib.Path(__file__).resolve().parent
 SAMPLE = HERE / "sample_files" / "dir1" / "file1_dir1.txt"
@@ -51,8 +52,11 @@ def main(peers: int, source: pathlib.Path, chunk_size: int | None, keep: bool, k
         raise click.exceptions.Exit(130) from None
     if not outcome.ok:
         raise click.ClickException("the demo failed: " + "; ".join(outcome.problems))
-    downloaders = [report.label for report in outcome.peers if report.role == "downloader"]
-    console.print(f"[green]OK[/]: {', '.join(downloaders)} each hold a byte-identical copy of {source.name}", highlight=False)
+    downloaders = [report for report in outcome.peers if report.role == "downloader"]
+    labels = {report.label for report in downloaders}
+    traded = sum(count for report in downloaders for label, count in report.sources if label in labels)
+    console.print(f"[green]OK[/]: {', '.join(report.label for report in downloaders)} each hold a byte-identical copy of {source.name}; "
+                  f"the downloaders traded {plural(traded, 'chunk')} with each other", highlight=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import click
 import trio
 from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
 from chunkswarm.shell import ShellConfig, run_shell
-from common.address import parse_address
+from common.address import TRACKER_PORT, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peer.config import PeerConfig, default_state_dir
@@ -26,13 +26,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
     try:
-        return parse_address(value)
+        return parse_address(value, default_port=TRACKER_PORT)
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--tracker", default="127.0.0.1:7070", show_default=True, callback=_parse_tracker, help="Tracker address HOST:PORT.")
+@click.option("--tracker", default=f"127.0.0.1:{TRACKER_PORT}", show_default=True, callback=_parse_tracker,
+              help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
 @click.option("--share-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=HERE / "sample_files" / "dir2",
               help="Directory whose files u publishes  [default: sample_files/dir2]")
 @click.option("--download-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("downloads"),
@@ -51,6 +52,8 @@ def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathli
     setup_logging(log_level)
     peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size,
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
+    if create_state_dir(peer.state_dir):
+        console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)
     config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty())
     try:
         trio.run(run_shell, config, Console(), console)

@@ -150,7 +150,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
         for i in range(downloaders):
             label = f"get-{i + 1}"
             out = scenario_dir / label
-            getters.append(Proc(peer_args("get", data.name, "-o", str(out), "--seed", "--state-dir", str(scenario_dir / f"{label}-state"),
+            getters.append(Proc(peer_args("get", data.name, "-o", f"{out}/", "--seed", "--state-dir", str(scenario_dir / f"{label}-state"),
                                           "--label", label, *tuning, *common), label))
         procs += getters
         finished = []

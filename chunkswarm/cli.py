@@ -17,20 +17,26 @@ from rich.table import Table
 from rich.text import Text
 
 from chunkswarm import __version__
+from chunkswarm.get_command import get
 from chunkswarm.peer_commands import peer_commands
 from chunkswarm.settings import CONFIG_ENVVAR, Settings, default_config_path, load_settings
 from chunkswarm.tracker_command import tracker_command
+from common.address import TRACKER_PORT
+from peer.config import default_state_dir
 
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=f"""Share files as verified chunks: run a tracker, seed files, get them from the swarm.
+
+    \b
+    A tracker address without a port means port {TRACKER_PORT}.
+    Peers (seed, get) keep their state in {default_state_dir()} (--state-dir picks another folder).""")
 @click.version_option(__version__, prog_name="chunkswarm")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=pathlib.Path), envvar=CONFIG_ENVVAR, show_envvar=True,
               help=f"Configuration file (TOML) of default options [default: {default_config_path()}].")  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, config_path: pathlib.Path | None) -> None:
-    """Share files as verified chunks: run a tracker, seed files, get them from the swarm."""
     assert isinstance(ctx.command, click.Group)
     settings = load_settings(config_path or default_config_path(), ctx.command.commands, required=config_path is not None)
     ctx.obj = settings
@@ -79,6 +85,7 @@ def _effective(settings: Settings, command: click.Command, param: click.Option) 
 
 
 cli.add_command(tracker_command)
+cli.add_command(get)
 for _command in peer_commands:
     cli.add_command(_command)
 cli.add_command(config_command)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["console", "setup_logging", "LOG_LEVELS"]
+__all__ = ["console", "setup_logging", "log_file_option", "create_state_dir", "LOG_LEVELS"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -16,7 +20,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 console = Console(stderr=True)
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", log_file: pathlib.Path | None = None) -> None:
     """One line per event: through rich on a terminal, plain lines otherwise.
 
     Plain lines when stderr is not a terminal (services under a supervisor,
@@ -34,6 +38,32 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
         # Tables printed to a pipe would otherwise wrap at rich's 80-column default.
         console.width = max(console.width, 160)
+    handlers: list[logging.Handler] = [handler]
+    if log_file is not None:
+        # In addition to the console, as plain lines whatever the console is: a file is read later, by people and by tools.
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot open the log file {log_file}: {exc.strerror or exc}") from None
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handlers.append(file_handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
+
+
+def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-file PATH``: the log also goes to PATH (appended), as plain lines."""
+    return click.option("--log-file", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+                        help="Also write the log to this file (appended, plain lines).")(func)  # fmt: skip
+
+
+def create_state_dir(state_dir: pathlib.Path) -> bool:
+    """Create a peer's state folder if it is not there yet; True if it was created (the time to say where it is)."""
+    if state_dir.is_dir():
+        return False
+    try:
+        state_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create the state folder {state_dir}: {exc.strerror or exc}") from None
+    return True

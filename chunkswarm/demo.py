@@ -28,13 +28,14 @@ from contextlib import AsyncExitStack, contextmanager
 import attrs
 import trio
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from chunkswarm.ui import LogProgress, RichProgress
+from chunkswarm.ui import LogProgress, RichProgress, progress_columns
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.manifest import chunk_size_for
+from common.wording import format_rate, format_size, plural
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.progress import DownloadResult, ProgressSink
@@ -69,9 +70,13 @@ class DemoConfig:
     #: The command printed for joining with ``--keep-running`` (``--tracker HOST:PORT`` is appended).
     join_command: tuple[str, ...] = ()
     heartbeat_interval: float = 1.0
-    #: Requests an uploader queues per connection; beyond that it answers BUSY (a seeder with
-    #: little upload capacity), so downloaders soon find chunks quicker at each other's.
+    #: Requests an uploader queues per connection; beyond that it answers BUSY.
     uploader_queue: int = 1
+    #: Each uploader sends the whole file in no less than this (its upload rate is the file's size
+    #: over it): seeders with little upload capacity, as in a real swarm. Without a limit, loopback
+    #: serves a small file within the downloaders' first holder refresh, before either holds a
+    #: chunk the other could take, and the downloaders never trade.
+    upload_seconds: float = 0.5
 
     @property
     def uploaders(self) -> int:
@@ -170,16 +175,8 @@ def _progress_bars(console: Console, labels: list[str]) -> Iterator[dict[str, Pr
     if not console.is_terminal:
         yield {label: _Labelled(label, LogProgress()) for label in labels}
         return
-    columns = (
-        TextColumn("[bold blue]{task.description}", justify="right"),
-        BarColumn(bar_width=None),
-        "[progress.percentage]{task.percentage:>3.1f}%",
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[sources]}"),
-    )
-    with Progress(*columns, console=console) as progress:
+    # The same console as the log's RichHandler (demo.py passes it): log lines go above the bars.
+    with Progress(*progress_columns("sources"), console=console) as progress:
         yield {label: _Labelled(label, RichProgress(progress)) for label in labels}
 
 
@@ -244,11 +241,14 @@ async def _swarm(
     original = await trio.to_thread.run_sync(_sha256, source)
     assert original is not None  # stat() above succeeded
     logger.info(
-        "%s: %d bytes in %d chunks of %d bytes; %d uploaders, %d downloaders",
-        source.name, size, chunk_count, chunk_size, config.uploaders, config.downloaders,
+        "%s: %s in %s of %s; %s, %s",
+        source.name, format_size(size), plural(chunk_count, "chunk"), format_size(chunk_size),
+        plural(config.uploaders, "uploader"), plural(config.downloaders, "downloader"),
     )  # fmt: skip
-    logger.info("uploaders queue %d request(s) per downloader and answer BUSY beyond that, "
-                "so the downloaders also fetch chunks from each other", config.uploader_queue)
+    logger.info("each uploader sends at most %s (the file in %.1f s) and answers BUSY beyond %s per downloader, "
+                "so the downloaders also fetch chunks from each other",
+                format_rate(max(size, chunk_size) / config.upload_seconds), config.upload_seconds,
+                plural(config.uploader_queue, "queued request"))  # fmt: skip
     if chunk_log_level == logging.DEBUG:
         logger.info("%d chunks per download: chunk lines are logged at DEBUG; watch the bars instead", chunk_count)
 
@@ -272,7 +272,8 @@ async def _swarm(
                 shutdown_timeout=1.0,
             )
             if role == "uploader":
-                peer_config = attrs.evolve(peer_config, max_queued_requests=config.uploader_queue)
+                rate = max(size, chunk_size) / config.upload_seconds
+                peer_config = attrs.evolve(peer_config, max_queued_requests=config.uploader_queue, max_upload_rate=rate)
             peer = await stack.enter_async_context(open_peer(peer_config))
             members.append(_DemoPeer(peer, role, home / "share", home / "downloads"))
             await peer.connect()
@@ -325,7 +326,8 @@ async def _swarm(
 
 def summary_table(outcome: DemoOutcome) -> Table:
     """For each peer: its role, chunks uploaded and downloaded (and from whom), and whether its copy matches."""
-    table = Table(title=f"{outcome.source.name}: {outcome.size} bytes, {outcome.chunk_count} chunks, SHA-256 {outcome.sha256[:16]}…")
+    table = Table(title=f"{outcome.source.name}: {format_size(outcome.size)}, {plural(outcome.chunk_count, 'chunk')}, "
+                        f"SHA-256 {outcome.sha256[:16]}…")
     for column, justify in (("peer", "left"), ("role", "left"), ("address", "left"), ("chunks up", "right"),
                             ("chunks down", "right"), ("downloaded from", "left"), ("copy", "left")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
-"""``chunkswarm seed | get | ls | stats``: click commands that build a :class:`PeerConfig` and run trio.
+"""``chunkswarm seed | ls | stats``: click commands that build a :class:`PeerConfig` and run trio; the options they share with ``get``.
 
-Exported as ``peer_commands`` for the ``chunkswarm`` group (``chunkswarm.cli``).
+Exported as ``peer_commands`` for the ``chunkswarm`` group (``chunkswarm.cli``); ``get`` is in ``chunkswarm.get_command``.
 """
 
 from __future__ import annotations
@@ -16,50 +16,72 @@ import click
 import trio
 from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
 from chunkswarm.ui import file_table, progress_display, stats_table
-from common.address import format_address, parse_address
+from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.wording import format_size, plural
+from peer.catalogue import open_catalogue
 from peer.config import PeerConfig, default_state_dir
-from peer.node import Peer, open_catalogue, open_peer
+from peer.node import Peer, open_peer
 from peer.seeder import Seeder
 
-__all__ = ["peer_commands", "seed", "get", "ls", "stats"]
+__all__ = ["peer_commands", "seed", "ls", "stats"]
 
 logger = logging.getLogger("peer")
 
-DEFAULT_TRACKER = "127.0.0.1:7070"
+DEFAULT_TRACKER = f"127.0.0.1:{TRACKER_PORT}"
 
 
 def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
     try:
-        return parse_address(value)
+        return parse_address(value, default_port=TRACKER_PORT)
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
-def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option("--tracker", default=DEFAULT_TRACKER, envvar="CHUNKSWARM_TRACKER", show_default=True, show_envvar=True,
-                     callback=_parse_tracker, help="Tracker address HOST:PORT."),
-        click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
-                     help=f"Where this peer keeps its state [default: {default_state_dir()}]."),
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on."),
-        click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port)."),
-        click.option("--label", default="", help="A name for this peer in logs and in other peers' logs."),
-        click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True),
-    ]
+def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+_TRACKER_OPTION = click.option("--tracker", default=DEFAULT_TRACKER, envvar="CHUNKSWARM_TRACKER", show_default=True, show_envvar=True,
+                               callback=_parse_tracker, help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
+_LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+
+
+def _query_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that only asks the tracker (ls, stats): it serves nothing and keeps no state."""
+    return _options(func, [_TRACKER_OPTION, _LOG_LEVEL_OPTION])
+
+
+def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that runs a peer (seed, get): it serves chunks and keeps state."""
+    return _options(func, [
+        _TRACKER_OPTION,
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
+                     help=f"Where this peer keeps its state (manifest cache)  [default: {default_state_dir()}]"),
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on."),
+        click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port)."),
+        click.option("--label", default="", help="A name for this peer in logs and in other peers' logs."),
+        _LOG_LEVEL_OPTION,
+    ])  # fmt: skip
 
 
 def _config(tracker: tuple[str, int], state_dir: pathlib.Path | None, host: str, port: int, label: str, **extra: Any) -> PeerConfig:
     kwargs: dict[str, Any] = {"tracker": tracker, "listen_host": host, "listen_port": port, "label": label, **extra}
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
-    return PeerConfig(**kwargs)
+    config = PeerConfig(**kwargs)
+    _announce_state_dir(config.state_dir)
+    return config
+
+
+def _announce_state_dir(state_dir: pathlib.Path) -> None:
+    if create_state_dir(state_dir):
+        logger.info("created %s: chunkswarm keeps this peer's state there (--state-dir picks another folder)", state_dir)
 
 
 def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
@@ -82,9 +104,10 @@ async def _serve_until_signalled(peer: Peer) -> None:
             logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
             break
     uploaded = peer.transfers.uploaded
-    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items()) or "nobody"
-    logger.info("%s uploaded %d bytes in %d chunks (%s)", peer.name, peer.transfers.bytes_uploaded,
-                sum(c.chunks for c in uploaded.values()), detail)
+    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items())
+    logger.info("%s uploaded %s (%s, %d bytes) to %s%s", peer.name, plural(sum(c.chunks for c in uploaded.values()), "chunk"),
+                format_size(peer.transfers.bytes_uploaded), peer.transfers.bytes_uploaded, plural(len(uploaded), "peer"),
+                f" ({detail})" if detail else "")
 
 
 # -- seed --------------------------------------------------------------------------
@@ -98,13 +121,14 @@ async def _serve_until_signalled(peer: Peer) -> None:
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="Follow the folders: publish new and changed files, stop serving removed ones.")
 @_peer_options
+@log_file_option
 def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, watch: bool, log_level: str,
-         **options: Any) -> None:  # fmt: skip
+         log_file: pathlib.Path | None, **options: Any) -> None:  # fmt: skip
     """Publish files (directories: every file inside) and serve them until interrupted.
 
     The tracker need not be up yet: it is tried until it answers.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_file)
     config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)
     _run(_seed, config, paths, watch)
 
@@ -121,7 +145,8 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
         with progress_display(console) as progress:
             manifests = await seeder.publish_all(progress=progress)
         for manifest in manifests:
-            logger.info("seeding %s (%s, %d bytes, %d chunks)", manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count)
+            logger.info("seeding %s (%s, %s, %s)", manifest.name, manifest.hex_id[:16], format_size(manifest.size),
+                        plural(manifest.chunk_count, "chunk"))  # fmt: skip
         async with trio.open_nursery() as nursery:
             if watch:
                 await nursery.start(seeder.follow)
@@ -130,53 +155,14 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
             nursery.cancel_scope.cancel()
 
 
-# -- get ---------------------------------------------------------------------------
-@click.command()
-@click.argument("file")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("."),
-              show_default=True, help="Directory to put the file in.")
-@click.option("--seed", "keep_seeding", is_flag=True, help="Keep serving the file once it is downloaded.")
-@click.option("--force", is_flag=True, help="Overwrite an existing different file of that name.")
-@click.option("--pipeline-depth", type=click.IntRange(1, 64), default=PeerConfig().pipeline_depth, show_default=True,
-              help="Requests in flight per peer connection.")
-@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().stall_timeout, show_default=True,
-              help="Give up when missing chunks have had no reachable holder for this many seconds.")
-@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().request_timeout, show_default=True,
-              help="Drop a peer that leaves requests unanswered for this many seconds.")
-@click.option("--direct-io", is_flag=True,
-              help="Write and read back chunks past the page cache (O_DIRECT); every write then waits for the disk.")
-@_peer_options
-def get(file: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool, pipeline_depth: int, stall_timeout: float,
-        request_timeout: float, direct_io: bool, log_level: str, **options: Any) -> None:
-    """Download FILE (a file id, or a unique id prefix, or an exact name) from the swarm."""
-    setup_logging(log_level)
-    config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout,
-                     direct_io=direct_io, **options)
-    _run(_get, config, file, output_dir, keep_seeding, force)
-
-
-async def _get(config: PeerConfig, query: str, output_dir: pathlib.Path, keep_seeding: bool, force: bool) -> None:
-    async with open_peer(config) as peer:
-        await peer.connect()
-        with progress_display(console) as progress:
-            result = await peer.download(query, output_dir, force=force, progress=progress)
-        mib = result.bytes_received / 2**20
-        rate = mib / result.seconds if result.seconds > 0 else 0.0
-        sources = ", ".join(f"{name}: {count.chunks}" for name, count in result.received.items()) or "none needed"
-        logger.info("%s -> %s (%.1f MiB in %.2f s, %.1f MiB/s; chunks from %s)", result.manifest.name, result.path, mib, result.seconds, rate, sources)
-        if keep_seeding:
-            logger.info("serving on %s", format_address(*peer.listen_address))
-            await _serve_until_signalled(peer)
-
-
 # -- ls ----------------------------------------------------------------------------
 @click.command()
 @click.argument("pattern", default="")
-@_peer_options
-def ls(pattern: str, log_level: str, **options: Any) -> None:
+@_query_options
+def ls(pattern: str, tracker: tuple[str, int], log_level: str) -> None:
     """List the tracker's files whose name contains PATTERN."""
     setup_logging(log_level)
-    config = _config(**options)
+    config = PeerConfig(tracker=tracker)
     entries = _run(_ls, config, pattern)
     table = file_table(entries, f"files on {format_address(*config.tracker)}")
     Console().print(table)
@@ -190,11 +176,11 @@ async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
 
 # -- stats -------------------------------------------------------------------------
 @click.command()
-@_peer_options
-def stats(log_level: str, **options: Any) -> None:
+@_query_options
+def stats(tracker: tuple[str, int], log_level: str) -> None:
     """Show the tracker's counters: peers online, files, replicas, connections, requests served."""
     setup_logging(log_level)
-    config = _config(**options)
+    config = PeerConfig(tracker=tracker)
     counters = _run(_stats, config)
     Console().print(stats_table(counters, f"tracker {format_address(*config.tracker)}"))
 
@@ -204,4 +190,4 @@ async def _stats(config: PeerConfig) -> dict[str, int | float]:
         return await catalogue.stats()
 
 
-peer_commands = [seed, get, ls, stats]
+peer_commands = [seed, ls, stats]

@@ -24,8 +24,10 @@ from rich.console import Console
 from chunkswarm.ui import file_table, format_size, progress_display
 from common.address import format_address
 from common.errors import ChunkswarmError
+from common.wording import plural
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
+from peer.storage.download_lock import LOCK_SUFFIX
 from peer.storage.library import expand_paths
 from peer.storage.part_file import PART_SUFFIX, STATE_SUFFIX
 
@@ -47,10 +49,6 @@ Ctrl-C cancels a running download (d again resumes it)."""
 
 #: Files at least this large show hashing progress while ``u`` publishes them.
 HASH_PROGRESS_BYTES = 8 * 1024 * 1024
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 @attrs.frozen
@@ -149,7 +147,7 @@ class Shell:
             self.say(f"nothing to upload: share directory {share} does not exist")
             return
         paths = await trio.to_thread.run_sync(expand_paths, [share])
-        paths = [p for p in paths if not p.name.endswith((PART_SUFFIX, PART_SUFFIX + STATE_SUFFIX))]
+        paths = [p for p in paths if not p.name.endswith((PART_SUFFIX, PART_SUFFIX + STATE_SUFFIX, PART_SUFFIX + LOCK_SUFFIX))]
         if not paths:
             self.say(f"nothing to upload: {share} has no files")
             return
@@ -160,9 +158,9 @@ class Shell:
             else:
                 (manifest,) = await self.peer.publish([path])
             self.say(
-                f"published {manifest.name} ({format_size(manifest.size)}, {_count(manifest.chunk_count, 'chunk')}, id {manifest.hex_id[:12]})"
+                f"published {manifest.name} ({format_size(manifest.size)}, {plural(manifest.chunk_count, 'chunk')}, id {manifest.hex_id[:12]})"
             )
-        self.say(f"uploaded {_count(len(paths), 'file')} from {share}: the swarm can download them from this peer now")
+        self.say(f"uploaded {plural(len(paths), 'file')} from {share}: the swarm can download them from this peer now")
 
     async def files(self, pattern: str) -> None:
         if not self._connected("listing files"):
@@ -171,7 +169,7 @@ class Shell:
         if not entries:
             self.say("no files on the network" + (f" with {pattern!r} in their name" if pattern else ""))
             return
-        table = file_table(sorted(entries, key=lambda e: e.name), f"{_count(len(entries), 'file')} on the network", id_chars=12)
+        table = file_table(sorted(entries, key=lambda e: e.name), f"{plural(len(entries), 'file')} on the network", id_chars=12)
         self.out.print(table)
 
     async def download(self, query: str) -> None:
@@ -195,11 +193,11 @@ class Shell:
             self.say(f"download of {query} cancelled; the part file is kept in {self.config.download_dir}: d {query} resumes it")
             return
         if result.already_complete:
-            self.say(f"{result.manifest.name} is already complete at {result.path}; serving it")
+            self.say(f"{result.manifest.name} is already complete at {result.path}, nothing downloaded; serving it")
             return
         # "peer-1 (127.0.0.1:40123)" -> "peer-1"; a peer without a label is named by its address.
         sources = ", ".join(f"{name.split(' (')[0]}: {count.chunks}" for name, count in result.received.items())
-        got = f"{_count(result.chunks_received, 'chunk')} from {sources}" if sources else "nothing transferred"
+        got = f"{plural(result.chunks_received, 'chunk')} from {sources}" if sources else "nothing transferred"
         resumed = f", {result.chunks_resumed} resumed from the part file" if result.chunks_resumed else ""
         self.say(
             f"saved {result.manifest.name} ({format_size(result.manifest.size)}) to {result.path} "
@@ -224,10 +222,10 @@ class Shell:
             self.say(f"  {name}  {held}/{count} chunks  id {hex_id[:12]}")
         up, down = list(status.uploaded.values()), list(status.downloaded.values())
         self.say(
-            f"transfers: uploaded {_count(sum(c.chunks for c in up), 'chunk')} ({format_size(sum(c.bytes for c in up))}) "
-            f"to {_count(len(up), 'peer')}, downloaded {_count(sum(c.chunks for c in down), 'chunk')} "
-            f"({format_size(sum(c.bytes for c in down))}) from {_count(len(down), 'peer')}; "
-            f"{status.upload_connections} upload connection(s) open"
+            f"transfers: uploaded {plural(sum(c.chunks for c in up), 'chunk')} ({format_size(sum(c.bytes for c in up))}) "
+            f"to {plural(len(up), 'peer')}, downloaded {plural(sum(c.chunks for c in down), 'chunk')} "
+            f"({format_size(sum(c.bytes for c in down))}) from {plural(len(down), 'peer')}; "
+            f"{plural(status.upload_connections, 'upload connection')} open"
             + (f"; downloading {', '.join(status.active_downloads)}" if status.active_downloads else "")
         )
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pathlib
 import signal
 
 import click
 import platformdirs
 import trio
 
-from chunkswarm.console import LOG_LEVELS, setup_logging
+from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
+from common.address import TRACKER_PORT
 from common.errors import StorageError
 from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
@@ -102,7 +104,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
 
 @click.command("tracker", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on, IPv4 or IPv6 ('*': every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=7070, show_default=True, help="TCP port; 0 picks a free one.")
+@click.option("--port", type=click.IntRange(0, 65535), default=TRACKER_PORT, show_default=True, help="TCP port; 0 picks a free one.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
               help="SQLite file for the catalogue  [default: tracker.db in the user data directory]")  # fmt: skip
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
@@ -122,6 +124,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+@log_file_option
 def tracker_command(
     host: str,
     port: int,
@@ -135,9 +138,10 @@ def tracker_command(
     retention_days: float,
     io: IoPath,
     log_level: str,
+    log_file: pathlib.Path | None,
 ) -> None:
     """Run the tracker of a swarm until SIGINT or SIGTERM."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_file)
     if db_path is None:
         db_path = default_db_path()
     try:

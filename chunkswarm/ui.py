@@ -16,19 +16,21 @@ from typing import Any, Final
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from common.messages import FileEntry
+from common.wording import format_rate, format_size, plural
 from peer.progress import ProgressSink
 
-__all__ = ["RichProgress", "LogProgress", "progress_display", "format_size", "file_table", "chunk_size_text"]
+__all__ = ["RichProgress", "LogProgress", "RateColumn", "BytesColumn", "progress_columns", "progress_display", "format_size", "file_table",
+           "chunk_size_text", "STALLED_AFTER"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +52,23 @@ class RichProgress:
 
     def _fields(self) -> dict[str, Any]:
         sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
-        return {"peers": self._peers, "sources": sources, "detail": f"{self._peers} peers {sources}"}
+        return {"peers": self._peers, "sources": sources, "detail": f"{plural(self._peers, 'peer')} {sources}"}
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
         self._hashing = None
-        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, **self._fields())
+        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, moved_at=self._progress.get_time(),
+                                             **self._fields())  # fmt: skip
 
     def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
         if self._task is None or self._hashing != name:
             self._hashing = name
             self._task = self._progress.add_task(f"hashing {name}", total=total_bytes, peers=0, sources="", detail="")
-        self._progress.update(self._task, completed=hashed_bytes)
+        self._progress.update(self._task, completed=hashed_bytes, moved_at=self._progress.get_time())
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
         self._sources[_short(source_label)] += 1
         if self._task is not None:
-            self._progress.update(self._task, advance=nbytes, **self._fields())
+            self._progress.update(self._task, advance=nbytes, moved_at=self._progress.get_time(), **self._fields())
 
     def peers(self, count: int) -> None:
         self._peers = count
@@ -101,19 +104,19 @@ class LogProgress:
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
         self._name, self._total, self._done, self._hashing = name, total_bytes, already_have_bytes, False
         self._start = self._last = time.monotonic()
-        logger.info("%s: %d bytes, %d already here", name, total_bytes, already_have_bytes)
+        logger.info("%s: %s, %s already here", name, format_size(total_bytes), format_size(already_have_bytes))
 
     def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
         now = time.monotonic()
         if not self._hashing or name != self._name:
             self._name, self._total, self._hashing = name, total_bytes, True
             self._start = self._last = now
-            logger.info("hashing %s (%d bytes)", name, total_bytes)
+            logger.info("hashing %s (%s)", name, format_size(total_bytes))
         elif now - self._last >= self._interval:
             self._last = now
-            rate = hashed_bytes / max(now - self._start, 1e-9) / 2**20
+            rate = hashed_bytes / max(now - self._start, 1e-9)
             percent = 100 * hashed_bytes / total_bytes if total_bytes else 100
-            logger.info("hashing %s: %.0f%% (%.0f MiB/s)", name, percent, rate)
+            logger.info("hashing %s: %.0f%% (%s)", name, percent, format_rate(rate))
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
         self._done += nbytes
@@ -121,9 +124,9 @@ class LogProgress:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            rate = self._done / max(now - self._start, 1e-9) / 2**20
+            rate = self._done / max(now - self._start, 1e-9)
             percent = 100 * self._done / self._total if self._total else 100
-            logger.info("%s: %.0f%% (%.1f MiB/s, %d peers)", self._name, percent, rate, self._peers)
+            logger.info("%s: %.0f%% (%s, %s)", self._name, percent, format_rate(rate), plural(self._peers, "peer"))
 
     def peers(self, count: int) -> None:
         self._peers = count
@@ -135,7 +138,59 @@ class LogProgress:
             logger.info("hashed %s in %.1f s", self._name, elapsed)
             return
         sources = ", ".join(f"{name}: {count}" for name, count in self._sources.most_common())
-        logger.info("%s: done in %.1f s (chunks from %s)", self._name, elapsed, sources or "nobody: already here")
+        logger.info("%s: done in %.1f s (%s)", self._name, elapsed, f"chunks from {sources}" if sources else "already complete, nothing downloaded")
+
+
+#: Seconds without a byte after which a bar says "stalled" rather than a speed and time left that no longer hold.
+STALLED_AFTER = 3.0
+
+
+class RateColumn(ProgressColumn):
+    """Speed and time left in binary units (``1.3 MiB/s 0:00:12``), or ``stalled 7 s`` once no byte has come for a while.
+
+    rich's own speed is an average over the last 30 s, so a bar whose bytes
+    stopped would go on showing the last speed and a time left that never
+    comes; the sink stamps the task's ``moved_at`` field at each chunk.
+    """
+
+    def __init__(self, stalled_after: float = STALLED_AFTER) -> None:
+        super().__init__()
+        self.stalled_after = stalled_after
+
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            speed = task.finished_speed or task.speed
+            return Text(f"{format_rate(speed)} done" if speed else "done", style="progress.data.speed")
+        moved_at = task.fields.get("moved_at")
+        idle = task.get_time() - moved_at if moved_at is not None else 0.0
+        if idle >= self.stalled_after:
+            return Text(f"stalled {idle:.0f} s", style="yellow")
+        speed, left = task.speed, task.time_remaining
+        if speed is None or left is None:
+            return Text("? -:--:--", style="progress.remaining")
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{format_rate(speed)} {hours:d}:{minutes:02d}:{seconds:02d}", style="progress.data.speed")
+
+
+class BytesColumn(ProgressColumn):
+    """``1.2/8.8 MiB`` as :func:`format_size` writes sizes (rich's own column says ``624/624 bytes``)."""
+
+    def render(self, task: Task) -> Text:
+        total = format_size(task.total) if task.total is not None else "?"
+        return Text(f"{format_size(task.completed)}/{total}", style="progress.download")
+
+
+def progress_columns(detail_field: str = "detail") -> tuple[ProgressColumn | str, ...]:
+    """The columns of a download bar: name, bar, percentage, bytes, speed and time left (or "stalled"), ``detail_field``."""
+    return (
+        TextColumn("[bold blue]{task.description}", justify="right"),
+        BarColumn(bar_width=None),
+        "[progress.percentage]{task.percentage:>3.1f}%",
+        BytesColumn(),
+        RateColumn(),
+        TextColumn(f"{{task.fields[{detail_field}]}}"),
+    )
 
 
 @contextmanager
@@ -144,27 +199,8 @@ def progress_display(console: Console) -> Iterator[ProgressSink]:
     if not console.is_terminal:
         yield LogProgress()
         return
-    columns = (
-        TextColumn("[bold blue]{task.description}", justify="right"),
-        BarColumn(bar_width=None),
-        "[progress.percentage]{task.percentage:>3.1f}%",
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}"),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*progress_columns(), console=console, transient=False) as progress:
         yield RichProgress(progress)
-
-
-def format_size(size: int) -> str:
-    """``8983`` -> ``8.8 KiB``: sizes as people read them."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 #: The tracker's counters in the order a reader wants them; others follow by name.

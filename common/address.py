@@ -6,7 +6,10 @@ import ipaddress
 
 from common.errors import ValidationError
 
-__all__ = ["parse_address", "format_address"]
+__all__ = ["parse_address", "format_address", "TRACKER_PORT"]
+
+#: The port a tracker listens on unless told otherwise, and so the one an address without a port means.
+TRACKER_PORT = 7070
 
 
 def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, int]:

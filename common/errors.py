@@ -29,6 +29,7 @@ __all__ = [
     "UnknownFile",
     "AmbiguousFile",
     "NoHolders",
+    "AlreadyDownloading",
     "Refused",
     "Busy",
     "TaskErrors",
@@ -91,6 +92,10 @@ class PeerTimeout(ChunkswarmError):
 
 class StorageError(ChunkswarmError):
     """Reading or writing local files failed (disk full, not writable, vanished ...)."""
+
+
+class AlreadyDownloading(StorageError):
+    """Another download (this process or another) holds the lock of the same output file."""
 
 
 class TrackerUnavailable(ChunkswarmError):

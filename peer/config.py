@@ -50,6 +50,8 @@ class PeerConfig:
     max_upload_connections: int = 32
     #: Requests queued per connection; more are answered BUSY at once.
     max_queued_requests: int = 16
+    #: Bytes a second served at most, over all connections (None: as fast as the network takes them).
+    max_upload_rate: float | None = None
 
     # -- downloading ----------------------------------------------------------
     #: Peers downloaded from at once.

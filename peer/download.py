@@ -4,7 +4,7 @@
 
     Downloader.run
     ├── refresher     WHO_HAS every refresh_interval (or when peers run out); starts sessions; stall detection
-    ├── announcer     ANNOUNCE verified chunks in batches (at most announce_delay late)
+    ├── announcer     ANNOUNCE verified chunks in batches (at most announce_delay late; peer/announcer.py)
     ├── state saver   writes the resume state (after the pwrite of every chunk it lists)
     ├── session x N   one connection per holder (peer/session.py): requester and receiver
     └── verifier x M  SHA-256 + pwrite in a worker thread; then announce, serve, log, cancel endgame duplicates
@@ -46,13 +46,14 @@ from common.errors import (
     describe,
 )
 from common.manifest import Manifest
-from common.messages import Announce, Hello, Holders, Message, Ok, WhoHas
+from common.messages import Hello, Holders, Message, WhoHas
+from peer.announcer import Announcer
 from peer.buffers import BufferPool
 from peer.config import PeerConfig
 from peer.download_file import DownloadFile
 from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
-from peer.progress import DownloadResult, ProgressSink
+from peer.progress import DownloadResult, ProgressSink, completion_notes
 from peer.session import DownloadContext, Session
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
@@ -95,6 +96,7 @@ class Downloader:
     force: bool = False
     progress: ProgressSink | None = None
     connect: Connect = connect_tcp
+    save_as: str = ""  # the output file's name in out_dir, if not the manifest's
 
     _picker: Picker[bytes] = attrs.field(init=False)
     _file: DownloadFile = attrs.field(init=False)
@@ -105,8 +107,7 @@ class Downloader:
     #: When the last chunk was verified (or the swarm joined): see ``_refresher``.
     _progress_at: float = attrs.field(init=False, default=0.0)
     _done: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _to_announce: ChunkSet = attrs.field(init=False)
-    _announce_due: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _announcer: Announcer = attrs.field(init=False)
     _state_due: trio.Event = attrs.field(init=False, factory=trio.Event)
     _io_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _received: dict[str, TransferCount] = attrs.field(init=False, factory=dict)
@@ -114,18 +115,15 @@ class Downloader:
     _buffers: BufferPool = attrs.field(init=False)
     #: What the sessions share, while the swarm runs (its nursery is the swarm's: sessions, checks and cancels run there).
     _context: DownloadContext | None = attrs.field(init=False, default=None)
+    _first_holders: Holders | None = attrs.field(init=False, default=None)  # asked before the start, for the first refresh
 
     def __attrs_post_init__(self) -> None:
         count = self.manifest.chunk_count
-        self._picker = Picker(
-            count,
-            max_in_flight=self.config.pipeline_depth,
-            ban_threshold=self.config.ban_threshold,
-            endgame_copies=self.config.endgame_copies,
-        )
+        self._picker = Picker(count, max_in_flight=self.config.pipeline_depth, ban_threshold=self.config.ban_threshold,
+                              endgame_copies=self.config.endgame_copies)  # fmt: skip
         self._buffers = BufferPool(chunk_data_body_size(self.manifest.chunk_size))
-        self._file = DownloadFile(self.manifest, self.out_dir / self.manifest.name, self.library, self.config, self._buffers.give_back)
-        self._to_announce = ChunkSet(count)
+        self._file = DownloadFile(self.manifest, self.out_dir / (self.save_as or self.manifest.name), self.library, self.config, self._buffers.give_back)
+        self._announcer = Announcer(self.manifest, self.tracker, self.config.announce_delay, self.config.name)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
 
     @property
@@ -142,8 +140,29 @@ class Downloader:
         manifest = self.manifest
         manifest.verify()  # the manifest against the file id, before trusting any chunk hash
         if await self._file.in_place(force=self.force):
-            logger.info("%s is already complete at %s", manifest.name, self.final_path)
+            logger.debug("%s is already complete at %s", manifest.name, self.final_path)  # the app says so
             return self._result(started, resumed=manifest.chunk_count, already=True)
+        await self._check_held_somewhere()
+        # Held from before the part file is opened until after it is moved into place (or kept).
+        await self._file.lock()
+        try:
+            return await self._fill(started)
+        finally:
+            self._file.unlock()
+
+    async def _check_held_somewhere(self) -> None:
+        """A fresh download of a file nobody holds fails now, before anything is created (a resumed one goes on: its part file may do)."""
+        if self._file.has_part_file():
+            return
+        try:
+            self._first_holders = holders = await self._who_has()
+        except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError):
+            return  # left to the refresher, as during the download
+        if not any(holder.peer_id != self.peer_id for holder in holders.holders):
+            raise NoHolders(f"no peer holds {self.manifest.name} now (0 holders on the tracker); nothing was downloaded")
+
+    async def _fill(self, started: float) -> DownloadResult:
+        manifest = self.manifest
         resumed = await self._file.open()
         self._held = self._file.held
         self._picker.mark_have(resumed)
@@ -151,31 +170,24 @@ class Downloader:
             self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
         try:
             if not self._picker.complete:
-                self._to_announce.update(self._held.have)
+                self._announcer.update(self._held.have)
                 await self._swarm()
-            await self._flush_announce()
+            await self._announcer.flush()
             await self._file.finish(force=self.force)
         except BaseException:
             await self._file.abandon()
             raise
-        logger.info("%s complete: %s (%d endgame duplicates, %d chunks re-fetched, %d bad)", manifest.name, self.final_path,
-                    self._picker.duplicates, self._picker.refetched, self._bad_chunks)
+        logger.debug("%s: %s complete: %s", self._label, manifest.name, self.final_path)  # the app says where it is
+        for level, note in completion_notes(self._picker.duplicates, self._picker.surplus, self._picker.refetched, self._bad_chunks, manifest.chunk_count):
+            logger.log(level, "%s: %s: %s", self._label, manifest.name, note)
         if self.progress is not None:
             self.progress.finished()
         return self._result(started, resumed=len(resumed))
 
     def _result(self, started: float, *, resumed: int, already: bool = False) -> DownloadResult:
-        return DownloadResult(
-            path=self.final_path,
-            manifest=self.manifest,
-            received=dict(self._received),
-            chunks_received=sum(c.chunks for c in self._received.values()),
-            chunks_resumed=resumed,
-            chunks_refetched=self._picker.refetched,
-            bad_chunks=self._bad_chunks,
-            seconds=trio.current_time() - started,
-            already_complete=already,
-        )
+        received = dict(self._received)
+        return DownloadResult(self.final_path, self.manifest, received, sum(c.chunks for c in received.values()), resumed,
+                              self._picker.refetched, self._bad_chunks, trio.current_time() - started, already)  # fmt: skip
 
     # -- the swarm ---------------------------------------------------------------
     async def _swarm(self) -> None:
@@ -194,7 +206,7 @@ class Downloader:
                 refresh=self._refresh_soon,
             )
             nursery.start_soon(self._refresher)
-            nursery.start_soon(self._announcer)
+            nursery.start_soon(self._announcer.run)
             nursery.start_soon(self._state_saver)
             await self._done.wait()
             nursery.cancel_scope.cancel()
@@ -207,7 +219,7 @@ class Downloader:
         self._progress_at = trio.current_time()
         while True:
             try:
-                holders = await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
+                holders, self._first_holders = self._first_holders or await self._who_has(), None
                 self._apply_holders(holders)
             except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
                 logger.debug("%s: holder refresh failed: %s", self._label, exc)
@@ -230,6 +242,9 @@ class Downloader:
             # At most so often, however many sessions end: holders that refuse every
             # connection must not turn this into a loop of WHO_HAS.
             await trio.sleep(_MIN_REFRESH_GAP)
+
+    async def _who_has(self) -> Holders:
+        return await self.tracker.request(WhoHas(self.manifest.file_id, max_peers=50), Holders)
 
     def _refresh_soon(self) -> None:
         self._refresh_now.set()
@@ -344,8 +359,7 @@ class Downloader:
         nbytes = manifest.chunk_length(index)
         self._progress_at = trio.current_time()
         self._held.have.add(index)
-        self._to_announce.add(index)
-        self._announce_due.set()
+        self._announcer.add(index)
         self._state_due.set()
         self._received.setdefault(session.name, TransferCount()).add(nbytes)
         self.transfers.record_download(session.name, nbytes)
@@ -374,30 +388,7 @@ class Downloader:
                        self._label, index + 1, self.manifest.chunk_count, self.manifest.name)
         self._wake_all()
 
-    # -- announcing and resume state -----------------------------------------------
-    async def _announcer(self) -> None:
-        while True:
-            await self._announce_due.wait()
-            await trio.sleep(self.config.announce_delay)
-            await self._flush_announce()
-
-    async def _flush_announce(self) -> None:
-        self._announce_due = trio.Event()
-        batch = self._to_announce
-        if not batch.mask:
-            return
-        self._to_announce = ChunkSet(self.manifest.chunk_count)
-        if not self.tracker.connected:
-            # Waiting for the tracker here would hold the end of a download for its whole
-            # timeout while the tracker is down; a reconnection re-announces everything held.
-            logger.debug("%s: tracker down; %d chunks will be announced on reconnection", self._label, len(batch))
-            return
-        try:
-            await self.tracker.request(Announce(self.manifest.file_id, batch.ranges()), Ok)
-        except (TrackerUnavailable, TrackerError, PeerTimeout, ConnectionClosed, ProtocolError) as exc:
-            # A reconnection re-announces everything held, so nothing is lost.
-            logger.debug("%s: announce failed: %s", self._label, exc)
-
+    # -- resume state ------------------------------------------------------------------
     async def _state_saver(self) -> None:
         while True:
             await self._state_due.wait()

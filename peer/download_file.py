@@ -21,8 +21,10 @@ import trio
 from common.chunkset import ChunkSet
 from common.errors import IntegrityError, StorageError
 from common.manifest import Manifest
+from common.wording import plural
 from peer.config import PeerConfig
 from peer.storage.chunk_io import Buffer, direct_aligned, hash_chunks, verify_and_write
+from peer.storage.download_lock import DownloadLock
 from peer.storage.library import HeldFile, Library, open_published
 from peer.storage.part_file import PartFile, place_file, same_content
 from peer.storage.read_back import ReadBack
@@ -52,9 +54,23 @@ class DownloadFile:
     keeps_data: bool = attrs.field(init=False, default=False)
     _part: PartFile = attrs.field(init=False)
     _read_back: ReadBack = attrs.field(init=False)
+    _lock: DownloadLock = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._part = PartFile(self.manifest, self.final_path, direct_io=self.config.direct_io)
+        self._lock = DownloadLock(self.final_path)
+
+    def has_part_file(self) -> bool:
+        """True if an earlier download left a part file to resume."""
+        return self._part.path.exists()
+
+    async def lock(self) -> None:
+        """Take ``NAME.part.lock`` (:class:`AlreadyDownloading` if another download holds it); creates the output folder."""
+        await trio.to_thread.run_sync(self._lock.acquire)
+
+    def unlock(self) -> None:
+        """Let go of the lock and remove its file (quick, and safe to call when cancelled)."""
+        self._lock.release()
 
     async def in_place(self, *, force: bool) -> bool:
         """True if ``final_path`` already holds this file (it is served from there then).
@@ -78,8 +94,8 @@ class DownloadFile:
         resumed = await self._verify_on_disk(claimed) if claimed else []
         if claimed:
             lost = len(claimed) - len(resumed)
-            logger.info("resuming %s: %d of %d chunks already verified%s", manifest.name, len(resumed), manifest.chunk_count,
-                        f" ({lost} listed chunks failed re-verification)" if lost else "")
+            logger.info("resuming %s: %d of %s already verified%s", manifest.name, len(resumed), plural(manifest.chunk_count, "chunk"),
+                        f" ({plural(lost, 'listed chunk')} failed re-verification)" if lost else "")
         part = self._part
         self.held = HeldFile(manifest, part.path, part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed), direct_fd=part.direct_fd)
         part.fd = part.direct_fd = -1  # the library's HeldFile owns the descriptors now

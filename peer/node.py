@@ -28,7 +28,7 @@ import trio
 
 from common.capabilities import WITHDRAW
 from common.chunkset import ChunkSet
-from common.errors import AmbiguousFile, ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, UnknownFile
+from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable
 from common.manifest import Manifest
 from common.messages import (
     PEER_ID_SIZE,
@@ -37,17 +37,14 @@ from common.messages import (
     FileList,
     GetManifest,
     Hello,
-    ListFiles,
     ManifestReply,
     Message,
     Ok,
     Publish,
     Published,
-    Stats,
-    StatsReply,
     Withdraw,
 )
-from common.version import __version__
+from peer.catalogue import agent, list_request, resolve_entry
 from peer.config import PeerConfig
 from peer.download import Downloader
 from peer.progress import DownloadResult, ProgressSink
@@ -56,10 +53,10 @@ from peer.status import PeerStatus, Transfers
 from peer.storage.library import Library, expand_paths, open_published
 from peer.storage.manifest_cache import ManifestCache
 from peer.tasks import open_nursery
-from peer.tracker_client import TrackerClient, TrackerLink, check_reply, open_query_link
+from peer.tracker_client import TrackerClient, TrackerLink, check_reply
 from peer.withdrawals import Withdrawals
 
-__all__ = ["open_peer", "open_catalogue", "Catalogue", "Peer"]
+__all__ = ["open_peer", "Peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,42 +64,6 @@ _HEX = frozenset(string.hexdigits)
 
 #: Seconds between hashing progress reports while publishing.
 HASH_REPORT_INTERVAL = 0.1
-
-
-def _agent(config: PeerConfig) -> str:
-    return (config.label or f"chunkswarm/{__version__}")[:64]
-
-
-def _list_request(pattern: str) -> ListFiles:
-    return ListFiles(pattern, limit=100_000)
-
-
-@attrs.define(eq=False)
-class Catalogue:
-    """A query-only tracker session; create it with :func:`open_catalogue`."""
-
-    link: TrackerLink
-    timeout: float
-
-    async def list_files(self, pattern: str = "") -> list[FileEntry]:
-        reply = await self.link.request(_list_request(pattern), FileList, timeout=self.timeout)
-        return list(reply.entries)
-
-    async def stats(self) -> dict[str, int | float]:
-        """The tracker's counters: peers, files, replicas, connections, requests served, uptime."""
-        reply = await self.link.request(Stats(), StatsReply, timeout=self.timeout)
-        return reply.as_dict()
-
-
-@asynccontextmanager
-async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
-    """Browse the tracker without joining the swarm: HELLO with listen_port 0, never REGISTER.
-
-    Such a client serves nothing, so it must not appear in the tracker's peer list.
-    """
-    hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=_agent(config))
-    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
-        yield Catalogue(link, config.tracker_timeout)
 
 
 class _ByteCounter:
@@ -157,7 +118,7 @@ class Peer:
 
     @property
     def hello(self) -> Hello:
-        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=_agent(self.config))
+        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent(self.config))
 
     async def _start(self) -> None:
         config = self.config
@@ -168,6 +129,7 @@ class Peer:
             max_connections=config.max_upload_connections,
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
+            upload_rate=config.max_upload_rate,
         )
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
@@ -291,32 +253,12 @@ class Peer:
 
     # -- catalogue -----------------------------------------------------------------
     async def list_files(self, pattern: str = "") -> list[FileEntry]:
-        reply = await self.tracker.request(_list_request(pattern), FileList)
+        reply = await self.tracker.request(list_request(pattern), FileList)
         return list(reply.entries)
 
     async def resolve(self, query: str) -> FileEntry:
-        """The file ``query`` names: a file id or id prefix (hex), or an exact name.
-
-        Several files may share a name (the same content published with
-        another chunk size, or another content): the one with live holders is
-        meant, complete copies first (:func:`_live_one`); the name is
-        ambiguous only when more than one has them. An id prefix of several
-        files is ambiguous whatever their holders.
-        """
-        query = query.strip()
-        if not query:
-            raise UnknownFile("no file given")
-        entries = await self.list_files("")
-        prefix = query.lower()
-        hexadecimal = set(prefix) <= _HEX
-        matches = [e for e in entries if e.name == query or (hexadecimal and e.file_id.hex().startswith(prefix))]
-        if not matches:
-            raise UnknownFile(f"no file named {query!r} or with an id starting with {query!r} on the tracker")
-        if len(matches) == 1:
-            return matches[0]
-        if any(e.name != query for e in matches):
-            raise AmbiguousFile(f"{query!r} matches {len(matches)} files: {_describe(matches)}; give a longer id prefix", tuple(matches))
-        return _live_one(query, matches)
+        """The file ``query`` names: a file id or id prefix (hex), or an exact name (:func:`~peer.catalogue.resolve_entry`)."""
+        return resolve_entry(query, await self.list_files(""))
 
     async def get_manifest(self, file_id: bytes) -> Manifest:
         reply = await self.tracker.request(GetManifest(file_id), ManifestReply)
@@ -328,9 +270,10 @@ class Peer:
 
     # -- downloading ----------------------------------------------------------------
     async def download(
-        self, query: str, out_dir: os.PathLike[str] | str, *, force: bool = False, progress: ProgressSink | None = None
+        self, query: str, out_dir: os.PathLike[str] | str, *, force: bool = False, progress: ProgressSink | None = None,
+        save_as: str = "",
     ) -> DownloadResult:
-        """Download the file ``query`` names into ``out_dir``; afterwards the peer serves it."""
+        """Download the file ``query`` names into ``out_dir`` (as ``save_as``, if given); afterwards the peer serves it."""
         entry = await self.resolve(query)
         manifest = await self.get_manifest(entry.file_id)
         downloader = Downloader(
@@ -344,6 +287,7 @@ class Peer:
             self.peer_id,
             force=force,
             progress=progress,
+            save_as=save_as,
         )
         self._downloads.append(manifest.name)
         try:
@@ -370,29 +314,6 @@ class Peer:
             uploaded=dict(self.transfers.uploaded),
             downloaded=dict(self.transfers.downloaded),
         )
-
-
-def _live_one(name: str, entries: list[FileEntry]) -> FileEntry:
-    """Of several files named ``name`` (newest first), the one with complete copies, else the one with holders.
-
-    Files without a live holder never make a name ambiguous; when none has
-    one, the newest is taken (its download waits for holders like any other).
-    """
-    for live in ([e for e in entries if e.complete_copies], [e for e in entries if e.holders]):
-        if len(live) == 1:
-            return live[0]
-        if live:
-            ranked = sorted((e for e in entries if e.holders), key=lambda e: (-e.complete_copies, -e.holders))
-            raise AmbiguousFile(
-                f"{name!r} names {len(ranked)} files that peers hold: {_describe(ranked)}; give an id prefix to choose one", tuple(ranked)
-            )
-    return entries[0]
-
-
-def _describe(entries: Iterable[FileEntry]) -> str:
-    return "; ".join(
-        f"{e.name} (id {e.file_id.hex()[:16]}, {e.holders} holders, {e.complete_copies} complete, {e.size} bytes)" for e in entries
-    )
 
 
 @asynccontextmanager

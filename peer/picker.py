@@ -109,6 +109,8 @@ class Picker(Generic[PeerKey]):
     _ever_requested: bytearray = attrs.field(init=False)
     refetched: int = attrs.field(init=False, default=0)
     duplicates: int = attrs.field(init=False, default=0)
+    #: Chunks whose data came once more after a copy was already in (endgame duplicates that crossed their cancel).
+    surplus: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._availability = [0] * self.chunk_count
@@ -271,7 +273,10 @@ class Picker(Generic[PeerKey]):
         if state is not None:
             state.in_flight.discard(index)
         self._drop_request(key, index)
-        if not 0 <= index < self.chunk_count or self._settled[index]:
+        if not 0 <= index < self.chunk_count:
+            return False
+        if self._settled[index]:
+            self.surplus += 1
             return False
         self._verifying |= 1 << index
         self._settled[index] = _VERIFYING

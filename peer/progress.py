@@ -6,15 +6,17 @@ stays at the edge).
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Protocol
 
 import attrs
 
 from common.manifest import Manifest
+from common.wording import plural
 from peer.status import TransferCount
 
-__all__ = ["ProgressSink", "DownloadResult"]
+__all__ = ["ProgressSink", "DownloadResult", "completion_notes"]
 
 
 class ProgressSink(Protocol):
@@ -59,3 +61,27 @@ class DownloadResult:
     @property
     def bytes_received(self) -> int:
         return sum(c.bytes for c in self.received.values())
+
+
+def completion_notes(duplicates: int, surplus: int, refetched: int, bad: int, chunk_count: int) -> list[tuple[int, str]]:
+    """What a finished download says about the chunks it did not simply receive once: (log level, sentence).
+
+    Near the end the last chunks are asked of two peers (``duplicates``
+    requests); a copy that came anyway after the first (``surplus``) is the
+    normal price of a fast finish, worth an INFO line only when it is a good
+    part of the file. Chunks asked again were logged as their peer failed
+    (DEBUG); bad chunks always are worth a line.
+    """
+    notes = []
+    if duplicates:
+        notes.append((logging.DEBUG, f"{plural(duplicates, 'request')} near the end went to a second peer"))
+    if surplus:
+        level = logging.INFO if 4 * surplus >= chunk_count else logging.DEBUG
+        notes.append((level, f"{plural(surplus, 'chunk was', 'chunks were')} received twice near the end "
+                             "(normal: the last chunks are asked of two peers)"))  # fmt: skip
+    if refetched:
+        notes.append((logging.DEBUG, f"{plural(refetched, 'chunk was', 'chunks were')} asked of another peer "
+                                     "(a peer was busy, went away or sent bad data)"))  # fmt: skip
+    if bad:
+        notes.append((logging.INFO, f"{plural(bad, 'chunk')} failed verification and {'was' if bad == 1 else 'were'} fetched again"))
+    return notes

@@ -102,7 +102,11 @@ class ChunkServer:
     #: A connection that sends no request, or does not take our data, for this long is closed.
     idle_timeout: float = 120.0
     transfers: Transfers = attrs.field(factory=Transfers)
+    #: Bytes a second sent at most, over all connections (None: no limit): a seeder with little upload capacity.
+    upload_rate: float | None = None
     active: int = attrs.field(init=False, default=0)
+    #: When the next chunk may start under ``upload_rate``.
+    _next_send: float = attrs.field(init=False, default=0.0)
     #: The handshakes under way, oldest first, by the scope that ends one early.
     _greeting: dict[trio.CancelScope, None] = attrs.field(init=False, factory=dict)
 
@@ -242,6 +246,7 @@ class ChunkServer:
                 await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "chunk not held"))
                 continue
             length = manifest.chunk_length(index)
+            await self._pace(length)
             prefix = conn.codec.chunk_data_prefix(file_id, index, length)
             # A descriptor of our own for the send: the library closes its own when the
             # file is removed or published again, and while we wait for the socket that
@@ -255,6 +260,18 @@ class ChunkServer:
             finally:
                 os.close(fd)
             self.transfers.record_upload(remote, length)
+
+    async def _pace(self, nbytes: int) -> None:
+        """Wait for this chunk's turn under ``upload_rate``: chunks leave one after another, each taking ``nbytes / rate`` seconds.
+
+        Meanwhile requests queue up and, past ``max_queued``, are answered BUSY,
+        so downloaders ask someone else (each other) as they would a slow seeder.
+        """
+        if self.upload_rate is None:
+            return
+        start = max(trio.current_time(), self._next_send)
+        self._next_send = start + nbytes / self.upload_rate
+        await trio.sleep_until(start)
 
     async def _send(self, conn: Connection, message: Message) -> None:
         """Send ``message``; a downloader that does not take it within the idle timeout is dropped."""

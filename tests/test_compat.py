@@ -57,7 +57,7 @@ def _peer(port: int, state: pathlib.Path, label: str) -> list[str]:
 
 
 async def _get(nursery: trio.Nursery, command: list[str], out: pathlib.Path, *, cwd: pathlib.Path = ROOT) -> Child:
-    async with spawn(nursery, *command, "-o", str(out), name=command[1], cwd=cwd) as getter:
+    async with spawn(nursery, *command, "-o", f"{out}/", name=command[1], cwd=cwd) as getter:
         with trio.fail_after(30):
             code = await getter.wait_exit()
         assert code == 0, getter.text

@@ -41,10 +41,56 @@ async def test_default_scenario_succeeds_with_chunks_from_two_sources(tmp_path: 
     assert received == {(downloader, index) for downloader in ("peer-3", "peer-4") for index in range(1, 10)}
     assert len({source for *_, source in lines}) >= 2
     assert text.count("SHA-256 matches") == 4
-    assert "OK: peer-3, peer-4 each hold a byte-identical copy of file1_dir1.txt" in text
+    assert "OK: peer-3, peer-4 each hold a byte-identical copy of file1_dir1.txt; the downloaders traded " in text
     # The temporary folder is gone.
     folders = re.findall(r"(/\S*chunkswarm-demo-\w+)/peer-\d+/", text)
     assert folders and not any(pathlib.Path(folder).exists() for folder in folders)
+
+
+ROW = re.compile(r"│ (peer-\d+) +│ (uploader|downloader) +│ \S+ +│ +(\d+) │ +(\d+) │ ([^│]+?) +│")
+
+
+async def test_the_downloaders_trade_with_each_other(tmp_path: pathlib.Path) -> None:
+    # Over real runs: in every one, the downloaders take chunks from each other as well as from the uploaders.
+    for _ in range(3):
+        result = await run_demo(tmp_path)
+        text = output(result)
+        assert result.returncode == 0, text
+        rows = {peer: (role, int(up), int(down), sources) for peer, role, up, down, sources in ROW.findall(result.stderr.decode())}
+        assert set(rows) == {"peer-1", "peer-2", "peer-3", "peer-4"}, text
+        assert rows["peer-3"][1] + rows["peer-4"][1] > 0, text  # chunks up
+        assert "peer-4: " in rows["peer-3"][3] or "peer-3: " in rows["peer-4"][3], text
+        traded = re.search(r"the downloaders traded (\d+) chunks? with each other", text)
+        assert traded and int(traded.group(1)) == rows["peer-3"][1] + rows["peer-4"][1], text
+
+
+def test_chunk_lines_go_above_the_bars() -> None:
+    import io
+    import logging
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    from chunkswarm.demo import _progress_bars
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system=None, width=120)
+    handler = RichHandler(console=console, show_path=False, markup=False, highlighter=None)  # type: ignore[arg-type]
+    log = logging.getLogger("test_demo.bars")
+    log.addHandler(handler)
+    try:
+        with _progress_bars(console, ["peer-3"]) as sinks:
+            sinks["peer-3"].started("big.bin", 4 << 20, 0)
+            sinks["peer-3"].chunk(0, 1 << 20, "peer-1 (127.0.0.1:1)")
+            log.warning("peer-3 <- chunk 1/4 of big.bin from peer-1 (127.0.0.1:1)")
+    finally:
+        log.removeHandler(handler)
+    rendered = out.getvalue()
+    assert "<- chunk 1/4" in rendered, repr(rendered)
+    # The log line is printed on a cleared line (the bars taken away first, drawn again after it), never beside a bar.
+    (line,) = [line for line in rendered.split("\n") if "<- chunk" in line]
+    assert "━" not in line.rsplit("\x1b[2K", 1)[-1], repr(line)
+    assert "MiB" in rendered and "MB" not in rendered.replace("MiB", "")  # binary units on the bars
 
 
 async def test_other_file_more_peers_and_keep(tmp_path: pathlib.Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import signal
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from common.manifest import build_manifest
+from peer.storage.download_lock import DownloadLock
 from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -91,6 +93,7 @@ async def test_session_through_a_pipe(seeded_tracker: str, tmp_path: pathlib.Pat
     status, lines, log = await shell(tmp_path, seeded_tracker, script)
     text = "\n".join(lines)
     assert status == 0, text + log
+    assert f"created {tmp_path / 'shell'}: the peer keeps its state there" in " ".join(log.split())  # said on first use
     assert line_after(lines, "not connected to the tracker") == "not connected to the tracker: type c to connect before uploading"
     assert "unknown command 'zz': type h for help" in lines
     assert line_after(lines, "connected to the tracker").startswith(f"connected to the tracker at {seeded_tracker} as tester")
@@ -140,15 +143,17 @@ async def test_tracker_down_is_explained_and_the_shell_goes_on(tmp_path: pathlib
 
 async def test_ctrl_c_cancels_a_download_and_keeps_its_part_file(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
     with trio.fail_after(30):
-        async with start(nursery, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
+        async with contextlib.AsyncExitStack() as stack, start(nursery, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(tmp_path / "tracker.db"), "--heartbeat-interval", "1") as tracker:
             await tracker.wait_for("tracker listening on")
             match = re.search(rb"tracker listening on (127\.0\.0\.1:\d+)", tracker.output)
             assert match is not None
             address = match.group(1).decode()
             seed = ["-m", "chunkswarm", "seed", str(SEEDED), "--tracker", address, "--chunk-size", str(CHUNK), "--state-dir", str(tmp_path / "seeder")]
-            async with start(nursery, *seed) as seeder:
-                await seeder.wait_for("seeding gradient.bmp")
-                seeder.kill()  # gone without a goodbye: the tracker still lists it, so the download waits for it
+            frozen = await stack.enter_async_context(start(nursery, *seed))
+            await frozen.wait_for("seeding gradient.bmp")
+            # Frozen, not gone: its connection stays open, so the tracker lists it until its heartbeats
+            # have been missing for a peer timeout (3 s here): the download starts, and waits for it.
+            frozen.signal(signal.SIGSTOP)
             process = await trio.lowlevel.open_process(
                 [sys.executable, str(ROOT / "demo_peer.py"), "--tracker", address, "--download-dir", str(tmp_path / "downloads"),
                  "--state-dir", str(tmp_path / "shell")],
@@ -172,13 +177,29 @@ async def test_ctrl_c_cancels_a_download_and_keeps_its_part_file(nursery: trio.N
                 process.send_signal(signal.SIGINT)
                 await read_until("download of gradient.bmp cancelled; the part file is kept in")
                 assert part.exists()
+                frozen.kill()
                 async with start(nursery, *seed):
                     await process.stdin.send_all(b"d gradient.bmp\n")
                     await read_until("saved gradient.bmp")
                     await process.stdin.aclose()
                     assert await process.wait() == 0
             finally:
+                frozen.kill()
                 if process.poll() is None:
                     process.kill()
     assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()
     assert not part.exists()
+
+
+async def test_d_refuses_a_file_another_download_is_writing(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    # Another process (this test) downloads gradient.bmp into the same folder: it holds the lock.
+    lock = DownloadLock(tmp_path / "downloads" / "gradient.bmp")
+    lock.acquire()
+    try:
+        status, lines, log = await shell(tmp_path, seeded_tracker, "c\nd gradient.bmp\nd file1_dir3.txt\n")
+    finally:
+        lock.release()
+    assert status == 0, "\n".join(lines) + log
+    refused = line_after(lines, "error: another get is already downloading gradient.bmp")
+    assert f"it holds the lock {lock.path}" in refused
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["file1_dir3.txt"]  # the other file came; nothing touched

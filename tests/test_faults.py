@@ -71,7 +71,7 @@ def done_chunks(state: pathlib.Path) -> list[int]:
 
 
 def uploaded_bytes(child: Child) -> int:
-    found = re.search(r"uploaded (\d+) bytes in (\d+) chunks", child.text)
+    found = re.search(r"uploaded \d+ chunks? \([^,]+, (\d+) bytes\)", child.text)
     assert found, child.text
     return int(found.group(1))
 
@@ -107,7 +107,7 @@ async def test_seeder_killed_mid_download_another_holder_finishes(big: pathlib.P
                 survivor.signal(signal.SIGSTOP)  # frozen until the other seeder is dead: it cannot finish the job early
                 try:
                     async with liar(procs, big, port, "--budget-file", str(budget), name="victim") as victim, \
-                            spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--request-timeout", "10", "--stall-timeout", "20",
+                            spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", "--request-timeout", "10", "--stall-timeout", "20",
                                   *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                         await victim.wait_for_text("liar holding a request")
                         await victim.wait_for_text("liar sent 30 chunks")
@@ -138,7 +138,7 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
         async with start_tracker(procs, tmp_path / "t.db", *TRACKER_OPTIONS) as (_, port):
             async with liar(procs, big, port, "--budget-file", str(budget), name="holder") as holder:
                 await holder.wait_for_text("liar announced big.bin")
-                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--stall-timeout", "2",
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", "--stall-timeout", "2",
                                  *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                     await wait_until(lambda: done_count(state) == 40)
                     holder.kill()
@@ -155,7 +155,7 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
 
             async with seed(procs, big, port, tmp_path) as seeder:
                 await seeder.wait_for_text("seeding big.bin")
-                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", "getter"),
                                  name="again") as again:
                     assert await again.wait_exit() == 0, again.text
                 seeder.signal(signal.SIGTERM)
@@ -196,12 +196,12 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                     # The holder sends every damaged chunk once more: the getter ends the run with exactly ``point`` chunks.
                     budget.write_text(str(point + damaged))
                     expected_done = point
-                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", "getter"),
                                      name=f"getter-{run}") as getter:
                         await wait_until(lambda expected=expected_done: done_count(state) == expected)
                         getter.kill()
                         assert await getter.wait_exit() == -signal.SIGKILL
-                    resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", getter.text)
+                    resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks? failed re-verification\))?", getter.text)
                     done = _check_state_is_true(state, part, source)
                     assert len(done) == expected_done and not (out / "big.bin").exists()
                     # Damage the part file behind the state's back: the next run must notice.
@@ -215,10 +215,10 @@ async def test_downloader_killed_repeatedly_resumes(big: pathlib.Path, tmp_path:
                             handle.write(b"\xff" * 16 if source[victim * CHUNK + 1000] != 0xFF else b"\x00" * 16)
                     damaged += 1
                 budget.write_text(str(10**6))
-                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", "getter"),
                                  name="getter-last") as last:
                     assert await last.wait_exit() == 0, last.text
-                resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks failed re-verification\))?", last.text)
+                resumed_lines += re.findall(r"resuming big\.bin: [^(]*?verified(?: \(\d+ listed chunks? failed re-verification\))?", last.text)
                 await wait_until(lambda: liar_sent(holder) >= CHUNKS + damaged)
                 sent = liar_sent(holder)
         assert (out / "big.bin").read_bytes() == source
@@ -243,7 +243,7 @@ async def test_lying_peers_are_dropped_and_honest_ones_finish(big: pathlib.Path,
                     for mode in ("corrupt", "truncate", "stall", "chatter", "oversize"):
                         liars[mode] = await procs.start(_start_liar, procs, big, port, mode)
                     started = time.monotonic()
-                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--request-timeout", "2", "--stall-timeout", "30",
+                    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", "--request-timeout", "2", "--stall-timeout", "30",
                                      *peer_args(port, tmp_path / "g", "getter"), name="getter") as getter:
                         await getter.wait_for(r"banned liar-corrupt")
                         await getter.wait_for(r"banned liar-truncate")
@@ -275,7 +275,7 @@ async def _start_liar(procs: trio.Nursery, big: pathlib.Path, port: int, mode: s
 
 # -- 6. disk trouble --------------------------------------------------------------------------
 async def _get_into(procs: trio.Nursery, port: int, tmp_path: pathlib.Path, out: pathlib.Path, name: str) -> Child:
-    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", name), name=name) as getter:
+    async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", name), name=name) as getter:
         await getter.wait_exit()
     return getter
 
@@ -346,7 +346,7 @@ async def test_disk_fills_up_mid_download(big: pathlib.Path, tmp_path: pathlib.P
         async with start_tracker(procs, tmp_path / "t.db", *TRACKER_OPTIONS) as (_, port):
             async with liar(procs, big, port, "--budget-file", str(budget), name="holder") as holder:
                 await holder.wait_for_text("liar announced big.bin")
-                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), *peer_args(port, tmp_path / "g", "getter"),
+                async with spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", *peer_args(port, tmp_path / "g", "getter"),
                                  name="getter") as getter:
                     await wait_until(lambda: done_count(out / "big.bin.part.state") == 10)
                     # Something else fills the disk while the download waits for data.
@@ -419,7 +419,7 @@ async def test_tracker_killed_and_restarted_during_a_download(big: pathlib.Path,
     with trio.fail_after(DEADLINE):
         async with start_tracker(procs, db, *TRACKER_OPTIONS) as (first, port):
             holder = await procs.start(_start_liar_with_budget, procs, big, port, budget)
-            getter_cm = spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", str(out), "--seed", *peer_args(port, tmp_path / "g", "getter"),
+            getter_cm = spawn(procs, "-m", "chunkswarm", "get", "big.bin", "-o", f"{out}/", "--seed", *peer_args(port, tmp_path / "g", "getter"),
                               name="getter")
             getter = await getter_cm.__aenter__()
             try:

@@ -120,7 +120,7 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
                                  *peer_args(port, tmp_path / "s", "seed-s"), name="seed-s", nice=10) as seeder:
                     await seeder.wait_for_text("seeding real.bin")
                     download_started = time.monotonic()
-                    async with spawn(procs, "-m", "chunkswarm", "get", "real.bin", "-o", str(tmp_path / "out"),
+                    async with spawn(procs, "-m", "chunkswarm", "get", "real.bin", "-o", f"{tmp_path / 'out'}/",
                                      *peer_args(port, tmp_path / "g", "getter"), name="getter", nice=10) as getter:
                         assert await getter.wait_exit() == 0, getter.text
                     download_seconds = time.monotonic() - download_started

@@ -87,7 +87,7 @@ async def test_killed_download_resumes_with_only_the_missing_chunks(swarm: Swarm
     with trio.fail_after(40):
         async with swarm.peer(chunk_size=CHUNK) as partial:
             await offer(partial, source, manifest, range(half))
-            async with child(nursery, "get", "data.bin", "-o", str(out), *common_args(swarm, tmp_path / "g", "getter")) as get:
+            async with child(nursery, "get", "data.bin", "-o", f"{out}/", *common_args(swarm, tmp_path / "g", "getter")) as get:
                 # The getter takes the half it can find, then waits for the rest: kill it then.
                 while True:
                     await trio.sleep(0.05)
@@ -124,13 +124,13 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             tracker = f"{swarm.tracker[0]}:{swarm.tracker[1]}"
             env = {**os.environ, "CHUNKSWARM_TRACKER": tracker, "COLUMNS": "200"}
             joined = caplog.text.count(" joined, serving at ")
-            listing = await trio.run_process([sys.executable, "-m", "chunkswarm", "ls", "--state-dir", str(tmp_path / "l")],
+            listing = await trio.run_process([sys.executable, "-m", "chunkswarm", "ls"],
                                              capture_stdout=True, capture_stderr=True, env=env)
             assert b"data.bin" in listing.stdout and b"4.9 KiB" in listing.stdout
             assert f"1\u00d7{CHUNK // 1024} KiB".encode() in listing.stdout  # each file's chunk count and chunk size
             # ls only asks (HELLO with listen_port 0, no REGISTER): it never joins the swarm.
             assert caplog.text.count(" joined, serving at ") == joined == 1
-            counters = await trio.run_process([sys.executable, "-m", "chunkswarm", "stats", "--state-dir", str(tmp_path / "l")],
+            counters = await trio.run_process([sys.executable, "-m", "chunkswarm", "stats"],
                                               capture_stdout=True, capture_stderr=True, env=env)
             rows = dict(re.findall(r"│ ([a-z ]+?) +│ +([\d,]+(?: s)?) │", counters.stdout.decode()))
             assert (rows["peers"], rows["files"], rows["replicas"]) == ("1", "1", "1"), counters.stdout
@@ -141,7 +141,7 @@ async def test_cli_get_errors_and_ls(swarm: Swarm, tmp_path: pathlib.Path, caplo
             down = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "--tracker", "127.0.0.1:1", "data.bin",
                                            "--state-dir", str(tmp_path / "u")], capture_stdout=True, capture_stderr=True, check=False)
             assert down.returncode != 0 and b"unreachable" in down.stderr
-            got = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "-o", str(tmp_path / "out"),
+            got = await trio.run_process([sys.executable, "-m", "chunkswarm", "get", "data.bin", "-o", f"{tmp_path / 'out'}/",
                                           "--state-dir", str(tmp_path / "g")], capture_stdout=True, capture_stderr=True, env=env)
             assert (tmp_path / "out" / "data.bin").read_bytes() == source.read_bytes(), got.stderr
             blocker = tmp_path / "blocker"

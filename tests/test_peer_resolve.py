@@ -15,7 +15,7 @@ import trio
 from common.errors import AmbiguousFile
 from common.manifest import build_manifest
 from common.messages import FileEntry
-from peer.node import _live_one
+from peer.catalogue import _live_one
 from tests.test_peer_swarm import Swarm, source, swarm, tracker  # noqa: F401  (fixtures)
 
 

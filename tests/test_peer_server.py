@@ -282,3 +282,25 @@ async def test_an_unexpected_error_ends_only_its_own_connection(
         assert await other.receive() == ChunkData(manifest.file_id, 1, chunk_of(data, 1))
     (record,) = [r for r in caplog.records if r.exc_info]
     assert "internal error" in record.getMessage() and "lookup failed" in str(record.exc_info[1])  # type: ignore[index]
+
+
+async def test_an_upload_rate_paces_the_chunks_over_all_connections(published: tuple[Library, Manifest, bytes]) -> None:
+    # The real clock: chunks are read from the file in worker threads, which an autojump clock would jump over.
+    library, manifest, data = published
+    server = ChunkServer(library, PEER_ID, upload_rate=20 * CHUNK)  # a chunk every 50 ms
+    arrived: list[float] = []
+
+    async def fetch(conn: Connection, indexes: range) -> None:
+        await conn.send_many([RequestChunk(manifest.file_id, i) for i in indexes])
+        for i in indexes:
+            reply = await conn.receive()
+            assert isinstance(reply, ChunkData) and bytes(reply.data) == chunk_of(data, i)
+            arrived.append(trio.current_time())
+
+    start = trio.current_time()
+    async with served(server) as one, served(server) as two, trio.open_nursery() as nursery:
+        nursery.start_soon(fetch, one, range(0, 3))
+        nursery.start_soon(fetch, two, range(3, 6))
+    # Six chunks from two connections share one budget, a chunk every 50 ms: the sixth cannot leave before 250 ms.
+    # (Only this lower bound: how much later it comes depends on the machine.)
+    assert len(arrived) == 6 and max(arrived) - start >= 5 * 0.05

@@ -91,8 +91,10 @@ def test_endgame_duplicates_and_cancels() -> None:
     assert picker.on_data("b", 1)
     assert picker.on_verified("b", 1) == [("a", 1)]
     assert picker.in_flight("a") == {0}
-    # a's late copy of 1 is discarded.
+    # a's late copy of 1 is discarded, and counted: a chunk received twice.
+    assert picker.surplus == 0
     assert not picker.on_data("a", 1)
+    assert picker.surplus == 1
 
 
 def test_endgame_not_while_idle_chunks_remain() -> None:

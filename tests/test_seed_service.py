@@ -12,8 +12,8 @@ import trio
 
 from common.errors import TrackerUnavailable
 from common.messages import FileEntry
+from peer.catalogue import open_catalogue
 from peer.config import PeerConfig
-from peer.node import open_catalogue
 from tests.procs import ROOT, spawn, start_tracker
 
 pytestmark = pytest.mark.slow
@@ -115,7 +115,7 @@ async def test_a_seeded_folder_is_followed(tmp_path: pathlib.Path) -> None:
             # The new version downloads, byte for byte.
             out = tmp_path / "out"
             got = await trio.run_process(
-                [sys.executable, "-m", "chunkswarm", "get", again.file_id.hex()[:16], "-o", str(out), "--tracker", f"127.0.0.1:{port}",
+                [sys.executable, "-m", "chunkswarm", "get", again.file_id.hex()[:16], "-o", f"{out}/", "--tracker", f"127.0.0.1:{port}",
                  "--state-dir", str(tmp_path / "g")], cwd=ROOT, capture_stderr=True, check=False)  # fmt: skip
             assert got.returncode == 0, got.stderr
             assert (out / "edited.bin").read_bytes() == b"second version " * 300

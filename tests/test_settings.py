@@ -68,7 +68,8 @@ def test_the_default_file_is_read_from_the_config_folder(tmp_path: pathlib.Path)
         ("[seed\n", "is not valid TOML"),
         ("[nope]\nx = 1\n", "unknown section [nope]"),
         ("[seed]\nbogus = 1\n", "[seed] has no setting 'bogus'"),
-        ("[ls]\nport = 1\n", None),  # ls has the option through the shared peer options
+        ("[seed]\nport = 1\n", None),
+        ("[ls]\nport = 1\n", "[ls] has no setting 'port'"),  # ls serves nothing: it has no --port
         ("[seed]\nmax-upload-connections = \"many\"\n", "max-upload-connections"),
         ("[seed]\nmax-upload-connections = 0\n", "max-upload-connections"),
         ("[peer]\ntracker = [1, 2]\n", "must be a single value"),

@@ -51,6 +51,7 @@ from common.messages import (
     Withdraw,
 )
 from common.version import __version__
+from common.wording import format_size, plural
 from tracker.records import FileRecord
 from tracker.registry import check_manifest
 from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
@@ -256,8 +257,8 @@ async def publish(connection: Connection, request: Publish) -> bytes:
                 await trio.to_thread.run_sync(service.check_and_save, manifest)
             if registry.publish(manifest, checked=True):
                 log.info(
-                    "file %r published (%s, %d bytes, %d chunks)",
-                    manifest.name, manifest.hex_id[:16], manifest.size, manifest.chunk_count,
+                    "file %r published (%s, %s, %s)",
+                    manifest.name, manifest.hex_id[:16], format_size(manifest.size), plural(manifest.chunk_count, "chunk"),
                 )  # fmt: skip
     except StorageError as exc:
         log.error("cannot store %r: %s", manifest.name, exc)

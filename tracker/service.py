@@ -19,6 +19,7 @@ import trio
 from common.address import format_address
 from common.manifest import Manifest
 from common.messages import PEER_ID_SIZE
+from common.wording import plural
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
@@ -100,9 +101,10 @@ class TrackerService:
             await trio.sleep(self.config.stats_interval)
             counters = self.stats()
             log.info(
-                "stats: %d peers online, %d files, %d replicas, %d connections, %d requests served (%d in the last %gs)",
-                counters["peers"], counters["files"], counters["replicas"], counters["connections"],
-                counters["requests"], self.requests - previous, self.config.stats_interval,
+                "stats: %s online, %s, %s, %s, %s served (%d in the last %gs)",
+                plural(int(counters["peers"]), "peer"), plural(int(counters["files"]), "file"), plural(int(counters["replicas"]), "replica"),
+                plural(int(counters["connections"]), "connection"), plural(int(counters["requests"]), "request"),
+                self.requests - previous, self.config.stats_interval,
             )  # fmt: skip
             previous = self.requests
 

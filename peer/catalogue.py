@@ -1,0 +1,107 @@
+"""The tracker's catalogue as a peer sees it: a query-only session, and which file a name or id prefix means."""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import attrs
+
+from common.errors import AmbiguousFile, UnknownFile
+from common.fields import PEER_ID_SIZE
+from common.messages import FileEntry, FileList, Hello, ListFiles, Stats, StatsReply
+from common.version import __version__
+from peer.config import PeerConfig
+from peer.tracker_client import TrackerLink, open_query_link
+
+__all__ = ["Catalogue", "open_catalogue", "list_request", "resolve_entry", "agent"]
+
+_HEX = frozenset(string.hexdigits)
+
+
+def agent(config: PeerConfig) -> str:
+    """What a peer says it is in HELLO: its label, or the software."""
+    return (config.label or f"chunkswarm/{__version__}")[:64]
+
+
+def list_request(pattern: str) -> ListFiles:
+    return ListFiles(pattern, limit=100_000)
+
+
+@attrs.define(eq=False)
+class Catalogue:
+    """A query-only tracker session; create it with :func:`open_catalogue`."""
+
+    link: TrackerLink
+    timeout: float
+
+    async def list_files(self, pattern: str = "") -> list[FileEntry]:
+        reply = await self.link.request(list_request(pattern), FileList, timeout=self.timeout)
+        return list(reply.entries)
+
+    async def stats(self) -> dict[str, int | float]:
+        """The tracker's counters: peers, files, replicas, connections, requests served, uptime."""
+        reply = await self.link.request(Stats(), StatsReply, timeout=self.timeout)
+        return reply.as_dict()
+
+
+@asynccontextmanager
+async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
+    """Browse the tracker without joining the swarm: HELLO with listen_port 0, never REGISTER.
+
+    Such a client serves nothing, so it must not appear in the tracker's peer list.
+    """
+    hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=agent(config))
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
+        yield Catalogue(link, config.tracker_timeout)
+
+
+def resolve_entry(query: str, entries: list[FileEntry]) -> FileEntry:
+    """The file of ``entries`` (a listing, newest first) that ``query`` names: a file id or id prefix (hex), or an exact name.
+
+    Several files may share a name (the same content published with
+    another chunk size, or another content): the one with live holders is
+    meant, complete copies first (:func:`_live_one`); the name is
+    ambiguous only when more than one has them. An id prefix of several
+    files is ambiguous whatever their holders.
+    """
+    query = query.strip()
+    if not query:
+        raise UnknownFile("no file given")
+    prefix = query.lower()
+    hexadecimal = set(prefix) <= _HEX
+    matches = [e for e in entries if e.name == query or (hexadecimal and e.file_id.hex().startswith(prefix))]
+    if not matches:
+        raise UnknownFile(f"no file named {query!r} or with an id starting with {query!r} on the tracker")
+    if len(matches) == 1:
+        return matches[0]
+    if any(e.name != query for e in matches):
+        raise AmbiguousFile(f"{query!r} matches {len(matches)} files: {_describe(matches)}; give a longer id prefix", tuple(matches))
+    return _live_one(query, matches)
+
+
+def _live_one(name: str, entries: list[FileEntry]) -> FileEntry:
+    """Of several files named ``name`` (newest first), the one with complete copies, else the one with holders.
+
+    Files without a live holder never make a name ambiguous; when none has
+    one, the newest is taken (its download waits for holders like any other).
+    """
+    for live in ([e for e in entries if e.complete_copies], [e for e in entries if e.holders]):
+        if len(live) == 1:
+            return live[0]
+        if live:
+            ranked = sorted((e for e in entries if e.holders), key=lambda e: (-e.complete_copies, -e.holders))
+            raise AmbiguousFile(
+                f"{name!r} names {len(ranked)} files that peers hold: {_describe(ranked)}; give an id prefix to choose one", tuple(ranked)
+            )
+    return entries[0]
+
+
+def _describe(entries: Iterable[FileEntry]) -> str:
+    return "; ".join(
+        f"{e.name} (id {e.file_id.hex()[:16]}, {e.holders} holders, {e.complete_copies} complete, {e.size} bytes)" for e in entries
+    )
+
+
