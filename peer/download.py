@@ -141,6 +141,9 @@ class Downloader:
         manifest.verify()  # the manifest against the file id, before trusting any chunk hash
         if await self._file.in_place(force=self.force):
             logger.debug("%s is already complete at %s", manifest.name, self.final_path)  # the app says so
+            # Served from now on: the tracker must hear it, or nobody is sent here for it.
+            self._announcer.update(ChunkSet.full(manifest.chunk_count))
+            await self._announcer.flush()
             return self._result(started, resumed=manifest.chunk_count, already=True)
         await self._check_held_somewhere()
         # Held from before the part file is opened until after it is moved into place (or kept).
@@ -169,8 +172,8 @@ class Downloader:
         if self.progress is not None:
             self.progress.started(manifest.name, manifest.size, sum(manifest.chunk_length(i) for i in resumed))
         try:
+            self._announcer.update(self._held.have)  # resumed chunks are served now: say so (all of them, if complete)
             if not self._picker.complete:
-                self._announcer.update(self._held.have)
                 await self._swarm()
             await self._announcer.flush()
             await self._file.finish(force=self.force)

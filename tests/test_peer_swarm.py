@@ -15,7 +15,7 @@ import peer.download_file
 from common.chunkset import ChunkSet
 from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
-from common.messages import Announce, CancelChunk, Hello, Message, Publish
+from common.messages import Announce, CancelChunk, Hello, Holders, Message, Publish, WhoHas
 from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.node import Peer, open_peer
@@ -98,9 +98,13 @@ async def test_publish_then_download(swarm: Swarm, source: pathlib.Path, tmp_pat
             assert getter.status().files == (("data.bin", manifest.hex_id, manifest.chunk_count, manifest.chunk_count),)
             upload = seeder.status().uploaded
             assert sum(c.bytes for c in upload.values()) == SIZE
-            # A second download of a file already in place transfers nothing.
-            again = await getter.download("data.bin", tmp_path / "out")
-            assert again.already_complete and again.chunks_received == 0
+            # A second download of a file already in place transfers nothing, and says it serves it:
+            # a third peer is sent to it.
+            async with swarm.peer() as other:
+                again = await other.download("data.bin", tmp_path / "out")
+                assert again.already_complete and again.chunks_received == 0
+                holders = await seeder.tracker.request(WhoHas(manifest.file_id), Holders)
+                assert other.peer_id in {holder.peer_id for holder in holders.holders}
 
 
 class HashingProgress:
