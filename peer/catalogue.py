@@ -13,6 +13,7 @@ from common.errors import AmbiguousFile, UnknownFile
 from common.fields import PEER_ID_SIZE
 from common.messages import FileEntry, FileList, Hello, ListFiles, Stats, StatsReply
 from common.version import __version__
+from common.wording import format_size, plural
 from peer.config import PeerConfig
 from peer.tracker_client import TrackerLink, open_query_link
 
@@ -101,7 +102,9 @@ def _live_one(name: str, entries: list[FileEntry]) -> FileEntry:
 
 def _describe(entries: Iterable[FileEntry]) -> str:
     return "; ".join(
-        f"{e.name} (id {e.file_id.hex()[:16]}, {e.holders} holders, {e.complete_copies} complete, {e.size} bytes)" for e in entries
+        f"{e.name} (id {e.file_id.hex()[:16]}, {plural(e.holders, 'holder')}, {plural(e.complete_copies, 'complete copy', 'complete copies')}, "
+        f"{format_size(e.size)})"
+        for e in entries
     )
 
 
