@@ -15,6 +15,7 @@ import trio
 from common.errors import AmbiguousFile
 from common.manifest import build_manifest
 from common.messages import FileEntry
+from common.wording import format_size, plural
 from peer.catalogue import _live_one
 from tests.test_peer_swarm import Swarm, source, swarm, tracker  # noqa: F401  (fixtures)
 
@@ -45,7 +46,8 @@ def test_a_name_of_several_files_means_the_one_peers_hold(entries: list[tuple[in
     live = [e for e in files if e.holders]
     assert set(info.value.candidates) == set(live)
     for entry in live:  # each candidate with its id, holders and size
-        assert f"id {entry.file_id.hex()[:16]}, {entry.holders} holders, {entry.complete_copies} complete, {entry.size} bytes" in str(info.value)
+        copies = plural(entry.complete_copies, "complete copy", "complete copies")
+        assert f"id {entry.file_id.hex()[:16]}, {plural(entry.holders, 'holder')}, {copies}, {format_size(entry.size)})" in str(info.value)
 
 
 async def test_a_name_published_twice_resolves_to_the_copy_peers_hold(
@@ -68,6 +70,6 @@ async def test_a_name_published_twice_resolves_to_the_copy_peers_hold(
                 # Both served: the name is ambiguous, and the error says which is which.
                 async with swarm.peer(chunk_size=64 * 1024) as again:
                     await again.publish([source])
-                    with pytest.raises(AmbiguousFile, match=rf"'data.bin' names 2 files that peers hold: .*id {old.hex_id[:16]}, 1 holders"):
+                    with pytest.raises(AmbiguousFile, match=rf"'data.bin' names 2 files that peers hold: .*id {old.hex_id[:16]}, 1 holder,"):
                         await getter.resolve("data.bin")
                     assert (await getter.resolve(old.hex_id[:12])).file_id == old.file_id  # an id prefix still chooses
