@@ -102,7 +102,7 @@ class Proc:
 
     def uploaded(self) -> int:
         for _, line in reversed(self.lines):
-            match = re.search(r"uploaded (\d+) bytes", line)
+            match = re.search(r"uploaded .*?(\d+) bytes", line)  # "... uploaded 1024 chunks (1.0 GiB, 1073741824 bytes) to ..."
             if match:
                 return int(match.group(1))
         return 0
@@ -155,7 +155,7 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
         procs += getters
         finished = []
         for getter in getters:
-            stamp, _ = getter.wait_for(r" complete: ", 900)
+            stamp, _ = getter.wait_for(r"\S -> \S.* in [0-9.]+ s", 900)  # get's summary: "NAME -> PATH (SIZE in SECONDS s, ...)"
             finished.append(stamp)
         seconds = max(finished) - start
         cpu = {proc.label: round(proc.cpu_seconds(), 2) for proc in procs}
