@@ -4,6 +4,7 @@
 * ``tracker/`` and ``peer/`` are the engine: they never import each other, nor the app.
 * Only the app (``chunkswarm/``) imports click and rich.
 * No module is over about 400 lines: one job each.
+* Every third-party import is a declared dependency, and every dependency is used.
 """
 
 from __future__ import annotations
@@ -57,3 +58,20 @@ def test_the_checks_see_every_package() -> None:
     # A typo in PACKAGES would make the tests above pass on nothing.
     found = {path.relative_to(ROOT).parts[0] for path in _modules()}
     assert found == set(PACKAGES)
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    """What the packages import is installed by ``pip install .``: every import is in install_requires."""
+    import configparser
+    import re
+    import sys
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    declared = {re.split(r"[<>=!~ ]", line.strip())[0].lower().replace("-", "_")
+                for line in setup["options"]["install_requires"].splitlines() if line.strip()}  # fmt: skip
+    ours = set(PACKAGES)
+    imported = set().union(*(_imports(path) for path in _modules()), _imports(ROOT / "demo.py"), _imports(ROOT / "demo_peer.py"))
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in ours and name != "__future__"}
+    assert third_party <= declared, f"imported but not in install_requires: {sorted(third_party - declared)}"
+    assert declared <= third_party, f"in install_requires but never imported: {sorted(declared - third_party)}"
