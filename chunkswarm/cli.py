@@ -67,9 +67,15 @@ def config_command(ctx: click.Context, command: str | None) -> None:
             if not isinstance(param, click.Option) or param.hidden or param.name in (None, "help"):
                 continue
             # Text, not markup: "[seed]" and values from a file are shown as they are.
-            cells = (f"--{param.name.replace('_', '-')}", _effective(settings, sub, param), settings.source(sub, param))
+            cells = (_spelling(param), _effective(settings, sub, param), settings.source(sub, param))
             table.add_row(*(Text(cell) for cell in cells))
         console.print(table)
+
+
+def _spelling(param: click.Option) -> str:
+    """The option as typed on the command line (``--db``, not its parameter's name ``db_path``)."""
+    longs = [opt for opt in param.opts if opt.startswith("--")]
+    return longs[0] if longs else param.opts[0]
 
 
 def _effective(settings: Settings, command: click.Command, param: click.Option) -> str:

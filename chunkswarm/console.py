@@ -50,6 +50,8 @@ def setup_logging(level: str = "INFO", log_file: pathlib.Path | None = None) -> 
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())
+    # watchfiles says "1 change detected" at INFO for every batch; the seeder says what it did with it.
+    logging.getLogger("watchfiles").setLevel(max(root.level, logging.WARNING))
 
 
 def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:

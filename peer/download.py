@@ -47,6 +47,7 @@ from common.errors import (
 )
 from common.manifest import Manifest
 from common.messages import Hello, Holders, Message, WhoHas
+from common.wording import plural
 from peer.announcer import Announcer
 from peer.buffers import BufferPool
 from peer.config import PeerConfig
@@ -262,7 +263,7 @@ class Downloader:
         missing = tuple(self._picker.unavailable()) or tuple(self._picker.have.missing())
         shown = ", ".join(str(i + 1) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise NoHolders(
-            f"no reachable peer holds {len(missing)} chunk(s) of {self.manifest.name} (chunks {shown}); "
+            f"no reachable peer holds {plural(len(missing), 'chunk')} of {self.manifest.name} (chunks {shown}); "
             f"the partial download is kept in {self._held.path}: run get again to resume",
             missing,
         )

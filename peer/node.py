@@ -44,6 +44,7 @@ from common.messages import (
     Published,
     Withdraw,
 )
+from common.wording import format_size, plural
 from peer.catalogue import agent, list_request, resolve_entry
 from peer.config import PeerConfig
 from peer.download import Downloader
@@ -198,8 +199,8 @@ class Peer:
         manifests = []
         for path in files:
             manifest, signature, cached = await self._manifest_for(path, progress)
-            logger.info("%s: %s %s (%d bytes, %d chunks, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
-                        path, manifest.size, manifest.chunk_count, manifest.hex_id[:16])
+            logger.info("%s: %s %s (%s, %s, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
+                        path, format_size(manifest.size), plural(manifest.chunk_count, "chunk"), manifest.hex_id[:16])
             self.forget(path, keep=manifest.file_id)  # an earlier version of this file is not served any more
             self.library.add(open_published(path, manifest, signature))
             if self.connected:

@@ -146,7 +146,7 @@ async def test_all_holders_vanish_then_a_seeder_returns(big: pathlib.Path, tmp_p
                     code = await getter.wait_exit()
                     gave_up_after = time.monotonic() - killed_at
             assert code == 1, getter.text
-            assert "no reachable peer holds 88 chunk(s) of big.bin" in getter.text
+            assert "no reachable peer holds 88 chunks of big.bin" in getter.text
             assert "Traceback" not in getter.text
             assert (out / "big.bin.part").exists() and state.exists() and not (out / "big.bin").exists()
             done = done_chunks(state)

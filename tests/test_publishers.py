@@ -43,7 +43,7 @@ async def test_seed_the_shell_and_the_demo_publish_a_file_under_one_id(tmp_path:
             demo = await trio.run_process([sys.executable, str(ROOT / "demo.py"), "--file", str(source)], cwd=tmp_path,
                                           capture_stdout=True, capture_stderr=True, env={**os.environ, "COLUMNS": "250"})  # fmt: skip
         demo_log = re.sub(r"\s+", " ", (demo.stdout + demo.stderr).decode(errors="replace"))  # rich wraps long lines
-        demoed = re.search(r"publishing \S*gradient\.bmp \(\d+ bytes, \d+ chunks, id (\w+)\)", demo_log)
+        demoed = re.search(r"publishing \S*gradient\.bmp \([0-9.]+ \w+, \d+ chunks?, id (\w+)\)", demo_log)
         assert demoed is not None, demo_log
         nursery.cancel_scope.cancel()
     assert expected.startswith(seeded) and expected.startswith(published.group(1)) and expected.startswith(demoed.group(1))
