@@ -67,6 +67,8 @@ class Seeder:
     rescan_interval: float = 60.0
     #: What this seeder published, by absolute path, with the signature it was hashed at.
     published: dict[pathlib.Path, tuple[int, int]] = attrs.field(init=False, factory=dict)
+    #: One update at a time: the events and the rescan may name the same file, which is hashed once.
+    _updating: trio.Lock = attrs.field(init=False, factory=trio.Lock)
 
     async def publish_all(self, *, progress: ProgressSink | None = None) -> list[Manifest]:
         """Publish every shareable file under the roots now; the manifests published."""
@@ -103,6 +105,10 @@ class Seeder:
 
     async def _update(self, paths: Iterable[pathlib.Path], *, progress: ProgressSink | None = None) -> list[Manifest]:
         """Bring each of ``paths`` in step: publish it if new or changed, stop serving it if gone; the manifests published."""
+        async with self._updating:
+            return await self._update_now(paths, progress)
+
+    async def _update_now(self, paths: Iterable[pathlib.Path], progress: ProgressSink | None) -> list[Manifest]:
         published: list[Manifest] = []
         for path in sorted(self._expand(paths)):
             signature = file_signature(path) if path.is_file() and not path.is_symlink() and _shareable(path) else None
