@@ -1,15 +1,18 @@
 """The ``chunkswarm`` command: a click group whose subcommands build config objects and run trio.
 
-Lives outside ``common/`` because it imports both ``tracker`` and ``peer``;
-each of those owns its subcommands and this module only gathers them. The
-group reads the configuration file (``chunkswarm/settings.py``) into click's
-``default_map``, so every option of every command can be set there.
+Each subcommand lives in a module of its own, imported only when it is run
+(or listed, or its settings are read): ``chunkswarm tracker`` never loads the
+peer engine, nor ``get`` the tracker. The group reads the configuration file
+(``chunkswarm/settings.py``) into click's ``default_map``, so every option of
+every command can be set there.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
+from collections.abc import Iterator, Mapping
 
 import click
 from rich.console import Console
@@ -17,17 +20,60 @@ from rich.table import Table
 from rich.text import Text
 
 from chunkswarm import __version__
-from chunkswarm.get_command import get
-from chunkswarm.peer_commands import peer_commands
 from chunkswarm.settings import CONFIG_ENVVAR, Settings, default_config_path, load_settings
-from chunkswarm.tracker_command import tracker_command
 from common.address import TRACKER_PORT
 from peer.config import default_state_dir
 
 __all__ = ["cli", "main"]
 
+#: Each subcommand, as ``module:attribute``, in the order ``--help`` lists them.
+SUBCOMMANDS: dict[str, str] = {
+    "tracker": "chunkswarm.tracker_command:tracker_command",
+    "seed": "chunkswarm.peer_commands:seed",
+    "get": "chunkswarm.get_command:get",
+    "ls": "chunkswarm.peer_commands:ls",
+    "stats": "chunkswarm.peer_commands:stats",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=f"""Share files as verified chunks: run a tracker, seed files, get them from the swarm.
+
+def _load(target: str) -> click.Command:
+    module, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(module), attribute)
+    assert isinstance(command, click.Command)
+    return command
+
+
+class _Subcommands(Mapping[str, click.Command]):
+    """The group's commands by name, each imported on first use (``config`` is here already)."""
+
+    def __init__(self, group: click.Group) -> None:
+        self._group = group
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._group.commands.get(name)
+        if command is None:
+            if name not in SUBCOMMANDS:
+                raise KeyError(name)
+            command = _load(SUBCOMMANDS[name])
+            self._group.add_command(command, name)
+        return command
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*SUBCOMMANDS, *(name for name in self._group.commands if name not in SUBCOMMANDS)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_Subcommands(self))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _Subcommands(self).get(cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, help=f"""Share files as verified chunks: run a tracker, seed files, get them from the swarm.
 
     \b
     A tracker address without a port means port {TRACKER_PORT}.
@@ -38,7 +84,7 @@ __all__ = ["cli", "main"]
 @click.pass_context
 def cli(ctx: click.Context, config_path: pathlib.Path | None) -> None:
     assert isinstance(ctx.command, click.Group)
-    settings = load_settings(config_path or default_config_path(), ctx.command.commands, required=config_path is not None)
+    settings = load_settings(config_path or default_config_path(), _Subcommands(ctx.command), required=config_path is not None)
     ctx.obj = settings
     ctx.default_map = {name: dict(values) for name, values in settings.default_map.items()}
 
@@ -51,15 +97,15 @@ def config_command(ctx: click.Context, command: str | None) -> None:
     settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]  # set by the group
     group = ctx.parent.command if ctx.parent is not None else None
     assert isinstance(group, click.Group)
-    names = [command] if command else [name for name in group.commands if name != "config"]
+    names = [command] if command else [name for name in group.list_commands(ctx) if name != "config"]
     console = Console()
     if not console.is_terminal:  # a pipe or a file: whole paths rather than rich's 80 columns
         console.width = max(console.width, 200)
     console.print(Text(f"configuration file: {settings.path}{'' if settings.path.exists() else ' (none there)'}"))
     for name in names:
-        sub = group.commands.get(name)
+        sub = group.get_command(ctx, name)
         if sub is None:
-            raise click.ClickException(f"no command {name!r} (commands: {', '.join(sorted(group.commands))})")
+            raise click.ClickException(f"no command {name!r} (commands: {', '.join(group.list_commands(ctx))})")
         table = Table(title=f"chunkswarm {name}", title_justify="left")
         for column in ("option", "value", "from"):
             table.add_column(column)
@@ -90,10 +136,6 @@ def _effective(settings: Settings, command: click.Command, param: click.Option) 
     return "" if default is None else str(default)
 
 
-cli.add_command(tracker_command)
-cli.add_command(get)
-for _command in peer_commands:
-    cli.add_command(_command)
 cli.add_command(config_command)
 
 

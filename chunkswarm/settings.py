@@ -82,7 +82,8 @@ def load_settings(path: pathlib.Path, commands: Mapping[str, click.Command], *, 
         document = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{path} is not valid TOML: {exc}") from None
-    peer_commands = [name for name, command in commands.items() if name != "tracker" and name != "config"]
+    # Names only: a command is imported (commands are loaded lazily) only when a section sets it.
+    peer_commands = [name for name in commands if name != "tracker" and name != "config"]
     default_map: dict[str, dict[str, Any]] = {}
     sections: dict[tuple[str, str], str] = {}
     # The shared section first, so a command's own section overrides it.

@@ -228,18 +228,22 @@ class TrackerClient:
         ``timeout`` for that reconnection and raises :class:`TrackerUnavailable` if it has not
         succeeded by then (the background attempts go on until :meth:`disconnect`).
 
-        With ``retry``, a tracker that cannot be reached now is not an error: the
-        first connection is made in the background, with the same backoff as a
-        reconnection, and this returns at once (a seeder started before its tracker).
+        With ``retry``, a tracker that cannot be reached now is not an error: it is
+        tried once here (so a tracker that is up is connected on return, as without
+        ``retry``), then in the background with the same backoff as a reconnection,
+        and this returns (a seeder started before its tracker).
         """
         if self._scope is not None:
             if not retry:
                 await self._current()
             return
-        if retry:
-            await self.nursery.start(self._supervise, None)
+        try:
+            link = await self._open()
+        except (ChunkswarmError, OSError):
+            if not retry:
+                raise
+            await self.nursery.start(self._supervise, None)  # which says why, and goes on trying
             return
-        link = await self._open()
         await self.nursery.start(self._supervise, link)
 
     async def disconnect(self, *, timeout: float = 2.0) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
 
+import pytest
 from click.testing import CliRunner
 
 from chunkswarm import __version__
@@ -43,3 +46,15 @@ def test_cli_group_has_every_subcommand() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     for name in ("tracker", "seed", "get", "ls"):
         assert f"  {name} " in result.output
+
+
+@pytest.mark.parametrize(("command", "absent"), [("tracker", "peer.node"), ("get", "tracker.service"), ("seed", "tracker.service")])
+def test_a_command_loads_only_its_own_engine(command: str, absent: str) -> None:
+    # A process starts faster (and a swarm of them costs less CPU) when `chunkswarm tracker` never imports the peer engine.
+    script = (
+        "import sys\nfrom chunkswarm.cli import cli\n"
+        f"try:\n    cli([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        f"print({absent!r} in sys.modules, {command!r} in cli.commands)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "False True"
