@@ -8,6 +8,7 @@ import pathlib
 import attrs
 import platformdirs
 
+from common.identity import NodeKey
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 __all__ = ["PeerConfig", "default_state_dir"]
@@ -31,6 +32,9 @@ class PeerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = attrs.field(default=0, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)))
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
+    #: This node's long-lived key (its node id is the key's): the app loads it from the state
+    #: folder; a peer built without one (a test, a library user) gets a fresh key.
+    node_key: NodeKey = attrs.field(factory=NodeKey.generate, eq=False, repr=False)
     #: A human name such as "peer-1": sent as the HELLO/WELCOME agent and used in logs.
     label: str = ""
     #: Chunk size of the files this peer publishes. None (the default): ``chunk_size_for`` each

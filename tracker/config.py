@@ -8,6 +8,7 @@ from typing import Final, Literal
 import attrs
 
 from common.framing import DEFAULT_MAX_FRAME_SIZE
+from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
 
 __all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO"]
@@ -61,6 +62,8 @@ class TrackerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=7070, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)))
     db_path: str | None = None
+    #: The tracker's long-lived key (issue 12): the app keeps it beside the database; a fresh one otherwise.
+    node_key: NodeKey = attrs.field(factory=NodeKey.generate, eq=False, repr=False)
     heartbeat_interval: float = attrs.field(default=30.0, validator=_positive)
     peer_timeout: float = attrs.field(default=90.0, validator=_positive)
     idle_timeout: float = attrs.field(default=120.0, validator=_positive)
