@@ -33,6 +33,8 @@ __all__ = [
     "agree",
     "check_agreement",
     "WITHDRAW",
+    "IDENTITY",
+    "UNPUBLISH",
     "KNOWN",
 ]
 
@@ -46,12 +48,16 @@ Capabilities = tuple[tuple[str, int], ...]
 
 #: ``withdraw`` (PROTOCOL.md §8.5): the WITHDRAW message, and a registration bound to its connection.
 WITHDRAW: Final = "withdraw"
+#: ``identity`` (PROTOCOL.md §8.6): both sides prove their node keys in the handshake (IDENTIFY).
+IDENTITY: Final = "identity"
+#: ``unpublish`` (PROTOCOL.md §8.7): UNPUBLISH, from an identified publisher.
+UNPUBLISH: Final = "unpublish"
 
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1}
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1}
 
 
 def capabilities_converter(value: object) -> object:

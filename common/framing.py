@@ -54,6 +54,7 @@ class Opcode(enum.IntEnum):
     DEREGISTER = 0x04  # leave: drop the peer and all its replicas
     HEARTBEAT = 0x05  # still alive
     OK = 0x06  # generic success reply (T->)
+    IDENTIFY = 0x07  # the client's key and proof (capability identity, PROTOCOL.md §8.6)
     # Catalogue and replicas (->T).
     PUBLISH = 0x10  # a file manifest
     PUBLISHED = 0x11  # reply: the file id now listed
@@ -67,6 +68,7 @@ class Opcode(enum.IntEnum):
     STATS = 0x19  # ask for counters
     STATS_REPLY = 0x1A  # reply: counters
     WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
+    UNPUBLISH = 0x1C  # take a file one published out of the catalogue (capability unpublish, PROTOCOL.md §8.7)
     # Chunk transfer (->P), pipelined; replies may come in any order.
     REQUEST_CHUNK = 0x20  # file id + chunk index
     CHUNK_DATA = 0x21  # reply: file id + chunk index + raw chunk bytes
@@ -92,6 +94,8 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 11  # the connection was idle too long
     IDENTITY_CONFLICT = 12  # that peer id is registered from another address
     MISSING_CAPABILITY = 13  # the other side requires a capability this side did not offer
+    IDENTITY_REQUIRED = 14  # only an identified node may do that (capability identity, PROTOCOL.md §8.6)
+    QUOTA_EXCEEDED = 15  # the publisher is at its quota of files or manifest bytes
 
 
 class FrameHeader:

@@ -44,6 +44,7 @@ from common.fields import (
 )
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
+from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BYTES, Identify, Unpublish, empty_or_bytes_of
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [
@@ -76,6 +77,8 @@ __all__ = [
     "CancelChunk",
     "Error",
     "Withdraw",
+    "Identify",
+    "Unpublish",
     "MESSAGE_TYPES",
 ]
 
@@ -95,6 +98,8 @@ class Hello(Record):
     agent: str = attrs.field(default="", validator=text_of(64))
     #: What the client offers: every optional feature it speaks, with its highest version.
     capabilities: Capabilities = attrs.field(default=(), converter=capabilities_converter, validator=capabilities_validator)
+    #: Capability identity (PROTOCOL.md §8.6): a fresh challenge for the server to sign.
+    challenge: bytes = attrs.field(default=b"", validator=empty_or_bytes_of(CHALLENGE_BYTES))
 
 
 @attrs.frozen
@@ -111,6 +116,10 @@ class Welcome(Record):
     agent: str = attrs.field(default="", validator=text_of(64))  # software and a label, for logs
     #: The agreement: what both sides use on this connection (common/capabilities.py).
     capabilities: Capabilities = attrs.field(default=(), converter=capabilities_converter, validator=capabilities_validator)
+    #: Capability identity (PROTOCOL.md §8.6): the server's challenge for the client, its public key, its proof over HELLO's challenge.
+    challenge: bytes = attrs.field(default=b"", validator=empty_or_bytes_of(CHALLENGE_BYTES))
+    public_key: bytes = attrs.field(default=b"", validator=empty_or_bytes_of(PUBLIC_KEY_BYTES))
+    proof: bytes = attrs.field(default=b"", validator=empty_or_bytes_of(PROOF_BYTES))
 
 
 @attrs.frozen
@@ -343,7 +352,7 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
 Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
-    | ChunkError | CancelChunk | Error | Withdraw
+    | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish
 )
 
 #: Opcode -> message class, for the decoder.
@@ -352,7 +361,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-        ChunkError, CancelChunk, Error, Withdraw,
+        ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

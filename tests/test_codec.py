@@ -115,8 +115,9 @@ counter_values = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan
 
 capability_sets = st.dictionaries(st.from_regex(r"[a-z][a-z0-9._-]{0,31}", fullmatch=True), st.integers(0, 0xFFFF), max_size=6)
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
-    m.Hello: st.builds(m.Hello, peer_ids, u16, st.integers(0, 255), texts(64), capability_sets),
-    m.Welcome: st.builds(m.Welcome, peer_ids, seconds, hosts, u16, st.integers(0, 255), texts(64), capability_sets),
+    m.Hello: st.builds(m.Hello, peer_ids, u16, st.integers(0, 255), texts(64), capability_sets, st.sampled_from([b"", b"c" * 32])),
+    m.Welcome: st.builds(m.Welcome, peer_ids, seconds, hosts, u16, st.integers(0, 255), texts(64), capability_sets,
+                         st.sampled_from([b"", b"c" * 32]), st.sampled_from([b"", b"k" * 32]), st.sampled_from([b"", b"s" * 64])),
     m.Register: st.builds(m.Register, ports),
     m.Deregister: st.just(m.Deregister()),
     m.Heartbeat: st.just(m.Heartbeat()),
@@ -125,6 +126,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.Published: st.builds(m.Published, file_ids),
     m.Announce: st.builds(m.Announce, file_ids, ranges()),
     m.Withdraw: st.builds(m.Withdraw, file_ids, ranges()),
+    m.Identify: st.builds(m.Identify, st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)),
+    m.Unpublish: st.builds(m.Unpublish, file_ids),
     m.GetManifest: st.builds(m.GetManifest, file_ids),
     m.ManifestReply: st.builds(m.ManifestReply, manifests()),
     m.WhoHas: st.builds(m.WhoHas, file_ids, st.integers(1, m.MAX_HOLDERS)),

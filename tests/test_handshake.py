@@ -9,11 +9,13 @@ from __future__ import annotations
 import pathlib
 import re
 
+import attrs
 import msgpack
 import pytest
 import trio
 import trio.testing
 from hypothesis import given
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import strategies as st
 
 from common.capabilities import KNOWN, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
@@ -21,7 +23,8 @@ from common.codec import Codec, decode_payload, encode_message
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
-from common.messages import Error, Hello, Ok, Register, Welcome, Withdraw
+from common.identity import NodeKey, peer_id_of
+from common.messages import Error, Hello, Identify, Ok, Register, Unpublish, Welcome, Withdraw
 from peer.greeting import Connect, open_greeted
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
@@ -58,6 +61,8 @@ def _doc_vectors(heading: str = "### 8.4 Test vectors") -> list[bytes]:
                 data += T
             elif token == "F":
                 data += F
+            elif token in ("C", "S"):  # §8.6's challenges
+                data += token.encode() * 32
             elif token.startswith('"'):
                 data += token[1:-1].encode()
             else:
@@ -87,6 +92,95 @@ def test_the_withdraw_vectors_are_the_encoding() -> None:
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
     agreement = ClientHandshake(hello).receive(welcome)
     assert isinstance(agreement, Agreement) and agreement.version(WITHDRAW) == 1
+
+
+def _vector_keys() -> tuple[NodeKey, NodeKey]:
+    """PROTOCOL.md §8.6: the client's key (seed "c" * 32) and the server's (seed "s" * 32)."""
+    return (NodeKey(Ed25519PrivateKey.from_private_bytes(b"c" * 32)), NodeKey(Ed25519PrivateKey.from_private_bytes(b"s" * 32)))
+
+
+def test_the_identity_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.6: HELLO with a challenge, WELCOME with the server's proof, IDENTIFY, OK; each side checks the other."""
+    client_key, server_key = _vector_keys()
+    client = ClientHandshake(Hello(P, 6881), key=client_key, make_challenge=lambda: b"C" * 32)
+    server = ServerHandshake(supported=KNOWN, key=server_key, make_challenge=lambda: b"S" * 32)
+    welcome = server.receive(client.hello, TEMPLATE)
+    assert server.state is HandshakeState.IDENTIFYING and server.agreement is None
+    agreement = client.receive(welcome)
+    assert isinstance(agreement, Agreement) and agreement.remote_node == server_key.node_id
+    assert client.identify is not None and client.state is HandshakeState.IDENTIFYING
+    ok = server.identify(client.identify)
+    assert server.agreement is not None and server.agreement.remote_node == client_key.node_id
+    assert client.receive(ok) is agreement and client.state is HandshakeState.DONE
+    expected = [client.hello, welcome, client.identify, ok]
+    frames = _doc_vectors("### 8.6 ")
+    assert len(frames) == len(expected)
+    for message, frame in zip(expected, frames, strict=True):
+        assert encode_message(message) == frame, message
+        assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
+    assert client.hello.peer_id == peer_id_of(client_key.public_key) and welcome.peer_id == server_key.peer_id
+
+
+def test_the_unpublish_vector_is_the_encoding() -> None:
+    (frame,) = _doc_vectors("### 8.7 ")
+    assert encode_message(Unpublish(F)) == frame and decode_payload(Opcode.UNPUBLISH, frame[HEADER_SIZE:]) == Unpublish(F)
+
+
+def _identified_pair() -> tuple[ClientHandshake, ServerHandshake, Welcome]:
+    client = ClientHandshake(Hello(P, 6881), key=NodeKey.generate())
+    server = ServerHandshake(supported=KNOWN, key=NodeKey.generate())
+    return client, server, server.receive(client.hello, TEMPLATE)
+
+
+def test_a_forged_server_proof_is_refused() -> None:
+    client, _, welcome = _identified_pair()
+    impostor = NodeKey.generate()  # signs with its own key but claims the real server's
+    forged = attrs.evolve(welcome, proof=impostor.prove(b"server", client.hello.challenge))
+    with pytest.raises(RemoteProtocolError, match="WELCOME's proof"):
+        client.receive(forged)
+    client, _, welcome = _identified_pair()
+    with pytest.raises(RemoteProtocolError, match="server id"):
+        client.receive(attrs.evolve(welcome, peer_id=T))
+
+
+def test_a_client_proof_must_be_fresh_and_match_its_peer_id() -> None:
+    client, server, welcome = _identified_pair()
+    client.receive(welcome)
+    assert client.identify is not None
+    other_client, other_server, other_welcome = _identified_pair()
+    other_client.receive(other_welcome)
+    assert other_client.identify is not None
+    # A proof made for another connection's challenge (a replay) fails.
+    replay = Identify(other_client.identify.public_key, other_client.identify.proof)
+    with pytest.raises(RemoteProtocolError, match="IDENTIFY's proof"):
+        server.identify(replay)
+    # A valid proof of a key whose peer id is not the HELLO's: the claim of another's id.
+    thief = NodeKey.generate()
+    client = ClientHandshake(Hello(P, 6881), key=NodeKey.generate())
+    server = ServerHandshake(supported=KNOWN, key=NodeKey.generate())
+    welcome = server.receive(client.hello, TEMPLATE)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.identify(Identify(thief.public_key, thief.prove(b"client", welcome.challenge)))
+    assert info.value.error_code == ErrorCode.IDENTITY_CONFLICT
+    # Anything before IDENTIFY is a violation.
+    client, server, _ = _identified_pair()
+    with pytest.raises(RemoteProtocolError, match="REGISTER before IDENTIFY"):
+        server.identify(Register(6881))
+
+
+def test_identity_needs_a_key_on_both_sides_and_falls_back_cleanly() -> None:
+    client = ClientHandshake(Hello(P, 6881), key=NodeKey.generate())
+    # A server without a key does not agree on identity: a plain agreement, no IDENTIFY.
+    welcome = ServerHandshake(supported=KNOWN).receive(client.hello, TEMPLATE)
+    assert ("identity", 1) not in welcome.capabilities and not welcome.proof
+    agreement = client.receive(welcome)
+    assert isinstance(agreement, Agreement) and agreement.remote_node is None and client.identify is None
+    # A server that requires identity refuses a HELLO without it, with its own code.
+    with pytest.raises(RemoteProtocolError) as info:
+        ServerHandshake(supported=KNOWN, key=NodeKey.generate(), required=frozenset({"identity"})).receive(OLD_HELLO, TEMPLATE)
+    assert info.value.error_code == ErrorCode.IDENTITY_REQUIRED
+    # The plain retry for an older server drops the challenge with the capabilities.
+    assert encode_message(client.plain().hello) == encode_message(Hello(client.hello.peer_id, 6881))
 
 
 def _fields_on_the_wire(frame: bytes) -> int:
@@ -140,7 +234,8 @@ def test_unknown_capabilities_are_left_out_not_refused() -> None:
 
 def test_trailing_values_of_a_newer_sender_are_ignored() -> None:
     # A HELLO from a later revision: a capability entry and the message itself carry more.
-    payload = msgpack.packb([P, 6881, 1, "", [["x-demo", 2, "later"]], "a field from later"])
+    # (The sixth field is identity's challenge, §8.6: empty, its default; the seventh is unknown.)
+    payload = msgpack.packb([P, 6881, 1, "", [["x-demo", 2, "later"]], b"", "a field from later"])
     assert decode_payload(Opcode.HELLO, payload) == NEW_HELLO
 
 
