@@ -43,8 +43,8 @@ from common.fields import (
     u32,
 )
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
-from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BYTES, Identify, Unpublish, empty_or_bytes_of
+from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [

@@ -14,8 +14,8 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.capabilities import KNOWN, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
@@ -147,7 +147,7 @@ def test_a_client_proof_must_be_fresh_and_match_its_peer_id() -> None:
     client, server, welcome = _identified_pair()
     client.receive(welcome)
     assert client.identify is not None
-    other_client, other_server, other_welcome = _identified_pair()
+    other_client, _, other_welcome = _identified_pair()
     other_client.receive(other_welcome)
     assert other_client.identify is not None
     # A proof made for another connection's challenge (a replay) fails.
