@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import string
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -10,7 +9,6 @@ from contextlib import asynccontextmanager
 import attrs
 
 from common.errors import AmbiguousFile, UnknownFile
-from common.fields import PEER_ID_SIZE
 from common.messages import FileEntry, FileList, Hello, ListFiles, Stats, StatsReply
 from common.version import __version__
 from common.wording import format_size, plural
@@ -54,8 +52,8 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
 
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
-    hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=agent(config))
-    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
+    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config))
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key) as link:
         yield Catalogue(link, config.tracker_timeout)
 
 

@@ -16,6 +16,7 @@ import trio
 from common.address import format_address
 from common.codec import Codec
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake
+from common.identity import NodeKey
 from common.messages import Hello
 from peer.connection import Connection
 
@@ -39,6 +40,7 @@ async def open_greeted(
     *,
     make_codec: Callable[[], Codec] = Codec,
     answer_timeout: float | None = None,
+    key: NodeKey | None = None,
 ) -> tuple[Connection, Agreement]:
     """A connection to ``address`` whose handshake is done, and what it agreed on.
 
@@ -48,14 +50,23 @@ async def open_greeted(
     rules, :class:`~common.errors.ConnectionClosed` if the connection ends
     first, :class:`~common.errors.PeerTimeout` if no answer comes within
     ``answer_timeout`` (None: the caller bounds the whole with its own timeout).
+
+    With ``key``, the HELLO offers ``identity`` (PROTOCOL.md §8.6): a server
+    that agrees proves its key (``Agreement.remote_node``), and this side
+    identifies and waits for the OK, so a refusal is said here and not taken
+    for the reply to a later request.
     """
-    handshake = ClientHandshake(hello)
+    handshake = ClientHandshake(hello, key=key)
     while True:
         conn = Connection(await connect(address), codec=make_codec())
         try:
             await conn.send(handshake.hello)
             answer = await (conn.receive() if answer_timeout is None else conn.receive_within(answer_timeout))
             outcome = handshake.receive(answer)
+            if handshake.identify is not None:
+                await conn.send(handshake.identify)
+                answer = await (conn.receive() if answer_timeout is None else conn.receive_within(answer_timeout))
+                outcome = handshake.receive(answer)
         except BaseException:
             await conn.aclose()
             raise

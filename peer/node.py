@@ -26,12 +26,11 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from common.capabilities import WITHDRAW
+from common.capabilities import UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
 from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable
 from common.manifest import Manifest
 from common.messages import (
-    PEER_ID_SIZE,
     Announce,
     FileEntry,
     FileList,
@@ -131,19 +130,22 @@ class Peer:
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
             upload_rate=config.max_upload_rate,
+            key=config.node_key,
         )
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
             config.tracker,
-            # Only the tracker is offered withdraw: chunk servers have no use for it (and one
-            # of protocol 1 would refuse a HELLO that offers anything).
-            attrs.evolve(self.hello, capabilities={WITHDRAW: 1}),
+            # Only the tracker is offered withdraw and unpublish: chunk servers have no use for
+            # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
+            # HELLO that offers anything, and is greeted again without (peer/greeting.py).
+            attrs.evolve(self.hello, capabilities={WITHDRAW: 1, UNPUBLISH: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
             timeout=config.tracker_timeout,
             min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay,
+            key=config.node_key,
         )
         self._withdrawals = withdrawals = Withdrawals(self.library, self._tracker, config.change_check_interval)
         self.library.on_withdraw = withdrawals.note
@@ -320,7 +322,7 @@ class Peer:
 @asynccontextmanager
 async def open_peer(config: PeerConfig) -> AsyncIterator[Peer]:
     """A peer whose chunk server is listening; not yet connected to the tracker."""
-    peer_id = os.urandom(PEER_ID_SIZE)
+    peer_id = config.node_key.peer_id  # PROTOCOL.md §8.6: an identified node's peer id is its key's
     library = Library()
     try:
         async with open_nursery() as nursery:

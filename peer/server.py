@@ -18,11 +18,13 @@ import os
 import attrs
 import trio
 
+from common.capabilities import IDENTITY
 from common.codec import Codec
 from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError, describe, leaves
 from common.framing import ErrorCode
-from common.handshake import ServerHandshake
-from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
+from common.handshake import HandshakeState, ServerHandshake
+from common.identity import NodeKey
+from common.messages import CancelChunk, ChunkError, Error, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: and an ERROR with its 1,024-character message all fit. Anything larger is refused at its header.
 MAX_REQUEST_FRAME = 16 * 1024
 #: The optional features (PROTOCOL.md §8) a chunk server speaks, with their highest versions.
-SUPPORTED: dict[str, int] = {}
+SUPPORTED: dict[str, int] = {IDENTITY: 1}
 
 
 def _observed_address(conn: Connection) -> tuple[str, int]:
@@ -90,6 +92,8 @@ class ChunkServer:
     library: Library
     peer_id: bytes
     label: str = ""
+    #: The node's key, proven to downloaders that offer ``identity`` (PROTOCOL.md §8.6); None: never identified.
+    key: NodeKey | None = None
     max_connections: int = 32
     max_queued: int = 16
     handshake_timeout: float = 10.0
@@ -145,12 +149,19 @@ class ChunkServer:
             await conn.aclose()
 
     async def _serve(self, conn: Connection) -> None:
-        hello = await self._handshake(conn)
-        if hello is None:
+        handshake = await self._handshake(conn)
+        if handshake is None:
             return
         try:
+            if handshake.state is HandshakeState.IDENTIFYING:
+                # PROTOCOL.md §8.6: IDENTIFY comes next; a failed proof is a violation (ERROR, close).
+                await self._send(conn, handshake.identify(await conn.receive_within(self.handshake_timeout)))
+            assert handshake.agreement is not None  # the handshake is done
+            hello = handshake.agreement.hello
             host, port = _observed_address(conn)
             remote = describe_remote(hello.agent, (host, hello.listen_port or port))
+            if handshake.agreement.remote_node is not None:
+                logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
             queue = _RequestQueue()
             async with open_nursery() as nursery:
                 nursery.start_soon(self._sender, conn, queue, remote)
@@ -160,8 +171,8 @@ class ChunkServer:
         finally:
             self.active -= 1
 
-    async def _handshake(self, conn: Connection) -> Hello | None:
-        """HELLO in, then WELCOME out, or the ERROR that refuses it; the peer's HELLO, or None once refused.
+    async def _handshake(self, conn: Connection) -> ServerHandshake | None:
+        """HELLO in, then WELCOME out, or the ERROR that refuses it; the handshake (IDENTIFYING or DONE), or None once refused.
 
         A WELCOME takes one of the ``max_connections`` slots (``active``), which the caller gives back.
         """
@@ -177,7 +188,7 @@ class ChunkServer:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
             return None
         host, port = _observed_address(conn)
-        handshake = ServerHandshake(supported=SUPPORTED)
+        handshake = ServerHandshake(supported=SUPPORTED, key=self.key)
         try:
             welcome = handshake.receive(first, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
         except RemoteProtocolError as exc:
@@ -193,8 +204,7 @@ class ChunkServer:
         except BaseException:
             self.active -= 1
             raise
-        assert handshake.agreement is not None  # receive() returned a WELCOME
-        return handshake.agreement.hello
+        return handshake
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).

@@ -109,7 +109,7 @@ class Session:
             conn, agreement = await self._greet()
         self.conn = conn
         self.name = describe_remote(agreement.welcome.agent, self.address)
-        logger.debug("%s: connected to %s", context.config.name, self.name)
+        logger.debug("%s: connected to %s", context.config.name, describe_remote(agreement.welcome.agent, self.address, agreement.remote_node))
         async with open_nursery() as nursery:
             nursery.start_soon(self._requester, conn)
             await self._receiver(conn)
@@ -121,7 +121,7 @@ class Session:
         # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
         max_receive = max(16 * 1024, context.manifest.chunk_size + 64)
         try:
-            return await open_greeted(context.connect, self.address, context.hello,
+            return await open_greeted(context.connect, self.address, context.hello, key=context.config.node_key,
                                       make_codec=lambda: Codec(max_receive_size=max_receive, allocate_body=context.buffers.take))  # fmt: skip
         except Busy:
             raise  # it may serve us later: the downloader retries it

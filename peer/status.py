@@ -5,13 +5,16 @@ from __future__ import annotations
 import attrs
 
 from common.address import format_address
+from common.identity import short_id
 
 __all__ = ["TransferCount", "Transfers", "PeerStatus", "describe_remote"]
 
 
-def describe_remote(label: str, address: tuple[str, int] | None) -> str:
-    """``peer-1 (127.0.0.1:40123)``: how a remote peer is named in logs and counters."""
+def describe_remote(label: str, address: tuple[str, int] | None, node: bytes | None = None) -> str:
+    """``peer-1 (127.0.0.1:40123)``: how a remote peer is named in logs and counters; with its proven ``node`` id, ``peer-1 (127.0.0.1:40123, MFZWI3D)``."""
     where = format_address(*address) if address is not None else "?"
+    if node is not None:
+        where = f"{where}, {short_id(node)}"
     return f"{label} ({where})" if label else where
 
 

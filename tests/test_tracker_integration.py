@@ -364,9 +364,9 @@ async def test_a_close_that_comes_while_a_publish_is_stored_is_seen(tracker: Run
     store = tracker.service.store
     save = store.save
 
-    def slow_save(manifest: Manifest) -> bool:
+    def slow_save(manifest: Manifest, publisher: bytes | None = None) -> None:
         time.sleep(0.3)  # in the worker thread
-        return save(manifest)
+        save(manifest, publisher)
 
     monkeypatch.setattr(store, "save", slow_save)
     codec = Codec()

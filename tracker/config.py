@@ -81,6 +81,11 @@ class TrackerConfig:
     io: IoPath = attrs.field(default=DEFAULT_IO, validator=_io_path)
     #: Seconds a published file stays listed once no peer holds it (``tracker/retention.py``); 0: for ever.
     retention: float = attrs.field(default=30 * 86400.0, validator=attrs.validators.ge(0))
+    #: Admit identified nodes only (capability identity, PROTOCOL.md §8.6): others get ERROR IDENTITY_REQUIRED.
+    require_identity: bool = False
+    #: Per publisher (a node id; an unidentified one by IP, IPv6 by /64): files and manifest bytes it may publish.
+    max_files_per_publisher: int = attrs.field(default=10_000, validator=_at_least_one)
+    max_manifest_bytes_per_publisher: int = attrs.field(default=1024 * 1024 * 1024, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

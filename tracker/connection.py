@@ -40,7 +40,7 @@ from common.address import format_address
 from common.codec import CLOSED, NEED_DATA, Codec, Sentinel, encode_message
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
-from common.handshake import Agreement
+from common.handshake import Agreement, ServerHandshake
 from common.messages import Error, Message
 from tracker.handlers import GREETING, Handlers, refusal, unexpected
 
@@ -139,6 +139,12 @@ class Connection:
     port: int
     codec: Codec = attrs.field(init=False)
     peer_id: bytes | None = attrs.field(init=False, default=None)
+    #: The node id this connection proved (capability identity, PROTOCOL.md §8.6); None: not identified.
+    node: bytes | None = attrs.field(init=False, default=None)
+    #: The listen port this connection speaks for: its REGISTER's, else its HELLO's (checked for unidentified peers).
+    claimed_port: int | None = attrs.field(init=False, default=None)
+    #: The handshake, while it waits for IDENTIFY.
+    greeting: ServerHandshake | None = attrs.field(init=False, default=None)
     #: What the handshake settled, the capabilities in use included; None before HELLO.
     agreement: Agreement | None = attrs.field(init=False, default=None)
     #: How requests are answered in the connection's current phase (``tracker.handlers``).
@@ -249,7 +255,7 @@ class Connection:
         assert self.peer_id is not None  # bound by a REGISTER, after HELLO
         peer = self.service.registry.release(self.peer_id, self.token)
         if peer is not None:
-            log.info("peer %s at %s left: its connection closed", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+            log.info("peer %s at %s left: its connection closed", peer.name, format_address(peer.host, peer.port))
 
     def queue(self, reply: Buffer) -> None:
         self.pending.append(reply)

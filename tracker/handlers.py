@@ -24,11 +24,12 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import WITHDRAW
+from common.capabilities import IDENTITY, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
-from common.handshake import ServerHandshake
+from common.handshake import Agreement, HandshakeState, ServerHandshake
+from common.identity import short_id
 from common.messages import (
     MESSAGE_TYPES,
     Announce,
@@ -37,6 +38,7 @@ from common.messages import (
     GetManifest,
     Heartbeat,
     Hello,
+    Identify,
     ListFiles,
     ManifestReply,
     Message,
@@ -46,13 +48,15 @@ from common.messages import (
     Register,
     Stats,
     StatsReply,
+    Unpublish,
     Welcome,
     WhoHas,
     Withdraw,
 )
 from common.version import __version__
 from common.wording import format_size, plural
-from tracker.records import FileRecord
+from tracker.publishers import publisher_of
+from tracker.records import FileRecord, Peer
 from tracker.registry import check_manifest
 from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
 
@@ -65,7 +69,7 @@ log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1}
+SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1}
 #: A listing yields to the other connections after every this many files: an
 #: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
 LIST_SLICE: Final = 1000
@@ -123,16 +127,42 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     task: it decides who is asking and what the connection may use.
     """
     service = connection.service
-    greeting = ServerHandshake(supported=SUPPORTED)
-    welcome = greeting.receive(first, Welcome(service.tracker_id, service.config.heartbeat_interval, connection.host, connection.port,
+    config = service.config
+    required = frozenset({IDENTITY}) if config.require_identity else frozenset()
+    greeting = ServerHandshake(supported=SUPPORTED, required=required, key=config.node_key)
+    welcome = greeting.receive(first, Welcome(service.tracker_id, config.heartbeat_interval, connection.host, connection.port,
                                               agent=AGENT))  # fmt: skip
-    agreement = greeting.agreement
-    assert agreement is not None  # receive() returned a WELCOME
+    if greeting.state is HandshakeState.IDENTIFYING:
+        connection.greeting = greeting
+        connection.handlers = IDENTIFYING
+    else:
+        assert greeting.agreement is not None  # receive() returned a WELCOME
+        _agreed(connection, greeting.agreement)
+    return encode_message(welcome)
+
+
+async def identify(connection: Connection, request: Message) -> bytes:
+    """The message after an identity WELCOME: IDENTIFY, whose proof the handshake checks (PROTOCOL.md §8.6), then OK."""
+    greeting = connection.greeting
+    assert greeting is not None  # IDENTIFYING is the table only while the handshake waits
+    ok = greeting.identify(request)  # raises RemoteProtocolError: ERROR and close
+    connection.greeting = None
+    assert greeting.agreement is not None
+    _agreed(connection, greeting.agreement)
+    log.debug("node %s identified from %s", short_id(connection.node or b"\0" * 32), format_address(connection.host, connection.port))
+    return encode_message(ok)
+
+
+def _agreed(connection: Connection, agreement: Agreement) -> None:
     connection.agreement = agreement
     connection.peer_id = agreement.hello.peer_id
+    connection.node = agreement.remote_node
+    connection.claimed_port = agreement.hello.listen_port
     # The agreement picks the table once: what it adds costs nothing per request.
-    connection.handlers = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
-    return encode_message(welcome)
+    table = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
+    if agreement.speaks(UNPUBLISH):
+        table = _UNPUBLISHING[table]
+    connection.handlers = table
 
 
 def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:
@@ -171,37 +201,41 @@ def register_bound(connection: Connection, request: Register) -> bytes:
 
 
 def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
-    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to)
+    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to, connection.node)
+    connection.claimed_port = request.listen_port
     if new:
-        log.info("peer %s joined, serving at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        log.info("peer %s joined, serving at %s", peer.name, format_address(peer.host, peer.port))
     else:
-        log.debug("peer %s registered again at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        log.debug("peer %s registered again at %s", peer.name, format_address(peer.host, peer.port))
     return _OK_FRAME
 
 
+def _me(connection: Connection) -> Peer:
+    """The peer this connection acts as: its key's if identified, else the one at its host and claimed port (PROTOCOL.md §8.6)."""
+    return connection.service.registry.peer(_peer_id(connection), connection.host, connection.claimed_port, connection.node)
+
+
 def heartbeat(connection: Connection, request: Heartbeat) -> bytes:
-    connection.service.registry.peer(_peer_id(connection), connection.host)
+    _me(connection)
     return _OK_FRAME
 
 
 def deregister(connection: Connection, request: Deregister) -> bytes:
-    peer = connection.service.registry.deregister(_peer_id(connection), connection.host)
+    peer = connection.service.registry.deregister(_peer_id(connection), connection.host, connection.claimed_port, connection.node)
     if peer is not None:
-        log.info("peer %s at %s left", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
+        log.info("peer %s at %s left", peer.name, format_address(peer.host, peer.port))
     return _OK_FRAME
 
 
 def announce(connection: Connection, request: Announce) -> bytes:
-    registry = connection.service.registry
-    registry.announce(registry.peer(_peer_id(connection), connection.host), request.file_id, request.ranges)
+    connection.service.registry.announce(_me(connection), request.file_id, request.ranges)
     return _OK_FRAME
 
 
 def withdraw(connection: Connection, request: Withdraw) -> bytes:
-    registry = connection.service.registry
-    peer = registry.peer(_peer_id(connection), connection.host)
-    if registry.withdraw(peer, request.file_id, request.ranges) is None:
-        log.debug("peer %s no longer serves %s", peer.peer_id.hex()[:16], request.file_id.hex()[:16])
+    peer = _me(connection)
+    if connection.service.registry.withdraw(peer, request.file_id, request.ranges) is None:
+        log.debug("peer %s no longer serves %s", peer.name, request.file_id.hex()[:16])
     return _OK_FRAME
 
 
@@ -245,16 +279,25 @@ async def publish(connection: Connection, request: Publish) -> bytes:
     service = connection.service
     registry = service.registry
     manifest = request.manifest
+    publisher = publisher_of(connection.node, connection.host)
     try:
-        registry.peer(_peer_id(connection), connection.host)
-        if not registry.has_file(manifest.file_id):
+        _me(connection)
+        if service.publishers.has(manifest.file_id, publisher):
+            return encode_message(Published(manifest.file_id))  # published again: costs nothing
+        service.publishers.check(publisher, manifest)  # QUOTA_EXCEEDED: an ERROR reply, the connection serves on
+        if registry.has_file(manifest.file_id):
+            listed = registry.record(manifest.file_id).manifest
+            await trio.to_thread.run_sync(service.store.save, listed, publisher)
+            service.publishers.add(listed, publisher)
+        else:
             # The commit (and the Merkle check of a large manifest) runs in a worker
             # thread; the reply waits for it, so an acknowledged publish is on disk.
             if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
                 check_manifest(manifest)
-                await trio.to_thread.run_sync(service.store.save, manifest)
+                await trio.to_thread.run_sync(service.store.save, manifest, publisher)
             else:
-                await trio.to_thread.run_sync(service.check_and_save, manifest)
+                await trio.to_thread.run_sync(service.check_and_save, manifest, publisher)
+            service.publishers.add(manifest, publisher)
             if registry.publish(manifest, checked=True):
                 log.info(
                     "file %r published (%s, %s, %s)",
@@ -264,6 +307,29 @@ async def publish(connection: Connection, request: Publish) -> bytes:
         log.error("cannot store %r: %s", manifest.name, exc)
         return encode_message(Error(ErrorCode.INTERNAL, "the tracker could not store the manifest"))
     return encode_message(Published(manifest.file_id))
+
+
+async def unpublish(connection: Connection, request: Unpublish) -> bytes:
+    """UNPUBLISH (PROTOCOL.md §8.7): a publisher's file leaves the catalogue once its last publisher unpublishes it."""
+    service = connection.service
+    node = connection.node
+    if node is None:
+        raise TrackerError("only an identified node may unpublish (capability identity)", code=ErrorCode.IDENTITY_REQUIRED)
+    manifest = service.registry.record(request.file_id).manifest  # UNKNOWN_FILE
+    if not service.publishers.has(request.file_id, node):
+        raise TrackerError(f"node {short_id(node)} did not publish {manifest.name!r}: only its publishers may unpublish it",
+                           code=ErrorCode.IDENTITY_CONFLICT)  # fmt: skip
+    last = service.publishers.of(request.file_id) == {node}
+    try:
+        await trio.to_thread.run_sync(lambda: service.store.unpublish(request.file_id, node, drop=last))
+    except StorageError as exc:
+        log.error("cannot unpublish %r: %s", manifest.name, exc)
+        return encode_message(Error(ErrorCode.INTERNAL, "the tracker could not update its database"))
+    if service.publishers.remove(manifest, node) and service.registry.unlist(request.file_id) is not None:
+        log.info("file %r (%s) unpublished by %s: it left the catalogue", manifest.name, manifest.hex_id[:16], short_id(node))
+    else:
+        log.info("file %r (%s) unpublished by %s; other publishers keep it listed", manifest.name, manifest.hex_id[:16], short_id(node))
+    return _OK_FRAME
 
 
 async def list_files(connection: Connection, request: ListFiles) -> bytes:
@@ -309,5 +375,9 @@ REQUESTS: Final = Handlers(
 #: After a HELLO whose agreement includes ``withdraw`` (PROTOCOL.md §8.5): WITHDRAW is
 #: answered, and a REGISTER binds the registration to this connection.
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
+#: After an identity WELCOME, until IDENTIFY: whatever comes goes to identify(), which takes IDENTIFY only.
+IDENTIFYING: Final = Handlers(fast={}, task=dict.fromkeys(MESSAGE_TYPES.values(), identify))
+#: Each table above with UNPUBLISH, for an agreement that includes ``unpublish`` (PROTOCOL.md §8.7).
+_UNPUBLISHING: Final = {table: Handlers(fast=table.fast, task={**table.task, Unpublish: unpublish}) for table in (REQUESTS, WITHDRAWING)}
 #: Requests that a capability added: in a table only when the agreement includes it.
-_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW}
+_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH}

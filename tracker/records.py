@@ -9,6 +9,7 @@ from __future__ import annotations
 import attrs
 
 from common.chunkset import ChunkSet
+from common.identity import short_id
 from common.manifest import Manifest
 
 __all__ = ["Peer", "Replica", "FileRecord", "FileSummary"]
@@ -51,7 +52,15 @@ class Peer:
     #: The token of the connection whose close drops this peer (PROTOCOL.md §8.5: the
     #: connection of its latest REGISTER agreed on ``withdraw``); None: it expires only.
     connection: object | None = None
+    #: The node id proven by the connection that registered it (capability identity, PROTOCOL.md §8.6): then
+    #: only a connection proving the same key may act as this peer. None: registered without identity.
+    node: bytes | None = None
     replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
+
+    @property
+    def name(self) -> str:
+        """How logs name it: the short node id when identified, else the start of its peer id."""
+        return short_id(self.node) if self.node is not None else self.peer_id.hex()[:16]
 
 
 @attrs.define(eq=False)

@@ -57,6 +57,12 @@ def check_manifest(manifest: Manifest) -> None:
         raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
 
 
+def _conflict(peer: Peer) -> str:
+    if peer.node is not None:
+        return f"peer id {peer.peer_id.hex()[:16]} belongs to node {peer.name}: only a connection proving its key may act as it"
+    return f"peer id {peer.peer_id.hex()[:16]} is registered from another address"
+
+
 def _mask(record: FileRecord, ranges: Ranges, what: str) -> int:
     """The bitmask of ``ranges`` over ``record``'s chunks; ``TrackerError(BAD_REQUEST)`` for ranges beyond the file."""
     try:
@@ -87,52 +93,63 @@ class Registry:
     chunk_replica_count: int = attrs.field(init=False, default=0)
 
     # -- peers -----------------------------------------------------------------
-    def register(self, peer_id: bytes, host: str, port: int, connection: object | None = None) -> tuple[Peer, bool]:
+    def register(
+        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None
+    ) -> tuple[Peer, bool]:
         """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new.
 
         ``connection``: the token of the connection this registration is bound
-        to (see :meth:`release`), or None for one that only expires.
+        to (see :meth:`release`), or None for one that only expires. ``node``:
+        the node id the connection proved (PROTOCOL.md §8.6), which the peer is
+        then bound to: only that node may register it again, from any address;
+        a proven node takes over a record of its peer id made without one.
         """
         now = self.clock()
         peer = self._live(peer_id, now)
+        if peer is not None and node is not None and peer.node is None:
+            self._remove_peer(peer)  # its peer id is the key's: whoever registered it unproven was not its owner
+            peer = None
         if peer is not None:
-            if peer.host != host:
-                raise TrackerError(
-                    f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
-                )
-            if peer.port != port:
-                peer.port = port
+            if peer.node != node or (node is None and peer.host != host):
+                raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
+            if (peer.host, peer.port) != (host, port):
+                peer.host, peer.port = host, port
                 for replica in peer.replicas.values():
                     replica.file.entries[replica.slot] = None
             peer.connection = connection  # the latest registration decides
             self._touch(peer, now)
             return peer, False
-        peer = Peer(peer_id, host, port, now, connection)
+        peer = Peer(peer_id, host, port, now, connection, node)
         self._peers[peer_id] = peer
         return peer, True
 
-    def peer(self, peer_id: bytes, host: str) -> Peer:
-        """The live peer registered as ``peer_id`` from ``host``, marked as seen now.
+    def peer(self, peer_id: bytes, host: str, port: int | None = None, node: bytes | None = None) -> Peer:
+        """The live peer registered as ``peer_id``, marked as seen now, if the asker may act as it.
 
+        That is: a connection proving the peer's ``node`` (from any host), or,
+        for a peer registered without identity, one from its ``host`` and
+        ``port`` (None: any port). An identified peer asked for without its
+        node is ``IDENTITY_CONFLICT``, any other mismatch ``NOT_REGISTERED``.
         Any request that needs registration goes through here, so each one
         counts as a sign of life, not only HEARTBEAT.
         """
         now = self.clock()
         peer = self._live(peer_id, now)
-        if peer is None or peer.host != host:
+        if peer is not None and peer.node is not None and peer.node != node:
+            raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
+        if peer is None or (node is None and (peer.host != host or port not in (None, peer.port))) or (node is not None and peer.node is None):
             raise TrackerError("not registered: send REGISTER first", code=ErrorCode.NOT_REGISTERED)
         self._touch(peer, now)
         return peer
 
-    def deregister(self, peer_id: bytes, host: str) -> Peer | None:
-        """Forget the peer and its replicas; None if it was not registered (leaving twice is harmless)."""
+    def deregister(self, peer_id: bytes, host: str, port: int | None = None, node: bytes | None = None) -> Peer | None:
+        """Forget the peer and its replicas, if the asker may act as it (as :meth:`peer` says); None if it was not registered."""
         peer = self._live(peer_id, self.clock())
         if peer is None:
             return None
-        if peer.host != host:
-            raise TrackerError(
-                f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
-            )
+        mine = peer.node == node and (node is not None or (peer.host == host and port in (None, peer.port)))
+        if not mine and (node is None or peer.node is not None):  # (a proven key owns its peer id's unproven record)
+            raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
         self._remove_peer(peer)
         return peer
 
@@ -213,6 +230,16 @@ class Registry:
                 del self._files[file_id]
                 dropped.append(record.manifest)
         return dropped
+
+    def unlist(self, file_id: bytes) -> Manifest | None:
+        """Take ``file_id`` out of the catalogue with all its replicas (unpublished); its manifest, or None if not listed."""
+        record = self._files.pop(file_id, None)
+        if record is None:
+            return None
+        for replica in list(record.replicas):
+            del replica.peer.replicas[file_id]
+            self._unlink(replica)
+        return record.manifest
 
     def record(self, file_id: bytes) -> FileRecord:
         """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""

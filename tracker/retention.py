@@ -43,6 +43,8 @@ async def sweep(service: TrackerService) -> list[Manifest]:
     cutoff = store.clock() - service.config.retention
     stale = await trio.to_thread.run_sync(store.unheld_since, cutoff)
     dropped = registry.drop_unheld(stale)
+    for manifest in dropped:
+        service.publishers.forget(manifest)
     if dropped:
         await trio.to_thread.run_sync(lambda: store.delete([m.file_id for m in dropped], unheld_since=cutoff))
         days = service.config.retention / 86400

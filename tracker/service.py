@@ -10,19 +10,19 @@ and the expiry and stats loops.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 
 import attrs
 import trio
 
 from common.address import format_address
+from common.identity import short_id
 from common.manifest import Manifest
-from common.messages import PEER_ID_SIZE
 from common.wording import plural
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
+from tracker.publishers import Publishers
 from tracker.registry import Registry, check_manifest
 from tracker.retention import retention_loop
 from tracker.store import Store
@@ -39,7 +39,9 @@ class TrackerService:
     config: TrackerConfig
     registry: Registry
     store: Store
-    tracker_id: bytes = attrs.field(factory=lambda: os.urandom(PEER_ID_SIZE))
+    publishers: Publishers
+    #: Its key's peer id: the server id a WELCOME proves with capability identity (PROTOCOL.md §8.6).
+    tracker_id: bytes = attrs.field(default=attrs.Factory(lambda self: self.config.node_key.peer_id, takes_self=True))
     connections: int = 0
     requests: int = 0
     #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
@@ -52,12 +54,18 @@ class TrackerService:
     hub: ReadinessHub | None = None
 
     @classmethod
-    def create(cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = ()) -> TrackerService:
-        """A service whose registry lists ``catalogue`` (the manifests read from ``store``)."""
+    def create(
+        cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = (), published: Iterable[tuple[bytes, bytes]] = ()
+    ) -> TrackerService:
+        """A service whose registry lists ``catalogue`` (the manifests read from ``store``), published by ``published`` (file id, publisher)."""
         registry = Registry(config.peer_timeout, trio.current_time)
         for manifest in catalogue:
             registry.publish(manifest, checked=True)  # checked before it was written
-        return cls(config, registry, store)
+        publishers = Publishers(config.max_files_per_publisher, config.max_manifest_bytes_per_publisher)
+        for file_id, publisher in published:
+            if registry.has_file(file_id):
+                publishers.add(registry.record(file_id).manifest, publisher)
+        return cls(config, registry, store, publishers)
 
     def stats(self) -> dict[str, int | float]:
         counters: dict[str, int | float] = dict(self.registry.counts())
@@ -91,7 +99,7 @@ class TrackerService:
             for peer in self.registry.expire():
                 log.info(
                     "peer %s at %s expired (silent for over %gs)",
-                    peer.peer_id.hex()[:16], format_address(peer.host, peer.port), self.config.peer_timeout,
+                    peer.name, format_address(peer.host, peer.port), self.config.peer_timeout,
                 )  # fmt: skip
 
     async def stats_loop(self) -> None:
@@ -108,10 +116,10 @@ class TrackerService:
             )  # fmt: skip
             previous = self.requests
 
-    def check_and_save(self, manifest: Manifest) -> None:
+    def check_and_save(self, manifest: Manifest, publisher: bytes | None = None) -> None:
         """Blocking: check a new manifest and commit it to the store (run in a worker thread)."""
         check_manifest(manifest)
-        self.store.save(manifest)
+        self.store.save(manifest, publisher)
 
 
 @attrs.frozen
@@ -134,7 +142,8 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
     store = await trio.to_thread.run_sync(Store, config.db_path)
     try:
         catalogue = await trio.to_thread.run_sync(lambda: list(store.load()))
-        service = TrackerService.create(config, store, catalogue)
+        published = await trio.to_thread.run_sync(store.publishers)
+        service = TrackerService.create(config, store, catalogue, published)
         if service.registry.file_count:
             log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
@@ -151,6 +160,8 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
                 bound = [listener.socket.getsockname() for listener in listeners]
                 for address in bound:
                     log.info("tracker listening on %s", format_address(observed_host(address[0]), address[1]))
+                log.info("tracker node id %s (%s)%s", config.node_key.display, short_id(config.node_key.node_id),
+                         "; identified nodes only" if config.require_identity else "")  # fmt: skip
                 task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
         finally:
             if hub is not None:  # every connection task has ended with the nursery

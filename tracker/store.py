@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS files (
     last_held   REAL                                -- Unix time a peer last held it (or it was published)
 )
 """
+#: Who published each file (PROTOCOL.md §8.7): a node id, or b"ip " and an address. A database from before
+#: gets the table empty: its files have no recorded publisher and leave by retention only.
+_PUBLISHERS = """
+CREATE TABLE IF NOT EXISTS publishers (
+    file_id     BLOB NOT NULL,
+    publisher   BLOB NOT NULL,
+    PRIMARY KEY (file_id, publisher)
+)
+"""
 #: Databases written before last_held existed: the column added, the publish time standing in for it.
 _MIGRATIONS = (
     "ALTER TABLE files ADD COLUMN last_held REAL",
@@ -64,6 +73,7 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_PUBLISHERS)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
             if "last_held" not in columns:
                 with self._transaction():
@@ -72,15 +82,18 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the tracker database {self.path or ':memory:'}: {exc}") from None
 
-    def save(self, manifest: Manifest) -> None:
-        """Store ``manifest`` durably (held as of now: stored again, only that moves on). Blocking."""
+    def save(self, manifest: Manifest, publisher: bytes | None = None) -> None:
+        """Store ``manifest`` durably (held as of now: stored again, only that moves on), and ``publisher`` as one of its publishers. Blocking."""
         with self._lock:
             try:
-                self._db.execute(
-                    "INSERT INTO files (name, size, chunk_size, file_id, hashes, last_held) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (file_id) DO UPDATE SET last_held = excluded.last_held",
-                    (*manifest.record(), self.clock()),
-                )
+                with self._transaction():
+                    self._db.execute(
+                        "INSERT INTO files (name, size, chunk_size, file_id, hashes, last_held) VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (file_id) DO UPDATE SET last_held = excluded.last_held",
+                        (*manifest.record(), self.clock()),
+                    )
+                    if publisher is not None:
+                        self._db.execute("INSERT OR IGNORE INTO publishers VALUES (?, ?)", (manifest.file_id, publisher))
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot store manifest {manifest.name!r}: {exc}") from None
 
@@ -110,8 +123,29 @@ class Store:
                 with self._transaction():
                     self._db.executemany("DELETE FROM files WHERE file_id = ? AND last_held < ?",
                                          ((file_id, unheld_since) for file_id in file_ids))  # fmt: skip
+                    self._db.execute("DELETE FROM publishers WHERE file_id NOT IN (SELECT file_id FROM files)")
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot update the tracker database {self.path}: {exc}") from None
+
+    def unpublish(self, file_id: bytes, publisher: bytes, *, drop: bool) -> None:
+        """``publisher`` no longer publishes ``file_id``; with ``drop`` (it was the last) the file goes too. Blocking."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._db.execute("DELETE FROM publishers WHERE file_id = ? AND publisher = ?", (file_id, publisher))
+                    if drop:
+                        self._db.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+                        self._db.execute("DELETE FROM publishers WHERE file_id = ?", (file_id,))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot update the tracker database {self.path}: {exc}") from None
+
+    def publishers(self) -> list[tuple[bytes, bytes]]:
+        """Every (file id, publisher) of a stored file. Blocking."""
+        with self._lock:
+            try:
+                return self._db.execute("SELECT p.file_id, p.publisher FROM publishers p JOIN files USING (file_id)").fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read the tracker database {self.path}: {exc}") from None
 
     def load(self) -> Iterator[Manifest]:
         """Every stored manifest, oldest first. Rows that no longer make a valid manifest are logged and skipped."""
