@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, str] = {
     "get": "chunkswarm.get_command:get",
     "ls": "chunkswarm.peer_commands:ls",
     "stats": "chunkswarm.peer_commands:stats",
+    "unpublish": "chunkswarm.node_commands:unpublish",
+    "id": "chunkswarm.node_commands:node_id",
 }
 
 

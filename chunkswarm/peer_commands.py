@@ -12,11 +12,13 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import click
 import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
+from chunkswarm.node_key import KEY_FILE, load_or_create_key
 from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
@@ -130,6 +132,9 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
     """
     setup_logging(log_level, log_file)
     config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)
+    # The node's own key (its identity: what it publishes is its to unpublish); get, which publishes
+    # nothing, proves a key of its own for the run, so it can run beside this node's seeder.
+    config = attrs.evolve(config, node_key=load_or_create_key(config.state_dir / KEY_FILE))
     _run(_seed, config, paths, watch)
 
 

@@ -18,6 +18,7 @@ import platformdirs
 import trio
 
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
+from chunkswarm.node_key import KEY_FILE, load_or_create_key
 from common.address import TRACKER_PORT
 from common.errors import StorageError
 from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
@@ -121,6 +122,11 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="Seconds between stats lines in the log.")  # fmt: skip
 @click.option("--retention-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Days a published file stays listed once no peer holds it (0: for ever).")  # fmt: skip
+@click.option("--require-identity", is_flag=True, help="Admit identified nodes only (chunkswarm 0.x peers that prove no node key are refused).")
+@click.option("--max-files-per-publisher", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Files one publisher (a node id; unidentified: an IP, a /64 for IPv6) may publish.")  # fmt: skip
+@click.option("--max-manifest-mib-per-publisher", type=click.IntRange(min=1), default=64, show_default=True,
+              help="MiB of manifests (32 bytes a chunk) one publisher may publish.")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
@@ -136,6 +142,9 @@ def tracker_command(
     max_holders: int,
     stats_interval: float,
     retention_days: float,
+    require_identity: bool,
+    max_files_per_publisher: int,
+    max_manifest_mib_per_publisher: int,
     io: IoPath,
     log_level: str,
     log_file: pathlib.Path | None,
@@ -158,6 +167,11 @@ def tracker_command(
             stats_interval=stats_interval,
             retention=retention_days * 86400,
             io=io,
+            # The tracker's identity: its key beside its database.
+            node_key=load_or_create_key(pathlib.Path(db_path).with_name(KEY_FILE)),
+            require_identity=require_identity,
+            max_files_per_publisher=max_files_per_publisher,
+            max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 import attrs
 
-from common.errors import AmbiguousFile, UnknownFile
-from common.messages import FileEntry, FileList, Hello, ListFiles, Stats, StatsReply
+from common.capabilities import UNPUBLISH
+from common.errors import AmbiguousFile, TrackerError, UnknownFile
+from common.messages import FileEntry, FileList, Hello, ListFiles, Ok, Stats, StatsReply, Unpublish
 from common.version import __version__
 from common.wording import format_size, plural
 from peer.config import PeerConfig
@@ -40,6 +41,12 @@ class Catalogue:
         reply = await self.link.request(list_request(pattern), FileList, timeout=self.timeout)
         return list(reply.entries)
 
+    async def unpublish(self, file_id: bytes) -> None:
+        """Take a file this node published out of the catalogue (PROTOCOL.md §8.7); :class:`TrackerError` if refused."""
+        if not self.link.speaks(UNPUBLISH) or self.link.agreement.remote_node is None:
+            raise TrackerError("this tracker cannot unpublish files (it speaks no unpublish or identity); files leave it by retention only")
+        await self.link.request(Unpublish(file_id), Ok, timeout=self.timeout)
+
     async def stats(self) -> dict[str, int | float]:
         """The tracker's counters: peers, files, replicas, connections, requests served, uptime."""
         reply = await self.link.request(Stats(), StatsReply, timeout=self.timeout)
@@ -52,7 +59,7 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
 
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
-    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config))
+    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1})
     async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key) as link:
         yield Catalogue(link, config.tracker_timeout)
 

@@ -85,7 +85,7 @@ class TrackerConfig:
     require_identity: bool = False
     #: Per publisher (a node id; an unidentified one by IP, IPv6 by /64): files and manifest bytes it may publish.
     max_files_per_publisher: int = attrs.field(default=10_000, validator=_at_least_one)
-    max_manifest_bytes_per_publisher: int = attrs.field(default=1024 * 1024 * 1024, validator=_at_least_one)
+    max_manifest_bytes_per_publisher: int = attrs.field(default=64 * 1024 * 1024, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:
