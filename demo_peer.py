@@ -10,11 +10,13 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import attrs
 import click
 import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
+from chunkswarm.node_key import claim_node_key
 from chunkswarm.shell import ShellConfig, run_shell
 from common.address import TRACKER_PORT, parse_address
 from common.errors import ChunkswarmError, ValidationError
@@ -54,6 +56,8 @@ def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathli
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
     if create_state_dir(peer.state_dir):
         console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)
+    # The node's key: what u publishes, r can take back later (and from chunkswarm unpublish).
+    peer = attrs.evolve(peer, node_key=claim_node_key(peer.state_dir))
     config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty())
     try:
         trio.run(run_shell, config, Console(), console)

@@ -10,17 +10,58 @@ publishes are its own to unpublish, and the tracker binds its peer record to it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import os
 import pathlib
 
 import click
 
 from common.errors import ValidationError
-from common.identity import NodeKey
+from common.identity import NodeKey, short_id
 
-__all__ = ["KEY_FILE", "load_or_create_key"]
+__all__ = ["KEY_FILE", "load_or_create_key", "claim_node_key"]
+
+logger = logging.getLogger(__name__)
 
 KEY_FILE = "node.key"
+#: Held (``flock``) by the process that runs as the node: one peer record per key on a tracker.
+LOCK_FILE = "node.key.lock"
+#: Lock files held until the process exits (``flock`` is released with the process, even when killed).
+_held: list[int] = []
+
+
+def claim_node_key(state_dir: pathlib.Path) -> NodeKey:
+    """The key a process that joins the swarm runs with: the node's own, unless another process runs as the node.
+
+    A tracker binds one peer record to one key (PROTOCOL.md §8.6), so two
+    processes registering with one key would take the record from each other
+    at every reconnection. The first process (a seeder, the shell) takes an
+    ``flock`` on ``node.key.lock`` for its lifetime and runs as the node; a
+    second one on the same state folder runs with a fresh key of its own, and
+    says so: what it publishes is not the node's to unpublish later.
+    """
+    key = load_or_create_key(state_dir / KEY_FILE)
+    path = state_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise click.ClickException(f"cannot lock {path}: {exc.strerror or exc}") from None
+        fresh = NodeKey.generate()
+        logger.warning(
+            "another process runs as node %s (it holds %s): this one runs as node %s for this run only; "
+            "what it publishes only it can unpublish", short_id(key.node_id), path, short_id(fresh.node_id),
+        )
+        return fresh
+    _held.append(fd)
+    return key
 
 
 def load_or_create_key(path: pathlib.Path) -> NodeKey:

@@ -18,7 +18,7 @@ import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
-from chunkswarm.node_key import KEY_FILE, load_or_create_key
+from chunkswarm.node_key import claim_node_key
 from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
@@ -134,7 +134,7 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
     config = _config(chunk_size=chunk_size, max_upload_connections=max_upload_connections, **options)
     # The node's own key (its identity: what it publishes is its to unpublish); get, which publishes
     # nothing, proves a key of its own for the run, so it can run beside this node's seeder.
-    config = attrs.evolve(config, node_key=load_or_create_key(config.state_dir / KEY_FILE))
+    config = attrs.evolve(config, node_key=claim_node_key(config.state_dir))
     _run(_seed, config, paths, watch)
 
 

@@ -25,6 +25,7 @@ from chunkswarm.ui import file_table, format_size, progress_display
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.wording import plural
+from peer.catalogue import open_catalogue
 from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage.download_lock import LOCK_SUFFIX
@@ -42,6 +43,7 @@ commands:
   u          upload: publish every file in the share directory
   f [TEXT]   list the files on the network (only names containing TEXT)
   d [NAME]   download a file by name or id prefix (asks when NAME is left out)
+  r NAME     remove: unpublish a file this node published, and stop serving it here
   s          status: connection, address, files held, transfers
   h, ?       this help
   x          exit (deregisters first); end of input (Ctrl-D) does the same
@@ -97,6 +99,7 @@ class Shell:
             "u": self.upload,
             "f": self.files,
             "d": self.download,
+            "r": self.remove,
             "s": self.status,
             "h": self.help,
             "?": self.help,
@@ -202,6 +205,23 @@ class Shell:
         self.say(
             f"saved {result.manifest.name} ({format_size(result.manifest.size)}) to {result.path} "
             f"in {time.monotonic() - started:.2f} s ({got}{resumed}); now serving it"
+        )
+
+    async def remove(self, query: str) -> None:
+        if not self._connected("removing a file"):
+            return
+        if not query:
+            self.say("r takes the name or id prefix of a file this node published: r NAME")
+            return
+        async with open_catalogue(self.peer.config) as catalogue:
+            entry = await self.peer.resolve(query)
+            await catalogue.unpublish(entry.file_id)
+        served = entry.file_id in self.peer.library.files
+        if served:
+            self.peer.library.remove(entry.file_id)
+        self.say(
+            f"unpublished {entry.name} (id {entry.file_id.hex()[:12]}) from the tracker at {self.tracker}"
+            + ("; no longer serving it here" if served else "")
         )
 
     def cancel_download(self) -> bool:

@@ -203,3 +203,31 @@ async def test_d_refuses_a_file_another_download_is_writing(seeded_tracker: str,
     refused = line_after(lines, "error: another get is already downloading gradient.bmp")
     assert f"it holds the lock {lock.path}" in refused
     assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["file1_dir3.txt"]  # the other file came; nothing touched
+
+
+async def test_r_unpublishes_what_this_node_published_and_nothing_else(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    mine = sorted(p.name for p in (ROOT / "sample_files" / "dir2").iterdir())[0]
+    script = "\n".join(["c", "u", f"r {mine}", "r gradient.bmp", f"f {mine}", "r", "x"]) + "\n"
+    status, lines, stderr = await shell(tmp_path, seeded_tracker, script)
+    assert status == 0, stderr
+    assert line_after(lines, f"unpublished {mine} ").endswith("; no longer serving it here")
+    assert "did not publish 'gradient.bmp': only its publishers may unpublish it" in line_after(lines, "error:")
+    assert line_after(lines, "no files on the network") == f"no files on the network with {mine!r} in their name"
+    assert line_after(lines, "r takes").startswith("r takes the name or id prefix")
+    # The same state folder, later: the same node, so what it published it can still take back.
+    status, lines, stderr = await shell(tmp_path, seeded_tracker, "c\nu\nx\n")
+    assert status == 0, stderr
+    status, lines, stderr = await shell(tmp_path, seeded_tracker, f"c\nr {mine}\nx\n")
+    assert status == 0, stderr
+    assert line_after(lines, f"unpublished {mine} ")
+
+
+async def test_a_second_process_on_one_state_folder_runs_as_another_node(tmp_path: pathlib.Path) -> None:
+    from chunkswarm.node_key import claim_node_key
+
+    first = claim_node_key(tmp_path)
+    assert claim_node_key(tmp_path).node_id != first.node_id  # the lock is held: a fresh key for this claim
+    script = "import pathlib, sys; from chunkswarm.node_key import claim_node_key; print(claim_node_key(pathlib.Path(sys.argv[1])).display)"
+    other = await trio.run_process([sys.executable, "-c", script, str(tmp_path)], capture_stdout=True, capture_stderr=True)
+    assert other.stdout.decode().strip() != first.display
+    assert b"another process runs as node" in other.stderr
