@@ -54,6 +54,8 @@ class Opcode(enum.IntEnum):
     DEREGISTER = 0x04  # leave: drop the peer and all its replicas
     HEARTBEAT = 0x05  # still alive
     OK = 0x06  # generic success reply (T->)
+    SWARM_CHALLENGE = 0x08  # a fresh nonce and the sender's public key (capability swarm, PROTOCOL.md §8.6)
+    SWARM_PROOF = 0x09  # proof of swarm membership over both challenges and keys (capability swarm)
     # Catalogue and replicas (->T).
     PUBLISH = 0x10  # a file manifest
     PUBLISHED = 0x11  # reply: the file id now listed
@@ -92,6 +94,7 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 11  # the connection was idle too long
     IDENTITY_CONFLICT = 12  # that peer id is registered from another address
     MISSING_CAPABILITY = 13  # the other side requires a capability this side did not offer
+    NOT_A_MEMBER = 16  # the proof of swarm membership failed (capability swarm, PROTOCOL.md §8.6)
 
 
 class FrameHeader:

@@ -44,6 +44,7 @@ from common.fields import (
 )
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
+from common.swarm_messages import SwarmChallenge, SwarmProof
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [
@@ -76,6 +77,8 @@ __all__ = [
     "CancelChunk",
     "Error",
     "Withdraw",
+    "SwarmChallenge",
+    "SwarmProof",
     "MESSAGE_TYPES",
 ]
 
@@ -343,7 +346,7 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
 Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
-    | ChunkError | CancelChunk | Error | Withdraw
+    | ChunkError | CancelChunk | Error | Withdraw | SwarmChallenge | SwarmProof
 )
 
 #: Opcode -> message class, for the decoder.
@@ -352,7 +355,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-        ChunkError, CancelChunk, Error, Withdraw,
+        ChunkError, CancelChunk, Error, Withdraw, SwarmChallenge, SwarmProof,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

@@ -17,6 +17,7 @@ from common.address import format_address
 from common.codec import Codec
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake
 from common.messages import Hello
+from common.swarm import SWARM
 from peer.connection import Connection
 
 __all__ = ["Connect", "connect_tcp", "open_greeted"]
@@ -39,6 +40,7 @@ async def open_greeted(
     *,
     make_codec: Callable[[], Codec] = Codec,
     answer_timeout: float | None = None,
+    prove: Callable[[Connection], Awaitable[object]] | None = None,
 ) -> tuple[Connection, Agreement]:
     """A connection to ``address`` whose handshake is done, and what it agreed on.
 
@@ -48,14 +50,18 @@ async def open_greeted(
     rules, :class:`~common.errors.ConnectionClosed` if the connection ends
     first, :class:`~common.errors.PeerTimeout` if no answer comes within
     ``answer_timeout`` (None: the caller bounds the whole with its own timeout).
+    ``prove``, in a private swarm, proves membership after WELCOME (``peer/secure.py``):
+    then the capability swarm is required, and there is no retry without capabilities.
     """
-    handshake = ClientHandshake(hello)
+    handshake = ClientHandshake(hello, required=frozenset({SWARM}) if prove else frozenset())
     while True:
         conn = Connection(await connect(address), codec=make_codec())
         try:
             await conn.send(handshake.hello)
             answer = await (conn.receive() if answer_timeout is None else conn.receive_within(answer_timeout))
             outcome = handshake.receive(answer)
+            if prove is not None and outcome is not RETRY_PLAIN:
+                await prove(conn)
         except BaseException:
             await conn.aclose()
             raise

@@ -49,6 +49,7 @@ from peer.catalogue import agent, list_request, resolve_entry
 from peer.config import PeerConfig
 from peer.download import Downloader
 from peer.progress import DownloadResult, ProgressSink
+from peer.secure import CAPABILITIES, Private
 from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
 from peer.storage.library import Library, expand_paths, open_published
@@ -101,6 +102,8 @@ class Peer:
     _cache: ManifestCache = attrs.field(init=False)
     _withdrawals: Withdrawals | None = attrs.field(init=False, default=None)
     _downloads: list[str] = attrs.field(init=False, factory=list)
+    #: The private swarm this peer is in (``peer/secure.py``), or None.
+    _private: Private | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._cache = ManifestCache(self.config.state_dir / "manifests")
@@ -119,13 +122,17 @@ class Peer:
 
     @property
     def hello(self) -> Hello:
-        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent(self.config))
+        offered = CAPABILITIES if self.config.swarm is not None else {}
+        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent(self.config), capabilities=offered)
 
     async def _start(self) -> None:
         config = self.config
+        self._private = private = None if config.swarm is None else Private.create(config.swarm, config.node_key)
         self._server = ChunkServer(
             self.library,
             self.peer_id,
+            private=private,
+            allow=config.allow,
             label=config.label,
             max_connections=config.max_upload_connections,
             max_queued=config.max_queued_requests,
@@ -137,13 +144,14 @@ class Peer:
             config.tracker,
             # Only the tracker is offered withdraw: chunk servers have no use for it (and one
             # of protocol 1 would refuse a HELLO that offers anything).
-            attrs.evolve(self.hello, capabilities={WITHDRAW: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
             timeout=config.tracker_timeout,
             min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay,
+            private=private,
         )
         self._withdrawals = withdrawals = Withdrawals(self.library, self._tracker, config.change_check_interval)
         self.library.on_withdraw = withdrawals.note
@@ -286,6 +294,7 @@ class Peer:
             self.transfers,
             self.hello,
             self.peer_id,
+            private=self._private,
             force=force,
             progress=progress,
             save_as=save_as,
@@ -320,7 +329,8 @@ class Peer:
 @asynccontextmanager
 async def open_peer(config: PeerConfig) -> AsyncIterator[Peer]:
     """A peer whose chunk server is listening; not yet connected to the tracker."""
-    peer_id = os.urandom(PEER_ID_SIZE)
+    # In a private swarm a peer id is the node id's first bytes: downloaders pin it (PROTOCOL.md §8.6).
+    peer_id = config.node_key.peer_id if config.swarm is not None else os.urandom(PEER_ID_SIZE)
     library = Library()
     try:
         async with open_nursery() as nursery:

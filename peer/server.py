@@ -18,12 +18,14 @@ import os
 import attrs
 import trio
 
+from common.allow import AllowList
 from common.codec import Codec
 from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError, describe, leaves
 from common.framing import ErrorCode
 from common.handshake import ServerHandshake
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
+from peer.secure import CAPABILITIES, Private
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
 from peer.tasks import open_nursery
@@ -99,6 +101,10 @@ class ChunkServer:
     #: descriptors the peer needs for its files; an honest peer says HELLO at
     #: once, so it is the silent ones that go.
     max_handshakes: int = 64
+    #: A private swarm's TLS and proof (``peer/secure.py``): only proven members are served. None: open.
+    private: Private | None = None
+    #: Connections from other addresses are closed at accept (``--allow``).
+    allow: AllowList = attrs.field(factory=AllowList)
     #: A connection that sends no request, or does not take our data, for this long is closed.
     idle_timeout: float = 120.0
     transfers: Transfers = attrs.field(factory=Transfers)
@@ -120,6 +126,18 @@ class ChunkServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes; never raises (but ``Cancelled``), whatever goes wrong."""
         conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
+        if self.allow and not self.allow.admits(_observed_address(conn)[0]):
+            logger.warning("refusing %s: outside the allowed address ranges (%s)", describe_remote("", conn.remote_address), self.allow)
+            await conn.aclose()
+            return
+        if self.private is not None:
+            try:
+                with trio.fail_after(self.handshake_timeout):
+                    conn = Connection(await self.private.accept(stream), codec=conn.codec)
+            except (ConnectionClosed, trio.TooSlowError, OSError) as exc:
+                logger.info("closing %s: %s", describe_remote("", conn.remote_address), exc or "no TLS handshake in time")
+                await trio.aclose_forcefully(stream)
+                return
         # except*: the reader and the sender may both have failed; each error is said.
         try:
             await self._serve(conn)
@@ -177,7 +195,8 @@ class ChunkServer:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
             return None
         host, port = _observed_address(conn)
-        handshake = ServerHandshake(supported=SUPPORTED)
+        private = self.private is not None  # PROTOCOL.md §8.6: swarm required, then proven before anything is served
+        handshake = ServerHandshake(supported={**SUPPORTED, **CAPABILITIES} if private else SUPPORTED, required=frozenset(CAPABILITIES if private else ()))
         try:
             welcome = handshake.receive(first, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
         except RemoteProtocolError as exc:
@@ -194,6 +213,12 @@ class ChunkServer:
             self.active -= 1
             raise
         assert handshake.agreement is not None  # receive() returned a WELCOME
+        if self.private is not None:
+            try:
+                await self.private.prove_server(conn, handshake.agreement.hello.peer_id, self.handshake_timeout)
+            except BaseException:
+                self.active -= 1
+                raise
         return handshake.agreement.hello
 
     async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:

@@ -7,9 +7,11 @@ from typing import Final, Literal
 
 import attrs
 
+from common.allow import AllowList
 from common.framing import DEFAULT_MAX_FRAME_SIZE
 from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
+from common.swarm import SwarmFile
 
 __all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO"]
 
@@ -81,6 +83,10 @@ class TrackerConfig:
     io: IoPath = attrs.field(default=DEFAULT_IO, validator=_io_path)
     #: Seconds a published file stays listed once no peer holds it (``tracker/retention.py``); 0: for ever.
     retention: float = attrs.field(default=30 * 86400.0, validator=attrs.validators.ge(0))
+    #: A private swarm (``tracker.private``): TLS only, members only. None: an open tracker.
+    swarm: SwarmFile | None = None
+    #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
+    allow: AllowList = attrs.field(factory=AllowList)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

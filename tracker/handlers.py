@@ -50,6 +50,7 @@ from common.messages import (
     WhoHas,
     Withdraw,
 )
+from common.swarm import SWARM
 from common.version import __version__
 from common.wording import format_size, plural
 from tracker.records import FileRecord
@@ -123,7 +124,8 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     task: it decides who is asking and what the connection may use.
     """
     service = connection.service
-    greeting = ServerHandshake(supported=SUPPORTED)
+    private = service.private  # PROTOCOL.md §8.6: swarm required, and proven before anything else
+    greeting = ServerHandshake(supported={**SUPPORTED, SWARM: 1} if private else SUPPORTED, required=frozenset({SWARM} if private else ()))
     welcome = greeting.receive(first, Welcome(service.tracker_id, service.config.heartbeat_interval, connection.host, connection.port,
                                               agent=AGENT))  # fmt: skip
     agreement = greeting.agreement
@@ -132,6 +134,8 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     connection.peer_id = agreement.hello.peer_id
     # The agreement picks the table once: what it adds costs nothing per request.
     connection.handlers = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
+    if private is not None:
+        private.admit(connection)
     return encode_message(welcome)
 
 
