@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, str] = {
     "get": "chunkswarm.get_command:get",
     "ls": "chunkswarm.peer_commands:ls",
     "stats": "chunkswarm.peer_commands:stats",
+    "swarm": "chunkswarm.swarm_command:swarm",
 }
 
 

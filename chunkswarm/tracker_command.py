@@ -18,8 +18,11 @@ import platformdirs
 import trio
 
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
+from chunkswarm.swarm_command import swarm_options
 from common.address import TRACKER_PORT
+from common.allow import AllowList
 from common.errors import StorageError
+from common.swarm import SwarmFile
 from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
 
@@ -123,6 +126,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="Days a published file stays listed once no peer holds it (0: for ever).")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
+@swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
 def tracker_command(
@@ -137,6 +141,8 @@ def tracker_command(
     stats_interval: float,
     retention_days: float,
     io: IoPath,
+    swarm: SwarmFile | None,
+    allow: AllowList,
     log_level: str,
     log_file: pathlib.Path | None,
 ) -> None:
@@ -158,6 +164,8 @@ def tracker_command(
             stats_interval=stats_interval,
             retention=retention_days * 86400,
             io=io,
+            swarm=swarm,
+            allow=allow,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

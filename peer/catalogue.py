@@ -15,6 +15,7 @@ from common.messages import FileEntry, FileList, Hello, ListFiles, Stats, StatsR
 from common.version import __version__
 from common.wording import format_size, plural
 from peer.config import PeerConfig
+from peer.secure import CAPABILITIES, Private
 from peer.tracker_client import TrackerLink, open_query_link
 
 __all__ = ["Catalogue", "open_catalogue", "list_request", "resolve_entry", "agent"]
@@ -55,7 +56,11 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
     hello = Hello(os.urandom(PEER_ID_SIZE), listen_port=0, agent=agent(config))
-    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout) as link:
+    private = None
+    if config.swarm is not None:  # the peer id a member proves, and the capability it requires (PROTOCOL.md §8.6)
+        private = Private.create(config.swarm, config.node_key)
+        hello = attrs.evolve(hello, peer_id=config.node_key.peer_id, capabilities=CAPABILITIES)
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, private=private) as link:
         yield Catalogue(link, config.tracker_timeout)
 
 
