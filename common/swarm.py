@@ -177,7 +177,7 @@ class Membership:
 
     def receive_challenge(self, message: object) -> None:
         if not isinstance(message, SwarmChallenge):
-            raise RemoteProtocolError(f"expected SWARM_CHALLENGE, got {type(message).__name__}", error_code=ErrorCode.BAD_REQUEST)
+            raise _refuse(f"{type(message).__name__} before the proof of membership (expected SWARM_CHALLENGE)")
         if self._theirs is not None:
             raise RemoteProtocolError("SWARM_CHALLENGE sent twice", error_code=ErrorCode.BAD_REQUEST)
         if self.role == "client" and message.public_key != self.certificate_key:
@@ -199,7 +199,7 @@ class Membership:
     def receive_proof(self, message: object) -> bytes:
         """Check the other side's proof; its node id."""
         if not isinstance(message, SwarmProof):
-            raise RemoteProtocolError(f"expected SWARM_PROOF, got {type(message).__name__}", error_code=ErrorCode.BAD_REQUEST)
+            raise _refuse(f"{type(message).__name__} before the proof of membership (expected SWARM_PROOF)")
         data = self._transcript()
         assert self._theirs is not None
         role = b"server" if self.role == "client" else b"client"
