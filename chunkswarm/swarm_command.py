@@ -55,7 +55,7 @@ def _write(path: pathlib.Path, swarm_file: SwarmFile, *, create: bool) -> None:
         raise click.ClickException(f"cannot write swarm file {path}: {exc.strerror or exc}") from None
 
 
-class SwarmFileType(click.ParamType):
+class SwarmFileType(click.ParamType[SwarmFile]):
     """``--swarm FILE``: the file read and checked at once, so that a bad one is an error before anything starts."""
 
     name = "file"

@@ -30,11 +30,15 @@ def parse_ranges(texts: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _networks(value: Iterable[Network]) -> tuple[Network, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class AllowList:
     """Address ranges; an empty list admits every address."""
 
-    networks: tuple[Network, ...] = attrs.field(default=(), converter=tuple)
+    networks: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
 
     def __bool__(self) -> bool:
         return bool(self.networks)

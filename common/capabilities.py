@@ -51,7 +51,7 @@ WITHDRAW: Final = "withdraw"
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1}
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, "swarm": 1}  # swarm: PROTOCOL.md §8.6, common/swarm.py
 
 
 def capabilities_converter(value: object) -> object:

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 import attrs
@@ -60,13 +60,17 @@ def _secret(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -
         raise ValidationError(f"a swarm secret is {SECRET_SIZE} bytes")
 
 
+def _ids(value: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(repr=False)
 class SwarmFile:
     """A private swarm: its name, its secret and the node ids allowed in (empty: any holder of the secret)."""
 
     name: str = attrs.field(validator=_name)
     secret: bytes = attrs.field(validator=_secret)
-    allowed: tuple[bytes, ...] = attrs.field(default=(), converter=tuple)
+    allowed: tuple[bytes, ...] = attrs.field(default=(), converter=_ids)
 
     def __repr__(self) -> str:  # never the secret
         return f"SwarmFile({self.name!r}, {len(self.allowed)} allowed)"

@@ -90,12 +90,13 @@ class TrackerService:
             log.warning("refusing %s: outside the allowed address ranges (%s)", where, self.config.allow)
             await trio.aclose_forcefully(stream)
             return
-        served: trio.abc.Stream | None = stream
-        if self.private is not None:  # TLS streams take the generic path, not the hub's
-            served = await self.private.accept(stream, where)
-            if served is None:
-                await trio.aclose_forcefully(stream)
-                return
+        if self.private is None:
+            await self.handle_stream(stream, (remote[0], remote[1]))
+            return
+        served = await self.private.accept(stream, where)  # TLS streams take the generic path, not the hub's
+        if served is None:
+            await trio.aclose_forcefully(stream)
+            return
         await self.handle_stream(served, (remote[0], remote[1]))
 
     async def expiry_loop(self) -> None:
