@@ -18,9 +18,12 @@ from rich.console import Console
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
 from chunkswarm.node_key import claim_node_key
 from chunkswarm.shell import ShellConfig, run_shell
+from chunkswarm.swarm_command import swarm_options
 from common.address import TRACKER_PORT, parse_address
+from common.allow import AllowList
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.swarm import SwarmFile
 from peer.config import PeerConfig, default_state_dir
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -47,12 +50,13 @@ def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tu
               help="Chunk size in bytes for the files u publishes  [default: from each file's size, as every publisher does]")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
               help=f"Where the peer keeps its manifest cache  [default: {default_state_dir()}]")
+@swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
 def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
-         chunk_size: int | None, state_dir: pathlib.Path | None, log_level: str) -> None:  # fmt: skip
+         chunk_size: int | None, state_dir: pathlib.Path | None, swarm: SwarmFile | None, allow: AllowList, log_level: str) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
-    peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size,
+    peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
     if create_state_dir(peer.state_dir):
         console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)

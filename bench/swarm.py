@@ -4,7 +4,10 @@
 
 * ``one_to_one``: 1 seeder -> 1 downloader;
 * ``four_to_one``: 4 seeders -> 1 downloader;
-* ``one_to_four``: 1 seeder -> 4 simultaneous downloaders (until all four are done).
+* ``one_to_four``: 1 seeder -> 4 simultaneous downloaders (until all four are done);
+* ``one_to_one_tls``: ``one_to_one`` in a private swarm (``--swarm``: TLS 1.3 and the proof of
+  membership on every connection). ``--encrypted`` runs ``one_to_one`` and it, one after the
+  other, and adds ``tls_cost``: the encrypted figure against the open one.
 
 A scenario's time runs from the downloaders' start (process spawn) until the
 last one has logged its verified file in place. The last line printed is one
@@ -122,19 +125,25 @@ def peer_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "chunkswarm", *args]
 
 
-def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace) -> dict[str, Any]:
+def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace,
+                 encrypted: bool = False) -> dict[str, Any]:  # fmt: skip
     scenario_dir = work / name
     shutil.rmtree(scenario_dir, ignore_errors=True)
     scenario_dir.mkdir()
+    private: list[str] = []
+    if encrypted:
+        swarm_file = scenario_dir / "bench.swarm"
+        subprocess.run(peer_args("swarm", "init", str(swarm_file)), check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        private = ["--swarm", str(swarm_file)]
     # Start from a clean page cache state: no writeback of earlier scenarios in this one's time.
     os.sync()
     tracker = Proc([sys.executable, "-m", "chunkswarm", "tracker", "--port", "0", "--db", str(scenario_dir / "tracker.db"),
-                    "--heartbeat-interval", "5", "--peer-timeout", "30"], "tracker")
+                    "--heartbeat-interval", "5", "--peer-timeout", "30", *private], "tracker")
     procs = [tracker]
     try:
         _, match = tracker.wait_for(r"tracker listening on (\S+)", 30)
         address = match.group(1)
-        common = ["--tracker", address, "--log-level", options.log_level]
+        common = ["--tracker", address, "--log-level", options.log_level, *private]
         tuning = ["--pipeline-depth", str(options.pipeline_depth)] if options.pipeline_depth else []
         tuning += ["--direct-io"] if options.direct_io else []
         seeds = []
@@ -193,6 +202,7 @@ def main() -> None:
     parser.add_argument("--pipeline-depth", type=int, default=0, help="requests in flight per connection (0: the peer's default)")
     parser.add_argument("--direct-io", action="store_true", help="downloaders write past the page cache (get --direct-io)")
     parser.add_argument("--scenarios", default="one_to_one,four_to_one,one_to_four")
+    parser.add_argument("--encrypted", action="store_true", help="run one_to_one open and encrypted (one_to_one_tls) only")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     parser.add_argument("--log-dir", type=pathlib.Path, default=None, help="write every process's log to DIR/SCENARIO-LABEL.log")
     parser.add_argument("--log-level", default="INFO", help="log level of the peers (DEBUG: one line per chunk)")
@@ -204,16 +214,21 @@ def main() -> None:
     if not data.exists() or data.stat().st_size != size:
         print(f"writing {options.size_mib} MiB of random data to {data}", file=sys.stderr)
         make_file(data, size)
-    plan = {"one_to_one": (1, 1), "four_to_one": (4, 1), "one_to_four": (1, 4)}
+    plan = {"one_to_one": (1, 1, False), "four_to_one": (4, 1, False), "one_to_four": (1, 4, False), "one_to_one_tls": (1, 1, True)}
+    if options.encrypted:
+        options.scenarios = "one_to_one,one_to_one_tls"
     depth = options.pipeline_depth or PeerConfig().pipeline_depth
     results: dict[str, Any] = {"size_mib": options.size_mib, "chunk_size": options.chunk_size, "pipeline_depth": depth, "direct_io": options.direct_io,
                                "load_average": os.getloadavg()[0]}
     try:
         for name in options.scenarios.split(","):
-            seeders, downloaders = plan[name]
+            seeders, downloaders, encrypted = plan[name]
             print(f"{name}: {seeders} seeder(s) -> {downloaders} downloader(s)", file=sys.stderr)
-            results[name] = run_scenario(name, seeders, downloaders, data, work, options)
+            results[name] = run_scenario(name, seeders, downloaders, data, work, options, encrypted)
             print(f"  {json.dumps(results[name])}", file=sys.stderr)
+        if "one_to_one" in results and "one_to_one_tls" in results:
+            open_rate, tls_rate = results["one_to_one"]["mib_per_s"], results["one_to_one_tls"]["mib_per_s"]
+            results["tls_cost"] = {"throughput_ratio": round(tls_rate / open_rate, 3), "slower_by_percent": round(100 * (1 - tls_rate / open_rate), 1)}
     finally:
         if options.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

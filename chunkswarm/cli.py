@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, str] = {
     "stats": "chunkswarm.peer_commands:stats",
     "unpublish": "chunkswarm.node_commands:unpublish",
     "id": "chunkswarm.node_commands:node_id",
+    "swarm": "chunkswarm.swarm_command:swarm",
 }
 
 

@@ -19,10 +19,12 @@ from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
 from chunkswarm.node_key import claim_node_key
+from chunkswarm.swarm_command import ALLOW_OPTION, SWARM_OPTION
 from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.swarm import SwarmFile
 from common.wording import format_size, plural
 from peer.catalogue import open_catalogue
 from peer.config import PeerConfig, default_state_dir
@@ -56,7 +58,7 @@ _LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, ca
 
 def _query_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options of a command that only asks the tracker (ls, stats): it serves nothing and keeps no state."""
-    return _options(func, [_TRACKER_OPTION, _LOG_LEVEL_OPTION])
+    return _options(func, [_TRACKER_OPTION, SWARM_OPTION, _LOG_LEVEL_OPTION])
 
 
 def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,6 +70,8 @@ def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on."),
         click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port)."),
         click.option("--label", default="", help="A name for this peer in logs and in other peers' logs."),
+        SWARM_OPTION,
+        ALLOW_OPTION,
         _LOG_LEVEL_OPTION,
     ])  # fmt: skip
 
@@ -164,10 +168,10 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
 @click.command()
 @click.argument("pattern", default="")
 @_query_options
-def ls(pattern: str, tracker: tuple[str, int], log_level: str) -> None:
+def ls(pattern: str, tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
     """List the tracker's files whose name contains PATTERN."""
     setup_logging(log_level)
-    config = PeerConfig(tracker=tracker)
+    config = PeerConfig(tracker=tracker, swarm=swarm)
     entries = _run(_ls, config, pattern)
     table = file_table(entries, f"files on {format_address(*config.tracker)}")
     Console().print(table)
@@ -182,10 +186,10 @@ async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
 # -- stats -------------------------------------------------------------------------
 @click.command()
 @_query_options
-def stats(tracker: tuple[str, int], log_level: str) -> None:
+def stats(tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
     """Show the tracker's counters: peers online, files, replicas, connections, requests served."""
     setup_logging(log_level)
-    config = PeerConfig(tracker=tracker)
+    config = PeerConfig(tracker=tracker, swarm=swarm)
     counters = _run(_stats, config)
     Console().print(stats_table(counters, f"tracker {format_address(*config.tracker)}"))
 

@@ -19,8 +19,11 @@ import trio
 
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
+from chunkswarm.swarm_command import swarm_options
 from common.address import TRACKER_PORT
+from common.allow import AllowList
 from common.errors import StorageError
+from common.swarm import SwarmFile
 from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
 
@@ -129,6 +132,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="MiB of manifests (32 bytes a chunk) one publisher may publish.")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
+@swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
 def tracker_command(
@@ -146,6 +150,8 @@ def tracker_command(
     max_files_per_publisher: int,
     max_manifest_mib_per_publisher: int,
     io: IoPath,
+    swarm: SwarmFile | None,
+    allow: AllowList,
     log_level: str,
     log_file: pathlib.Path | None,
 ) -> None:
@@ -172,6 +178,8 @@ def tracker_command(
             require_identity=require_identity,
             max_files_per_publisher=max_files_per_publisher,
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
+            swarm=swarm,
+            allow=allow,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

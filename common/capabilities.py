@@ -57,7 +57,7 @@ UNPUBLISH: Final = "unpublish"
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1}
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
 
 
 def capabilities_converter(value: object) -> object:

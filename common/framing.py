@@ -55,6 +55,8 @@ class Opcode(enum.IntEnum):
     HEARTBEAT = 0x05  # still alive
     OK = 0x06  # generic success reply (T->)
     IDENTIFY = 0x07  # the client's key and proof (capability identity, PROTOCOL.md §8.6)
+    SWARM_CHALLENGE = 0x08  # a fresh nonce and the sender's public key (capability swarm, PROTOCOL.md §8.6)
+    SWARM_PROOF = 0x09  # proof of swarm membership over both challenges and keys (capability swarm)
     # Catalogue and replicas (->T).
     PUBLISH = 0x10  # a file manifest
     PUBLISHED = 0x11  # reply: the file id now listed
@@ -96,6 +98,7 @@ class ErrorCode(enum.IntEnum):
     MISSING_CAPABILITY = 13  # the other side requires a capability this side did not offer
     IDENTITY_REQUIRED = 14  # only an identified node may do that (capability identity, PROTOCOL.md §8.6)
     QUOTA_EXCEEDED = 15  # the publisher is at its quota of files or manifest bytes
+    NOT_A_MEMBER = 16  # the proof of swarm membership failed (capability swarm, PROTOCOL.md §8.6)
 
 
 class FrameHeader:

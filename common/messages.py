@@ -45,6 +45,7 @@ from common.fields import (
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
 from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BYTES, Identify, Unpublish, empty_or_bytes_of
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
+from common.swarm_messages import SwarmChallenge, SwarmProof
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [
@@ -79,6 +80,8 @@ __all__ = [
     "Withdraw",
     "Identify",
     "Unpublish",
+    "SwarmChallenge",
+    "SwarmProof",
     "MESSAGE_TYPES",
 ]
 
@@ -352,7 +355,7 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
 Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
-    | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish
+    | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof
 )
 
 #: Opcode -> message class, for the decoder.
@@ -361,7 +364,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-        ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish,
+        ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

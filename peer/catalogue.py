@@ -14,6 +14,7 @@ from common.messages import FileEntry, FileList, Hello, ListFiles, Ok, Stats, St
 from common.version import __version__
 from common.wording import format_size, plural
 from peer.config import PeerConfig
+from peer.secure import CAPABILITIES, Private
 from peer.tracker_client import TrackerLink, open_query_link
 
 __all__ = ["Catalogue", "open_catalogue", "list_request", "resolve_entry", "agent"]
@@ -60,7 +61,11 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
     hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1})
-    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key) as link:
+    private = None
+    if config.swarm is not None:  # the capability a member requires (PROTOCOL.md §8.8)
+        private = Private.create(config.swarm, config.node_key)
+        hello = attrs.evolve(hello, capabilities={**dict(hello.capabilities), **CAPABILITIES})
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key, private=private) as link:
         yield Catalogue(link, config.tracker_timeout)
 
 

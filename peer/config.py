@@ -8,8 +8,10 @@ import pathlib
 import attrs
 import platformdirs
 
+from common.allow import AllowList
 from common.identity import NodeKey
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.swarm import SwarmFile
 
 __all__ = ["PeerConfig", "default_state_dir"]
 
@@ -35,6 +37,10 @@ class PeerConfig:
     #: This node's long-lived key (its node id is the key's): the app loads it from the state
     #: folder; a peer built without one (a test, a library user) gets a fresh key.
     node_key: NodeKey = attrs.field(factory=NodeKey.generate, eq=False, repr=False)
+    #: A private swarm (``peer/secure.py``): TLS and the proof of membership on every connection. None: open.
+    swarm: SwarmFile | None = None
+    #: Only these address ranges are served, and connected to as holders (``--allow``); empty: any.
+    allow: AllowList = attrs.field(factory=AllowList)
     #: A human name such as "peer-1": sent as the HELLO/WELCOME agent and used in logs.
     label: str = ""
     #: Chunk size of the files this peer publishes. None (the default): ``chunk_size_for`` each

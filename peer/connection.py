@@ -47,15 +47,17 @@ class Connection:
         self._send_lock = trio.Lock()
         sock = getattr(stream, "socket", None)
         self._socket: Any = sock if sock is not None and hasattr(sock, "recv_into") else None
+        #: Where addresses are read: the socket, or the one under TLS (``peer/secure.py``).
+        self._address_socket: Any = self._socket or getattr(getattr(stream, "transport_stream", None), "socket", None)
         self.closed = False
 
     # -- addresses -----------------------------------------------------------
     @property
     def remote_address(self) -> tuple[str, int] | None:
-        if self._socket is None:
+        if self._address_socket is None:
             return None
         try:
-            name = self._socket.getpeername()
+            name = self._address_socket.getpeername()
         except OSError:
             return None
         return str(name[0]), int(name[1])

@@ -55,6 +55,7 @@ from peer.download_file import DownloadFile
 from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink, completion_notes
+from peer.secure import Private
 from peer.session import DownloadContext, Session
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
@@ -98,6 +99,8 @@ class Downloader:
     progress: ProgressSink | None = None
     connect: Connect = connect_tcp
     save_as: str = ""  # the output file's name in out_dir, if not the manifest's
+    #: A private swarm: holders are reached over TLS, proven members, pinned by peer id (``peer/secure.py``).
+    private: Private | None = None
 
     _picker: Picker[bytes] = attrs.field(init=False)
     _file: DownloadFile = attrs.field(init=False)
@@ -203,6 +206,7 @@ class Downloader:
                 self._picker,
                 self._buffers,
                 self.connect,
+                private=self.private,
                 verify_slots=trio.Semaphore(max(4, 3 * self.config.io_threads)),
                 nursery=nursery,
                 verify=self._verify,
@@ -289,6 +293,12 @@ class Downloader:
             if len(self._sources) >= self.config.max_download_peers or not chunks.mask & missing:
                 continue
             if self._retry_after.get(holder.peer_id, 0.0) > now:
+                continue
+            if not self.config.allow.admits(holder.host):
+                if holder.peer_id not in self._retry_after:
+                    logger.info("%s: not connecting to the holder at %s: outside the allowed address ranges (%s)",
+                                self.config.name, holder.host, self.config.allow)  # fmt: skip
+                self._retry_after[holder.peer_id] = now + 60.0
                 continue
             address = (holder.host, holder.port)
             session = Session(context, holder.peer_id, address, describe_remote("", address))

@@ -18,6 +18,7 @@ from common.codec import Codec
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake
 from common.identity import NodeKey
 from common.messages import Hello
+from common.swarm import SWARM
 from peer.connection import Connection
 
 __all__ = ["Connect", "connect_tcp", "open_greeted"]
@@ -41,6 +42,7 @@ async def open_greeted(
     make_codec: Callable[[], Codec] = Codec,
     answer_timeout: float | None = None,
     key: NodeKey | None = None,
+    prove: Callable[[Connection], Awaitable[object]] | None = None,
 ) -> tuple[Connection, Agreement]:
     """A connection to ``address`` whose handshake is done, and what it agreed on.
 
@@ -55,8 +57,12 @@ async def open_greeted(
     that agrees proves its key (``Agreement.remote_node``), and this side
     identifies and waits for the OK, so a refusal is said here and not taken
     for the reply to a later request.
+
+    ``prove``, in a private swarm, proves membership after that (PROTOCOL.md §8.8,
+    ``peer/secure.py``): then the capability swarm is required, and there is no
+    retry without capabilities.
     """
-    handshake = ClientHandshake(hello, key=key)
+    handshake = ClientHandshake(hello, key=key, required=frozenset({SWARM}) if prove else frozenset())
     while True:
         conn = Connection(await connect(address), codec=make_codec())
         try:
@@ -67,6 +73,8 @@ async def open_greeted(
                 await conn.send(handshake.identify)
                 answer = await (conn.receive() if answer_timeout is None else conn.receive_within(answer_timeout))
                 outcome = handshake.receive(answer)
+            if prove is not None and outcome is not RETRY_PLAIN:
+                await prove(conn)
         except BaseException:
             await conn.aclose()
             raise

@@ -48,6 +48,7 @@ from peer.catalogue import agent, list_request, resolve_entry
 from peer.config import PeerConfig
 from peer.download import Downloader
 from peer.progress import DownloadResult, ProgressSink
+from peer.secure import CAPABILITIES, Private
 from peer.server import ChunkServer
 from peer.status import PeerStatus, Transfers
 from peer.storage.library import Library, expand_paths, open_published
@@ -100,6 +101,8 @@ class Peer:
     _cache: ManifestCache = attrs.field(init=False)
     _withdrawals: Withdrawals | None = attrs.field(init=False, default=None)
     _downloads: list[str] = attrs.field(init=False, factory=list)
+    #: The private swarm this peer is in (``peer/secure.py``), or None.
+    _private: Private | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._cache = ManifestCache(self.config.state_dir / "manifests")
@@ -118,13 +121,17 @@ class Peer:
 
     @property
     def hello(self) -> Hello:
-        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent(self.config))
+        offered = CAPABILITIES if self.config.swarm is not None else {}
+        return Hello(self.peer_id, listen_port=self.listen_address[1], agent=agent(self.config), capabilities=offered)
 
     async def _start(self) -> None:
         config = self.config
+        self._private = private = None if config.swarm is None else Private.create(config.swarm, config.node_key)
         self._server = ChunkServer(
             self.library,
             self.peer_id,
+            private=private,
+            allow=config.allow,
             label=config.label,
             max_connections=config.max_upload_connections,
             max_queued=config.max_queued_requests,
@@ -138,7 +145,7 @@ class Peer:
             # Only the tracker is offered withdraw and unpublish: chunk servers have no use for
             # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
             # HELLO that offers anything, and is greeted again without (peer/greeting.py).
-            attrs.evolve(self.hello, capabilities={WITHDRAW: 1, UNPUBLISH: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
@@ -146,6 +153,7 @@ class Peer:
             min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay,
             key=config.node_key,
+            private=private,
         )
         self._withdrawals = withdrawals = Withdrawals(self.library, self._tracker, config.change_check_interval)
         self.library.on_withdraw = withdrawals.note
@@ -288,6 +296,7 @@ class Peer:
             self.transfers,
             self.hello,
             self.peer_id,
+            private=self._private,
             force=force,
             progress=progress,
             save_as=save_as,

@@ -18,6 +18,7 @@ import os
 import attrs
 import trio
 
+from common.allow import AllowList
 from common.capabilities import IDENTITY
 from common.codec import Codec
 from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, RemoteProtocolError, describe, leaves
@@ -26,6 +27,7 @@ from common.handshake import HandshakeState, ServerHandshake
 from common.identity import NodeKey
 from common.messages import CancelChunk, ChunkError, Error, Message, RequestChunk, Welcome
 from peer.connection import Connection
+from peer.secure import CAPABILITIES, Private
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
 from peer.tasks import open_nursery
@@ -103,6 +105,10 @@ class ChunkServer:
     #: descriptors the peer needs for its files; an honest peer says HELLO at
     #: once, so it is the silent ones that go.
     max_handshakes: int = 64
+    #: A private swarm's TLS and proof (``peer/secure.py``): only proven members are served. None: open.
+    private: Private | None = None
+    #: Connections from other addresses are closed at accept (``--allow``).
+    allow: AllowList = attrs.field(factory=AllowList)
     #: A connection that sends no request, or does not take our data, for this long is closed.
     idle_timeout: float = 120.0
     transfers: Transfers = attrs.field(factory=Transfers)
@@ -124,6 +130,18 @@ class ChunkServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes; never raises (but ``Cancelled``), whatever goes wrong."""
         conn = Connection(stream, codec=Codec(max_receive_size=MAX_REQUEST_FRAME))
+        if self.allow and not self.allow.admits(_observed_address(conn)[0]):
+            logger.warning("refusing %s: outside the allowed address ranges (%s)", describe_remote("", conn.remote_address), self.allow)
+            await conn.aclose()
+            return
+        if self.private is not None:
+            try:
+                with trio.fail_after(self.handshake_timeout):
+                    conn = Connection(await self.private.accept(stream), codec=conn.codec)
+            except (ConnectionClosed, trio.TooSlowError, OSError) as exc:
+                logger.info("closing %s: %s", describe_remote("", conn.remote_address), exc or "no TLS handshake in time")
+                await trio.aclose_forcefully(stream)
+                return
         # except*: the reader and the sender may both have failed; each error is said.
         try:
             await self._serve(conn)
@@ -157,6 +175,8 @@ class ChunkServer:
                 # PROTOCOL.md §8.6: IDENTIFY comes next; a failed proof is a violation (ERROR, close).
                 await self._send(conn, handshake.identify(await conn.receive_within(self.handshake_timeout)))
             assert handshake.agreement is not None  # the handshake is done
+            if self.private is not None:  # PROTOCOL.md §8.8: membership proven before a chunk is served
+                await self.private.prove_server(conn, handshake.agreement.hello.peer_id, self.handshake_timeout)
             hello = handshake.agreement.hello
             host, port = _observed_address(conn)
             remote = describe_remote(hello.agent, (host, hello.listen_port or port))
@@ -188,7 +208,9 @@ class ChunkServer:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
             return None
         host, port = _observed_address(conn)
-        handshake = ServerHandshake(supported=SUPPORTED, key=self.key)
+        private = self.private is not None  # PROTOCOL.md §8.8: swarm required, then proven before anything is served
+        supported = {**SUPPORTED, **CAPABILITIES} if private else SUPPORTED
+        handshake = ServerHandshake(supported=supported, required=frozenset(CAPABILITIES if private else ()), key=self.key)
         try:
             welcome = handshake.receive(first, Welcome(self.peer_id, observed_host=host, observed_port=port, agent=self.label))
         except RemoteProtocolError as exc:

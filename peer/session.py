@@ -16,6 +16,7 @@ session over memory streams.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -33,6 +34,7 @@ from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.greeting import Connect, open_greeted
 from peer.picker import Picker
+from peer.secure import Private
 from peer.status import describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.tasks import open_nursery
@@ -54,6 +56,8 @@ class DownloadContext:
     picker: Picker[bytes]
     buffers: BufferPool
     connect: Connect
+    #: A private swarm's TLS and proof (``peer/secure.py``), or None.
+    private: Private | None
     #: Taken before a received chunk is accepted, given back once it is checked: a
     #: peer whose chunks cannot be checked as fast as they come is read no faster.
     verify_slots: trio.Semaphore
@@ -120,8 +124,16 @@ class Session:
         # Nothing a serving peer sends is larger than one chunk: a header that claims more is
         # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
         max_receive = max(16 * 1024, context.manifest.chunk_size + 64)
+        connect, prove = context.connect, None
+        private = context.private
+        if private is not None:  # TLS, and a proven member whose node id is the peer id the tracker listed
+
+            async def connect(address: tuple[str, int]) -> trio.abc.Stream:
+                return await private.connect(await context.connect(address), self.name)
+
+            prove = functools.partial(private.prove_client, expected_id=self.peer_id)
         try:
-            return await open_greeted(context.connect, self.address, context.hello, key=context.config.node_key,
+            return await open_greeted(connect, self.address, context.hello, key=context.config.node_key, prove=prove,
                                       make_codec=lambda: Codec(max_receive_size=max_receive, allocate_body=context.buffers.take))  # fmt: skip
         except Busy:
             raise  # it may serve us later: the downloader retries it

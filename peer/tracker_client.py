@@ -37,6 +37,7 @@ from common.identity import NodeKey
 from common.messages import Deregister, Error, Heartbeat, Hello, Message, Ok, Register
 from peer.connection import Connection
 from peer.greeting import open_greeted
+from peer.secure import Private
 from peer.tasks import open_nursery
 
 __all__ = ["TrackerLink", "TrackerClient", "open_query_link"]
@@ -69,20 +70,26 @@ class TrackerLink:
 
     @classmethod
     async def open(
-        cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None, key: NodeKey | None = None
+        cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None, key: NodeKey | None = None,
+        private: Private | None = None,
     ) -> TrackerLink:
-        """Connect, say HELLO (identified with ``key``, if given), and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure."""
+        """Connect, say HELLO (identified with ``key``, if given), and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure.
+
+        In a private swarm (``private``) the connection is TLS and membership is proven after WELCOME.
+        """
         where = format_address(*address)
 
         async def connect(address: tuple[str, int]) -> trio.abc.Stream:
             try:
                 with trio.fail_after(timeout):
-                    return await trio.open_tcp_stream(*address)
+                    stream = await trio.open_tcp_stream(*address)
+                    return stream if private is None else await private.connect(stream, f"the tracker at {where}")
             except (OSError, trio.TooSlowError) as exc:
                 raise TrackerUnavailable(f"tracker at {where} unreachable: {getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
 
         try:
-            conn, agreement = await open_greeted(connect, address, hello, answer_timeout=timeout, key=key)
+            prove = None if private is None else private.prove_client
+            conn, agreement = await open_greeted(connect, address, hello, answer_timeout=timeout, key=key, prove=prove)
         except Refused as exc:
             raise TrackerError(f"tracker refused HELLO: {exc}", code=exc.code) from None
         except (ConnectionClosed, PeerTimeout, RemoteProtocolError) as exc:
@@ -175,14 +182,14 @@ class TrackerLink:
 
 @asynccontextmanager
 async def open_query_link(
-    address: tuple[str, int], hello: Hello, *, timeout: float, key: NodeKey | None = None
+    address: tuple[str, int], hello: Hello, *, timeout: float, key: NodeKey | None = None, private: Private | None = None
 ) -> AsyncIterator[TrackerLink]:
     """A query-only session: HELLO (``hello.listen_port`` should be 0) and never REGISTER.
 
     For clients that serve nothing (``chunkswarm ls``): the tracker answers their
     queries but never lists them as a peer. The link closes when the block ends.
     """
-    link = await TrackerLink.open(address, hello, timeout=timeout, register_port=None, key=key)
+    link = await TrackerLink.open(address, hello, timeout=timeout, register_port=None, key=key, private=private)
     async with open_nursery() as nursery:
         nursery.start_soon(link.run)
         try:
@@ -215,6 +222,7 @@ class TrackerClient:
     max_delay: float = 5.0
     #: The node's key: every link is identified with it (PROTOCOL.md §8.6) when the tracker speaks ``identity``.
     key: NodeKey | None = None
+    private: Private | None = None
     _link: TrackerLink | None = attrs.field(init=False, default=None)
     _up: trio.Event = attrs.field(init=False, factory=trio.Event)
     _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
@@ -291,7 +299,8 @@ class TrackerClient:
         return self._link
 
     async def _open(self) -> TrackerLink:
-        return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port, key=self.key)
+        return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port, key=self.key,
+                                      private=self.private)
 
     async def _supervise(self, link: TrackerLink | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep ``link`` (None: not connected yet) up, reconnecting with backoff; started once connected, or at once without a link."""

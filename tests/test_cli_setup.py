@@ -27,7 +27,7 @@ def options_of(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command", ["ls", "stats"])
 def test_commands_that_only_ask_list_no_peer_options(command: str) -> None:
-    assert options_of(command) == {"--tracker", "--log-level", "--help"}
+    assert options_of(command) == {"--tracker", "--swarm", "--log-level", "--help"}  # --swarm: how to reach a private tracker
 
 
 def test_every_command_lists_the_options_it_uses() -> None:

@@ -128,6 +128,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.Withdraw: st.builds(m.Withdraw, file_ids, ranges()),
     m.Identify: st.builds(m.Identify, st.binary(min_size=32, max_size=32), st.binary(min_size=64, max_size=64)),
     m.Unpublish: st.builds(m.Unpublish, file_ids),
+    m.SwarmChallenge: st.builds(m.SwarmChallenge, st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
+    m.SwarmProof: st.builds(m.SwarmProof, st.binary(min_size=64, max_size=64), st.binary(min_size=32, max_size=32)),
     m.GetManifest: st.builds(m.GetManifest, file_ids),
     m.ManifestReply: st.builds(m.ManifestReply, manifests()),
     m.WhoHas: st.builds(m.WhoHas, file_ids, st.integers(1, m.MAX_HOLDERS)),

@@ -24,7 +24,8 @@ from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.identity import NodeKey, peer_id_of
-from common.messages import Error, Hello, Identify, Ok, Register, Unpublish, Welcome, Withdraw
+from common.messages import Error, Hello, Identify, Ok, Register, SwarmChallenge, SwarmProof, Unpublish, Welcome, Withdraw
+from common.swarm import SWARM, swarm_mac, transcript
 from peer.greeting import Connect, open_greeted
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
@@ -181,6 +182,23 @@ def test_identity_needs_a_key_on_both_sides_and_falls_back_cleanly() -> None:
     assert info.value.error_code == ErrorCode.IDENTITY_REQUIRED
     # The plain retry for an older server drops the challenge with the capabilities.
     assert encode_message(client.plain().hello) == encode_message(Hello(client.hello.peer_id, 6881))
+
+
+def test_the_swarm_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.8: HELLO/WELCOME with swarm, SWARM_CHALLENGE, SWARM_PROOF, ERROR NOT_A_MEMBER, and the macs."""
+    hello = Hello(P, 6881, capabilities={SWARM: 1})
+    welcome = ServerHandshake(supported=KNOWN, required=frozenset({SWARM})).receive(hello, TEMPLATE)
+    expected = [hello, welcome, SwarmChallenge(b"N" * 32, b"K" * 32), SwarmProof(b"S" * 64, b"M" * 32), Error(ErrorCode.NOT_A_MEMBER, "x")]
+    frames = _doc_vectors("Test vectors (`P`, `T` as in §8.4; the challenge")
+    assert len(frames) == len(expected)
+    for message, frame in zip(expected, frames, strict=True):
+        assert encode_message(message) == frame, message
+        assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
+    text = PROTOCOL_MD.read_text()
+    macs = dict(re.findall(r"^(mac_[cs])  ([0-9a-f ]+)$", text[text.index("### 8.8 ") :], re.MULTILINE))
+    data = transcript("office", SwarmChallenge(b"c" * 32, b"C" * 32), SwarmChallenge(b"s" * 32, b"S" * 32))
+    assert swarm_mac(b"k" * 32, b"client", data) == bytes.fromhex(macs["mac_c"])
+    assert swarm_mac(b"k" * 32, b"server", data) == bytes.fromhex(macs["mac_s"])
 
 
 def _fields_on_the_wire(frame: bytes) -> int:

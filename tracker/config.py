@@ -7,9 +7,11 @@ from typing import Final, Literal
 
 import attrs
 
+from common.allow import AllowList
 from common.framing import DEFAULT_MAX_FRAME_SIZE
 from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
+from common.swarm import SwarmFile
 
 __all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO"]
 
@@ -86,6 +88,10 @@ class TrackerConfig:
     #: Per publisher (a node id; an unidentified one by IP, IPv6 by /64): files and manifest bytes it may publish.
     max_files_per_publisher: int = attrs.field(default=10_000, validator=_at_least_one)
     max_manifest_bytes_per_publisher: int = attrs.field(default=64 * 1024 * 1024, validator=_at_least_one)
+    #: A private swarm (``tracker.private``): TLS only, members only. None: an open tracker.
+    swarm: SwarmFile | None = None
+    #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
+    allow: AllowList = attrs.field(factory=AllowList)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

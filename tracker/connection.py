@@ -45,6 +45,7 @@ from common.messages import Error, Message
 from tracker.handlers import GREETING, Handlers, refusal, unexpected
 
 if TYPE_CHECKING:
+    from common.swarm import Membership
     from tracker.service import TrackerService
 
 __all__ = ["Connection", "serve_connection", "observed_host", "Buffer", "RECEIVE_SIZE"]
@@ -152,6 +153,8 @@ class Connection:
     #: Stands for this connection in the registry: a registration bound to it names
     #: this token, not the connection, which the registry then does not keep alive.
     token: object = attrs.field(init=False, factory=object, repr=False)
+    #: In a private swarm, from WELCOME until the proof has passed: the proof under way, and the tables to use then.
+    proving: tuple[Membership, Handlers] | None = attrs.field(init=False, default=None)
     #: Whether a REGISTER on this connection bound the peer to it (PROTOCOL.md §8.5).
     bound: bool = attrs.field(init=False, default=False)
     #: Replies made for the current batch but not sent yet.

@@ -53,6 +53,7 @@ from common.messages import (
     WhoHas,
     Withdraw,
 )
+from common.swarm import SWARM
 from common.version import __version__
 from common.wording import format_size, plural
 from tracker.publishers import publisher_of
@@ -128,8 +129,10 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     """
     service = connection.service
     config = service.config
+    private = service.private  # PROTOCOL.md §8.8: swarm required, and proven before anything else
     required = frozenset({IDENTITY}) if config.require_identity else frozenset()
-    greeting = ServerHandshake(supported=SUPPORTED, required=required, key=config.node_key)
+    supported = {**SUPPORTED, SWARM: 1} if private else SUPPORTED
+    greeting = ServerHandshake(supported=supported, required=required | ({SWARM} if private else set()), key=config.node_key)
     welcome = greeting.receive(first, Welcome(service.tracker_id, config.heartbeat_interval, connection.host, connection.port,
                                               agent=AGENT))  # fmt: skip
     if greeting.state is HandshakeState.IDENTIFYING:
@@ -163,6 +166,9 @@ def _agreed(connection: Connection, agreement: Agreement) -> None:
     if agreement.speaks(UNPUBLISH):
         table = _UNPUBLISHING[table]
     connection.handlers = table
+    private = connection.service.private
+    if private is not None:
+        private.admit(connection)  # nothing but the proof of membership until it has passed
 
 
 def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:

@@ -22,6 +22,7 @@ from common.wording import plural
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
+from tracker.private import PrivateTracker
 from tracker.publishers import Publishers
 from tracker.registry import Registry, check_manifest
 from tracker.retention import retention_loop
@@ -52,6 +53,8 @@ class TrackerService:
     #: Serves the sockets when ``config.io`` is ``"epoll"`` (set by ``serve_tracker``);
     #: None: every stream takes the generic path (memory streams, ``io="streams"``).
     hub: ReadinessHub | None = None
+    #: A private swarm's TLS and proof (``tracker.private``); None: an open tracker.
+    private: PrivateTracker | None = None
 
     @classmethod
     def create(
@@ -65,7 +68,8 @@ class TrackerService:
         for file_id, publisher in published:
             if registry.has_file(file_id):
                 publishers.add(registry.record(file_id).manifest, publisher)
-        return cls(config, registry, store, publishers)
+        private = None if config.swarm is None else PrivateTracker.create(config.swarm, config.node_key)
+        return cls(config, registry, store, publishers, private=private)
 
     def stats(self) -> dict[str, int | float]:
         counters: dict[str, int | float] = dict(self.registry.counts())
@@ -89,7 +93,19 @@ class TrackerService:
         except OSError:  # reset before we looked
             await trio.aclose_forcefully(stream)
             return
-        await self.handle_stream(stream, (remote[0], remote[1]))
+        where = format_address(remote[0], remote[1])
+        if not self.config.allow.admits(remote[0]):
+            log.warning("refusing %s: outside the allowed address ranges (%s)", where, self.config.allow)
+            await trio.aclose_forcefully(stream)
+            return
+        if self.private is None:
+            await self.handle_stream(stream, (remote[0], remote[1]))
+            return
+        served = await self.private.accept(stream, where)  # TLS streams take the generic path, not the hub's
+        if served is None:
+            await trio.aclose_forcefully(stream)
+            return
+        await self.handle_stream(served, (remote[0], remote[1]))
 
     async def expiry_loop(self) -> None:
         """Drop silent peers, sweeping a few times per ``peer_timeout``."""
