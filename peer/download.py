@@ -167,7 +167,7 @@ class Downloader:
 
     async def _fill(self, started: float) -> DownloadResult:
         manifest = self.manifest
-        resumed = await self._file.open()
+        resumed = await self._file.open(force=self.force)
         self._held = self._file.held
         self._picker.mark_have(resumed)
         if self.progress is not None:
