@@ -42,7 +42,6 @@ from common.errors import (
     StorageError,
     TrackerError,
     TrackerUnavailable,
-    ValidationError,
     describe,
 )
 from common.manifest import Manifest
@@ -56,6 +55,7 @@ from peer.greeting import Connect, connect_tcp
 from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink, completion_notes
 from peer.session import DownloadContext, Session
+from peer.sources import Sources, pool_by_address
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
@@ -69,8 +69,12 @@ M = TypeVar("M")
 
 #: The shortest time between two holder refreshes of one download.
 _MIN_REFRESH_GAP = 0.1
-#: Past this many remembered failed holders, those whose retry delay is over are forgotten.
-_MAX_RETRY_ENTRIES = 1000
+#: A source that has delivered nothing this long after it started no longer takes one of the
+#: ``max_download_peers`` places (it stays until ``first_answer_timeout``); the second figure
+#: while no source delivers, when holders are tried faster (and the tracker asked more often) ...
+_TRIAL_GRACE = (0.5, 0.2)
+#: ... and sources in all are at most this many times ``max_download_peers``.
+_TRIAL_FACTOR = 8
 
 
 class Tracker(Protocol):
@@ -103,7 +107,8 @@ class Downloader:
     _file: DownloadFile = attrs.field(init=False)
     _held: HeldFile = attrs.field(init=False)
     _sources: dict[bytes, Session] = attrs.field(init=False, factory=dict)
-    _retry_after: dict[bytes, float] = attrs.field(init=False, factory=dict)
+    #: Where sources are, per address and IP, and when failed ones may be tried again (``peer/sources.py``).
+    _places: Sources = attrs.field(init=False)
     _refresh_now: trio.Event = attrs.field(init=False, factory=trio.Event)
     #: When the last chunk was verified (or the swarm joined): see ``_refresher``.
     _progress_at: float = attrs.field(init=False, default=0.0)
@@ -126,6 +131,7 @@ class Downloader:
         self._file = DownloadFile(self.manifest, self.out_dir / (self.save_as or self.manifest.name), self.library, self.config, self._buffers.give_back)
         self._announcer = Announcer(self.manifest, self.tracker, self.config.announce_delay, self.config.name)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
+        self._places = Sources(self.config.max_sources_per_ip, self.config.peer_retry_delay, self.config.max_retry_delay)
 
     @property
     def final_path(self) -> pathlib.Path:
@@ -241,7 +247,9 @@ class Downloader:
             if now - self._progress_at >= config.stall_timeout + config.request_timeout:
                 self._give_up()
             self._refresh_now = trio.Event()
-            with trio.move_on_after(config.refresh_interval):
+            # While sources are on trial and none delivers, places free up every _TRIAL_GRACE: ask again soon.
+            on_trial = self._sources and not any(session.delivered for session in self._sources.values())
+            with trio.move_on_after(_MIN_REFRESH_GAP if on_trial else config.refresh_interval):
                 await self._refresh_now.wait()
             # At most so often, however many sessions end: holders that refuse every
             # connection must not turn this into a loop of WHO_HAS.
@@ -257,7 +265,7 @@ class Downloader:
         # A first attempt to reach a holder holds off the stall timer; a retry of one that
         # already failed does not: the tracker lists a SIGKILLed holder until its peer
         # timeout, and retrying it every peer_retry_delay must not keep the download alive.
-        return any(session.conn is None and session.peer_id not in self._retry_after for session in self._sources.values())
+        return any(session.conn is None and not self._places.retrying(session.address) for session in self._sources.values())
 
     def _give_up(self) -> None:
         missing = tuple(self._picker.unavailable()) or tuple(self._picker.have.missing())
@@ -272,28 +280,32 @@ class Downloader:
         count = self.manifest.chunk_count
         missing = ~self._picker.have.mask & ((1 << count) - 1)
         now = trio.current_time()
-        if len(self._retry_after) > _MAX_RETRY_ENTRIES:  # a tracker can list endless new ids
-            self._retry_after = {peer: due for peer, due in self._retry_after.items() if due > now}
         context = self._context
         assert context is not None
-        for holder in holders.holders:
-            if holder.peer_id == self.peer_id or self._picker.is_banned(holder.peer_id):
+        config, places = self.config, self._places
+        by_address = {session.address: session for session in self._sources.values()}
+        for address, (peer_id, chunks) in pool_by_address(holders.holders, count, skip=self.peer_id).items():
+            known = by_address.get(address) or self._sources.get(peer_id)
+            if known is not None:
+                self._picker.set_peer_chunks(known.peer_id, chunks)
+            else:
+                places.offer(address, peer_id, chunks)
+        # A source that delivers, or has just started, takes a place; others are on trial (see _TRIAL_GRACE).
+        delivering = [session for session in self._sources.values() if session.delivered]
+        grace = _TRIAL_GRACE[not delivering]
+        placed = len(delivering) + sum(1 for session in self._sources.values() if not session.delivered and now - session.since < grace)
+        for extra in delivering[config.max_download_peers :]:
+            extra.scope.cancel()  # more trials delivered than there are places: the latest go (retried as any other)
+        for address, peer_id, chunks in places.candidates():
+            if placed >= config.max_download_peers or len(self._sources) >= _TRIAL_FACTOR * config.max_download_peers:
+                break
+            if peer_id in self._sources or self._picker.is_banned(peer_id) or not chunks.mask & missing or not places.may_connect(address, now):
                 continue
-            try:
-                chunks = ChunkSet.from_bitfield(count, holder.bitfield)
-            except ValidationError:
-                continue
-            if holder.peer_id in self._sources:
-                self._picker.set_peer_chunks(holder.peer_id, chunks)
-                continue
-            if len(self._sources) >= self.config.max_download_peers or not chunks.mask & missing:
-                continue
-            if self._retry_after.get(holder.peer_id, 0.0) > now:
-                continue
-            address = (holder.host, holder.port)
-            session = Session(context, holder.peer_id, address, describe_remote("", address))
-            self._sources[holder.peer_id] = session
-            self._picker.set_peer_chunks(holder.peer_id, chunks)
+            session = Session(context, peer_id, address, describe_remote("", address), since=now)
+            places.connect(address)
+            self._sources[peer_id] = session
+            placed += 1
+            self._picker.set_peer_chunks(peer_id, chunks)
             context.nursery.start_soon(self._run_session, session)
         self._report_peers()
         self._wake_all()
@@ -312,12 +324,14 @@ class Downloader:
     async def _run_session(self, session: Session) -> None:
         """Run ``session`` to its end, say why it ended, and let its peer be retried after ``peer_retry_delay``."""
         key = session.peer_id
+        busy = False  # a busy peer is asked again after peer_retry_delay, as one that delivered
         try:
             with session.scope:
                 try:
                     await session.run()
-                except* Busy as busy:
-                    logger.debug("%s: %s is busy: %s", self._label, session.name, describe(busy))
+                except* Busy as refused:
+                    busy = True
+                    logger.debug("%s: %s is busy: %s", self._label, session.name, describe(refused))
                 except* (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as ended:
                     # Its requester and receiver may both have failed: every reason is said.
                     logger.info("%s: dropping %s: %s", self._label, session.name, describe(ended))
@@ -326,7 +340,9 @@ class Downloader:
         finally:
             self._sources.pop(key, None)
             self._picker.remove_peer(key)
-            self._retry_after[key] = trio.current_time() + self.config.peer_retry_delay
+            delay = self._places.ended(session.address, trio.current_time(), delivered=session.delivered or busy)
+            if delay > self.config.peer_retry_delay:
+                logger.debug("%s: %s is tried again in %g s at the earliest", self._label, session.name, delay)
             self._wake_all()
             self._refresh_now.set()
             self._report_peers()

@@ -149,7 +149,7 @@ def test_state_for_another_file_is_not_ours(tmp_path: pathlib.Path, source: path
     part.open()
     part.save_state(ChunkSet.full(other.chunk_count))
     part.close()
-    with pytest.raises(StorageError, match="is in the way: .* resume state is of another file.*--force"):
+    with pytest.raises(StorageError, match=r"is in the way: .* resume state is of another file.*--force"):
         PartFile(manifest, tmp_path / manifest.name).open()
     again = PartFile(manifest, tmp_path / manifest.name)
     assert again.open(force=True) == []
@@ -165,7 +165,7 @@ def test_a_damaged_state_file_is_not_ours(tmp_path: pathlib.Path, source: pathli
     manifest = build_manifest(source, CHUNK)
     part = PartFile(manifest, tmp_path / manifest.name)
     part.state_path.write_bytes(content)
-    with pytest.raises(StorageError, match="unreadable.*--force"):
+    with pytest.raises(StorageError, match=r"unreadable.*--force"):
         part.open()
     assert part.state_path.read_bytes() == content and not part.path.exists()
     assert part.open(force=True) == []
