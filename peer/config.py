@@ -46,8 +46,12 @@ class PeerConfig:
     #: The files served are checked for changes on disk this often (a ``stat`` each); one
     #: that changed is no longer served, and the tracker is told (``peer.withdrawals``).
     change_check_interval: float = attrs.field(default=1.0, validator=_positive)
-    #: Connections served at once; more are told BUSY and closed.
+    #: Connections served at once; more are told BUSY and closed, unless one IP (one IPv6 /64)
+    #: holds more of them than the newcomer's: then its oldest connection makes room.
     max_upload_connections: int = 32
+    #: Connections served at once from one IP (one IPv6 /64): half the slots, so that one client
+    #: cannot hold them all, and a swarm of 17 peers on 127.0.0.1 is still served in full.
+    max_upload_connections_per_ip: int = attrs.field(default=16, validator=attrs.validators.ge(1))
     #: Requests queued per connection; more are answered BUSY at once.
     max_queued_requests: int = 16
     #: Bytes a second served at most, over all connections (None: as fast as the network takes them).

@@ -128,6 +128,7 @@ class Peer:
             self.peer_id,
             label=config.label,
             max_connections=config.max_upload_connections,
+            max_connections_per_ip=config.max_upload_connections_per_ip,
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
             upload_rate=config.max_upload_rate,
