@@ -50,6 +50,8 @@ class Connection:
         #: Where addresses are read: the socket, or the one under TLS (``peer/secure.py``).
         self._address_socket: Any = self._socket or getattr(getattr(stream, "transport_stream", None), "socket", None)
         self.closed = False
+        #: Bytes received so far (a source part-way through its first chunk is delivering).
+        self.received = 0
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -87,15 +89,21 @@ class Connection:
         codec = self.codec
         try:
             if self._socket is None:
-                codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.received += len(data)
+                codec.receive_data(data)
                 return
             buffer = codec.get_buffer()
             if buffer is not None:
-                codec.buffer_updated(await self._socket.recv_into(buffer))
+                count = await self._socket.recv_into(buffer)
+                self.received += count
+                codec.buffer_updated(count)
             else:
                 # Between frames: a small read, so that the body of a large frame that
                 # follows is received in place (recv_into) rather than copied.
-                codec.receive_data(await self.stream.receive_some(FRAME_START_SIZE))
+                data = await self.stream.receive_some(FRAME_START_SIZE)
+                self.received += len(data)
+                codec.receive_data(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:

@@ -28,8 +28,8 @@ import trio
 
 from common.capabilities import UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
-from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable
-from common.manifest import Manifest
+from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, ValidationError
+from common.manifest import Manifest, check_publishable_name, shown_name
 from common.messages import (
     Announce,
     FileEntry,
@@ -134,6 +134,7 @@ class Peer:
             allow=config.allow,
             label=config.label,
             max_connections=config.max_upload_connections,
+            max_connections_per_ip=config.max_upload_connections_per_ip,
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
             upload_rate=config.max_upload_rate,
@@ -208,6 +209,10 @@ class Peer:
         files = await trio.to_thread.run_sync(lambda: expand_paths(paths))
         manifests = []
         for path in files:
+            try:
+                check_publishable_name(path.name)  # the tracker would refuse it: say so, naming the file, before hashing it
+            except ValidationError as exc:
+                raise ValidationError(f"cannot publish {shown_name(str(path))}: {exc}") from None
             manifest, signature, cached = await self._manifest_for(path, progress)
             logger.info("%s: %s %s (%s, %s, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
                         path, format_size(manifest.size), plural(manifest.chunk_count, "chunk"), manifest.hex_id[:16])

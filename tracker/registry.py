@@ -35,7 +35,7 @@ import attrs
 from common.chunkset import ChunkSet, Ranges
 from common.errors import IntegrityError, TrackerError, ValidationError
 from common.framing import ErrorCode
-from common.manifest import Manifest, validate_name
+from common.manifest import Manifest, check_publishable_name
 from tracker.records import FileRecord, FileSummary, Peer, Replica
 
 __all__ = ["Registry", "check_manifest"]
@@ -46,12 +46,12 @@ def check_manifest(manifest: Manifest) -> None:
 
     The hash count against size and chunk size is checked when a ``Manifest``
     is built, so a decoded manifest always passes that; the name rules are
-    re-checked here for manifests built elsewhere; the Merkle root costs one
+    re-checked here (with the stricter rule for new names, :func:`check_publishable_name`); the Merkle root costs one
     SHA-256 per tree node (about 2 per chunk), so callers run this off the
     event loop for large manifests.
     """
     try:
-        validate_name(manifest.name)
+        check_publishable_name(manifest.name)
         manifest.verify()
     except (IntegrityError, ValidationError) as exc:
         raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
