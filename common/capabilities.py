@@ -33,6 +33,7 @@ __all__ = [
     "agree",
     "check_agreement",
     "WITHDRAW",
+    "LOOKUP",
     "KNOWN",
 ]
 
@@ -46,12 +47,14 @@ Capabilities = tuple[tuple[str, int], ...]
 
 #: ``withdraw`` (PROTOCOL.md §8.5): the WITHDRAW message, and a registration bound to its connection.
 WITHDRAW: Final = "withdraw"
+#: ``lookup`` (PROTOCOL.md §8.6): the LOOKUP message, and listings that say how many files they left out.
+LOOKUP: Final = "lookup"
 
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1}
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, LOOKUP: 1}
 
 
 def capabilities_converter(value: object) -> object:

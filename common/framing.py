@@ -67,6 +67,7 @@ class Opcode(enum.IntEnum):
     STATS = 0x19  # ask for counters
     STATS_REPLY = 0x1A  # reply: counters
     WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
+    LOOKUP = 0x1C  # the files an exact name or a file id prefix names (capability lookup, PROTOCOL.md §8.6)
     # Chunk transfer (->P), pipelined; replies may come in any order.
     REQUEST_CHUNK = 0x20  # file id + chunk index
     CHUNK_DATA = 0x21  # reply: file id + chunk index + raw chunk bytes

@@ -37,6 +37,7 @@ from common.codec import (
 )
 from common.errors import LocalProtocolError, RemoteProtocolError, ValidationError
 from common.framing import DEFAULT_MAX_FRAME_SIZE, HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_CHUNKS, Manifest, build_manifest, sha256, validate_name
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
@@ -140,7 +141,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
             ),
             max_size=4,
         ),
+        u32,
     ),
+    m.Lookup: st.builds(m.Lookup, texts(255).filter(bool), st.integers(1, MAX_LOOKUP)),
     m.Stats: st.just(m.Stats()),
     m.StatsReply: st.builds(m.StatsReply, st.lists(st.tuples(texts(64), counter_values), max_size=8)),
     m.RequestChunk: st.builds(m.RequestChunk, file_ids, chunk_indexes),
@@ -653,6 +656,9 @@ INVALID_MESSAGES = {
     "long error text": lambda: m.Error(1, "x" * 1025),
     "zero max peers": lambda: m.WhoHas(FILE_ID, 0),
     "zero limit": lambda: m.ListFiles(limit=0),
+    "empty lookup": lambda: m.Lookup(""),
+    "lookup limit above MAX_LOOKUP": lambda: m.Lookup("x", MAX_LOOKUP + 1),
+    "negative more": lambda: m.FileList((), -1),
     "holder not a Holder": lambda: m.Holders(FILE_ID, [object()]),
     "holder bad host": lambda: m.Holder(PEER_ID, "::g", 1, b""),
     "counter not a number": lambda: m.StatsReply({"x": "1"}),

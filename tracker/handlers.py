@@ -4,8 +4,9 @@ A handler takes the connection and a decoded request and returns the reply
 frame; a ``TrackerError`` it raises becomes an ERROR reply (:func:`refusal`)
 and the connection stays open. Which handlers a connection uses depends on
 its phase and its agreement: :data:`GREETING` until HELLO, then
-:data:`REQUESTS`, or :data:`WITHDRAWING` when the agreement includes the
-capability ``withdraw`` (PROTOCOL.md §8.5).
+:data:`REQUESTS`, with WITHDRAW when the agreement includes the capability
+``withdraw`` (:data:`WITHDRAWING`, PROTOCOL.md §8.5) and LOOKUP when it
+includes ``lookup`` (PROTOCOL.md §8.6): :func:`after_hello` picks the table.
 
 Where a handler runs is declared by the table it is in (see :class:`Handlers`):
 ``fast`` handlers may be answered by the readiness hub's fast path
@@ -24,7 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import WITHDRAW
+from common.capabilities import LOOKUP, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -38,6 +39,7 @@ from common.messages import (
     Heartbeat,
     Hello,
     ListFiles,
+    Lookup,
     ManifestReply,
     Message,
     Ok,
@@ -52,22 +54,23 @@ from common.messages import (
 )
 from common.version import __version__
 from common.wording import format_size, plural
-from tracker.records import FileRecord
+from tracker.records import FileRecord, FileSummary
 from tracker.registry import check_manifest
-from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
+from tracker.replies import FILE_LIST_OVERHEAD, MORE_FIELD_MAX, encode_file_list, encode_holders, file_entry, holder_entry
 
 if TYPE_CHECKING:
     from tracker.connection import Connection
 
-__all__ = ["Handlers", "GREETING", "REQUESTS", "WITHDRAWING", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
+__all__ = ["Handlers", "GREETING", "REQUESTS", "WITHDRAWING", "after_hello", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
 
 log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1}
-#: A listing yields to the other connections after every this many files: an
-#: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
+SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, LOOKUP: 1}
+#: A listing yields to the other connections after every this many files scanned,
+#: matched or not: a name is matched in ~0.1 us, and a match costs ~3 us to build
+#: and pack, so a slice holds the loop ~3 ms at most.
 LIST_SLICE: Final = 1000
 #: Manifests at most this many chunks are checked on the event loop: the Merkle
 #: root of 256 chunks is ~512 SHA-256 of 64 bytes, well under a millisecond.
@@ -131,7 +134,7 @@ async def handshake(connection: Connection, first: Message) -> bytes:
     connection.agreement = agreement
     connection.peer_id = agreement.hello.peer_id
     # The agreement picks the table once: what it adds costs nothing per request.
-    connection.handlers = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
+    connection.handlers = after_hello(agreement.speaks(WITHDRAW), agreement.speaks(LOOKUP))
     return encode_message(welcome)
 
 
@@ -171,7 +174,14 @@ def register_bound(connection: Connection, request: Register) -> bytes:
 
 
 def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
-    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to)
+    try:
+        peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to)
+    except TrackerError as exc:
+        if exc.code != ErrorCode.BUSY:
+            raise
+        # Over its network's cap of peer ids: one clear ERROR, and this connection closes
+        # (it has nothing else to do here, and must not hold a connection retrying).
+        raise RemoteProtocolError(str(exc), error_code=ErrorCode.BUSY) from None
     if new:
         log.info("peer %s joined, serving at %s", peer.peer_id.hex()[:16], format_address(peer.host, peer.port))
     else:
@@ -236,6 +246,12 @@ def who_has(connection: Connection, request: WhoHas) -> bytes:
     return encode_holders(request.file_id, entries, max_frame_size=max_frame_size)
 
 
+def lookup(connection: Connection, request: Lookup) -> bytes:
+    """LOOKUP (PROTOCOL.md §8.6): O(log files + matches), at most MAX_LOOKUP entries (~330 KB), so answered anywhere."""
+    summaries, more = connection.service.registry.lookup(request.query, request.limit)
+    return encode_file_list([file_entry(s) for s in summaries], more=more, max_frame_size=connection.codec.max_frame_size)
+
+
 def stats(connection: Connection, request: Stats) -> bytes:
     return connection.codec.send(StatsReply(connection.service.stats()))
 
@@ -275,18 +291,33 @@ async def list_files(connection: Connection, request: ListFiles) -> bytes:
             f"the tracker holds {service.unsent} bytes of replies its clients have not read; list again later",
             code=ErrorCode.BUSY,
         )
+    # With lookup agreed (PROTOCOL.md §8.6) the listing says how many files it left
+    # out, beyond the limit or the frame; before, a listing that overflows is refused.
+    agreement = connection.agreement
+    counting = agreement is not None and agreement.speaks(LOOKUP)
     max_frame_size = connection.codec.max_frame_size
     entries: list[bytes] = []
-    size = FILE_LIST_OVERHEAD
-    for summary in service.registry.iter_files(request.pattern, request.limit):
-        entry = file_entry(summary)
+    size = FILE_LIST_OVERHEAD + MORE_FIELD_MAX
+    more = 0
+    limit = request.limit
+    for record in service.registry.scan(request.pattern, LIST_SLICE):
+        if record is None:  # a slice scanned: let the others in, however few matched
+            await trio.lowlevel.checkpoint()
+            continue
+        if more or len(entries) == limit:
+            if not counting:
+                break
+            more += 1
+            continue
+        entry = file_entry(FileSummary.of(record))
         size += len(entry)
         if size > max_frame_size:
-            raise TrackerError(f"a listing of more than {len(entries)} files does not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST)
+            if not counting:
+                raise TrackerError(f"a listing of more than {len(entries)} files does not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST)
+            more += 1
+            continue
         entries.append(entry)
-        if len(entries) % LIST_SLICE == 0:
-            await trio.lowlevel.checkpoint()
-    return encode_file_list(entries, max_frame_size=max_frame_size)
+    return encode_file_list(entries, more=more, max_frame_size=max_frame_size)
 
 
 #: Until HELLO only the handshake is answered, in the connection's task.
@@ -310,4 +341,15 @@ REQUESTS: Final = Handlers(
 #: answered, and a REGISTER binds the registration to this connection.
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
 #: Requests that a capability added: in a table only when the agreement includes it.
-_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW}
+_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Lookup: LOOKUP}
+#: The tables with LOOKUP (PROTOCOL.md §8.6) answered, by whether withdraw is agreed too.
+_LOOKING_UP: Final = {
+    agreed: Handlers(fast={**table.fast, Lookup: lookup}, task=table.task) for agreed, table in ((False, REQUESTS), (True, WITHDRAWING))
+}
+
+
+def after_hello(withdraw: bool, look_up: bool) -> Handlers:
+    """The table of a connection whose agreement includes ``withdraw`` and ``lookup``, or not."""
+    if look_up:
+        return _LOOKING_UP[withdraw]
+    return WITHDRAWING if withdraw else REQUESTS

@@ -60,6 +60,8 @@ class FileRecord:
 
     manifest: Manifest
     folded_name: str  # for case-insensitive search
+    #: Publish order in this registry (larger: newer), for newest-first look-ups.
+    seq: int = 0
     replicas: list[Replica] = attrs.field(factory=list, repr=False)
     #: Beside ``replicas``, slot for slot: an opaque cache of each one's wire
     #: encoding, filled by the server, reset to None whenever the replica or its
@@ -77,3 +79,8 @@ class FileSummary:
     manifest: Manifest
     holders: int  # live peers holding at least one chunk
     complete_copies: int  # live peers holding every chunk
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FileSummary:
+        """The row of ``record``: its manifest and live counts."""
+        return cls(record.manifest, len(record.replicas), record.complete_copies)

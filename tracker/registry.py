@@ -21,11 +21,14 @@ peers x 100 files answers tens of thousands of requests a second:
   connection's token, so releasing it when the connection closes is one look-up;
 * each file keeps, beside its replica list, a list of their wire entries
   (address and bitfield) cached for the server until a replica changes, so a
-  WHO_HAS touches 50 small byte strings rather than 50 objects and their sets.
+  WHO_HAS touches 50 small byte strings rather than 50 objects and their sets;
+* a look-up is O(log files + matches) (``tracker/index.py``); peers are
+  counted per network and address in O(1) (``tracker/limits.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -36,6 +39,8 @@ from common.chunkset import ChunkSet, Ranges
 from common.errors import IntegrityError, TrackerError, ValidationError
 from common.framing import ErrorCode
 from common.manifest import Manifest, validate_name
+from tracker.index import CatalogueIndex
+from tracker.limits import AddressBook, distinct_window
 from tracker.records import FileRecord, FileSummary, Peer, Replica
 
 __all__ = ["Registry", "check_manifest"]
@@ -76,11 +81,17 @@ class Registry:
     may also be bound to its connection (``connection``, any token the
     caller chooses): :meth:`release` drops the peer when that connection
     closes, unless a later registration has bound it elsewhere or to none.
+    At most ``max_peers_per_ip`` peer ids are live per network (an IPv4
+    address, an IPv6 /64); 0: no cap.
     """
 
     peer_timeout: float
     clock: Callable[[], float]
     rng: random.Random = attrs.field(factory=random.Random)
+    max_peers_per_ip: int = 0
+    index: CatalogueIndex = attrs.field(init=False, factory=CatalogueIndex)
+    addresses: AddressBook = attrs.field(init=False, factory=AddressBook)
+    _seq: int = attrs.field(init=False, default=0)
     _peers: OrderedDict[bytes, Peer] = attrs.field(init=False, factory=OrderedDict)  # least recently seen first
     _files: dict[bytes, FileRecord] = attrs.field(init=False, factory=dict)  # publish order
     replica_count: int = attrs.field(init=False, default=0)
@@ -101,14 +112,18 @@ class Registry:
                     f"peer id {peer_id.hex()[:16]} is registered from another address", code=ErrorCode.IDENTITY_CONFLICT
                 )
             if peer.port != port:
+                self.addresses.release(host, peer.port)
+                self.addresses.claim(host, port)
                 peer.port = port
                 for replica in peer.replicas.values():
                     replica.file.entries[replica.slot] = None
             peer.connection = connection  # the latest registration decides
             self._touch(peer, now)
             return peer, False
+        self.addresses.check_room(host, self.max_peers_per_ip)
         peer = Peer(peer_id, host, port, now, connection)
         self._peers[peer_id] = peer
+        self.addresses.join(host, port)
         return peer, True
 
     def peer(self, peer_id: bytes, host: str) -> Peer:
@@ -178,6 +193,7 @@ class Registry:
 
     def _remove_peer(self, peer: Peer) -> None:
         del self._peers[peer.peer_id]
+        self.addresses.leave(peer.host, peer.port)
         for replica in peer.replicas.values():
             self._unlink(replica)
         peer.replicas.clear()
@@ -194,7 +210,9 @@ class Registry:
             return False
         if not checked:
             check_manifest(manifest)
-        self._files[manifest.file_id] = FileRecord(manifest, manifest.name.casefold())
+        self._seq += 1
+        self._files[manifest.file_id] = record = FileRecord(manifest, manifest.name.casefold(), self._seq)
+        self.index.add(record)
         return True
 
     def has_file(self, file_id: bytes) -> bool:
@@ -211,6 +229,7 @@ class Registry:
             record = self._files.get(file_id)
             if record is not None and not record.replicas:
                 del self._files[file_id]
+                self.index.remove(record)
                 dropped.append(record.manifest)
         return dropped
 
@@ -223,23 +242,26 @@ class Registry:
 
     def list_files(self, pattern: str = "", limit: int | None = None) -> list[FileSummary]:
         """Files whose name contains ``pattern`` (case-insensitive; empty: all), newest first."""
-        return list(self.iter_files(pattern, limit))
+        return [FileSummary.of(record) for record in itertools.islice(filter(None, self.scan(pattern)), limit)]
 
-    def iter_files(self, pattern: str = "", limit: int | None = None) -> Iterator[FileSummary]:
-        """As :meth:`list_files`, one at a time: the server yields to other requests between slices of a long listing.
+    def scan(self, pattern: str = "", every: int = 1000) -> Iterator[FileRecord | None]:
+        """The records whose name contains ``pattern`` (case-insensitive), newest first, and None after every ``every`` scanned.
 
-        It runs over the catalogue as it was at the first ``next()`` (files
-        published meanwhile are not in it), with each file's counts as they are
-        when it is reached.
+        A listing costs O(files) whatever it matches: a caller on the event loop
+        yields at the Nones. Over the catalogue as it was at the first ``next()``.
         """
         folded = pattern.casefold()
-        found = 0
-        for record in list(reversed(self._files.values())):
-            if folded in record.folded_name:
-                yield FileSummary(record.manifest, len(record.replicas), record.complete_copies)
-                found += 1
-                if found == limit:
-                    return
+        records = list(reversed(self._files.values()))
+        for start in range(0, len(records), every):
+            for record in records[start : start + every]:
+                if folded in record.folded_name:
+                    yield record
+            yield None
+
+    def lookup(self, query: str, limit: int) -> tuple[list[FileSummary], int]:
+        """The newest ``limit`` files named ``query`` or whose id starts with ``query`` (hex), and how many more match."""
+        records, more = self.index.find(query, limit)
+        return [FileSummary.of(record) for record in records], more
 
     # -- replicas --------------------------------------------------------------
     def announce(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
@@ -314,6 +336,9 @@ class Registry:
             if replica is not None:
                 mine = replica.slot
         others = count - (mine >= 0)
+        if self.addresses.crowded and others:
+            # Some address is claimed by several peer ids: hand each address out once.
+            return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine)
         if others <= limit:
             return record, [i for i in range(count) if i != mine]
         # A window of consecutive slots from a random start, as opentracker answers: the

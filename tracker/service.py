@@ -23,6 +23,7 @@ from common.wording import plural
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
+from tracker.limits import Tally
 from tracker.registry import Registry, check_manifest
 from tracker.retention import retention_loop
 from tracker.store import Store
@@ -41,6 +42,8 @@ class TrackerService:
     store: Store
     tracker_id: bytes = attrs.field(factory=lambda: os.urandom(PEER_ID_SIZE))
     connections: int = 0
+    #: Open connections per network (``tracker.limits.network_of``), against ``max_connections_per_ip``.
+    connections_per_network: Tally = attrs.field(factory=Tally)
     requests: int = 0
     #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
     buffered: int = 0
@@ -54,7 +57,7 @@ class TrackerService:
     @classmethod
     def create(cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = ()) -> TrackerService:
         """A service whose registry lists ``catalogue`` (the manifests read from ``store``)."""
-        registry = Registry(config.peer_timeout, trio.current_time)
+        registry = Registry(config.peer_timeout, trio.current_time, max_peers_per_ip=config.max_peers_per_ip)
         for manifest in catalogue:
             registry.publish(manifest, checked=True)  # checked before it was written
         return cls(config, registry, store)
