@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Final
 
@@ -21,6 +22,7 @@ from tracker.records import FileRecord
 
 __all__ = ["CatalogueIndex"]
 
+_SEQ: Final = attrgetter("seq")
 #: Pending ids up to this many are inserted one by one; more are merged by one sort.
 _INSERT_MAX: Final = 64
 
@@ -57,21 +59,21 @@ class CatalogueIndex:
         if not prefixed:
             # Publish order is newest last: the newest few are at hand, however many share the name.
             return named[: -limit - 1 : -1], max(0, len(named) - limit)
-        matches = {record.manifest.file_id: record for record in (*named, *prefixed)}
-        chosen = heapq.nlargest(limit, matches.values(), key=attrgetter("seq"))
-        return chosen, len(matches) - len(chosen)
+        records: Iterable[FileRecord] = map(self._records.__getitem__, prefixed)
+        total = len(prefixed)
+        if named:  # each file once: a name may look like an id prefix, even its own file's
+            matches = {record.manifest.file_id: record for record in named}
+            matches.update(zip(prefixed, records))
+            records, total = matches.values(), len(matches)
+        chosen = heapq.nlargest(limit, records, key=_SEQ)
+        return chosen, total - len(chosen)
 
-    def _with_prefix(self, prefix: str) -> list[FileRecord]:
+    def _with_prefix(self, prefix: str) -> list[bytes]:
+        """The ids that start with the hex digits ``prefix``: every id between the prefix padded with 0s and with fs."""
         ids = self._sorted()
-        low = bytes.fromhex(prefix + "0" * (len(prefix) % 2))
-        records = self._records
-        found = []
-        for i in range(bisect.bisect_left(ids, low), len(ids)):
-            file_id = ids[i]
-            if not file_id.hex().startswith(prefix):
-                break
-            found.append(records[file_id])
-        return found
+        low = bisect.bisect_left(ids, bytes.fromhex(prefix.ljust(64, "0")))
+        high = bisect.bisect_right(ids, bytes.fromhex(prefix.ljust(64, "f")), lo=low)
+        return ids[low:high]
 
     def _sorted(self) -> list[bytes]:
         pending = self._pending
