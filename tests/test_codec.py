@@ -31,6 +31,7 @@ from common.codec import (
     LARGE_FRAME,
     NEED_DATA,
     Codec,
+    LargeFrame,
     chunk_data_prefix,
     decode_payload,
     encode_message,
@@ -729,3 +730,20 @@ def test_an_allocator_of_the_wrong_size_is_a_local_error() -> None:
     codec.receive_data(frame)
     with pytest.raises(LocalProtocolError, match="allocate_body"):
         codec.next_event()
+
+
+def test_a_codec_that_defers_large_frames_hands_them_over_undecoded() -> None:
+    """``defer_large``: a frame of LARGE_FRAME bytes or more comes out as a LargeFrame, whole, for decode_payload elsewhere."""
+    big = m.Publish(build_manifest_of_hashes(LARGE_FRAME // 32 + 1))
+    small = m.Stats()
+    codec = Codec(defer_large=True)
+    codec.receive_data(encode_message(small) + encode_message(big) + encode_message(small))
+    first, deferred, last = codec.next_event(), codec.next_event(), codec.next_event()
+    assert first == small == last and codec.next_event() is NEED_DATA
+    assert isinstance(deferred, LargeFrame) and deferred.opcode == Opcode.PUBLISH
+    assert decode_payload(deferred.opcode, deferred.payload) == big
+
+
+def build_manifest_of_hashes(count: int) -> Manifest:
+    hashes = [sha256(i.to_bytes(4, "big")) for i in range(count)]
+    return Manifest.from_hashes("large.bin", count * 1024, 1024, hashes)

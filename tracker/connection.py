@@ -38,7 +38,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.codec import CLOSED, NEED_DATA, Codec, Sentinel, encode_message
+from common.codec import CLOSED, NEED_DATA, Codec, LargeFrame, Sentinel, decode_payload, encode_message
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
 from common.handshake import Agreement
@@ -175,14 +175,16 @@ class Connection:
     #: Bytes in ``pending``.
     _pending_size: int = attrs.field(init=False, default=0)
     #: A request decoded that only the connection's task answers (``Handlers.task``, or a violation).
-    _held: Message | None = attrs.field(init=False, default=None)
+    _held: Message | LargeFrame | None = attrs.field(init=False, default=None)
     #: Whether a request was answered since the idle deadline last moved.
     _answered: bool = attrs.field(init=False, default=False)
     #: The scope whose deadline is the idle timeout, moved on as requests are answered.
     _idle_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     def __attrs_post_init__(self) -> None:
-        self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
+        # A large frame (a PUBLISH of a big manifest: up to ~0.7 s to decode) comes out
+        # undecoded, and is decoded in a worker thread (_answer_held), not on the event loop.
+        self.codec = Codec(max_frame_size=self.service.config.max_frame_size, defer_large=True)
 
     async def run(self) -> None:
         """Serve requests until the client closes; raises on violations, idleness and lost connections."""
@@ -228,7 +230,7 @@ class Connection:
                 await trio.lowlevel.checkpoint()
                 deadline = perf_counter() + ANSWER_BUDGET
 
-    def answer_ready(self) -> Message | Sentinel:
+    def answer_ready(self) -> Message | LargeFrame | Sentinel:
         """Answer the whole requests in the codec into ``pending`` with ``fast`` handlers, synchronously.
 
         Stops at the end of the input (NEED_DATA or CLOSED), at a request only
@@ -261,7 +263,9 @@ class Connection:
             if self._pending_size >= FLUSH_SIZE or perf_counter() > deadline:
                 return _FLUSH
 
-    async def _answer_held(self, request: Message) -> bytes:
+    async def _answer_held(self, request: Message | LargeFrame) -> bytes:
+        if isinstance(request, LargeFrame):
+            request = await trio.to_thread.run_sync(decode_payload, request.opcode, request.payload)
         handler = self.handlers.task.get(type(request))
         if handler is None:
             raise unexpected(self, request)
