@@ -180,7 +180,7 @@ def ls(pattern: str, limit: int, tracker: tuple[str, int], log_level: str) -> No
 async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, bool]:
     # Query only: ls serves nothing, so it must not register as a peer.
     async with open_catalogue(config) as catalogue:
-        return await catalogue.list_files(pattern, limit), catalogue.counts_the_rest
+        return await catalogue.listing(pattern, limit), catalogue.counts_the_rest
 
 
 # -- stats -------------------------------------------------------------------------

@@ -63,7 +63,10 @@ class Catalogue:
     link: TrackerLink
     timeout: float
 
-    async def list_files(self, pattern: str = "", limit: int = LIST_LIMIT) -> FileList:
+    async def list_files(self, pattern: str = "") -> list[FileEntry]:
+        return list((await self.listing(pattern)).entries)
+
+    async def listing(self, pattern: str = "", limit: int = LIST_LIMIT) -> FileList:
         """The files whose name contains ``pattern``, newest first; ``more`` says how many were left out (if the tracker speaks ``lookup``)."""
         return await self.link.request(list_request(pattern, limit), FileList, timeout=self.timeout)
 

@@ -76,7 +76,7 @@ async def test_get_by_name_and_id_prefix_with_200000_newer_files(running: Runnin
                 await getter.resolve("absent.bin")
             # ls: as much as a frame holds, newest first, and how many more there are.
             async with open_catalogue(PeerConfig(tracker=swarm.tracker)) as catalogue_link:
-                listing = await catalogue_link.list_files("", 100_000)
+                listing = await catalogue_link.listing("", 100_000)
                 assert 10_000 < len(listing.entries) < 100_000
                 assert len(listing.entries) + listing.more == 200_001
                 assert listing.entries[0].name == f"{199_999:07d}-{LONG}.bin"
