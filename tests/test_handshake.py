@@ -21,7 +21,7 @@ from common.codec import Codec, decode_payload, encode_message
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
-from common.messages import Error, FileEntry, FileList, Hello, Lookup, Ok, Register, Welcome, Withdraw
+from common.messages import Error, FileEntry, FileList, Hello, Lookup, Message, Ok, Register, Welcome, Withdraw
 from peer.greeting import Connect, open_greeted
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
@@ -75,33 +75,29 @@ def test_the_doc_vectors_are_the_encoding() -> None:
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
 
 
-def test_the_withdraw_vectors_are_the_encoding() -> None:
-    """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
-    hello = Hello(P, 6881, capabilities={WITHDRAW: 1})
+def _check_capability_vectors(section: str, capability: str, messages: list[Message]) -> None:
+    """The vectors of a capability's section: HELLO offering it, the WELCOME of a server that speaks it, then ``messages``."""
+    hello = Hello(P, 6881, capabilities={capability: 1})
     welcome = ServerHandshake(supported=KNOWN).receive(hello, TEMPLATE)
-    expected = [hello, welcome, Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())]
-    frames = _doc_vectors("### 8.5 ")
+    expected = [hello, welcome, *messages]
+    frames = _doc_vectors(f"### {section} ")
     assert len(frames) == len(expected)
     for message, frame in zip(expected, frames, strict=True):
         assert encode_message(message) == frame, message
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
     agreement = ClientHandshake(hello).receive(welcome)
-    assert isinstance(agreement, Agreement) and agreement.version(WITHDRAW) == 1
+    assert isinstance(agreement, Agreement) and agreement.version(capability) == 1
+
+
+def test_the_withdraw_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
+    _check_capability_vectors("8.5", WITHDRAW, [Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())])
 
 
 def test_the_lookup_vectors_are_the_encoding() -> None:
     """PROTOCOL.md §8.6: a client offering lookup, a server that speaks it, LOOKUP, and FILE_LIST with and without ``more``."""
-    hello = Hello(P, 6881, capabilities={LOOKUP: 1})
-    welcome = ServerHandshake(supported=KNOWN).receive(hello, TEMPLATE)
     entry = FileEntry(F, "victim.bin", 1024, 1024, 1, 1, 1)
-    expected = [hello, welcome, Lookup("victim.bin", 100), Lookup("4646", 2), FileList([entry]), FileList([entry], more=5)]
-    frames = _doc_vectors("### 8.6 ")
-    assert len(frames) == len(expected)
-    for message, frame in zip(expected, frames, strict=True):
-        assert encode_message(message) == frame, message
-        assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
-    agreement = ClientHandshake(hello).receive(welcome)
-    assert isinstance(agreement, Agreement) and agreement.version(LOOKUP) == 1
+    _check_capability_vectors("8.6", LOOKUP, [Lookup("victim.bin", 100), Lookup("4646", 2), FileList([entry]), FileList([entry], more=5)])
 
 
 def _fields_on_the_wire(frame: bytes) -> int:
