@@ -70,9 +70,9 @@ M = TypeVar("M")
 #: The shortest time between two holder refreshes of one download.
 _MIN_REFRESH_GAP = 0.1
 #: A source that has delivered nothing this long after it started no longer takes one of the
-#: ``max_download_peers`` places (it stays until ``first_answer_timeout``); the second figure
-#: while no source delivers, when holders are tried faster (and the tracker asked more often) ...
-_TRIAL_GRACE = (0.5, 0.2)
+#: ``max_download_peers`` places (it stays until ``first_answer_timeout``); while no source
+#: delivers, none takes a place: every holder listed is tried at once (trials ask little), ...
+_TRIAL_GRACE = (0.5, 0.0)
 #: ... and sources in all are at most this many times ``max_download_peers``.
 _TRIAL_FACTOR = 8
 

@@ -15,6 +15,7 @@ Costs: a dict and a counter update per connection and per ended source.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -97,8 +98,18 @@ class Sources:
             del self._candidates[next(iter(self._candidates))]
 
     def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
-        """Holders to try, the first listed first."""
-        return [(address, peer_id, chunks) for address, (peer_id, chunks) in self._candidates.items()]
+        """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, the first listed first.
+
+        Ports are cheap and IP addresses are not: a client with many ids on a few
+        hosts gets a turn per host, not per id, so an honest holder alone on its
+        address is tried within the first rounds however many fakes are listed.
+        """
+        by_group: dict[str, list[tuple[Address, bytes, ChunkSet]]] = {}
+        for address, (peer_id, chunks) in self._candidates.items():
+            by_group.setdefault(ip_group(address[0]), []).append((address, peer_id, chunks))
+        groups = sorted(by_group.items(), key=lambda item: self._per_ip[item[0]])  # stable: first listed first
+        rounds = itertools.zip_longest(*(members for _, members in groups))
+        return [candidate for turn in rounds for candidate in turn if candidate is not None]
 
     def may_connect(self, address: Address, now: float) -> bool:
         """True if a new source at ``address`` may start now."""

@@ -31,7 +31,7 @@ FAKE_HOSTS = [f"127.0.0.{n}" for n in range(2, 22)]  # 20 addresses
 PORTS_PER_HOST = 3
 FAKES = 300
 #: The issue's bound is twice the honest time; below this a run is not told apart from scheduling noise.
-FLOOR = 8.0
+FLOOR = 3.0
 
 
 class Tarpit:

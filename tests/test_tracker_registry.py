@@ -382,3 +382,31 @@ def test_a_bound_peer_still_expires_and_an_id_taken_anew_is_not_released(registr
     assert registry.get_peer(A) is peer
     unbound, _ = registry.register(B, "10.0.0.1", 1)
     assert unbound.connection is None
+
+
+def test_a_holder_alone_at_its_address_is_named_as_often_as_a_crowded_address() -> None:
+    """Issue 12, finding 2: 300 ids at 60 addresses and one honest holder; a WHO_HAS sample of 50 names the honest one fairly.
+
+    Taking each address at its first slot in the random order favours crowded
+    addresses (five slots, one of them early): the honest holder was named in
+    about half of the answers, and a download among tarpits waited for it.
+    """
+    import collections
+    import random
+    from types import SimpleNamespace
+
+    from tracker.limits import distinct_window
+
+    replicas = [SimpleNamespace(peer=SimpleNamespace(host=f"10.0.0.{n % 60}", port=1)) for n in range(300)]
+    replicas.append(SimpleNamespace(peer=SimpleNamespace(host="10.0.1.1", port=1)))
+    ids = collections.Counter((r.peer.host, r.peer.port) for r in replicas)
+    rng = random.Random(7)
+    named = 0
+    rounds = 2000
+    for _ in range(rounds):
+        rng.shuffle(replicas)
+        window = distinct_window(replicas, rng.randrange(len(replicas)), 50, -1, ids.__getitem__, rng)  # type: ignore[arg-type]
+        addresses = [(replicas[slot].peer.host, replicas[slot].peer.port) for slot in window]
+        assert len(addresses) == len(set(addresses)) == 50
+        named += ("10.0.1.1", 1) in addresses
+    assert named / rounds > 50 / 61 - 0.06, named / rounds  # as likely as any of the 61 addresses

@@ -10,7 +10,8 @@ single addresses would let it take as many as it likes).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 from common.errors import TrackerError
 from common.framing import ErrorCode
@@ -80,6 +81,10 @@ class AddressBook:
         self.networks.remove(network_of(host))
         self.release(host, port)
 
+    def ids_at(self, address: tuple[str, int]) -> int:
+        """How many live peer ids claim ``address`` (at least 1)."""
+        return self._addresses.get(address, 1)
+
     def claim(self, host: str, port: int) -> None:
         address = (host, port)
         count = self._addresses.get(address, 0) + 1
@@ -98,27 +103,35 @@ class AddressBook:
             self.crowded -= 1
 
 
-def distinct_window(replicas: Sequence[Replica], start: int, limit: int, mine: int) -> list[int]:
+def distinct_window(
+    replicas: Sequence[Replica], start: int, limit: int, mine: int, ids_at: Callable[[tuple[str, int]], int], rng: random.Random
+) -> list[int]:
     """Up to ``limit`` slots of ``replicas`` from ``start`` on (wrapping), one per (host, port), never ``mine``.
 
     Peer ids that point at one address are one holder to a downloader (a
-    tarpit registering 300 ids at one port must not fill the answer). Visits
-    at most every slot once; with at most ``c`` ids per address it stops after
-    about ``limit * c`` slots.
+    tarpit registering 300 ids at one port must not fill the answer), and one
+    holder to the sample too: the first pass takes a slot with probability
+    1 / (ids registered at its address), so an honest holder alone at its
+    address is as likely to be named as a crowded address (taking each
+    address at its first slot would favour the crowded ones, whose first
+    slots come early). A second pass fills what the first left. Visits every
+    slot at most twice; with at most ``c`` ids per address the first pass
+    stops after about ``limit * c`` slots.
     """
     count = len(replicas)
     seen: set[tuple[str, int]] = set()
     window: list[int] = []
-    for offset in range(count):
-        slot = (start + offset) % count
-        if slot == mine:
-            continue
-        peer = replicas[slot].peer
-        address = (peer.host, peer.port)
-        if address in seen:
-            continue
-        seen.add(address)
-        window.append(slot)
-        if len(window) == limit:
-            break
+    for fair in (True, False):
+        for offset in range(count):
+            slot = (start + offset) % count
+            if slot == mine:
+                continue
+            peer = replicas[slot].peer
+            address = (peer.host, peer.port)
+            if address in seen or (fair and rng.random() * ids_at(address) >= 1.0):
+                continue
+            seen.add(address)
+            window.append(slot)
+            if len(window) == limit:
+                return window
     return window

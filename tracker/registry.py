@@ -337,7 +337,7 @@ class Registry:
         others = count - (mine >= 0)
         if self.addresses.crowded and others:
             # Some address is claimed by several peer ids: hand each address out once.
-            return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine)
+            return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
         if others <= limit:
             return record, [i for i in range(count) if i != mine]
         # A window of consecutive slots from a random start, as opentracker answers: the
