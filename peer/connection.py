@@ -13,6 +13,11 @@ give the same results:
   with ``recv_into`` (no intermediate bytes object);
 * :meth:`Connection.send_file_range` sends chunk bytes from a file with
   ``os.sendfile`` (no copy through Python at all).
+
+Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
+frame body is decrypted straight into the codec's body buffer, many records
+per call, and a chunk is read into a buffer the connection keeps and
+encrypted with its header as one write: no ``bytes`` per record or per chunk.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import trio
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.errors import ConnectionClosed, PeerTimeout, StorageError
 from common.messages import Message
-from peer.storage.chunk_io import read_chunk
+from peer.storage.chunk_io import read_chunk, read_chunk_into
+from peer.tls_stream import TLSStream
 
 __all__ = ["Connection", "RECEIVE_SIZE"]
 
@@ -49,6 +55,9 @@ class Connection:
         self._socket: Any = sock if sock is not None and hasattr(sock, "recv_into") else None
         #: Where addresses are read: the socket, or the one under TLS (``peer/secure.py``).
         self._address_socket: Any = self._socket or getattr(getattr(stream, "transport_stream", None), "socket", None)
+        self._tls = stream if isinstance(stream, TLSStream) else None
+        #: Under TLS, what chunks are read into to be encrypted (grown to the largest chunk sent, then reused).
+        self._chunk_buffer = bytearray()
         self.closed = False
 
     # -- addresses -----------------------------------------------------------
@@ -87,7 +96,13 @@ class Connection:
         codec = self.codec
         try:
             if self._socket is None:
-                codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                tls = self._tls
+                if tls is None:
+                    codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                elif (body := codec.get_buffer()) is not None:
+                    codec.buffer_updated(await tls.receive_into(body))
+                else:
+                    codec.receive_data(await tls.receive_some(FRAME_START_SIZE))  # as with a socket, below
                 return
             buffer = codec.get_buffer()
             if buffer is not None:
@@ -120,6 +135,13 @@ class Connection:
         caller must close the connection then.
         """
         async with self._send_lock:
+            if self._tls is not None:
+                if len(self._chunk_buffer) < count:
+                    self._chunk_buffer = bytearray(count)
+                chunk = memoryview(self._chunk_buffer)[:count]
+                await trio.to_thread.run_sync(read_chunk_into, fd, offset, chunk)
+                await self._send_all(prefix, chunk)
+                return
             if self._socket is None:
                 data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
                 await self._send_all(prefix + data)
@@ -161,9 +183,14 @@ class Connection:
                 raise ConnectionClosed(f"connection lost: {exc.strerror}") from None
             raise StorageError(f"sendfile failed: {exc.strerror or exc}") from None
 
-    async def _send_all(self, data: bytes) -> None:
+    async def _send_all(self, data: bytes, chunk: memoryview | None = None) -> None:
+        """Send ``data`` (and ``chunk`` after it, which only a TLS stream is given: encrypted in the same write)."""
         try:
-            await self.stream.send_all(data)
+            if chunk is None:
+                await self.stream.send_all(data)
+            else:
+                assert self._tls is not None
+                await self._tls.send_parts((data, chunk))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:
