@@ -17,7 +17,8 @@ give the same results:
 Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
 frame body is decrypted straight into the codec's body buffer, many records
 per call, and a chunk is read into a buffer the connection keeps and
-encrypted with its header as one write: no ``bytes`` per record or per chunk.
+encrypted with its header in a worker thread (as files are read and chunks
+hashed), without joining them: no ``bytes`` per record or per chunk.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -139,8 +140,12 @@ class Connection:
                 if len(self._chunk_buffer) < count:
                     self._chunk_buffer = bytearray(count)
                 chunk = memoryview(self._chunk_buffer)[:count]
-                await trio.to_thread.run_sync(read_chunk_into, fd, offset, chunk)
-                await self._send_all(prefix, chunk)
+
+                def read() -> tuple[bytes, memoryview]:
+                    read_chunk_into(fd, offset, chunk)
+                    return prefix, chunk
+
+                await self._send_tls_from_thread(read)
                 return
             if self._socket is None:
                 data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
@@ -183,14 +188,16 @@ class Connection:
                 raise ConnectionClosed(f"connection lost: {exc.strerror}") from None
             raise StorageError(f"sendfile failed: {exc.strerror or exc}") from None
 
-    async def _send_all(self, data: bytes, chunk: memoryview | None = None) -> None:
-        """Send ``data`` (and ``chunk`` after it, which only a TLS stream is given: encrypted in the same write)."""
+    async def _send_tls_from_thread(self, produce: Callable[[], tuple[bytes, memoryview]]) -> None:
+        assert self._tls is not None
         try:
-            if chunk is None:
-                await self.stream.send_all(data)
-            else:
-                assert self._tls is not None
-                await self._tls.send_parts((data, chunk))
+            await self._tls.send_from_thread(produce)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
+
+    async def _send_all(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:

@@ -27,7 +27,8 @@ two senders at once are ``BusyResourceError``.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 import trio
@@ -37,7 +38,7 @@ __all__ = ["TLSStream", "RAW_RECEIVE_SIZE"]
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 #: Ciphertext asked for from the socket per read: many records, one system call, one checkpoint.
-RAW_RECEIVE_SIZE = 256 * 1024
+RAW_RECEIVE_SIZE = 262144
 #: The most plaintext one TLS record holds (RFC 8446 §5.1).
 RECORD_SIZE = 16 * 1024
 
@@ -77,6 +78,8 @@ class TLSStream(trio.abc.Stream):
         self._receiving = _Busy("receiving")
         self._sending = _Busy("sending")
         self._closed = False
+        #: Held around every use of the TLS object and its BIOs: a worker thread may be encrypting (:meth:`send_from_thread`).
+        self._lock = threading.Lock()
         #: Why the stream cannot be used any more (a TLS error, a lost transport, ciphertext cut short).
         self._broken: BaseException | None = None
 
@@ -101,7 +104,8 @@ class TLSStream(trio.abc.Stream):
         async with self._handshake_lock:
             while not self._handshake_done:
                 try:
-                    self._ssl.do_handshake()
+                    with self._lock:
+                        self._ssl.do_handshake()
                     self._handshake_done = True
                 except ssl.SSLWantReadError:
                     await self._flush()
@@ -120,27 +124,34 @@ class TLSStream(trio.abc.Stream):
         with self._receiving:
             await self._ready()
             parts: list[bytes] = []
-            total = 0
-            while total < size:
-                try:
-                    data = self._ssl.read(min(size - total, RECORD_SIZE))
-                    if not data:
-                        break  # close_notify: end of stream (ssl says so with b"", not SSLZeroReturnError)
-                except ssl.SSLWantReadError:
-                    if total:
-                        break
-                    await self._refill()
-                    continue
-                except ssl.SSLZeroReturnError:
-                    break  # close_notify: end of stream
-                except ssl.SSLError as exc:
-                    if total:
-                        break  # said on the next call
-                    raise self._break(exc) from exc
-                parts.append(data)
-                total += len(data)
+            while True:
+                with self._lock:
+                    total, more = self._drain(parts, size)
+                if total or not more:
+                    break
+                await self._refill()
             await self._flush_after_read()
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _drain(self, parts: list[bytes], size: int) -> tuple[int, bool]:
+        """Decrypt what has arrived into ``parts``, up to ``size`` bytes: (bytes taken, whether more may come)."""
+        total = 0
+        while total < size:
+            try:
+                data = self._ssl.read(min(size - total, RECORD_SIZE))
+            except ssl.SSLWantReadError:
+                return total, True
+            except ssl.SSLZeroReturnError:
+                return total, False
+            except ssl.SSLError as exc:
+                if total:
+                    return total, True  # said on the next call
+                raise self._break(exc) from exc
+            if not data:
+                return total, False  # close_notify: end of stream (ssl says so with b"", not SSLZeroReturnError)
+            parts.append(data)
+            total += len(data)
+        return total, True
 
     async def receive_into(self, buffer: Buffer) -> int:
         """Decrypt into ``buffer`` until it is full or nothing more has arrived; the bytes written, 0 at end of stream.
@@ -148,31 +159,38 @@ class TLSStream(trio.abc.Stream):
         Waits only while nothing has been written: at least one byte, unless the stream has ended.
         """
         view = memoryview(buffer).cast("B")
-        end = len(view)
-        if end == 0:
+        if not view:
             raise ValueError("receive_into needs a buffer of at least one byte")
         with self._receiving:
             await self._ready()
-            filled = 0
-            read = self._ssl.read
-            while filled < end:
-                try:
-                    n: int = read(end - filled, view[filled:])  # type: ignore[assignment]
-                    if not n:
-                        break  # close_notify
-                    filled += n
-                except ssl.SSLWantReadError:
-                    if filled:
-                        break
-                    await self._refill()
-                except ssl.SSLZeroReturnError:
+            while True:
+                with self._lock:
+                    filled, more = self._drain_into(view)
+                if filled or not more:
                     break
-                except ssl.SSLError as exc:
-                    if filled:
-                        break
-                    raise self._break(exc) from exc
+                await self._refill()
             await self._flush_after_read()
             return filled
+
+    def _drain_into(self, view: memoryview) -> tuple[int, bool]:
+        """Decrypt what has arrived into ``view``: (bytes written, whether more may come)."""
+        filled, end = 0, len(view)
+        read = self._ssl.read
+        while filled < end:
+            try:
+                n: int = read(end - filled, view[filled:])  # type: ignore[assignment]
+            except ssl.SSLWantReadError:
+                return filled, True
+            except ssl.SSLZeroReturnError:
+                return filled, False
+            except ssl.SSLError as exc:
+                if filled:
+                    return filled, True
+                raise self._break(exc) from exc
+            if not n:
+                return filled, False  # close_notify
+            filled += n
+        return filled, True
 
     async def _refill(self) -> None:
         """Move what the transport has (at least one byte, or its EOF) into the incoming BIO."""
@@ -182,23 +200,28 @@ class TLSStream(trio.abc.Stream):
                     self._raw = bytearray(RAW_RECEIVE_SIZE)
                 n = await self._recv_into(self._raw)
                 if n:
-                    self._incoming.write(memoryview(self._raw)[:n])
+                    with self._lock:
+                        self._incoming.write(memoryview(self._raw)[:n])
                     return
             else:
                 data = await self.transport_stream.receive_some(RAW_RECEIVE_SIZE)
                 if data:
-                    self._incoming.write(data)
+                    with self._lock:
+                        self._incoming.write(data)
                     return
         except OSError as exc:  # a trio socket's own errors (a reset) are not translated by trio
             raise self._break(exc) from exc
         except trio.BrokenResourceError as exc:
             raise self._break(exc) from exc
-        # End of stream: TLS says whether it was clean (close_notify: SSLZeroReturnError) or not (SSLEOFError).
-        self._incoming.write_eof()
+        # End of stream: TLS says whether it was clean (close_notify) or not (SSLEOFError).
+        with self._lock:
+            self._incoming.write_eof()
 
     async def _flush_after_read(self) -> None:
         # Reading can make TLS write (an answer to a KeyUpdate, RFC 8446 §4.6.3).
-        if self._outgoing.pending:
+        with self._lock:
+            pending = self._outgoing.pending
+        if pending:
             await self._flush()
 
     # -- sending -------------------------------------------------------------
@@ -209,13 +232,33 @@ class TLSStream(trio.abc.Stream):
         """Encrypt ``parts`` in order, then send the ciphertext in one go (a frame header and its chunk, unjoined)."""
         with self._sending:
             await self._ready()
+            self._encrypt(parts)
+            await self._flush()
+
+    async def send_from_thread(self, produce: Callable[[], Iterable[Buffer]]) -> None:
+        """Call ``produce`` in a worker thread and encrypt the parts it returns there too, then send them.
+
+        For chunks: the file read and the encryption of a megabyte (both
+        release the GIL) run off the event loop, as hashing does (STYLE.md 10).
+        """
+        with self._sending:
+            await self._ready()
+            try:
+                await trio.to_thread.run_sync(lambda: self._encrypt(produce()))
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # cancelled: what was encrypted is not sent, the stream cannot go on
+                    self._break(exc)
+                raise
+            await self._flush()
+
+    def _encrypt(self, parts: Iterable[Buffer]) -> None:
+        with self._lock:
             try:
                 for part in parts:
                     if len(memoryview(part)):
                         self._ssl.write(part)
             except ssl.SSLError as exc:
                 raise self._break(exc) from exc
-            await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._sending:
@@ -225,7 +268,8 @@ class TLSStream(trio.abc.Stream):
     async def _flush(self) -> None:
         """Send everything TLS has written so far; a send cut short leaves the stream broken (ciphertext is lost)."""
         async with self._transport_send_lock:
-            data = self._outgoing.read()
+            with self._lock:
+                data = self._outgoing.read()
             if not data:
                 return
             try:
@@ -273,7 +317,8 @@ class TLSStream(trio.abc.Stream):
         try:
             if self._handshake_done and self._broken is None:
                 try:
-                    self._ssl.unwrap()
+                    with self._lock:
+                        self._ssl.unwrap()
                 except ssl.SSLWantReadError:
                     pass  # the other side's close_notify: not waited for
                 except ssl.SSLError:

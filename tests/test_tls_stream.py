@@ -239,7 +239,7 @@ async def test_full_duplex() -> None:
 
 
 async def test_two_receivers_or_two_senders_are_busy() -> None:
-    server, client = await tls_pair(socket_pair())
+    server, _client = await tls_pair(socket_pair())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.receive_some, 10)  # the client sends nothing: it waits
         nursery.start_soon(server.send_all, bytes(8 * 2**20))  # the client reads nothing: it waits
