@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import ssl
 
 import pytest
 import trio
 import trio.testing
 
+from common.errors import ConnectionClosed, StorageError
+from common.framing import ErrorCode
 from common.identity import NodeKey
+from common.messages import ChunkData, ChunkError
 from common.tls import client_context, server_context
+from peer.connection import Connection
 from peer.tls_stream import RAW_RECEIVE_SIZE, TLSStream
 
 SERVER = server_context(NodeKey.generate())
@@ -262,3 +267,36 @@ async def test_closed_stream_refuses_use() -> None:
     assert await server.receive_some(10) == b""  # close_notify was sent
     with pytest.raises(ValueError):
         await server.receive_into(bytearray())
+
+
+async def test_connection_sends_and_receives_chunks_over_tls(tmp_path: pathlib.Path) -> None:
+    """Connection's TLS paths: chunks read and encrypted in a worker thread, bodies decrypted into the codec's buffer."""
+    data = os.urandom(3 * 2**20 + 1000)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    server, client = await tls_pair(socket_pair())
+    sender, receiver = Connection(server), Connection(client)
+    file_id = bytes(range(32))
+    pieces = [(0, 2**20), (2**20, 2**20), (3 * 2**20, 1000), (2 * 2**20, 2**20)]  # a large body, then a short one, then large
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for index, (offset, length) in enumerate(pieces):
+                    await sender.send_file_range(sender.codec.chunk_data_prefix(file_id, index, length), fd, offset, length)
+                await sender.send(ChunkError(file_id, 9, ErrorCode.NOT_HELD, "not held"))
+
+            nursery.start_soon(send)
+            for index, (offset, length) in enumerate(pieces):
+                message = await receiver.receive()
+                assert isinstance(message, ChunkData)
+                assert (message.index, bytes(message.data)) == (index, data[offset : offset + length])
+            assert isinstance(await receiver.receive(), ChunkError)
+        with pytest.raises(StorageError):  # a file shorter than the chunk: said before anything is encrypted
+            await sender.send_file_range(sender.codec.chunk_data_prefix(file_id, 0, 100), fd, len(data) - 10, 100)
+    finally:
+        os.close(fd)
+    await sender.aclose()
+    with pytest.raises(ConnectionClosed):
+        await receiver.receive()
