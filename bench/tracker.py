@@ -85,11 +85,22 @@ def frame(opcode: Opcode, fields: list[Any]) -> bytes:
 # ---------------------------------------------------------------------------
 # The tracker process
 # ---------------------------------------------------------------------------
+def tracker_caps(peers: int) -> dict[str, int]:
+    """The tracker's caps this run needs: every simulated peer comes from 127.0.0.1, one connection and one peer id each.
+
+    The per-address defaults (64 peer ids, 128 connections) would refuse all but
+    the first few, so the benchmark raises them explicitly, and says so.
+    """
+    connections = max(8192, peers + 256)
+    return {"max_connections": connections, "max_connections_per_ip": connections, "max_peers_per_ip": max(1, peers)}
+
+
 class TrackerProcess:
-    def __init__(self, db: str, heartbeat: float, profile: str | None = None) -> None:
+    def __init__(self, db: str, heartbeat: float, caps: dict[str, int], profile: str | None = None) -> None:
+        options = [item for name, value in caps.items() for item in ("--" + name.replace("_", "-"), str(value))]
         args = [
             sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "chunkswarm", "tracker", "--port", "0", "--db", db, "--heartbeat-interval", str(heartbeat),
-            "--peer-timeout", str(heartbeat * 20), "--max-connections", "8192", "--log-level", "INFO",
+            "--peer-timeout", str(heartbeat * 20), *options, "--log-level", "INFO",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
         self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -418,11 +429,14 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PATH", help="run the tracker under cProfile, stats written to PATH")
     parser.add_argument("--trace", metavar="PATH", help="write the paced phase's requests (send time, latency, kind) as CSV to PATH")
     args = parser.parse_args()
-    _raise_fd_limit(args.peers + 256)
+    _raise_fd_limit(args.peers + 512)
 
     load_average = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="chunkswarm-bench-") as tmp:
-        tracker = TrackerProcess(os.path.join(tmp, "tracker.db"), 30.0, args.profile)
+        caps = tracker_caps(args.peers)
+        print(f"tracker caps raised for {args.peers} peers from one address (127.0.0.1): "
+              + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in caps.items()), file=sys.stderr)  # fmt: skip
+        tracker = TrackerProcess(os.path.join(tmp, "tracker.db"), 30.0, caps, args.profile)
         try:
             rss_idle = tracker.rss_mb()
             load = LoadGenerator(tracker.port, args, tracker.cpu_seconds)
@@ -474,6 +488,7 @@ def main() -> None:
         "errors": load.errors,
         "tracker_requests_served": stats.get("requests", 0),
         "tracker_exit_code": code,
+        "tracker_caps": caps,
     }
     print(json.dumps(result))
 

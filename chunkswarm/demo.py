@@ -30,8 +30,9 @@ import trio
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
-from chunkswarm.ui import LogProgress, RichProgress, progress_columns
+from chunkswarm.ui import LogProgress, RichProgress, markup_safe, progress_columns
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.manifest import chunk_size_for
@@ -326,7 +327,7 @@ async def _swarm(
 
 def summary_table(outcome: DemoOutcome) -> Table:
     """For each peer: its role, chunks uploaded and downloaded (and from whom), and whether its copy matches."""
-    table = Table(title=f"{outcome.source.name}: {format_size(outcome.size)}, {plural(outcome.chunk_count, 'chunk')}, "
+    table = Table(title=f"{markup_safe(outcome.source.name)}: {format_size(outcome.size)}, {plural(outcome.chunk_count, 'chunk')}, "
                         f"SHA-256 {outcome.sha256[:16]}…")
     for column, justify in (("peer", "left"), ("role", "left"), ("address", "left"), ("chunks up", "right"),
                             ("chunks down", "right"), ("downloaded from", "left"), ("copy", "left")):  # fmt: skip
@@ -339,7 +340,8 @@ def summary_table(outcome: DemoOutcome) -> Table:
             verdict = "[red]incomplete[/]"
         else:
             verdict = "[red]SHA-256 differs[/]"
-        table.add_row(report.label, report.role, report.address, str(report.chunks_uploaded), str(report.chunks_downloaded), sources, verdict)
+        table.add_row(Text(report.label), report.role, report.address, str(report.chunks_uploaded), str(report.chunks_downloaded), Text(sources),
+                      verdict)  # fmt: skip
     return table
 
 

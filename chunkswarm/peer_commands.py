@@ -24,9 +24,10 @@ from chunkswarm.ui import file_table, progress_display, stats_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from common.messages import FileList
 from common.swarm import SwarmFile
 from common.wording import format_size, plural
-from peer.catalogue import open_catalogue
+from peer.catalogue import LIST_LIMIT, open_catalogue
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_peer
 from peer.seeder import Seeder
@@ -36,6 +37,8 @@ __all__ = ["peer_commands", "seed", "ls", "stats"]
 logger = logging.getLogger("peer")
 
 DEFAULT_TRACKER = f"127.0.0.1:{TRACKER_PORT}"
+#: Files ``ls`` shows unless told otherwise: a catalogue of 200,000 is not read on a terminal.
+LS_LIMIT = 1000
 
 
 def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
@@ -167,20 +170,26 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
 # -- ls ----------------------------------------------------------------------------
 @click.command()
 @click.argument("pattern", default="")
+@click.option("--limit", type=click.IntRange(1, LIST_LIMIT), default=LS_LIMIT, show_default=True, help="Most files shown, newest first.")
 @_query_options
-def ls(pattern: str, tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
-    """List the tracker's files whose name contains PATTERN."""
+def ls(pattern: str, limit: int, tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
+    """List the tracker's files whose name contains PATTERN, newest first."""
     setup_logging(log_level)
     config = PeerConfig(tracker=tracker, swarm=swarm)
-    entries = _run(_ls, config, pattern)
-    table = file_table(entries, f"files on {format_address(*config.tracker)}")
-    Console().print(table)
+    listing, counted = _run(_ls, config, pattern, limit)
+    out = Console()
+    out.print(file_table(list(listing.entries), f"files on {format_address(*config.tracker)}"))
+    shown = len(listing.entries)
+    if listing.more:
+        out.print(f"{plural(shown, 'file')} shown, {listing.more:,} more on the tracker: give a PATTERN to narrow the listing, or a larger --limit")
+    elif shown == limit and not counted:
+        out.print(f"the first {plural(shown, 'file')} shown (--limit); the tracker does not say how many more it has")
 
 
-async def _ls(config: PeerConfig, pattern: str) -> list[Any]:
+async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, bool]:
     # Query only: ls serves nothing, so it must not register as a peer.
     async with open_catalogue(config) as catalogue:
-        return await catalogue.list_files(pattern)
+        return await catalogue.listing(pattern, limit), catalogue.counts_the_rest
 
 
 # -- stats -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from common.address import TRACKER_PORT
 from common.allow import AllowList
 from common.errors import StorageError
 from common.swarm import SwarmFile
-from tracker.config import DEFAULT_IO, IO_PATHS, IoPath, TrackerConfig
+from tracker.config import DEFAULT_CONNECTIONS_PER_IP, DEFAULT_IO, DEFAULT_PEERS_PER_IP, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
 
 __all__ = ["tracker_command", "default_db_path"]
@@ -119,6 +119,10 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="Seconds a connection may go without a request  [default: 4 heartbeat intervals]")  # fmt: skip
 @click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Connections beyond this are refused with an error frame.")  # fmt: skip
+@click.option("--max-connections-per-ip", type=click.IntRange(min=1), default=DEFAULT_CONNECTIONS_PER_IP, show_default=True,
+              help="Connections one address (an IPv6 /64) may hold open; beyond it refused with an error frame.")  # fmt: skip
+@click.option("--max-peers-per-ip", type=click.IntRange(min=1), default=DEFAULT_PEERS_PER_IP, show_default=True,
+              help="Peer ids one address (an IPv6 /64) may have registered; a REGISTER beyond it gets ERROR BUSY and a close.")  # fmt: skip
 @click.option("--max-holders", type=click.IntRange(min=1, max=1000), default=50, show_default=True,
               help="Most holders returned per WHO_HAS.")  # fmt: skip
 @click.option("--stats-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
@@ -143,6 +147,8 @@ def tracker_command(
     peer_timeout: float | None,
     idle_timeout: float | None,
     max_connections: int,
+    max_connections_per_ip: int,
+    max_peers_per_ip: int,
     max_holders: int,
     stats_interval: float,
     retention_days: float,
@@ -169,6 +175,8 @@ def tracker_command(
             peer_timeout=peer_timeout if peer_timeout is not None else 3 * heartbeat_interval,
             idle_timeout=idle_timeout if idle_timeout is not None else 4 * heartbeat_interval,
             max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            max_peers_per_ip=max_peers_per_ip,
             max_holders=max_holders,
             stats_interval=stats_interval,
             retention=retention_days * 86400,

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -25,18 +26,24 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from common.manifest import shown_name
 from common.messages import FileEntry
 from common.wording import format_rate, format_size, plural
 from peer.progress import ProgressSink
 
 __all__ = ["RichProgress", "LogProgress", "RateColumn", "BytesColumn", "progress_columns", "progress_display", "format_size", "file_table",
-           "chunk_size_text", "STALLED_AFTER"]  # fmt: skip
+           "chunk_size_text", "markup_safe", "STALLED_AFTER"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 
 def _short(source: str) -> str:
     return source.split(" (")[0] if " (" in source else source
+
+
+def markup_safe(text: str) -> str:
+    """``text`` (a file name, a peer's agent) for a place rich reads as markup: ``[reverse]`` shows as typed, invisible characters as ``\\uXXXX``."""
+    return escape(shown_name(text))
 
 
 class RichProgress:
@@ -51,18 +58,18 @@ class RichProgress:
         self._hashing: str | None = None
 
     def _fields(self) -> dict[str, Any]:
-        sources = " ".join(f"{name}:{count}" for name, count in self._sources.most_common(4))
+        sources = markup_safe(" ".join(f"{name}:{count}" for name, count in self._sources.most_common(4)))
         return {"peers": self._peers, "sources": sources, "detail": f"{plural(self._peers, 'peer')} {sources}"}
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
         self._hashing = None
-        self._task = self._progress.add_task(name, total=total_bytes, completed=already_have_bytes, moved_at=self._progress.get_time(),
+        self._task = self._progress.add_task(markup_safe(name), total=total_bytes, completed=already_have_bytes, moved_at=self._progress.get_time(),
                                              **self._fields())  # fmt: skip
 
     def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
         if self._task is None or self._hashing != name:
             self._hashing = name
-            self._task = self._progress.add_task(f"hashing {name}", total=total_bytes, peers=0, sources="", detail="")
+            self._task = self._progress.add_task(f"hashing {markup_safe(name)}", total=total_bytes, peers=0, sources="", detail="")
         self._progress.update(self._task, completed=hashed_bytes, moved_at=self._progress.get_time())
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
@@ -102,11 +109,13 @@ class LogProgress:
         self._hashing = False
 
     def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        name = shown_name(name)
         self._name, self._total, self._done, self._hashing = name, total_bytes, already_have_bytes, False
         self._start = self._last = time.monotonic()
         logger.info("%s: %s, %s already here", name, format_size(total_bytes), format_size(already_have_bytes))
 
     def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        name = shown_name(name)
         now = time.monotonic()
         if not self._hashing or name != self._name:
             self._name, self._total, self._hashing = name, total_bytes, True
@@ -216,9 +225,9 @@ def stats_table(counters: dict[str, int | float], title: str) -> Table:
     for name in sorted(counters, key=lambda n: (rank.get(n, len(rank)), n)):
         value = counters[name]
         if name.endswith("_s"):
-            table.add_row(name[:-2].replace("_", " "), f"{value:,.0f} s")
+            table.add_row(Text(name[:-2].replace("_", " ")), f"{value:,.0f} s")
         else:
-            table.add_row(name.replace("_", " "), f"{value:,}")
+            table.add_row(Text(name.replace("_", " ")), f"{value:,}")
     return table
 
 
@@ -234,7 +243,7 @@ def file_table(entries: list[FileEntry], title: str, *, id_chars: int = 16) -> T
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for entry in entries:
         chunks = f"{entry.chunk_count}\u00d7{chunk_size_text(entry.chunk_size)}"  # 73 chunks of 4 KiB: "73 (times sign) 4 KiB"
-        table.add_row(entry.name, format_size(entry.size), entry.file_id.hex()[:id_chars], chunks, str(entry.holders),
+        table.add_row(Text(shown_name(entry.name)), format_size(entry.size), entry.file_id.hex()[:id_chars], chunks, str(entry.holders),
                       str(entry.complete_copies))  # fmt: skip
     return table
 

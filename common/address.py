@@ -6,7 +6,7 @@ import ipaddress
 
 from common.errors import ValidationError
 
-__all__ = ["parse_address", "format_address", "TRACKER_PORT"]
+__all__ = ["parse_address", "format_address", "ip_group", "TRACKER_PORT"]
 
 #: The port a tracker listens on unless told otherwise, and so the one an address without a port means.
 TRACKER_PORT = 7070
@@ -51,3 +51,20 @@ def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, i
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ip_group(host: str) -> str:
+    """What a per-IP cap counts ``host`` under: the address itself for IPv4 (and names), its /64 for IPv6.
+
+    One IPv6 host is usually given a whole /64, so counting single IPv6
+    addresses would give it 2**64 of them; an IPv4-mapped address counts as its IPv4 one.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

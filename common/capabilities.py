@@ -35,6 +35,7 @@ __all__ = [
     "WITHDRAW",
     "IDENTITY",
     "UNPUBLISH",
+    "LOOKUP",
     "KNOWN",
 ]
 
@@ -52,12 +53,14 @@ WITHDRAW: Final = "withdraw"
 IDENTITY: Final = "identity"
 #: ``unpublish`` (PROTOCOL.md §8.7): UNPUBLISH, from an identified publisher.
 UNPUBLISH: Final = "unpublish"
+#: ``lookup`` (PROTOCOL.md §8.9): the LOOKUP message, and listings that say how many files they left out.
+LOOKUP: Final = "lookup"
 
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1, LOOKUP: 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
 
 
 def capabilities_converter(value: object) -> object:

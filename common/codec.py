@@ -45,7 +45,7 @@ from common.messages import (
     RequestChunk,
 )
 
-__all__ = ["Codec", "NEED_DATA", "CLOSED", "Sentinel", "encode_message", "decode_payload", "chunk_data_prefix", "chunk_data_body_size"]
+__all__ = ["Codec", "NEED_DATA", "CLOSED", "Sentinel", "LargeFrame", "encode_message", "decode_payload", "chunk_data_prefix", "chunk_data_body_size"]
 
 
 class Sentinel:
@@ -62,6 +62,24 @@ class Sentinel:
 
 NEED_DATA: Final = Sentinel("NEED_DATA")
 CLOSED: Final = Sentinel("CLOSED")
+
+class LargeFrame:
+    """A frame of at least LARGE_FRAME bytes, not decoded yet (``Codec(defer_large=True)``).
+
+    Decoding the largest manifest takes most of a second: a server decodes it with
+    :func:`decode_payload` in a worker thread, not on the event loop every
+    connection shares.
+    """
+
+    __slots__ = ("opcode", "payload")
+
+    def __init__(self, opcode: Opcode, payload: bytearray) -> None:
+        self.opcode = opcode
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"LargeFrame({self.opcode.name}, {len(self.payload)} bytes)"
+
 
 _CHUNK_PREFIX: Final = struct.Struct(">32sI")
 _RAW_OPCODES: Final = frozenset({Opcode.REQUEST_CHUNK, Opcode.CANCEL_CHUNK, Opcode.CHUNK_DATA})
@@ -159,6 +177,7 @@ class Codec:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_receive_size: int | None = None,
         allocate_body: Callable[[int], bytearray] = bytearray,
+        defer_large: bool = False,
     ) -> None:
         self.max_frame_size = max_frame_size
         #: The largest frame accepted from the other side (default: ``max_frame_size``). A
@@ -168,6 +187,8 @@ class Codec:
         #: (its content is overwritten): a downloader passes a pool's, so chunk after chunk
         #: is received into the same memory.
         self.allocate_body = allocate_body
+        #: Hand frames of LARGE_FRAME bytes or more over as :class:`LargeFrame`, undecoded.
+        self.defer_large = defer_large
         self._buffer = bytearray()
         self._header: FrameHeader | None = None
         self._body: bytearray | None = None  # large frame being received
@@ -213,8 +234,8 @@ class Codec:
         assert self._body is not None and self._filled + nbytes <= len(self._body)
         self._filled += nbytes
 
-    def next_event(self) -> Message | Sentinel:
-        """The next whole message, ``NEED_DATA``, or ``CLOSED`` after a clean end of stream."""
+    def next_event(self) -> Message | LargeFrame | Sentinel:
+        """The next whole message, ``NEED_DATA``, or ``CLOSED`` after a clean end of stream (or a :class:`LargeFrame`, if deferred)."""
         self._check_usable()
         try:
             return self._next_event()
@@ -243,7 +264,7 @@ class Codec:
         """Bytes of memory held for input not returned yet, as allocated (a large frame's body counts in full)."""
         return len(self._buffer) + (len(self._body) if self._body is not None else 0)
 
-    def _next_event(self) -> Message | Sentinel:
+    def _next_event(self) -> Message | LargeFrame | Sentinel:
         payload: bytes | bytearray
         header = self._header
         if header is None:
@@ -274,6 +295,9 @@ class Codec:
             payload = self._body
             self._body = None
             self._filled = 0
+            if self.defer_large:
+                self._header = None
+                return LargeFrame(header.opcode, payload)
         else:
             if len(self._buffer) < header.length:
                 return self._need_more(partial=True)

@@ -71,6 +71,7 @@ class Opcode(enum.IntEnum):
     STATS_REPLY = 0x1A  # reply: counters
     WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
     UNPUBLISH = 0x1C  # take a file one published out of the catalogue (capability unpublish, PROTOCOL.md §8.7)
+    LOOKUP = 0x1D  # the files an exact name or a file id prefix names (capability lookup, PROTOCOL.md §8.9)
     # Chunk transfer (->P), pipelined; replies may come in any order.
     REQUEST_CHUNK = 0x20  # file id + chunk index
     CHUNK_DATA = 0x21  # reply: file id + chunk index + raw chunk bytes

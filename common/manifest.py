@@ -46,6 +46,8 @@ __all__ = [
     "merkle_proof",
     "verify_proof",
     "validate_name",
+    "check_publishable_name",
+    "shown_name",
     "hash_file",
     "build_manifest",
 ]
@@ -171,6 +173,35 @@ def validate_name(name: str) -> str:
         if char in "/\\" or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
             raise ValidationError(f"file name {name!r} contains a separator or control character")
     return name
+
+
+def _invisible(char: str) -> bool:
+    # Format characters (Unicode category Cf): the bidirectional overrides and isolates
+    # (U+202A-202E, U+2066-2069), the marks U+200E/200F, zero-width U+200B-200D, U+2060,
+    # U+FEFF and the like: they change how a name looks, or are not seen at all.
+    return unicodedata.category(char) == "Cf"
+
+
+def check_publishable_name(name: str) -> str:
+    """:func:`validate_name`, and no invisible or reordering characters: the rule for a name published from now on.
+
+    Peers check it before they send a PUBLISH and the tracker when it
+    receives one (issue 12, finding 9: ``victim\u200b.bin`` and right-to-left
+    overrides made look-alikes). Names already catalogued are still decoded
+    (:func:`validate_name`) and shown through :func:`shown_name`.
+    """
+    validate_name(name)
+    for char in name:
+        if _invisible(char):
+            raise ValidationError(f"file name '{shown_name(name)}' contains the invisible or reordering character U+{ord(char):04X}")
+    return name
+
+
+def shown_name(name: str) -> str:
+    """``name`` with each invisible or reordering character written as ``\\uXXXX``, so that it shows what it is."""
+    if not any(_invisible(char) for char in name):
+        return name
+    return "".join(f"\\u{ord(char):04x}" if _invisible(char) else char for char in name)
 
 
 def _validate_hashes(instance: object, attribute: object, hashes: tuple[bytes, ...]) -> None:

@@ -44,6 +44,7 @@ from common.fields import (
 )
 from common.framing import PROTOCOL_VERSION, ErrorCode, Opcode
 from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BYTES, Identify, Unpublish, empty_or_bytes_of
+from common.lookup_messages import Lookup
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 from common.swarm_messages import SwarmChallenge, SwarmProof
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
@@ -82,6 +83,7 @@ __all__ = [
     "Unpublish",
     "SwarmChallenge",
     "SwarmProof",
+    "Lookup",
     "MESSAGE_TYPES",
 ]
 
@@ -278,18 +280,26 @@ class FileEntry(Record):
 
 @attrs.frozen
 class FileList:
-    """T->: the files that matched LIST_FILES, newest first."""
+    """T->: the files that matched LIST_FILES or LOOKUP, newest first.
+
+    ``more``: how many more files matched than the list holds (capability
+    ``lookup``, PROTOCOL.md §8.9; on the wire only when not 0).
+    """
 
     OPCODE: ClassVar[Opcode] = Opcode.FILE_LIST
+    REQUIRED: ClassVar[int] = 1  # more came later (PROTOCOL.md §8.9)
     entries: tuple[FileEntry, ...] = attrs.field(converter=to_tuple, validator=tuple_of(FileEntry, MAX_LIST))
+    more: int = attrs.field(default=0, validator=u32)
 
     def to_fields(self) -> list[Any]:
-        return [[e.to_fields() for e in self.entries]]
+        entries = [e.to_fields() for e in self.entries]
+        return [entries, self.more] if self.more else [entries]
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> FileList:
         (entries,) = at_least(cls, fields, 1)
-        return cls(tuple(FileEntry.from_fields(as_tuple(e)) for e in as_tuple(entries)))
+        more = fields[1] if len(fields) > 1 else 0
+        return cls(tuple(FileEntry.from_fields(as_tuple(e)) for e in as_tuple(entries)), more)
 
 
 @attrs.frozen
@@ -355,7 +365,7 @@ def _manifest_from_fields(fields: tuple[Any, ...]) -> Manifest:
 Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
-    | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof
+    | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof | Lookup
 )
 
 #: Opcode -> message class, for the decoder.
@@ -364,7 +374,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
     for cls in (
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
-        ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof,
+        ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof, Lookup,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

@@ -1,4 +1,9 @@
-"""The tracker's catalogue as a peer sees it: a query-only session, and which file a name or id prefix means."""
+"""The tracker's catalogue as a peer sees it: a query-only session, and which file a name or id prefix means.
+
+A tracker that speaks ``lookup`` (PROTOCOL.md §8.9) resolves a name or an id
+prefix itself, however large its catalogue; an older one is asked for its
+listing, which is what :func:`resolve_entry` then searches either way.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from contextlib import asynccontextmanager
 
 import attrs
 
-from common.capabilities import UNPUBLISH
+from common.capabilities import LOOKUP, UNPUBLISH
 from common.errors import AmbiguousFile, TrackerError, UnknownFile
-from common.messages import FileEntry, FileList, Hello, ListFiles, Ok, Stats, StatsReply, Unpublish
+from common.lookup_messages import MAX_LOOKUP
+from common.manifest import MAX_NAME_BYTES
+from common.messages import FileEntry, FileList, Hello, ListFiles, Lookup, Ok, Stats, StatsReply, Unpublish
 from common.version import __version__
 from common.wording import format_size, plural
 from peer.config import PeerConfig
 from peer.secure import CAPABILITIES, Private
 from peer.tracker_client import TrackerLink, open_query_link
 
-__all__ = ["Catalogue", "open_catalogue", "list_request", "resolve_entry", "agent"]
+__all__ = ["Catalogue", "open_catalogue", "list_request", "lookup_request", "resolve_entry", "agent", "LIST_LIMIT"]
 
 _HEX = frozenset(string.hexdigits)
 
@@ -27,8 +34,25 @@ def agent(config: PeerConfig) -> str:
     return (config.label or f"chunkswarm/{__version__}")[:64]
 
 
-def list_request(pattern: str) -> ListFiles:
-    return ListFiles(pattern, limit=100_000)
+#: The most files a listing asks for (what ``ls`` shows unless told otherwise is fewer).
+LIST_LIMIT = 100_000
+
+
+def list_request(pattern: str, limit: int = LIST_LIMIT) -> ListFiles:
+    return ListFiles(pattern, limit=limit)
+
+
+def lookup_request(query: str) -> Lookup | None:
+    """The LOOKUP that resolves ``query`` (PROTOCOL.md §8.9); None when it can name no file (empty, or longer than any name).
+
+    It asks for as many files as a look-up may hold: a name several files
+    share is resolved among all of them (:func:`resolve_entry`) unless a
+    thousand share it.
+    """
+    query = query.strip()
+    if not query or len(query) > MAX_NAME_BYTES:
+        return None
+    return Lookup(query, MAX_LOOKUP)
 
 
 @attrs.define(eq=False)
@@ -39,8 +63,16 @@ class Catalogue:
     timeout: float
 
     async def list_files(self, pattern: str = "") -> list[FileEntry]:
-        reply = await self.link.request(list_request(pattern), FileList, timeout=self.timeout)
-        return list(reply.entries)
+        return list((await self.listing(pattern)).entries)
+
+    async def listing(self, pattern: str = "", limit: int = LIST_LIMIT) -> FileList:
+        """The files whose name contains ``pattern``, newest first; ``more`` says how many were left out (if the tracker speaks ``lookup``)."""
+        return await self.link.request(list_request(pattern, limit), FileList, timeout=self.timeout)
+
+    @property
+    def counts_the_rest(self) -> bool:
+        """Whether the tracker says how many files a listing left out (PROTOCOL.md §8.9)."""
+        return self.link.speaks(LOOKUP)
 
     async def unpublish(self, file_id: bytes) -> None:
         """Take a file this node published out of the catalogue (PROTOCOL.md §8.7); :class:`TrackerError` if refused."""
@@ -60,7 +92,7 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
 
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
-    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1})
+    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1, LOOKUP: 1})
     private = None
     if config.swarm is not None:  # the capability a member requires (PROTOCOL.md §8.8)
         private = Private.create(config.swarm, config.node_key)

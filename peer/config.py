@@ -56,16 +56,29 @@ class PeerConfig:
     #: The files served are checked for changes on disk this often (a ``stat`` each); one
     #: that changed is no longer served, and the tracker is told (``peer.withdrawals``).
     change_check_interval: float = attrs.field(default=1.0, validator=_positive)
-    #: Connections served at once; more are told BUSY and closed.
+    #: Connections served at once; more are told BUSY and closed, unless one IP (one IPv6 /64)
+    #: holds more of them than the newcomer's: then its oldest connection makes room.
     max_upload_connections: int = 32
+    #: Connections served at once from one IP (one IPv6 /64): half the slots, so that one client
+    #: cannot hold them all, and a swarm of 17 peers on 127.0.0.1 is still served in full.
+    max_upload_connections_per_ip: int = attrs.field(default=16, validator=attrs.validators.ge(1))
     #: Requests queued per connection; more are answered BUSY at once.
     max_queued_requests: int = 16
     #: Bytes a second served at most, over all connections (None: as fast as the network takes them).
     max_upload_rate: float | None = None
 
     # -- downloading ----------------------------------------------------------
-    #: Peers downloaded from at once.
+    #: Peers downloaded from at once. A peer that has not delivered a chunk within its first
+    #: second no longer takes one of these places (it may yet, until ``first_answer_timeout``):
+    #: up to four times as many are tried at once, so holders that never deliver cannot fill them.
     max_download_peers: int = 8
+    #: Sources of one download at one IP address (one /64 for IPv6) at once. As many as
+    #: ``max_download_peers`` by default, so a swarm of many peers on 127.0.0.1 downloads as
+    #: before; holders are taken one per address (host and port) whatever the cap.
+    max_sources_per_ip: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    #: A source that answers none of our requests within this long is dropped: a holder that
+    #: says WELCOME and then nothing holds our requests this long, not ``request_timeout``.
+    first_answer_timeout: float = attrs.field(default=3.0, validator=_positive)
     #: Requests in flight per peer connection (pipeline depth).
     pipeline_depth: int = 8
     #: Requests per chunk once everything is requested (endgame).
@@ -92,8 +105,10 @@ class PeerConfig:
     stall_timeout: float = attrs.field(default=15.0, validator=_positive)
     #: A peer that leaves requests unanswered this long is dropped.
     request_timeout: float = attrs.field(default=15.0, validator=_positive)
-    #: A failed peer is retried after this long.
+    #: A failed peer is retried after this long; one that fails again (unreachable, or
+    #: dropped before delivering a chunk) after twice as long each time, up to ``max_retry_delay``.
     peer_retry_delay: float = attrs.field(default=2.0, validator=_positive)
+    max_retry_delay: float = attrs.field(default=60.0, validator=_positive)
 
     # -- tracker ------------------------------------------------------------
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)

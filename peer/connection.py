@@ -60,6 +60,8 @@ class Connection:
         #: Under TLS, what chunks are read into to be encrypted (grown to the largest chunk sent, then reused).
         self._chunk_buffer = bytearray()
         self.closed = False
+        #: Bytes received so far (a source part-way through its first chunk is delivering).
+        self.received = 0
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -99,19 +101,28 @@ class Connection:
             if self._socket is None:
                 tls = self._tls
                 if tls is None:
-                    codec.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
                 elif (body := codec.get_buffer()) is not None:
-                    codec.buffer_updated(await tls.receive_into(body))
+                    count = await tls.receive_into(body)
+                    self.received += count
+                    codec.buffer_updated(count)
+                    return
                 else:
-                    codec.receive_data(await tls.receive_some(FRAME_START_SIZE))  # as with a socket, below
+                    data = await tls.receive_some(FRAME_START_SIZE)  # as with a socket, below
+                self.received += len(data)
+                codec.receive_data(data)
                 return
             buffer = codec.get_buffer()
             if buffer is not None:
-                codec.buffer_updated(await self._socket.recv_into(buffer))
+                count = await self._socket.recv_into(buffer)
+                self.received += count
+                codec.buffer_updated(count)
             else:
                 # Between frames: a small read, so that the body of a large frame that
                 # follows is received in place (recv_into) rather than copied.
-                codec.receive_data(await self.stream.receive_some(FRAME_START_SIZE))
+                data = await self.stream.receive_some(FRAME_START_SIZE)
+                self.received += len(data)
+                codec.receive_data(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:

@@ -12,9 +12,8 @@
 Scheduling decisions are the pure :class:`~peer.picker.Picker`'s, the disk
 work :class:`~peer.download_file.DownloadFile`'s, the conversation with each
 holder its :class:`~peer.session.Session`'s; this module ties them together
-in time. Every verified chunk is added to the
-:class:`~peer.storage.library.HeldFile` in the library at once, so the chunk
-server serves it to other downloaders while this download goes on.
+in time. Every verified chunk is added to the library's ``HeldFile`` at once,
+so the chunk server serves it to other downloaders while this goes on.
 
 Two seams make it testable without sockets or a tracker: ``connect`` opens
 the stream to a holder (memory streams in tests), and ``tracker`` is anything
@@ -42,7 +41,6 @@ from common.errors import (
     StorageError,
     TrackerError,
     TrackerUnavailable,
-    ValidationError,
     describe,
 )
 from common.manifest import Manifest
@@ -57,6 +55,7 @@ from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink, completion_notes
 from peer.secure import Private
 from peer.session import DownloadContext, Session
+from peer.sources import Sources, pool_by_address
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
@@ -70,8 +69,12 @@ M = TypeVar("M")
 
 #: The shortest time between two holder refreshes of one download.
 _MIN_REFRESH_GAP = 0.1
-#: Past this many remembered failed holders, those whose retry delay is over are forgotten.
-_MAX_RETRY_ENTRIES = 1000
+#: A source that has delivered nothing this long after it started no longer takes one of the
+#: ``max_download_peers`` places (it stays until ``first_answer_timeout``); the second figure
+#: while no source delivers, when holders are tried faster (and the tracker asked more often) ...
+_TRIAL_GRACE = (0.5, 0.2)
+#: ... and sources in all are at most this many times ``max_download_peers``.
+_TRIAL_FACTOR = 8
 
 
 class Tracker(Protocol):
@@ -106,7 +109,8 @@ class Downloader:
     _file: DownloadFile = attrs.field(init=False)
     _held: HeldFile = attrs.field(init=False)
     _sources: dict[bytes, Session] = attrs.field(init=False, factory=dict)
-    _retry_after: dict[bytes, float] = attrs.field(init=False, factory=dict)
+    #: Where sources are, per address and IP, and when failed ones may be tried again (``peer/sources.py``).
+    _places: Sources = attrs.field(init=False)
     _refresh_now: trio.Event = attrs.field(init=False, factory=trio.Event)
     #: When the last chunk was verified (or the swarm joined): see ``_refresher``.
     _progress_at: float = attrs.field(init=False, default=0.0)
@@ -129,6 +133,7 @@ class Downloader:
         self._file = DownloadFile(self.manifest, self.out_dir / (self.save_as or self.manifest.name), self.library, self.config, self._buffers.give_back)
         self._announcer = Announcer(self.manifest, self.tracker, self.config.announce_delay, self.config.name)
         self._io_limiter = trio.CapacityLimiter(self.config.io_threads)
+        self._places = Sources(self.config.max_sources_per_ip, self.config.peer_retry_delay, self.config.max_retry_delay, self.config.allow)
 
     @property
     def final_path(self) -> pathlib.Path:
@@ -170,7 +175,7 @@ class Downloader:
 
     async def _fill(self, started: float) -> DownloadResult:
         manifest = self.manifest
-        resumed = await self._file.open()
+        resumed = await self._file.open(force=self.force)
         self._held = self._file.held
         self._picker.mark_have(resumed)
         if self.progress is not None:
@@ -245,7 +250,9 @@ class Downloader:
             if now - self._progress_at >= config.stall_timeout + config.request_timeout:
                 self._give_up()
             self._refresh_now = trio.Event()
-            with trio.move_on_after(config.refresh_interval):
+            # While sources are on trial and none delivers, places free up every _TRIAL_GRACE: ask again soon.
+            on_trial = self._sources and not any(session.delivered for session in self._sources.values())
+            with trio.move_on_after(_MIN_REFRESH_GAP if on_trial else config.refresh_interval):
                 await self._refresh_now.wait()
             # At most so often, however many sessions end: holders that refuse every
             # connection must not turn this into a loop of WHO_HAS.
@@ -261,7 +268,7 @@ class Downloader:
         # A first attempt to reach a holder holds off the stall timer; a retry of one that
         # already failed does not: the tracker lists a SIGKILLed holder until its peer
         # timeout, and retrying it every peer_retry_delay must not keep the download alive.
-        return any(session.conn is None and session.peer_id not in self._retry_after for session in self._sources.values())
+        return any(session.conn is None and not self._places.retrying(session.address) for session in self._sources.values())
 
     def _give_up(self) -> None:
         missing = tuple(self._picker.unavailable()) or tuple(self._picker.have.missing())
@@ -276,41 +283,38 @@ class Downloader:
         count = self.manifest.chunk_count
         missing = ~self._picker.have.mask & ((1 << count) - 1)
         now = trio.current_time()
-        if len(self._retry_after) > _MAX_RETRY_ENTRIES:  # a tracker can list endless new ids
-            self._retry_after = {peer: due for peer, due in self._retry_after.items() if due > now}
         context = self._context
         assert context is not None
-        for holder in holders.holders:
-            if holder.peer_id == self.peer_id or self._picker.is_banned(holder.peer_id):
+        config, places = self.config, self._places
+        by_address = {session.address: session for session in self._sources.values()}
+        for address, (peer_id, chunks) in pool_by_address(holders.holders, count, skip=self.peer_id, admits=places.admits).items():
+            known = by_address.get(address) or self._sources.get(peer_id)
+            if known is not None:
+                self._picker.set_peer_chunks(known.peer_id, chunks)
+            else:
+                places.offer(address, peer_id, chunks)
+        # A source that delivers, or has just started, takes a place; others are on trial (see _TRIAL_GRACE).
+        delivering = [session for session in self._sources.values() if session.delivered]
+        grace = _TRIAL_GRACE[not delivering]
+        placed = len(delivering) + sum(1 for session in self._sources.values() if not session.delivered and now - session.since < grace)
+        for extra in delivering[config.max_download_peers :]:
+            extra.scope.cancel()  # more trials delivered than there are places: the latest go (retried as any other)
+        for address, peer_id, chunks in places.candidates():
+            if placed >= config.max_download_peers or len(self._sources) >= _TRIAL_FACTOR * config.max_download_peers:
+                break
+            if peer_id in self._sources or self._picker.is_banned(peer_id) or not chunks.mask & missing or not places.may_connect(address, now):
                 continue
-            try:
-                chunks = ChunkSet.from_bitfield(count, holder.bitfield)
-            except ValidationError:
-                continue
-            if holder.peer_id in self._sources:
-                self._picker.set_peer_chunks(holder.peer_id, chunks)
-                continue
-            if len(self._sources) >= self.config.max_download_peers or not chunks.mask & missing:
-                continue
-            if self._retry_after.get(holder.peer_id, 0.0) > now:
-                continue
-            if not self.config.allow.admits(holder.host):
-                if holder.peer_id not in self._retry_after:
-                    logger.info("%s: not connecting to the holder at %s: outside the allowed address ranges (%s)",
-                                self.config.name, holder.host, self.config.allow)  # fmt: skip
-                self._retry_after[holder.peer_id] = now + 60.0
-                continue
-            address = (holder.host, holder.port)
-            session = Session(context, holder.peer_id, address, describe_remote("", address))
-            self._sources[holder.peer_id] = session
-            self._picker.set_peer_chunks(holder.peer_id, chunks)
+            session = Session(context, peer_id, address, describe_remote("", address), since=now)
+            places.connect(address)
+            self._sources[peer_id] = session
+            placed += 1
+            self._picker.set_peer_chunks(peer_id, chunks)
             context.nursery.start_soon(self._run_session, session)
         self._report_peers()
         self._wake_all()
 
     def _report_peers(self) -> None:
-        # ``peers`` is optional for a progress sink: a sink with just started/chunk/finished works.
-        report = getattr(self.progress, "peers", None)
+        report = getattr(self.progress, "peers", None)  # optional: a sink with just started/chunk/finished works
         if report is not None:
             report(len(self._sources))
 
@@ -322,12 +326,14 @@ class Downloader:
     async def _run_session(self, session: Session) -> None:
         """Run ``session`` to its end, say why it ended, and let its peer be retried after ``peer_retry_delay``."""
         key = session.peer_id
+        busy = False  # a busy peer is asked again after peer_retry_delay, as one that delivered
         try:
             with session.scope:
                 try:
                     await session.run()
-                except* Busy as busy:
-                    logger.debug("%s: %s is busy: %s", self._label, session.name, describe(busy))
+                except* Busy as refused:
+                    busy = True
+                    logger.debug("%s: %s is busy: %s", self._label, session.name, describe(refused))
                 except* (ConnectionClosed, PeerTimeout, ProtocolError, OSError, trio.TooSlowError) as ended:
                     # Its requester and receiver may both have failed: every reason is said.
                     logger.info("%s: dropping %s: %s", self._label, session.name, describe(ended))
@@ -336,7 +342,9 @@ class Downloader:
         finally:
             self._sources.pop(key, None)
             self._picker.remove_peer(key)
-            self._retry_after[key] = trio.current_time() + self.config.peer_retry_delay
+            delay = self._places.ended(session.address, trio.current_time(), delivered=session.delivered or busy)
+            if delay > self.config.peer_retry_delay:
+                logger.debug("%s: %s is tried again in %g s at the earliest", self._label, session.name, delay)
             self._wake_all()
             self._refresh_now.set()
             self._report_peers()

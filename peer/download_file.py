@@ -87,10 +87,13 @@ class DownloadFile:
             raise StorageError(f"{final} already exists with other content (use --force to overwrite it)")
         return False
 
-    async def open(self) -> list[int]:
-        """Open (or resume) the part file and serve it; the chunks already there, hashed again."""
+    async def open(self, *, force: bool) -> list[int]:
+        """Open (or resume) the part file and serve it; the chunks already there, hashed again.
+
+        A part file that is not ours is a :class:`StorageError` unless ``force`` (:meth:`PartFile.open`).
+        """
         manifest = self.manifest
-        claimed = await trio.to_thread.run_sync(self._part.open)
+        claimed = await trio.to_thread.run_sync(lambda: self._part.open(force=force))
         resumed = await self._verify_on_disk(claimed) if claimed else []
         if claimed:
             lost = len(claimed) - len(resumed)

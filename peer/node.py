@@ -26,10 +26,10 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from common.capabilities import UNPUBLISH, WITHDRAW
+from common.capabilities import LOOKUP, UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
-from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable
-from common.manifest import Manifest
+from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, ValidationError
+from common.manifest import Manifest, check_publishable_name, shown_name
 from common.messages import (
     Announce,
     FileEntry,
@@ -44,7 +44,7 @@ from common.messages import (
     Withdraw,
 )
 from common.wording import format_size, plural
-from peer.catalogue import agent, list_request, resolve_entry
+from peer.catalogue import agent, list_request, lookup_request, resolve_entry
 from peer.config import PeerConfig
 from peer.download import Downloader
 from peer.progress import DownloadResult, ProgressSink
@@ -134,6 +134,7 @@ class Peer:
             allow=config.allow,
             label=config.label,
             max_connections=config.max_upload_connections,
+            max_connections_per_ip=config.max_upload_connections_per_ip,
             max_queued=config.max_queued_requests,
             transfers=self.transfers,
             upload_rate=config.max_upload_rate,
@@ -142,10 +143,10 @@ class Peer:
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
             config.tracker,
-            # Only the tracker is offered withdraw and unpublish: chunk servers have no use for
+            # Only the tracker is offered withdraw, unpublish and lookup: chunk servers have no use for
             # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
             # HELLO that offers anything, and is greeted again without (peer/greeting.py).
-            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
@@ -208,6 +209,10 @@ class Peer:
         files = await trio.to_thread.run_sync(lambda: expand_paths(paths))
         manifests = []
         for path in files:
+            try:
+                check_publishable_name(path.name)  # the tracker would refuse it: say so, naming the file, before hashing it
+            except ValidationError as exc:
+                raise ValidationError(f"cannot publish {shown_name(str(path))}: {exc}") from None
             manifest, signature, cached = await self._manifest_for(path, progress)
             logger.info("%s: %s %s (%s, %s, id %s)", self.name, "publishing" if not cached else "publishing (cached manifest)",
                         path, format_size(manifest.size), plural(manifest.chunk_count, "chunk"), manifest.hex_id[:16])
@@ -268,8 +273,18 @@ class Peer:
         return list(reply.entries)
 
     async def resolve(self, query: str) -> FileEntry:
-        """The file ``query`` names: a file id or id prefix (hex), or an exact name (:func:`~peer.catalogue.resolve_entry`)."""
-        return resolve_entry(query, await self.list_files(""))
+        """The file ``query`` names: a file id or id prefix (hex), or an exact name (:func:`~peer.catalogue.resolve_entry`).
+
+        Asked of the tracker (LOOKUP, PROTOCOL.md §8.6) when it speaks ``lookup``:
+        the whole listing of a large catalogue would not even fit one frame.
+        """
+        if not self.tracker.speaks(LOOKUP):
+            return resolve_entry(query, await self.list_files(""))
+        request = lookup_request(query)
+        if request is None:
+            return resolve_entry(query, [])  # names no file: says why
+        reply = await self.tracker.request(request, FileList)
+        return resolve_entry(query, list(reply.entries))
 
     async def get_manifest(self, file_id: bytes) -> Manifest:
         reply = await self.tracker.request(GetManifest(file_id), ManifestReply)

@@ -207,13 +207,19 @@ class Picker(Generic[PeerKey]):
         return _indexes(self._missing_mask() & ~held)
 
     # -- picking -----------------------------------------------------------
-    def pick(self, key: PeerKey) -> int | None:
-        """The next chunk to request from ``key``, recorded as in flight; None if none now."""
+    def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True) -> int | None:
+        """The next chunk to request from ``key``, recorded as in flight; None if none now.
+
+        ``limit``: fewer than ``max_in_flight`` in flight for this peer; ``endgame=False``:
+        no duplicate requests (a peer on trial must not hold the last chunks hostage).
+        """
         state = self._peers.get(key)
-        if state is None or len(state.in_flight) >= self.max_in_flight:
+        if state is None or len(state.in_flight) >= (self.max_in_flight if limit is None else min(limit, self.max_in_flight)):
             return None
         index = self._pick_idle(state)
         if index is None:
+            if not endgame:
+                return None
             index = self._pick_endgame(key, state)
             if index is None:
                 return None
@@ -225,10 +231,10 @@ class Picker(Generic[PeerKey]):
         self._requested.setdefault(index, set()).add(key)
         return index
 
-    def pick_many(self, key: PeerKey) -> list[int]:
-        """Fill ``key``'s pipeline: every chunk to request from it now."""
+    def pick_many(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True) -> list[int]:
+        """Fill ``key``'s pipeline: every chunk to request from it now (``limit``, ``endgame``: see :meth:`pick`)."""
         picked: list[int] = []
-        while (index := self.pick(key)) is not None:
+        while (index := self.pick(key, limit=limit, endgame=endgame)) is not None:
             picked.append(index)
         return picked
 

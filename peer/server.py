@@ -4,7 +4,12 @@ One task per connection (``trio.serve_listeners``), each split in a reader
 that queues REQUEST_CHUNKs (bounded; beyond the bound it answers BUSY at
 once rather than stalling) and drops CANCEL_CHUNKed ones, and a sender that
 answers the queue in order with CHUNK_DATA (file bytes by ``os.sendfile``) or
-CHUNK_ERROR. Connections above the cap get an ERROR(BUSY) and are closed.
+CHUNK_ERROR. Connections above the cap get an ERROR(BUSY) and are closed;
+so are those above the cap per IP (per IPv6 /64). Slots are shared fairly
+across addresses: when all are taken, a newcomer from an address holding
+fewer of them than another by two or more takes the slot of that other's
+oldest connection (issue 12, finding 6: one client with dozens of chatty
+connections must not lock everyone else out).
 Each handler catches, logs and closes its own connection: neither one bad peer
 nor a bug met while serving one takes the server down.
 """
@@ -18,6 +23,7 @@ import os
 import attrs
 import trio
 
+from common.address import ip_group
 from common.allow import AllowList
 from common.capabilities import IDENTITY
 from common.codec import Codec
@@ -47,6 +53,15 @@ def _observed_address(conn: Connection) -> tuple[str, int]:
     """Where the peer's connection comes from, as WELCOME reports it (a memory stream has no address)."""
     address = conn.remote_address
     return address if address is not None else ("127.0.0.1", 0)
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One connection's claim on an upload slot: its address group, and the scope that ends it to make room."""
+
+    group: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    held: bool = False
 
 
 class _RequestQueue:
@@ -97,6 +112,8 @@ class ChunkServer:
     #: The node's key, proven to downloaders that offer ``identity`` (PROTOCOL.md §8.6); None: never identified.
     key: NodeKey | None = None
     max_connections: int = 32
+    #: WELCOMEd connections from one IP (one IPv6 /64) at once.
+    max_connections_per_ip: int = 16
     max_queued: int = 16
     handshake_timeout: float = 10.0
     #: Connections that have not said HELLO yet, at most: a newcomer beyond it
@@ -119,6 +136,8 @@ class ChunkServer:
     _next_send: float = attrs.field(init=False, default=0.0)
     #: The handshakes under way, oldest first, by the scope that ends one early.
     _greeting: dict[trio.CancelScope, None] = attrs.field(init=False, factory=dict)
+    #: The slots held, per address group, oldest first.
+    _slots: dict[str, dict[_Slot, None]] = attrs.field(init=False, factory=dict)
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``host:port`` (0: a free port) and serve forever; started value: the bound address."""
@@ -167,34 +186,67 @@ class ChunkServer:
             await conn.aclose()
 
     async def _serve(self, conn: Connection) -> None:
-        handshake = await self._handshake(conn)
+        host, port = _observed_address(conn)
+        slot = _Slot(ip_group(host))
+        handshake = await self._handshake(conn, slot)
         if handshake is None:
             return
+        remote = describe_remote("", (host, port))
         try:
-            if handshake.state is HandshakeState.IDENTIFYING:
-                # PROTOCOL.md §8.6: IDENTIFY comes next; a failed proof is a violation (ERROR, close).
-                await self._send(conn, handshake.identify(await conn.receive_within(self.handshake_timeout)))
-            assert handshake.agreement is not None  # the handshake is done
-            if self.private is not None:  # PROTOCOL.md §8.8: membership proven before a chunk is served
-                await self.private.prove_server(conn, handshake.agreement.hello.peer_id, self.handshake_timeout)
-            hello = handshake.agreement.hello
-            host, port = _observed_address(conn)
-            remote = describe_remote(hello.agent, (host, hello.listen_port or port))
-            if handshake.agreement.remote_node is not None:
-                logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
-            queue = _RequestQueue()
-            async with open_nursery() as nursery:
-                nursery.start_soon(self._sender, conn, queue, remote)
-                if await self._reader(conn, queue):
-                    await queue.drained()
-                nursery.cancel_scope.cancel()
+            with slot.scope:
+                if handshake.state is HandshakeState.IDENTIFYING:
+                    # PROTOCOL.md §8.6: IDENTIFY comes next; a failed proof is a violation (ERROR, close).
+                    await self._send(conn, handshake.identify(await conn.receive_within(self.handshake_timeout)))
+                assert handshake.agreement is not None  # the handshake is done
+                if self.private is not None:  # PROTOCOL.md §8.8: membership proven before a chunk is served
+                    await self.private.prove_server(conn, handshake.agreement.hello.peer_id, self.handshake_timeout)
+                hello = handshake.agreement.hello
+                remote = describe_remote(hello.agent, (host, hello.listen_port or port))
+                if handshake.agreement.remote_node is not None:
+                    logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
+                queue = _RequestQueue()
+                async with open_nursery() as nursery:
+                    nursery.start_soon(self._sender, conn, queue, remote)
+                    if await self._reader(conn, queue):
+                        await queue.drained()
+                    nursery.cancel_scope.cancel()
+            if slot.scope.cancelled_caught:
+                logger.info("closing the connection of %s: its slot goes to another address (%d of %d slots held from %s)",
+                            remote, len(self._slots.get(slot.group, ())), self.max_connections, slot.group)  # fmt: skip
         finally:
-            self.active -= 1
+            self._release(slot)
 
-    async def _handshake(self, conn: Connection) -> ServerHandshake | None:
+    def _admit(self, slot: _Slot) -> str | None:
+        """Take an upload slot for ``slot`` (making room if another address holds more); the reason to refuse it, if none is given."""
+        mine = self._slots.get(slot.group, {})
+        if len(mine) >= self.max_connections_per_ip:
+            return f"serving {len(mine)} connections from your address already; try later"
+        if self.active >= self.max_connections:
+            crowded = max(self._slots.values(), key=len)
+            if len(crowded) < len(mine) + 2:
+                return f"serving {self.active} peers already; try later"
+            victim = next(iter(crowded))  # its oldest connection
+            self._release(victim)
+            victim.scope.cancel()
+        self._slots.setdefault(slot.group, {})[slot] = None
+        slot.held = True
+        self.active += 1
+        return None
+
+    def _release(self, slot: _Slot) -> None:
+        if not slot.held:
+            return
+        slot.held = False
+        self.active -= 1
+        group = self._slots[slot.group]
+        del group[slot]
+        if not group:
+            del self._slots[slot.group]
+
+    async def _handshake(self, conn: Connection, slot: _Slot) -> ServerHandshake | None:
         """HELLO in, then WELCOME out, or the ERROR that refuses it; the handshake (IDENTIFYING or DONE), or None once refused.
 
-        A WELCOME takes one of the ``max_connections`` slots (``active``), which the caller gives back.
+        A WELCOME takes one of the ``max_connections`` slots (``active``, ``slot``), which the caller gives back.
         """
         if len(self._greeting) >= self.max_handshakes:
             next(iter(self._greeting)).cancel()  # the longest silent: it is dropped, not the newcomer
@@ -217,14 +269,14 @@ class ChunkServer:
             logger.info("closing a peer connection: %s", exc.reason)
             await self._send(conn, Error(exc.error_code or ErrorCode.BAD_REQUEST, exc.reason))
             return None
-        if self.active >= self.max_connections:
-            await self._send(conn, Error(ErrorCode.BUSY, f"serving {self.active} peers already; try later"))
+        refused = self._admit(slot)  # no checkpoint between the count and the claim: the caps hold
+        if refused is not None:
+            await self._send(conn, Error(ErrorCode.BUSY, refused))
             return None
-        self.active += 1  # no checkpoint since the check above: the cap holds
         try:
             await self._send(conn, welcome)
         except BaseException:
-            self.active -= 1
+            self._release(slot)
             raise
         return handshake
 

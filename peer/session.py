@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: How long a session waits before asking again after a CHUNK_ERROR BUSY.
 _BUSY_PAUSE = 0.05
+#: Requests in flight to a source that has answered none yet (and never endgame duplicates):
+#: a holder on trial holds few chunks, and never the last ones, hostage.
+TRIAL_DEPTH = 2
+
 
 @attrs.frozen
 class DownloadContext:
@@ -93,6 +97,10 @@ class Session:
     answer_due: float = 0.0
     #: The receiver's wait for the next frame, whose deadline is ``answer_due``.
     answer_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: When the session started (``trio.current_time``), and whether the peer has answered a request yet:
+    #: until then it is on trial (``first_answer_timeout``, :data:`TRIAL_DEPTH`).
+    since: float = 0.0
+    delivered: bool = False
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -168,7 +176,7 @@ class Session:
             # A fresh event before picking: whatever changes after this pick wakes us.
             self.wakeup = trio.Event()
             waiting = bool(picker.in_flight(key))
-            indexes = picker.pick_many(key)
+            indexes = picker.pick_many(key) if self.delivered else picker.pick_many(key, limit=TRIAL_DEPTH, endgame=False)
             if indexes:
                 try:
                     with trio.fail_after(timeout):  # a peer that takes no requests is dropped
@@ -176,7 +184,7 @@ class Session:
                 except trio.TooSlowError:
                     raise PeerTimeout(f"took no request within {timeout:g} s") from None
                 if not waiting:  # the clock starts at the first request it owes us
-                    self.expect_answer(timeout)
+                    self.expect_answer(timeout if self.delivered else min(context.config.first_answer_timeout, timeout))
                 continue
             if not picker.in_flight(key) and key not in picker.useful_peers():
                 context.refresh()
@@ -189,8 +197,10 @@ class Session:
         verify_slots = context.verify_slots
         start_check, verify = context.nursery.start_soon, context.verify
         timeout = context.config.request_timeout
+        first_timeout = min(context.config.first_answer_timeout, timeout)
         key = self.peer_id
         self.expect_answer(timeout)
+        received = conn.received
         while True:
             # Only an answer moves the deadline on, so a peer that sends anything
             # but answers cannot keep our requests in flight forever.
@@ -198,7 +208,14 @@ class Session:
                 message = await conn.receive()
             if self.answer_wait.cancelled_caught:
                 if picker.in_flight(key):
-                    raise PeerTimeout(f"no answer within {timeout:g} s")
+                    if self.delivered:
+                        raise PeerTimeout(f"no answer within {timeout:g} s")
+                    # On trial: bytes of a first (large) chunk on their way are worth waiting for, up to request_timeout.
+                    if conn.received == received or trio.current_time() - self.since >= timeout:
+                        raise PeerTimeout(f"no answer within {first_timeout:g} s (none yet since it said WELCOME)")
+                    received = conn.received
+                    self.expect_answer(first_timeout)
+                    continue
                 self.expect_answer(timeout)
                 continue
             if isinstance(message, ChunkData):
@@ -211,10 +228,13 @@ class Session:
                     verify_slots.release()
                     context.buffers.give_back(message.data)
                     continue
+                self.delivered = True
                 self.expect_answer(timeout)
                 start_check(verify, self, message.index, message.data)
             elif isinstance(message, ChunkError) and message.file_id == file_id:
-                self.expect_answer(timeout)
+                if not self.delivered and trio.current_time() - self.since >= timeout:
+                    raise PeerTimeout(f"refused every request for {timeout:g} s")  # a trial place is not for ever
+                self.expect_answer(timeout if self.delivered else first_timeout)
                 not_held = message.code != ErrorCode.BUSY
                 picker.on_rejected(key, message.index, not_held=not_held)
                 if not not_held:

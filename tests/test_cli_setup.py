@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from chunkswarm import peer_commands
 from chunkswarm.cli import cli
 from common.address import TRACKER_PORT
+from common.messages import FileList
 from peer.config import PeerConfig, default_state_dir
 from tests.procs import ROOT, peer_args, spawn, start_tracker, wait_until
 
@@ -25,16 +26,16 @@ def options_of(command: str) -> set[str]:
     return set(re.findall(r"^\s+(?:-\w, )?(--[\w-]+)", result.output, re.MULTILINE))
 
 
-@pytest.mark.parametrize("command", ["ls", "stats"])
-def test_commands_that_only_ask_list_no_peer_options(command: str) -> None:
-    assert options_of(command) == {"--tracker", "--swarm", "--log-level", "--help"}  # --swarm: how to reach a private tracker
+@pytest.mark.parametrize(("command", "own"), [("ls", {"--limit"}), ("stats", set())])
+def test_commands_that_only_ask_list_no_peer_options(command: str, own: set[str]) -> None:
+    assert options_of(command) == {"--tracker", "--swarm", "--log-level", "--help", *own}  # --swarm: how to reach a private tracker
 
 
 def test_every_command_lists_the_options_it_uses() -> None:
     assert set(PEER_ONLY) | {"--tracker", "--log-file"} <= options_of("seed")
     assert set(PEER_ONLY) | {"--tracker", "--output", "--seed"} <= options_of("get")
     assert "--log-file" not in options_of("get")
-    assert {"--port", "--db", "--log-file"} <= options_of("tracker")
+    assert {"--port", "--db", "--log-file", "--max-connections-per-ip", "--max-peers-per-ip"} <= options_of("tracker")
 
 
 def test_the_help_says_where_the_state_is_and_the_default_port() -> None:
@@ -50,7 +51,7 @@ class Asked:
 
     def __call__(self, async_fn: Any, config: PeerConfig, *args: Any) -> Any:
         self.configs.append(config)
-        return [] if async_fn is peer_commands._ls else None
+        return (FileList(()), True) if async_fn is peer_commands._ls else None
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,14 @@ from common.codec import (
     LARGE_FRAME,
     NEED_DATA,
     Codec,
+    LargeFrame,
     chunk_data_prefix,
     decode_payload,
     encode_message,
 )
 from common.errors import LocalProtocolError, RemoteProtocolError, ValidationError
 from common.framing import DEFAULT_MAX_FRAME_SIZE, HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_CHUNKS, Manifest, build_manifest, sha256, validate_name
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
@@ -145,7 +147,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
             ),
             max_size=4,
         ),
+        u32,
     ),
+    m.Lookup: st.builds(m.Lookup, texts(255).filter(bool), st.integers(1, MAX_LOOKUP)),
     m.Stats: st.just(m.Stats()),
     m.StatsReply: st.builds(m.StatsReply, st.lists(st.tuples(texts(64), counter_values), max_size=8)),
     m.RequestChunk: st.builds(m.RequestChunk, file_ids, chunk_indexes),
@@ -658,6 +662,9 @@ INVALID_MESSAGES = {
     "long error text": lambda: m.Error(1, "x" * 1025),
     "zero max peers": lambda: m.WhoHas(FILE_ID, 0),
     "zero limit": lambda: m.ListFiles(limit=0),
+    "empty lookup": lambda: m.Lookup(""),
+    "lookup limit above MAX_LOOKUP": lambda: m.Lookup("x", MAX_LOOKUP + 1),
+    "negative more": lambda: m.FileList((), -1),
     "holder not a Holder": lambda: m.Holders(FILE_ID, [object()]),
     "holder bad host": lambda: m.Holder(PEER_ID, "::g", 1, b""),
     "counter not a number": lambda: m.StatsReply({"x": "1"}),
@@ -728,3 +735,20 @@ def test_an_allocator_of_the_wrong_size_is_a_local_error() -> None:
     codec.receive_data(frame)
     with pytest.raises(LocalProtocolError, match="allocate_body"):
         codec.next_event()
+
+
+def test_a_codec_that_defers_large_frames_hands_them_over_undecoded() -> None:
+    """``defer_large``: a frame of LARGE_FRAME bytes or more comes out as a LargeFrame, whole, for decode_payload elsewhere."""
+    big = m.Publish(build_manifest_of_hashes(LARGE_FRAME // 32 + 1))
+    small = m.Stats()
+    codec = Codec(defer_large=True)
+    codec.receive_data(encode_message(small) + encode_message(big) + encode_message(small))
+    first, deferred, last = codec.next_event(), codec.next_event(), codec.next_event()
+    assert first == small == last and codec.next_event() is NEED_DATA
+    assert isinstance(deferred, LargeFrame) and deferred.opcode == Opcode.PUBLISH
+    assert decode_payload(deferred.opcode, deferred.payload) == big
+
+
+def build_manifest_of_hashes(count: int) -> Manifest:
+    hashes = [sha256(i.to_bytes(4, "big")) for i in range(count)]
+    return Manifest.from_hashes("large.bin", count * 1024, 1024, hashes)

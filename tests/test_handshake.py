@@ -18,13 +18,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.capabilities import KNOWN, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
+from common.capabilities import KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.identity import NodeKey, peer_id_of
-from common.messages import Error, Hello, Identify, Ok, Register, SwarmChallenge, SwarmProof, Unpublish, Welcome, Withdraw
+from common.messages import (
+    Error,
+    FileEntry,
+    FileList,
+    Hello,
+    Identify,
+    Lookup,
+    Message,
+    Ok,
+    Register,
+    SwarmChallenge,
+    SwarmProof,
+    Unpublish,
+    Welcome,
+    Withdraw,
+)
 from common.swarm import SWARM, swarm_mac, transcript
 from peer.greeting import Connect, open_greeted
 
@@ -81,18 +96,29 @@ def test_the_doc_vectors_are_the_encoding() -> None:
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
 
 
-def test_the_withdraw_vectors_are_the_encoding() -> None:
-    """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
-    hello = Hello(P, 6881, capabilities={WITHDRAW: 1})
+def _check_capability_vectors(section: str, capability: str, messages: list[Message]) -> None:
+    """The vectors of a capability's section: HELLO offering it, the WELCOME of a server that speaks it, then ``messages``."""
+    hello = Hello(P, 6881, capabilities={capability: 1})
     welcome = ServerHandshake(supported=KNOWN).receive(hello, TEMPLATE)
-    expected = [hello, welcome, Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())]
-    frames = _doc_vectors("### 8.5 ")
+    expected = [hello, welcome, *messages]
+    frames = _doc_vectors(f"### {section} ")
     assert len(frames) == len(expected)
     for message, frame in zip(expected, frames, strict=True):
         assert encode_message(message) == frame, message
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
     agreement = ClientHandshake(hello).receive(welcome)
-    assert isinstance(agreement, Agreement) and agreement.version(WITHDRAW) == 1
+    assert isinstance(agreement, Agreement) and agreement.version(capability) == 1
+
+
+def test_the_withdraw_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
+    _check_capability_vectors("8.5", WITHDRAW, [Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())])
+
+
+def test_the_lookup_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.9: a client offering lookup, a server that speaks it, LOOKUP, and FILE_LIST with and without ``more``."""
+    entry = FileEntry(F, "victim.bin", 1024, 1024, 1, 1, 1)
+    _check_capability_vectors("8.9", LOOKUP, [Lookup("victim.bin", 100), Lookup("4646", 2), FileList([entry]), FileList([entry], more=5)])
 
 
 def _vector_keys() -> tuple[NodeKey, NodeKey]:

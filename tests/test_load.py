@@ -90,7 +90,9 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
             await client.aclose()
 
     async with trio.open_nursery() as procs:
-        async with start_tracker(procs, tmp_path / "t.db", "--heartbeat-interval", "5", "--max-connections", "4096") as (tracker, port):
+        # Every simulated peer comes from 127.0.0.1: the caps per address are raised to let them all in.
+        caps = ("--max-connections-per-ip", "4096", "--max-peers-per-ip", str(PEERS + 16))
+        async with start_tracker(procs, tmp_path / "t.db", "--heartbeat-interval", "5", "--max-connections", "4096", *caps) as (tracker, port):
             rss.append((0.0, rss_kib(tracker.process.pid)))
             stop_at = trio.current_time() + SECONDS
             ready = trio.Semaphore(PEERS, max_value=PEERS)

@@ -235,7 +235,7 @@ async def test_chunks_no_holder_has_end_the_download_after_stall_timeout(
     assert 5.0 <= waited <= 5.0 + 2 * (0.5 + 0.1)
 
 
-async def test_a_holder_that_never_answers_is_dropped_after_request_timeout(
+async def test_a_holder_that_never_answers_is_dropped_after_first_answer_timeout(
     clock: trio.testing.MockClock, harness: Harness, source: pathlib.Path, manifest: Manifest
 ) -> None:
     silent = SilentPeer()
@@ -244,23 +244,25 @@ async def test_a_holder_that_never_answers_is_dropped_after_request_timeout(
     harness.network.handlers[address(1)] = silent.handle_stream
     harness.network.handlers[address(2)] = serving(source, manifest, range(CHUNKS), "honest")
     # endgame_copies=1: the chunks asked of the silent peer are asked of no one else until it is dropped.
-    result = await harness.download(request_timeout=10.0, endgame_copies=1, stall_timeout=30.0)
+    # A holder that has answered nothing yet has first_answer_timeout, not request_timeout.
+    result = await harness.download(request_timeout=10.0, first_answer_timeout=3.0, endgame_copies=1, stall_timeout=30.0)
     assert result.path.read_bytes() == source.read_bytes()
     assert list(result.received) == ["honest (10.0.0.2:7000)"]
     assert silent.requests_at and silent.closed_at
-    assert 10.0 <= silent.closed_at[0] - silent.requests_at[0] <= 10.1
-    assert result.seconds >= 10.0  # its chunks came only once it was dropped
+    assert 3.0 <= silent.closed_at[0] - silent.requests_at[0] <= 3.1
+    assert result.seconds >= 3.0  # its chunks came only once it was dropped
 
 
-async def test_a_failed_holder_is_not_retried_before_peer_retry_delay(clock: trio.testing.MockClock, harness: Harness) -> None:
+async def test_a_failing_holder_is_retried_after_a_delay_that_doubles(clock: trio.testing.MockClock, harness: Harness) -> None:
     harness.tracker.holders.append(holder(1, ChunkSet.full(CHUNKS)))
-    harness.network.handlers[address(1)] = None
+    harness.network.handlers[address(1)] = None  # a closed port: not tried every peer_retry_delay
     with pytest.raises(NoHolders):
-        await harness.download(peer_retry_delay=2.0, refresh_interval=0.5, stall_timeout=10.0)
+        await harness.download(peer_retry_delay=2.0, max_retry_delay=16.0, refresh_interval=0.5, stall_timeout=60.0)
     attempts = harness.network.attempts[address(1)]
-    assert len(attempts) >= 4
+    assert len(attempts) >= 6
     # Retried once the delay is over, at the next refresh (every refresh_interval plus the minimum gap).
-    assert all(2.0 <= gap <= 2.0 + 0.5 + 0.1 + 1e-6 for gap in gaps(attempts)), gaps(attempts)
+    expected = [min(16.0, 2.0 * 2**i) for i in range(len(attempts) - 1)]
+    assert all(delay <= gap <= delay + 0.5 + 0.1 + 1e-6 for gap, delay in zip(gaps(attempts), expected, strict=True)), gaps(attempts)
 
 
 async def test_refreshes_keep_the_minimum_gap_while_holders_keep_failing(clock: trio.testing.MockClock, harness: Harness) -> None:
@@ -269,7 +271,7 @@ async def test_refreshes_keep_the_minimum_gap_while_holders_keep_failing(clock: 
         harness.network.handlers[address(number)] = None
     # Each failed session asks for a refresh at once, and each refresh retries them all.
     with pytest.raises(NoHolders):
-        await harness.download(peer_retry_delay=0.001, refresh_interval=0.5, stall_timeout=3.0)
+        await harness.download(peer_retry_delay=0.001, max_retry_delay=0.001, refresh_interval=0.5, stall_timeout=3.0)
     refreshes = harness.tracker.who_has_at
     assert min(gaps(refreshes)) >= 0.1 - 1e-9, gaps(refreshes)
     assert len(refreshes) >= 20  # the failures drive the refreshes, not refresh_interval

@@ -142,14 +142,18 @@ def test_resume_state_of_truncated_part_file(tmp_path: pathlib.Path, source: pat
         again.close()
 
 
-def test_state_for_another_file_is_ignored(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+def test_state_for_another_file_is_not_ours(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
     manifest = build_manifest(source, CHUNK)
     other = build_manifest(source, 2 * CHUNK)
     part = PartFile(other, tmp_path / manifest.name)
     part.open()
     part.save_state(ChunkSet.full(other.chunk_count))
     part.close()
-    assert PartFile(manifest, tmp_path / manifest.name).open() == []
+    with pytest.raises(StorageError, match=r"is in the way: .* resume state is of another file.*--force"):
+        PartFile(manifest, tmp_path / manifest.name).open()
+    again = PartFile(manifest, tmp_path / manifest.name)
+    assert again.open(force=True) == []
+    again.close()
 
 
 @pytest.mark.parametrize(
@@ -157,15 +161,43 @@ def test_state_for_another_file_is_ignored(tmp_path: pathlib.Path, source: pathl
     [b"[" * 100_000 + b"]" * 100_000, b"{", b"42", b"\xff\xfe", b" " * (17 * 1024 * 1024)],
     ids=["nested too deep", "cut short", "not an object", "not text", "too large"],
 )
-def test_a_damaged_state_file_means_starting_over(
-    tmp_path: pathlib.Path, source: pathlib.Path, content: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_damaged_state_file_is_not_ours(tmp_path: pathlib.Path, source: pathlib.Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
     manifest = build_manifest(source, CHUNK)
     part = PartFile(manifest, tmp_path / manifest.name)
     part.state_path.write_bytes(content)
-    assert part.open() == []
+    with pytest.raises(StorageError, match=r"unreadable.*--force"):
+        part.open()
+    assert part.state_path.read_bytes() == content and not part.path.exists()
+    assert part.open(force=True) == []
     part.close()
-    assert any("unreadable resume state" in r.getMessage() for r in caplog.records)
+    assert any("replacing" in r.getMessage() and "--force" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["alone", "with a state of another file"])
+def test_a_part_file_not_ours_is_never_truncated(tmp_path: pathlib.Path, source: pathlib.Path, with_state: bool) -> None:
+    """Finding 8: ``get X`` left an existing ``X.part`` (and its state) as it was only with --force."""
+    manifest = build_manifest(source, CHUNK)
+    out = tmp_path / "out"
+    out.mkdir()
+    part = PartFile(manifest, out / manifest.name)
+    part.path.write_bytes(b"someone's notes")
+    if with_state:
+        part.state_path.write_text('{"version": 1, "file_id": "00", "chunk_size": 1, "done": []}')
+    before = {path: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(StorageError, match=f"{part.path} is in the way: it is not a download of {manifest.name} in progress.*--force"):
+        part.open()
+    assert {path: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_a_fresh_part_file_has_its_state_from_the_start(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    """Killed before its first chunk, a download still finds its part file its own."""
+    manifest = build_manifest(source, CHUNK)
+    part = PartFile(manifest, tmp_path / manifest.name)
+    part.open()
+    part.close()
+    again = PartFile(manifest, tmp_path / manifest.name)
+    assert part.state_path.exists() and again.open() == []
+    again.close()
 
 
 def test_place_file_never_overwrites_a_different_file(tmp_path: pathlib.Path, source: pathlib.Path) -> None:

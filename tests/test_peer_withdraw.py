@@ -28,7 +28,7 @@ from peer.withdrawals import Withdrawals
 from tests.test_peer_swarm import CHUNK, Swarm, offer, source, swarm, tracker  # noqa: F401  (fixtures)
 from tests.tracker_client_helper import TrackerTestClient, open_client
 from tracker import connection as tracker_connection
-from tracker import handlers as tracker_handlers
+from tracker import greeting as tracker_greeting
 
 #: Every bounded wait here: a peer's withdrawal reaches the tracker well within it, or the test fails.
 BOUND = 3.0
@@ -124,7 +124,7 @@ async def test_a_file_removed_from_the_library_is_withdrawn(swarm: Swarm, source
 async def test_a_tracker_that_does_not_speak_withdraw_is_never_sent_it(
     swarm: Swarm, source: pathlib.Path, asker: TrackerTestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracker_handlers, "SUPPORTED", {})  # as a tracker of protocol 1 agrees on nothing
+    monkeypatch.setattr(tracker_greeting, "SUPPORTED", {})  # as a tracker of protocol 1 agrees on nothing
     with trio.fail_after(20):
         async with swarm.peer(change_check_interval=0.05) as seeder:
             assert not seeder.tracker.speaks(WITHDRAW)

@@ -293,6 +293,7 @@ async def test_connection_sends_and_receives_chunks_over_tls(tmp_path: pathlib.P
                 assert isinstance(message, ChunkData)
                 assert (message.index, bytes(message.data)) == (index, data[offset : offset + length])
             assert isinstance(await receiver.receive(), ChunkError)
+        assert receiver.received > len(data)  # what a download watches to tell a slow source from a silent one
         with pytest.raises(StorageError):  # a file shorter than the chunk: said before anything is encrypted
             await sender.send_file_range(sender.codec.chunk_data_prefix(file_id, 0, 100), fd, len(data) - 10, 100)
     finally:

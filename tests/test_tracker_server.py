@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+import tracker.greeting
 import tracker.handlers
 from common.codec import Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
@@ -207,7 +208,7 @@ async def test_holders_are_never_stale(service: TrackerService, nursery: trio.Nu
 
 
 @pytest.mark.parametrize(
-    "phase", [tracker.handlers.GREETING, tracker.handlers.REQUESTS, tracker.handlers.WITHDRAWING], ids=["greeting", "requests", "withdrawing"]
+    "phase", [tracker.greeting.GREETING, tracker.handlers.REQUESTS, tracker.handlers.WITHDRAWING], ids=["greeting", "requests", "withdrawing"]
 )
 def test_each_handler_is_declared_where_it_can_run(phase: tracker.handlers.Handlers) -> None:
     # ``fast`` handlers may run on the hub's fast path, where nothing may wait: plain

@@ -13,12 +13,18 @@ from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
 from common.swarm import SwarmFile
 
-__all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO"]
+__all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO", "DEFAULT_PEERS_PER_IP", "DEFAULT_CONNECTIONS_PER_IP"]
 
 #: The largest legitimate frame a tracker receives is a PUBLISH of a manifest
 #: with MAX_CHUNKS hashes: 16 MiB of hashes plus the name and a few integers.
 #: A smaller cap would refuse files the peers are allowed to publish.
 MIN_FRAME_SIZE = MAX_CHUNKS * HASH_SIZE + MAX_NAME_BYTES + 128
+
+
+#: The default caps per network (PROTOCOL.md §7.1): an office or a household behind one
+#: NAT has room for 64 peers, and a single client cannot hold more of the tracker.
+DEFAULT_PEERS_PER_IP: Final = 64
+DEFAULT_CONNECTIONS_PER_IP: Final = 128
 
 
 #: How a tracker reads and writes its sockets: ``"epoll"``, through one
@@ -70,6 +76,11 @@ class TrackerConfig:
     peer_timeout: float = attrs.field(default=90.0, validator=_positive)
     idle_timeout: float = attrs.field(default=120.0, validator=_positive)
     max_connections: int = attrs.field(default=4096, validator=_at_least_one)
+    #: Connections one network (an IPv4 address, an IPv6 /64) may hold open at once: one
+    #: client cannot take every connection. Each peer keeps one, plus a few for ls and get.
+    max_connections_per_ip: int = attrs.field(default=DEFAULT_CONNECTIONS_PER_IP, validator=_at_least_one)
+    #: Peer ids one network may have registered at once: one client cannot fill the swarm.
+    max_peers_per_ip: int = attrs.field(default=DEFAULT_PEERS_PER_IP, validator=_at_least_one)
     max_holders: int = attrs.field(default=50, validator=_at_least_one)
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=attrs.validators.ge(MIN_FRAME_SIZE))
     stats_interval: float = attrs.field(default=60.0, validator=_positive)

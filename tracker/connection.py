@@ -31,18 +31,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import trio
 
 from common.address import format_address
-from common.codec import CLOSED, NEED_DATA, Codec, Sentinel, encode_message
+from common.codec import CLOSED, NEED_DATA, Codec, LargeFrame, Sentinel, decode_payload, encode_message
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
 from common.handshake import Agreement, ServerHandshake
 from common.messages import Error, Message
-from tracker.handlers import GREETING, Handlers, refusal, unexpected
+from tracker.greeting import GREETING
+from tracker.handlers import Handlers, refusal, unexpected
+from tracker.limits import network_of
 
 if TYPE_CHECKING:
     from common.swarm import Membership
@@ -60,7 +63,11 @@ RECEIVE_SIZE: Final = 16 * 1024
 FLUSH_SIZE: Final = 32 * 1024
 #: How long a parting ERROR frame may take to go out before the connection is dropped anyway.
 FAREWELL_TIMEOUT: Final = 1.0
-#: ``Connection.answer_ready`` stopped because its replies reached FLUSH_SIZE.
+#: Seconds of answering after which a connection lets the others run, however much
+#: it has pipelined: a request costs microseconds to a few milliseconds (a LOOKUP of
+#: a short id prefix), so no client holds the event loop much longer than this.
+ANSWER_BUDGET: Final = 0.005
+#: ``Connection.answer_ready`` stopped because its replies reached FLUSH_SIZE, or it used its ANSWER_BUDGET.
 _FLUSH: Final = Sentinel("FLUSH")
 
 #: Bytes to send: replies, or what the socket has not taken of them yet.
@@ -84,14 +91,17 @@ async def serve_connection(
     """Serve one connection of ``kind`` from ``remote`` until it closes, misbehaves or idles; always closes ``stream``."""
     host, port = observed_host(remote[0]), remote[1]
     where = format_address(host, port)
-    if service.connections >= service.config.max_connections:
-        log.warning("refusing %s: %d connections already open", where, service.connections)
+    network = network_of(host)
+    full = _full(service, network)
+    if full:
+        log.warning("refusing %s: %s", where, full)
         try:
-            await _farewell(stream, Error(ErrorCode.TOO_MANY_CONNECTIONS, "the tracker is at its connection limit; retry later"))
+            await _farewell(stream, Error(ErrorCode.TOO_MANY_CONNECTIONS, f"{full}; retry later"))
         finally:
             await trio.aclose_forcefully(stream)
         return
     service.connections += 1
+    service.connections_per_network.add(network)
     connection = kind(service, stream, host, port)
     try:
         try:
@@ -114,8 +124,19 @@ async def serve_connection(
         await _farewell(stream, Error(ErrorCode.INTERNAL, "internal tracker error"))
     finally:
         service.connections -= 1
+        service.connections_per_network.remove(network)
         service.buffered -= connection.reserved
         await trio.aclose_forcefully(stream)
+
+
+def _full(service: TrackerService, network: str) -> str:
+    """Why a connection from ``network`` is refused (its cap, or the tracker's), or "" when there is room."""
+    config = service.config
+    if service.connections >= config.max_connections:
+        return f"the tracker is at its limit of {config.max_connections} connections"
+    if service.connections_per_network.get(network) >= config.max_connections_per_ip:
+        return f"{network} has {config.max_connections_per_ip} connections open, the most one address may"
+    return ""
 
 
 async def _farewell(stream: trio.abc.Stream, error: Error, pending: list[Buffer] | None = None) -> None:
@@ -164,14 +185,16 @@ class Connection:
     #: Bytes in ``pending``.
     _pending_size: int = attrs.field(init=False, default=0)
     #: A request decoded that only the connection's task answers (``Handlers.task``, or a violation).
-    _held: Message | None = attrs.field(init=False, default=None)
+    _held: Message | LargeFrame | None = attrs.field(init=False, default=None)
     #: Whether a request was answered since the idle deadline last moved.
     _answered: bool = attrs.field(init=False, default=False)
     #: The scope whose deadline is the idle timeout, moved on as requests are answered.
     _idle_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     def __attrs_post_init__(self) -> None:
-        self.codec = Codec(max_frame_size=self.service.config.max_frame_size)
+        # A large frame (a PUBLISH of a big manifest: up to ~0.7 s to decode) comes out
+        # undecoded, and is decoded in a worker thread (_answer_held), not on the event loop.
+        self.codec = Codec(max_frame_size=self.service.config.max_frame_size, defer_large=True)
 
     async def run(self) -> None:
         """Serve requests until the client closes; raises on violations, idleness and lost connections."""
@@ -192,7 +215,13 @@ class Connection:
                 codec.receive_data(data)
 
     async def _answer_all(self) -> bool:
-        """Answer every whole request the codec holds, replies sent in batches; True once the client has closed."""
+        """Answer every whole request the codec holds, replies sent in batches; True once the client has closed.
+
+        Yields to the other connections after every flush and every ANSWER_BUDGET
+        of work: a pipelined batch of requests answered in this task (each of
+        which may yield or not) must not hold the event loop.
+        """
+        deadline = perf_counter() + ANSWER_BUDGET
         while True:
             if self._held is not None:
                 request, self._held = self._held, None
@@ -205,22 +234,24 @@ class Connection:
                 return False
             if stop is CLOSED:
                 return True
-            if stop is _FLUSH:
+            if stop is _FLUSH or perf_counter() > deadline:
                 # A write that the socket takes at once does not yield: let the
                 # other connections run between the flushes of a long pipelined batch.
                 await trio.lowlevel.checkpoint()
+                deadline = perf_counter() + ANSWER_BUDGET
 
-    def answer_ready(self) -> Message | Sentinel:
+    def answer_ready(self) -> Message | LargeFrame | Sentinel:
         """Answer the whole requests in the codec into ``pending`` with ``fast`` handlers, synchronously.
 
         Stops at the end of the input (NEED_DATA or CLOSED), at a request only
         the task answers (kept in ``_held``, and returned), or once replies
-        reach FLUSH_SIZE (_FLUSH). Safe on the hub's fast path: it runs only
-        what ``Handlers.fast`` declares safe there.
+        reach FLUSH_SIZE or it has worked for ANSWER_BUDGET (_FLUSH). Safe on
+        the hub's fast path: it runs only what ``Handlers.fast`` declares safe there.
         """
         codec = self.codec
         service = self.service
         fast = self.handlers.fast  # a handler that changes the phase is a task one: this stays right
+        deadline = perf_counter() + ANSWER_BUDGET
         while True:
             request = codec.next_event()
             # The table first: a sentinel is in no table, so the common case costs one look-up.
@@ -239,10 +270,12 @@ class Connection:
             except TrackerError as exc:
                 reply = refusal(cast(Message, request), exc)
             self.queue(reply)
-            if self._pending_size >= FLUSH_SIZE:
+            if self._pending_size >= FLUSH_SIZE or perf_counter() > deadline:
                 return _FLUSH
 
-    async def _answer_held(self, request: Message) -> bytes:
+    async def _answer_held(self, request: Message | LargeFrame) -> bytes:
+        if isinstance(request, LargeFrame):
+            request = await trio.to_thread.run_sync(decode_payload, request.opcode, request.payload)
         handler = self.handlers.task.get(type(request))
         if handler is None:
             raise unexpected(self, request)

@@ -3,9 +3,10 @@
 A handler takes the connection and a decoded request and returns the reply
 frame; a ``TrackerError`` it raises becomes an ERROR reply (:func:`refusal`)
 and the connection stays open. Which handlers a connection uses depends on
-its phase and its agreement: :data:`GREETING` until HELLO, then
-:data:`REQUESTS`, or :data:`WITHDRAWING` when the agreement includes the
-capability ``withdraw`` (PROTOCOL.md §8.5).
+its phase and its agreement: ``tracker.greeting``'s tables until HELLO (and
+IDENTIFY), then :data:`REQUESTS`, with WITHDRAW when the agreement includes the capability
+``withdraw`` (:data:`WITHDRAWING`, PROTOCOL.md §8.5) and LOOKUP when it
+includes ``lookup`` (PROTOCOL.md §8.9): :func:`after_hello` picks the table.
 
 Where a handler runs is declared by the table it is in (see :class:`Handlers`):
 ``fast`` handlers may be answered by the readiness hub's fast path
@@ -24,14 +25,12 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import IDENTITY, UNPUBLISH, WITHDRAW
+from common.capabilities import IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
-from common.handshake import Agreement, HandshakeState, ServerHandshake
 from common.identity import short_id
 from common.messages import (
-    MESSAGE_TYPES,
     Announce,
     Deregister,
     Error,
@@ -40,6 +39,7 @@ from common.messages import (
     Hello,
     Identify,
     ListFiles,
+    Lookup,
     ManifestReply,
     Message,
     Ok,
@@ -49,30 +49,25 @@ from common.messages import (
     Stats,
     StatsReply,
     Unpublish,
-    Welcome,
     WhoHas,
     Withdraw,
 )
-from common.swarm import SWARM
-from common.version import __version__
 from common.wording import format_size, plural
 from tracker.publishers import publisher_of
-from tracker.records import FileRecord, Peer
+from tracker.records import FileRecord, FileSummary, Peer
 from tracker.registry import check_manifest
-from tracker.replies import FILE_LIST_OVERHEAD, encode_file_list, encode_holders, file_entry, holder_entry
+from tracker.replies import FILE_LIST_OVERHEAD, MORE_FIELD_MAX, encode_file_list, encode_holders, file_entry, holder_entry
 
 if TYPE_CHECKING:
     from tracker.connection import Connection
 
-__all__ = ["Handlers", "GREETING", "REQUESTS", "WITHDRAWING", "handshake", "refusal", "unexpected", "AGENT", "LIST_SLICE"]
+__all__ = ["Handlers", "REQUESTS", "WITHDRAWING", "after_hello", "refusal", "unexpected", "LIST_SLICE"]
 
 log = logging.getLogger(__name__)
 
-AGENT: Final = f"chunkswarm-tracker/{__version__}"
-#: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1}
-#: A listing yields to the other connections after every this many files: an
-#: entry costs ~3 us to build and pack, so a slice holds the loop ~3 ms.
+#: A listing yields to the other connections after every this many files scanned,
+#: matched or not: a name is matched in ~0.1 us, and a match costs ~3 us to build
+#: and pack, so a slice holds the loop ~3 ms at most.
 LIST_SLICE: Final = 1000
 #: Manifests at most this many chunks are checked on the event loop: the Merkle
 #: root of 256 chunks is ~512 SHA-256 of 64 bytes, well under a millisecond.
@@ -119,58 +114,6 @@ def refusal(request: Message, exc: TrackerError) -> bytes:
     return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
 
 
-# -- the greeting ----------------------------------------------------------------
-async def handshake(connection: Connection, first: Message) -> bytes:
-    """The first message -> WELCOME: the rules of ``common/handshake.py``, then the tracker's requests open to the client.
-
-    Every message type leads here before HELLO (:data:`GREETING`), so that
-    module alone decides what a first message may be. In the connection's own
-    task: it decides who is asking and what the connection may use.
-    """
-    service = connection.service
-    config = service.config
-    private = service.private  # PROTOCOL.md §8.8: swarm required, and proven before anything else
-    required = frozenset({IDENTITY}) if config.require_identity else frozenset()
-    supported = {**SUPPORTED, SWARM: 1} if private else SUPPORTED
-    greeting = ServerHandshake(supported=supported, required=required | ({SWARM} if private else set()), key=config.node_key)
-    welcome = greeting.receive(first, Welcome(service.tracker_id, config.heartbeat_interval, connection.host, connection.port,
-                                              agent=AGENT))  # fmt: skip
-    if greeting.state is HandshakeState.IDENTIFYING:
-        connection.greeting = greeting
-        connection.handlers = IDENTIFYING
-    else:
-        assert greeting.agreement is not None  # receive() returned a WELCOME
-        _agreed(connection, greeting.agreement)
-    return encode_message(welcome)
-
-
-async def identify(connection: Connection, request: Message) -> bytes:
-    """The message after an identity WELCOME: IDENTIFY, whose proof the handshake checks (PROTOCOL.md §8.6), then OK."""
-    greeting = connection.greeting
-    assert greeting is not None  # IDENTIFYING is the table only while the handshake waits
-    ok = greeting.identify(request)  # raises RemoteProtocolError: ERROR and close
-    connection.greeting = None
-    assert greeting.agreement is not None
-    _agreed(connection, greeting.agreement)
-    log.debug("node %s identified from %s", short_id(connection.node or b"\0" * 32), format_address(connection.host, connection.port))
-    return encode_message(ok)
-
-
-def _agreed(connection: Connection, agreement: Agreement) -> None:
-    connection.agreement = agreement
-    connection.peer_id = agreement.hello.peer_id
-    connection.node = agreement.remote_node
-    connection.claimed_port = agreement.hello.listen_port
-    # The agreement picks the table once: what it adds costs nothing per request.
-    table = WITHDRAWING if agreement.speaks(WITHDRAW) else REQUESTS
-    if agreement.speaks(UNPUBLISH):
-        table = _UNPUBLISHING[table]
-    connection.handlers = table
-    private = connection.service.private
-    if private is not None:
-        private.admit(connection)  # nothing but the proof of membership until it has passed
-
-
 def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:
     """The violation a request no table of the connection's phase answers is (after HELLO: before, the handshake says)."""
     if type(request) is Hello:
@@ -207,7 +150,14 @@ def register_bound(connection: Connection, request: Register) -> bytes:
 
 
 def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
-    peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to, connection.node)
+    try:
+        peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to, connection.node)
+    except TrackerError as exc:
+        if exc.code != ErrorCode.BUSY:
+            raise
+        # Over its network's cap of peer ids: one clear ERROR, and this connection closes
+        # (it has nothing else to do here, and must not hold a connection retrying).
+        raise RemoteProtocolError(str(exc), error_code=ErrorCode.BUSY) from None
     connection.claimed_port = request.listen_port
     if new:
         log.info("peer %s joined, serving at %s", peer.name, format_address(peer.host, peer.port))
@@ -274,6 +224,12 @@ def who_has(connection: Connection, request: WhoHas) -> bytes:
             return encode_holders(request.file_id, fetched, max_frame_size=max_frame_size)
     entries = [cached[i] or _fill_entry(record, i) for i in slots]
     return encode_holders(request.file_id, entries, max_frame_size=max_frame_size)
+
+
+def lookup(connection: Connection, request: Lookup) -> bytes:
+    """LOOKUP (PROTOCOL.md §8.9): O(log files + matches), at most MAX_LOOKUP entries (~330 KB), so answered anywhere."""
+    summaries, more = connection.service.registry.lookup(request.query, request.limit)
+    return encode_file_list([file_entry(s) for s in summaries], more=more, max_frame_size=connection.codec.max_frame_size)
 
 
 def stats(connection: Connection, request: Stats) -> bytes:
@@ -347,23 +303,35 @@ async def list_files(connection: Connection, request: ListFiles) -> bytes:
             f"the tracker holds {service.unsent} bytes of replies its clients have not read; list again later",
             code=ErrorCode.BUSY,
         )
+    # With lookup agreed (PROTOCOL.md §8.9) the listing says how many files it left
+    # out, beyond the limit or the frame; before, a listing that overflows is refused.
+    agreement = connection.agreement
+    counting = agreement is not None and agreement.speaks(LOOKUP)
     max_frame_size = connection.codec.max_frame_size
     entries: list[bytes] = []
-    size = FILE_LIST_OVERHEAD
-    for summary in service.registry.iter_files(request.pattern, request.limit):
-        entry = file_entry(summary)
+    size = FILE_LIST_OVERHEAD + MORE_FIELD_MAX
+    more = 0
+    limit = request.limit
+    for record in service.registry.scan(request.pattern, LIST_SLICE):
+        if record is None:  # a slice scanned: let the others in, however few matched
+            await trio.lowlevel.checkpoint()
+            continue
+        if more or len(entries) == limit:
+            if not counting:
+                break
+            more += 1
+            continue
+        entry = file_entry(FileSummary.of(record))
         size += len(entry)
         if size > max_frame_size:
-            raise TrackerError(f"a listing of more than {len(entries)} files does not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST)
+            if not counting:
+                raise TrackerError(f"a listing of more than {len(entries)} files does not fit one frame; ask for fewer", code=ErrorCode.BAD_REQUEST)
+            more += 1
+            continue
         entries.append(entry)
-        if len(entries) % LIST_SLICE == 0:
-            await trio.lowlevel.checkpoint()
-    return encode_file_list(entries, max_frame_size=max_frame_size)
+    return encode_file_list(entries, more=more, max_frame_size=max_frame_size)
 
 
-#: Until HELLO only the handshake is answered, in the connection's task.
-#: Before HELLO: whatever comes first goes to the handshake, which refuses anything but HELLO.
-GREETING: Final = Handlers(fast={}, task=dict.fromkeys(MESSAGE_TYPES.values(), handshake))
 #: After HELLO. Before moving a handler into ``fast``, read the rule on :class:`Handlers`.
 REQUESTS: Final = Handlers(
     fast={
@@ -381,9 +349,21 @@ REQUESTS: Final = Handlers(
 #: After a HELLO whose agreement includes ``withdraw`` (PROTOCOL.md §8.5): WITHDRAW is
 #: answered, and a REGISTER binds the registration to this connection.
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
-#: After an identity WELCOME, until IDENTIFY: whatever comes goes to identify(), which takes IDENTIFY only.
-IDENTIFYING: Final = Handlers(fast={}, task=dict.fromkeys(MESSAGE_TYPES.values(), identify))
-#: Each table above with UNPUBLISH, for an agreement that includes ``unpublish`` (PROTOCOL.md §8.7).
-_UNPUBLISHING: Final = {table: Handlers(fast=table.fast, task={**table.task, Unpublish: unpublish}) for table in (REQUESTS, WITHDRAWING)}
 #: Requests that a capability added: in a table only when the agreement includes it.
-_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH}
+_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP}
+
+
+def _table(withdraw: bool, look_up: bool, unpublishing: bool) -> Handlers:
+    base = WITHDRAWING if withdraw else REQUESTS
+    fast = {**base.fast, Lookup: lookup} if look_up else base.fast  # PROTOCOL.md §8.9
+    task = {**base.task, Unpublish: unpublish} if unpublishing else base.task  # PROTOCOL.md §8.7
+    return Handlers(fast=fast, task=task)
+
+
+#: The table of every agreement, built once: what a capability adds costs nothing per request.
+_TABLES: Final = {(w, lo, u): _table(w, lo, u) for w in (False, True) for lo in (False, True) for u in (False, True)}
+
+
+def after_hello(withdraw: bool, look_up: bool, unpublishing: bool = False) -> Handlers:
+    """The table of a connection whose agreement includes ``withdraw``, ``lookup`` and ``unpublish``, or not."""
+    return _TABLES[withdraw, look_up, unpublishing]

@@ -3,7 +3,7 @@
 PROTOCOL.md §8.8. :func:`accept` runs when a connection is accepted (the
 address checked against ``--allow``, a plain chunkswarm client told in clear
 that this tracker speaks TLS only, then the TLS handshake); the greeting
-(``tracker.handlers.handshake``) requires the capability ``swarm`` and hands
+(``tracker.greeting.handshake``) requires the capability ``swarm`` and hands
 the connection to :meth:`PrivateTracker.admit`, whose :data:`PROVING` table answers the
 proof and nothing else. Only once the client's proof has passed does the
 connection get the tables of an open tracker (and this tracker's own proof).

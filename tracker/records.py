@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import attrs
 
-from common.chunkset import ChunkSet
+from common.chunkset import ChunkSet, Ranges
+from common.errors import IntegrityError, TrackerError, ValidationError
+from common.framing import ErrorCode
 from common.identity import short_id
-from common.manifest import Manifest
+from common.manifest import Manifest, check_publishable_name
 
-__all__ = ["Peer", "Replica", "FileRecord", "FileSummary"]
+__all__ = ["Peer", "Replica", "FileRecord", "FileSummary", "check_manifest", "chunk_mask", "conflict_message"]
 
 
 class Replica:
@@ -69,6 +71,8 @@ class FileRecord:
 
     manifest: Manifest
     folded_name: str  # for case-insensitive search
+    #: Publish order in this registry (larger: newer), for newest-first look-ups.
+    seq: int = 0
     replicas: list[Replica] = attrs.field(factory=list, repr=False)
     #: Beside ``replicas``, slot for slot: an opaque cache of each one's wire
     #: encoding, filled by the server, reset to None whenever the replica or its
@@ -86,3 +90,39 @@ class FileSummary:
     manifest: Manifest
     holders: int  # live peers holding at least one chunk
     complete_copies: int  # live peers holding every chunk
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FileSummary:
+        """The row of ``record``: its manifest and live counts."""
+        return cls(record.manifest, len(record.replicas), record.complete_copies)
+
+
+# -- checks of requests against the records ---------------------------------------
+def check_manifest(manifest: Manifest) -> None:
+    """Raise ``TrackerError(INVALID_MANIFEST)`` unless ``manifest`` is self-consistent.
+
+    The hash count against size and chunk size is checked when a ``Manifest``
+    is built, so a decoded manifest always passes that; the name rules are
+    re-checked here (with the stricter rule for new names, :func:`check_publishable_name`); the Merkle root costs one
+    SHA-256 per tree node (about 2 per chunk), so callers run this off the
+    event loop for large manifests.
+    """
+    try:
+        check_publishable_name(manifest.name)
+        manifest.verify()
+    except (IntegrityError, ValidationError) as exc:
+        raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
+
+
+def conflict_message(peer: Peer) -> str:
+    if peer.node is not None:
+        return f"peer id {peer.peer_id.hex()[:16]} belongs to node {peer.name}: only a connection proving its key may act as it"
+    return f"peer id {peer.peer_id.hex()[:16]} is registered from another address"
+
+
+def chunk_mask(record: FileRecord, ranges: Ranges, what: str) -> int:
+    """The bitmask of ``ranges`` over ``record``'s chunks; ``TrackerError(BAD_REQUEST)`` for ranges beyond the file."""
+    try:
+        return ChunkSet.from_ranges(record.manifest.chunk_count, ranges).mask
+    except ValidationError as exc:
+        raise TrackerError(f"bad {what} for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None

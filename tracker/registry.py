@@ -21,11 +21,14 @@ peers x 100 files answers tens of thousands of requests a second:
   connection's token, so releasing it when the connection closes is one look-up;
 * each file keeps, beside its replica list, a list of their wire entries
   (address and bitfield) cached for the server until a replica changes, so a
-  WHO_HAS touches 50 small byte strings rather than 50 objects and their sets.
+  WHO_HAS touches 50 small byte strings rather than 50 objects and their sets;
+* a look-up is O(log files + matches) (``tracker/index.py``); peers are
+  counted per network and address in O(1) (``tracker/limits.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -33,42 +36,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 import attrs
 
 from common.chunkset import ChunkSet, Ranges
-from common.errors import IntegrityError, TrackerError, ValidationError
+from common.errors import TrackerError
 from common.framing import ErrorCode
-from common.manifest import Manifest, validate_name
-from tracker.records import FileRecord, FileSummary, Peer, Replica
+from common.manifest import Manifest
+from tracker.index import CatalogueIndex
+from tracker.limits import AddressBook, distinct_window
+from tracker.records import FileRecord, FileSummary, Peer, Replica, check_manifest, chunk_mask, conflict_message
 
 __all__ = ["Registry", "check_manifest"]
-
-
-def check_manifest(manifest: Manifest) -> None:
-    """Raise ``TrackerError(INVALID_MANIFEST)`` unless ``manifest`` is self-consistent.
-
-    The hash count against size and chunk size is checked when a ``Manifest``
-    is built, so a decoded manifest always passes that; the name rules are
-    re-checked here for manifests built elsewhere; the Merkle root costs one
-    SHA-256 per tree node (about 2 per chunk), so callers run this off the
-    event loop for large manifests.
-    """
-    try:
-        validate_name(manifest.name)
-        manifest.verify()
-    except (IntegrityError, ValidationError) as exc:
-        raise TrackerError(f"invalid manifest: {exc}", code=ErrorCode.INVALID_MANIFEST) from None
-
-
-def _conflict(peer: Peer) -> str:
-    if peer.node is not None:
-        return f"peer id {peer.peer_id.hex()[:16]} belongs to node {peer.name}: only a connection proving its key may act as it"
-    return f"peer id {peer.peer_id.hex()[:16]} is registered from another address"
-
-
-def _mask(record: FileRecord, ranges: Ranges, what: str) -> int:
-    """The bitmask of ``ranges`` over ``record``'s chunks; ``TrackerError(BAD_REQUEST)`` for ranges beyond the file."""
-    try:
-        return ChunkSet.from_ranges(record.manifest.chunk_count, ranges).mask
-    except ValidationError as exc:
-        raise TrackerError(f"bad {what} for {record.manifest.name!r}: {exc}", code=ErrorCode.BAD_REQUEST) from None
 
 
 @attrs.define(eq=False)
@@ -82,11 +57,17 @@ class Registry:
     may also be bound to its connection (``connection``, any token the
     caller chooses): :meth:`release` drops the peer when that connection
     closes, unless a later registration has bound it elsewhere or to none.
+    At most ``max_peers_per_ip`` peer ids are live per network (an IPv4
+    address, an IPv6 /64); 0: no cap.
     """
 
     peer_timeout: float
     clock: Callable[[], float]
     rng: random.Random = attrs.field(factory=random.Random)
+    max_peers_per_ip: int = 0
+    index: CatalogueIndex = attrs.field(init=False, factory=CatalogueIndex)
+    addresses: AddressBook = attrs.field(init=False, factory=AddressBook)
+    _seq: int = attrs.field(init=False, default=0)
     _peers: OrderedDict[bytes, Peer] = attrs.field(init=False, factory=OrderedDict)  # least recently seen first
     _files: dict[bytes, FileRecord] = attrs.field(init=False, factory=dict)  # publish order
     replica_count: int = attrs.field(init=False, default=0)
@@ -111,16 +92,22 @@ class Registry:
             peer = None
         if peer is not None:
             if peer.node != node or (node is None and peer.host != host):
-                raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
+                raise TrackerError(conflict_message(peer), code=ErrorCode.IDENTITY_CONFLICT)
             if (peer.host, peer.port) != (host, port):
+                if peer.host != host:  # an identified node moved: it counts against its new network
+                    self.addresses.check_room(host, self.max_peers_per_ip)
+                self.addresses.leave(peer.host, peer.port)
+                self.addresses.join(host, port)
                 peer.host, peer.port = host, port
                 for replica in peer.replicas.values():
                     replica.file.entries[replica.slot] = None
             peer.connection = connection  # the latest registration decides
             self._touch(peer, now)
             return peer, False
+        self.addresses.check_room(host, self.max_peers_per_ip)
         peer = Peer(peer_id, host, port, now, connection, node)
         self._peers[peer_id] = peer
+        self.addresses.join(host, port)
         return peer, True
 
     def peer(self, peer_id: bytes, host: str, port: int | None = None, node: bytes | None = None) -> Peer:
@@ -136,7 +123,7 @@ class Registry:
         now = self.clock()
         peer = self._live(peer_id, now)
         if peer is not None and peer.node is not None and peer.node != node:
-            raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
+            raise TrackerError(conflict_message(peer), code=ErrorCode.IDENTITY_CONFLICT)
         if peer is None or (node is None and (peer.host != host or port not in (None, peer.port))) or (node is not None and peer.node is None):
             raise TrackerError("not registered: send REGISTER first", code=ErrorCode.NOT_REGISTERED)
         self._touch(peer, now)
@@ -149,7 +136,7 @@ class Registry:
             return None
         mine = peer.node == node and (node is not None or (peer.host == host and port in (None, peer.port)))
         if not mine and (node is None or peer.node is not None):  # (a proven key owns its peer id's unproven record)
-            raise TrackerError(_conflict(peer), code=ErrorCode.IDENTITY_CONFLICT)
+            raise TrackerError(conflict_message(peer), code=ErrorCode.IDENTITY_CONFLICT)
         self._remove_peer(peer)
         return peer
 
@@ -195,6 +182,7 @@ class Registry:
 
     def _remove_peer(self, peer: Peer) -> None:
         del self._peers[peer.peer_id]
+        self.addresses.leave(peer.host, peer.port)
         for replica in peer.replicas.values():
             self._unlink(replica)
         peer.replicas.clear()
@@ -211,7 +199,9 @@ class Registry:
             return False
         if not checked:
             check_manifest(manifest)
-        self._files[manifest.file_id] = FileRecord(manifest, manifest.name.casefold())
+        self._seq += 1
+        self._files[manifest.file_id] = record = FileRecord(manifest, manifest.name.casefold(), self._seq)
+        self.index.add(record)
         return True
 
     def has_file(self, file_id: bytes) -> bool:
@@ -228,6 +218,7 @@ class Registry:
             record = self._files.get(file_id)
             if record is not None and not record.replicas:
                 del self._files[file_id]
+                self.index.remove(record)
                 dropped.append(record.manifest)
         return dropped
 
@@ -250,23 +241,26 @@ class Registry:
 
     def list_files(self, pattern: str = "", limit: int | None = None) -> list[FileSummary]:
         """Files whose name contains ``pattern`` (case-insensitive; empty: all), newest first."""
-        return list(self.iter_files(pattern, limit))
+        return [FileSummary.of(record) for record in itertools.islice(filter(None, self.scan(pattern)), limit)]
 
-    def iter_files(self, pattern: str = "", limit: int | None = None) -> Iterator[FileSummary]:
-        """As :meth:`list_files`, one at a time: the server yields to other requests between slices of a long listing.
+    def scan(self, pattern: str = "", every: int = 1000) -> Iterator[FileRecord | None]:
+        """The records whose name contains ``pattern`` (case-insensitive), newest first, and None after every ``every`` scanned.
 
-        It runs over the catalogue as it was at the first ``next()`` (files
-        published meanwhile are not in it), with each file's counts as they are
-        when it is reached.
+        A listing costs O(files) whatever it matches: a caller on the event loop
+        yields at the Nones. Over the catalogue as it was at the first ``next()``.
         """
         folded = pattern.casefold()
-        found = 0
-        for record in list(reversed(self._files.values())):
-            if folded in record.folded_name:
-                yield FileSummary(record.manifest, len(record.replicas), record.complete_copies)
-                found += 1
-                if found == limit:
-                    return
+        records = list(reversed(self._files.values()))
+        for start in range(0, len(records), every):
+            for record in records[start : start + every]:
+                if folded in record.folded_name:
+                    yield record
+            yield None
+
+    def lookup(self, query: str, limit: int) -> tuple[list[FileSummary], int]:
+        """The newest ``limit`` files named ``query`` or whose id starts with ``query`` (hex), and how many more match."""
+        records, more = self.index.find(query, limit)
+        return [FileSummary.of(record) for record in records], more
 
     # -- replicas --------------------------------------------------------------
     def announce(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
@@ -277,7 +271,7 @@ class Registry:
         """
         record = self.record(file_id)
         count = record.manifest.chunk_count
-        mask = _mask(record, ranges, "announcement")
+        mask = chunk_mask(record, ranges, "announcement")
         replica = peer.replicas.get(file_id)
         if replica is None:
             if not mask and count:
@@ -304,7 +298,7 @@ class Registry:
         ranges). Chunks it never announced are not an error. (PROTOCOL.md §8.5)
         """
         record = self.record(file_id)
-        mask = _mask(record, ranges, "withdrawal")
+        mask = chunk_mask(record, ranges, "withdrawal")
         replica = peer.replicas.get(file_id)
         if replica is None:
             return None
@@ -341,6 +335,9 @@ class Registry:
             if replica is not None:
                 mine = replica.slot
         others = count - (mine >= 0)
+        if self.addresses.crowded and others:
+            # Some address is claimed by several peer ids: hand each address out once.
+            return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine)
         if others <= limit:
             return record, [i for i in range(count) if i != mine]
         # A window of consecutive slots from a random start, as opentracker answers: the

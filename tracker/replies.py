@@ -18,12 +18,14 @@ import msgpack
 from common.framing import Opcode, encode_header
 from tracker.records import FileSummary, Replica
 
-__all__ = ["holder_entry", "encode_holders", "file_entry", "encode_file_list", "FILE_LIST_OVERHEAD"]
+__all__ = ["holder_entry", "encode_holders", "file_entry", "encode_file_list", "FILE_LIST_OVERHEAD", "MORE_FIELD_MAX"]
 
 #: The most a MessagePack array header takes.
 _ARRAY_HEADER_MAX: Final = 5
 #: The most a FILE_LIST payload holds besides its entries: ``[[entries ...]]``.
 FILE_LIST_OVERHEAD: Final = 1 + _ARRAY_HEADER_MAX
+#: The most FILE_LIST's ``more`` field takes (a u32).
+MORE_FIELD_MAX: Final = 5
 
 
 def _array_header(length: int) -> bytes:
@@ -62,9 +64,14 @@ def file_entry(summary: FileSummary) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def encode_file_list(entries: Sequence[bytes], *, max_frame_size: int) -> bytes:
-    """The FILE_LIST frame of ``entries`` (:func:`file_entry`); raises ``LocalProtocolError`` if it would pass ``max_frame_size``."""
+def encode_file_list(entries: Sequence[bytes], *, more: int = 0, max_frame_size: int) -> bytes:
+    """The FILE_LIST frame of ``entries`` (:func:`file_entry`); raises ``LocalProtocolError`` if it would pass ``max_frame_size``.
+
+    ``more`` (files left out, PROTOCOL.md §8.9) is a second field, there only when not 0.
+    """
     body = b"".join(entries)
     array_header = _array_header(len(entries))
-    length = 1 + len(array_header) + len(body)  # [[entries ...]]
-    return b"".join((encode_header(Opcode.FILE_LIST, length, max_frame_size=max_frame_size), b"\x91", array_header, body))
+    tail = msgpack.packb(more) if more else b""
+    length = 1 + len(array_header) + len(body) + len(tail)  # [[entries ...], more?]
+    outer = b"\x92" if more else b"\x91"
+    return b"".join((encode_header(Opcode.FILE_LIST, length, max_frame_size=max_frame_size), outer, array_header, body, tail))

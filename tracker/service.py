@@ -22,6 +22,7 @@ from common.wording import plural
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
+from tracker.limits import Tally
 from tracker.private import PrivateTracker
 from tracker.publishers import Publishers
 from tracker.registry import Registry, check_manifest
@@ -44,6 +45,8 @@ class TrackerService:
     #: Its key's peer id: the server id a WELCOME proves with capability identity (PROTOCOL.md §8.6).
     tracker_id: bytes = attrs.field(default=attrs.Factory(lambda self: self.config.node_key.peer_id, takes_self=True))
     connections: int = 0
+    #: Open connections per network (``tracker.limits.network_of``), against ``max_connections_per_ip``.
+    connections_per_network: Tally = attrs.field(factory=Tally)
     requests: int = 0
     #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
     buffered: int = 0
@@ -61,7 +64,7 @@ class TrackerService:
         cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = (), published: Iterable[tuple[bytes, bytes]] = ()
     ) -> TrackerService:
         """A service whose registry lists ``catalogue`` (the manifests read from ``store``), published by ``published`` (file id, publisher)."""
-        registry = Registry(config.peer_timeout, trio.current_time)
+        registry = Registry(config.peer_timeout, trio.current_time, max_peers_per_ip=config.max_peers_per_ip)
         for manifest in catalogue:
             registry.publish(manifest, checked=True)  # checked before it was written
         publishers = Publishers(config.max_files_per_publisher, config.max_manifest_bytes_per_publisher)

@@ -55,14 +55,22 @@ class PartFile:
     def state_path(self) -> pathlib.Path:
         return self.final_path.with_name(self.final_path.name + PART_SUFFIX + STATE_SUFFIX)
 
-    def open(self) -> list[int]:
-        """Open (or create and preallocate) the part file; return the chunks the resume state claims."""
-        claimed = self._read_state()
+    def open(self, *, force: bool = False) -> list[int]:
+        """Open (or create and preallocate) the part file; return the chunks the resume state claims.
+
+        A part file or resume state already there is ours only if the state is
+        readable and names this very file (id and chunk size): anything else
+        is someone else's file, and a :class:`StorageError` unless ``force``
+        (then it is replaced). A fresh download writes its (empty) state
+        before it creates the part file, so a part file of ours always has one.
+        """
+        claimed = self._read_state(force=force)
         flags = os.O_RDWR | os.O_CREAT
-        if not claimed:
-            flags |= os.O_TRUNC
         try:
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
+            if claimed is None:
+                self.save_state(ChunkSet(self.manifest.chunk_count))
+                flags |= os.O_TRUNC
             self.fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             raise storage_error("create", self.path, exc) from None
@@ -92,33 +100,40 @@ class PartFile:
         # would only fill pages of chunks not written yet, or dropped on purpose (ReadBack).
         advise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         # Chunks entirely beyond a truncated file cannot be there.
-        return [i for i in claimed if i < self.manifest.chunk_count and size >= self.manifest.chunk_offset(i) + self.manifest.chunk_length(i)]
+        return [i for i in claimed or () if i < self.manifest.chunk_count and size >= self.manifest.chunk_offset(i) + self.manifest.chunk_length(i)]
 
-    def _read_state(self) -> list[int]:
+    def _read_state(self, *, force: bool) -> list[int] | None:
+        """The chunks our resume state lists (None: start afresh); :class:`StorageError` for files in the way that are not ours."""
         try:
             raw = self.state_path.read_bytes()
         except FileNotFoundError:
-            return []
+            if self.path.exists():
+                self._not_ours(force, "there is no resume state beside it")
+            return None
         except OSError as exc:
-            logger.warning("cannot read the resume state %s (%s); downloading from the start", self.state_path, exc.strerror or exc)
-            return []
+            self._not_ours(force, f"its resume state cannot be read ({exc.strerror or exc})")
+            return None
         try:
             if len(raw) > _MAX_STATE_BYTES:
                 raise ValueError(f"{len(raw)} bytes, more than any resume state")
             state = json.loads(raw)
-            if (
-                state.get("version") != _STATE_VERSION
-                or state.get("file_id") != self.manifest.hex_id
-                or state.get("chunk_size") != self.manifest.chunk_size
-                or not self.path.exists()
-            ):
-                return []
+            if state.get("version") != _STATE_VERSION or state.get("file_id") != self.manifest.hex_id or state.get("chunk_size") != self.manifest.chunk_size:
+                self._not_ours(force, "its resume state is of another file")
+                return None
             done = ChunkSet.from_ranges(self.manifest.chunk_count, tuple(tuple(r) for r in state["done"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser goes.
-            logger.warning("ignoring the unreadable resume state %s (%s); downloading from the start", self.state_path, exc)
-            return []
-        return list(done)
+            self._not_ours(force, f"its resume state is unreadable ({exc})")
+            return None
+        return list(done) if self.path.exists() else None
+
+    def _not_ours(self, force: bool, why: str) -> None:
+        """``NAME.part`` (or its state) is in the way and not of this download: refused, or replaced with ``force``."""
+        shown = self.path if self.path.exists() else self.state_path
+        if not force:
+            raise StorageError(f"{shown} is in the way: it is not a download of {self.manifest.name} in progress ({why}); "
+                               "nothing was changed (use --force to replace it)")  # fmt: skip
+        logger.warning("replacing %s, not a download of %s in progress (%s): --force", shown, self.manifest.name, why)
 
     def save_state(self, done: ChunkSet) -> None:
         """Record ``done`` (chunks already written) atomically."""

@@ -1,0 +1,139 @@
+"""Which holders a download connects to: pure bookkeeping, no I/O (the :class:`~peer.download.Downloader` asks it).
+
+A tracker lists whatever registered, and anyone can register many ids at
+one address or point them at any port of their own IP (issue 12, finding 2:
+300 fake holders that say WELCOME and then nothing). So holders are taken
+one per address (``host:port``, the chunks of every id listed there pooled),
+at most ``max_per_ip`` at once per IP (per /64 for IPv6,
+:func:`~common.address.ip_group`), and an address whose source ended
+without delivering a chunk, or could not be reached, is tried again only
+after a delay that doubles with each such failure, from ``base_delay`` up to
+``max_delay``. A source that delivered is retried after ``base_delay``.
+Costs: a dict and a counter update per connection and per ended source.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+import attrs
+
+from common.address import format_address, ip_group
+from common.allow import AllowList
+from common.chunkset import ChunkSet
+from common.errors import ValidationError
+from common.messages import Holder
+
+__all__ = ["Sources", "pool_by_address"]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+#: Past this many remembered failing addresses, those whose retry delay is over are forgotten.
+_MAX_REMEMBERED = 1000
+#: Holders remembered from earlier answers of the tracker, to be tried (the oldest are forgotten first).
+_MAX_CANDIDATES = 1000
+
+
+def pool_by_address(
+    holders: tuple[Holder, ...], count: int, *, skip: bytes, admits: Callable[[Address], bool] = lambda _: True
+) -> dict[Address, tuple[bytes, ChunkSet]]:
+    """``holders`` by address: the first id listed there and the union of the chunks of every id there.
+
+    ``skip`` (our own id), holders at an address ``admits`` refuses (``--allow``)
+    and holders with a malformed bitfield are left out.
+    """
+    pooled: dict[Address, tuple[bytes, ChunkSet]] = {}
+    for holder in holders:
+        if holder.peer_id == skip:
+            continue
+        try:
+            chunks = ChunkSet.from_bitfield(count, holder.bitfield)
+        except ValidationError:
+            continue
+        address = (holder.host, holder.port)
+        if not admits(address):
+            continue
+        first = pooled.get(address)
+        pooled[address] = (holder.peer_id, chunks) if first is None else (first[0], ChunkSet(count, first[1].mask | chunks.mask))
+    return pooled
+
+
+@attrs.define(eq=False)
+class Sources:
+    """The addresses connected to, per IP, and when each failing address may be tried again; see the module docstring."""
+
+    max_per_ip: int
+    base_delay: float
+    max_delay: float
+    #: ``--allow``: holders outside these ranges are never connected to (and said once each).
+    allow: AllowList = attrs.field(factory=AllowList)
+    _outside: set[Address] = attrs.field(init=False, factory=set)
+    _connected: set[Address] = attrs.field(init=False, factory=set)
+    _per_ip: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _failures: dict[Address, int] = attrs.field(init=False, factory=dict)
+    _retry_at: dict[Address, float] = attrs.field(init=False, factory=dict)
+    #: Holders not connected to yet, from this and earlier answers, in the order first listed: a
+    #: tracker answers with a random few of many holders, and one seen once is tried in its turn
+    #: (not pushed back by those listed again and again).
+    _candidates: dict[Address, tuple[bytes, ChunkSet]] = attrs.field(init=False, factory=dict)
+
+    def admits(self, address: Address) -> bool:
+        """False for a holder outside :attr:`allow` (logged the first time)."""
+        if self.allow.admits(address[0]):
+            return True
+        if address not in self._outside and len(self._outside) < _MAX_REMEMBERED:
+            self._outside.add(address)
+            logger.info("not connecting to the holder at %s: outside the allowed address ranges (%s)", format_address(*address), self.allow)
+        return False
+
+    def offer(self, address: Address, peer_id: bytes, chunks: ChunkSet) -> None:
+        """The tracker lists ``peer_id`` at ``address`` with ``chunks`` (and no source is there)."""
+        self._candidates[address] = (peer_id, chunks)
+        if len(self._candidates) > _MAX_CANDIDATES:
+            del self._candidates[next(iter(self._candidates))]
+
+    def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
+        """Holders to try, the first listed first."""
+        return [(address, peer_id, chunks) for address, (peer_id, chunks) in self._candidates.items()]
+
+    def may_connect(self, address: Address, now: float) -> bool:
+        """True if a new source at ``address`` may start now."""
+        return (
+            address not in self._connected
+            and self._per_ip[ip_group(address[0])] < self.max_per_ip
+            and self._retry_at.get(address, 0.0) <= now
+        )
+
+    def retrying(self, address: Address) -> bool:
+        """True if ``address`` failed before (a reconnection to it does not hold off the stall timer)."""
+        return address in self._retry_at
+
+    def connect(self, address: Address) -> None:
+        self._candidates.pop(address, None)
+        self._connected.add(address)
+        self._per_ip[ip_group(address[0])] += 1
+
+    def ended(self, address: Address, now: float, *, delivered: bool) -> float:
+        """The source at ``address`` ended; returns the delay before it may be tried again."""
+        if address in self._connected:
+            self._connected.discard(address)
+            group = ip_group(address[0])
+            self._per_ip[group] -= 1
+            if self._per_ip[group] <= 0:
+                del self._per_ip[group]
+        failures = 0 if delivered else self._failures.get(address, 0) + 1
+        delay = min(self.max_delay, self.base_delay * float(2 ** max(failures - 1, 0)))
+        if len(self._retry_at) > _MAX_REMEMBERED:  # a tracker can list endless new addresses
+            for old in [a for a, due in self._retry_at.items() if due <= now]:
+                del self._retry_at[old]
+                self._failures.pop(old, None)
+        if failures:
+            self._failures[address] = failures
+        else:
+            self._failures.pop(address, None)
+        self._retry_at[address] = now + delay
+        return delay
