@@ -13,6 +13,12 @@ give the same results:
   with ``recv_into`` (no intermediate bytes object);
 * :meth:`Connection.send_file_range` sends chunk bytes from a file with
   ``os.sendfile`` (no copy through Python at all).
+
+Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
+frame body is decrypted straight into the codec's body buffer, many records
+per call, and a chunk is read into a buffer the connection keeps and
+encrypted with its header in a worker thread (as files are read and chunks
+hashed), without joining them: no ``bytes`` per record or per chunk.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -28,7 +34,8 @@ import trio
 from common.codec import CLOSED, NEED_DATA, Codec
 from common.errors import ConnectionClosed, PeerTimeout, StorageError
 from common.messages import Message
-from peer.storage.chunk_io import read_chunk
+from peer.storage.chunk_io import read_chunk, read_chunk_into
+from peer.tls_stream import TLSStream
 
 __all__ = ["Connection", "RECEIVE_SIZE"]
 
@@ -49,6 +56,9 @@ class Connection:
         self._socket: Any = sock if sock is not None and hasattr(sock, "recv_into") else None
         #: Where addresses are read: the socket, or the one under TLS (``peer/secure.py``).
         self._address_socket: Any = self._socket or getattr(getattr(stream, "transport_stream", None), "socket", None)
+        self._tls = stream if isinstance(stream, TLSStream) else None
+        #: Under TLS, what chunks are read into to be encrypted (grown to the largest chunk sent, then reused).
+        self._chunk_buffer = bytearray()
         self.closed = False
         #: Bytes received so far (a source part-way through its first chunk is delivering).
         self.received = 0
@@ -89,7 +99,16 @@ class Connection:
         codec = self.codec
         try:
             if self._socket is None:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                tls = self._tls
+                if tls is None:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                elif (body := codec.get_buffer()) is not None:
+                    count = await tls.receive_into(body)
+                    self.received += count
+                    codec.buffer_updated(count)
+                    return
+                else:
+                    data = await tls.receive_some(FRAME_START_SIZE)  # as with a socket, below
                 self.received += len(data)
                 codec.receive_data(data)
                 return
@@ -128,6 +147,17 @@ class Connection:
         caller must close the connection then.
         """
         async with self._send_lock:
+            if self._tls is not None:
+                if len(self._chunk_buffer) < count:
+                    self._chunk_buffer = bytearray(count)
+                chunk = memoryview(self._chunk_buffer)[:count]
+
+                def read() -> tuple[bytes, memoryview]:
+                    read_chunk_into(fd, offset, chunk)
+                    return prefix, chunk
+
+                await self._send_tls_from_thread(read)
+                return
             if self._socket is None:
                 data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
                 await self._send_all(prefix + data)
@@ -168,6 +198,13 @@ class Connection:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                 raise ConnectionClosed(f"connection lost: {exc.strerror}") from None
             raise StorageError(f"sendfile failed: {exc.strerror or exc}") from None
+
+    async def _send_tls_from_thread(self, produce: Callable[[], tuple[bytes, memoryview]]) -> None:
+        assert self._tls is not None
+        try:
+            await self._tls.send_from_thread(produce)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed("connection lost") from None
 
     async def _send_all(self, data: bytes) -> None:
         try:

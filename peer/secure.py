@@ -24,6 +24,7 @@ from common.messages import Error
 from common.swarm import SWARM, Membership, SwarmFile
 from common.tls import certificate_key, client_context, server_context
 from peer.connection import Connection
+from peer.tls_stream import TLSStream
 
 __all__ = ["Private", "CAPABILITIES", "tls_handshake"]
 
@@ -33,7 +34,7 @@ PLAIN_REFUSAL = "this peer serves a private swarm, over TLS only: run with --swa
 CAPABILITIES: dict[str, int] = {SWARM: 1}
 
 
-async def tls_handshake(stream: trio.SSLStream[trio.abc.Stream], what: str) -> None:
+async def tls_handshake(stream: TLSStream | trio.SSLStream[trio.abc.Stream], what: str) -> None:
     """Finish ``stream``'s TLS handshake; :class:`ConnectionClosed` saying why for anything else than TLS 1.3."""
     try:
         await stream.do_handshake()
@@ -62,9 +63,9 @@ class Private:
     def create(cls, swarm: SwarmFile, key: NodeKey) -> Private:
         return cls(swarm, key, server_context(key), client_context())
 
-    async def connect(self, stream: trio.abc.Stream, what: str) -> trio.SSLStream[trio.abc.Stream]:
+    async def connect(self, stream: trio.abc.Stream, what: str) -> TLSStream:
         """``stream`` with TLS on it, handshake done (``what`` names the other side in errors)."""
-        tls = trio.SSLStream(stream, self.client, server_hostname=None)
+        tls = TLSStream(stream, self.client)
         try:
             await tls_handshake(tls, what)
         except BaseException:
@@ -72,13 +73,13 @@ class Private:
             raise
         return tls
 
-    async def accept(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
+    async def accept(self, stream: trio.abc.Stream) -> TLSStream:
         """``stream`` with TLS on it; a plain chunkswarm client is told in clear why not (:class:`ConnectionClosed`)."""
         sock = getattr(stream, "socket", None)
         if sock is not None and await sock.recv(len(MAGIC), socket.MSG_PEEK) == MAGIC:  # a frame in clear
             await stream.send_all(encode_message(Error(ErrorCode.NOT_A_MEMBER, PLAIN_REFUSAL)))
             raise ConnectionClosed("a plain client, and this peer speaks TLS only (a private swarm)")
-        tls = trio.SSLStream(stream, self.server, server_side=True)
+        tls = TLSStream(stream, self.server, server_side=True)
         await tls_handshake(tls, "the connecting side")
         return tls
 
@@ -89,7 +90,7 @@ class Private:
         if its own proof fails (another swarm, a relay, not the node id expected).
         """
         stream = conn.stream
-        if not isinstance(stream, trio.SSLStream):
+        if not isinstance(stream, TLSStream | trio.SSLStream):
             raise ValidationError("a proof of membership needs a TLS connection")
         try:
             key = certificate_key(stream.getpeercert(binary_form=True))

@@ -28,6 +28,7 @@ from peer.storage.fs import storage_error
 __all__ = [
     "Buffer",
     "read_chunk",
+    "read_chunk_into",
     "verify_and_write",
     "hash_chunks",
     "open_direct",
@@ -57,6 +58,16 @@ def read_chunk(fd: int, offset: int, length: int) -> bytes:
         parts.append(data)
         got += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_chunk_into(fd: int, offset: int, buffer: memoryview) -> None:
+    """Fill ``buffer`` with the file's bytes at ``offset`` (blocking); a short file is an error."""
+    got = 0
+    while got < len(buffer):
+        n = os.preadv(fd, [buffer[got:]], offset + got)
+        if not n:
+            raise StorageError(f"file shorter than expected: {got} of {len(buffer)} bytes at offset {offset}")
+        got += n
 
 
 def open_direct(path: os.PathLike[str] | str) -> int:
