@@ -23,7 +23,7 @@ import attrs
 import trio
 import watchfiles
 
-from common.errors import StorageError
+from common.errors import StorageError, ValidationError
 from common.manifest import Manifest
 from peer.node import Peer
 from peer.progress import ProgressSink
@@ -67,6 +67,8 @@ class Seeder:
     rescan_interval: float = 60.0
     #: What this seeder published, by absolute path, with the signature it was hashed at.
     published: dict[pathlib.Path, tuple[int, int]] = attrs.field(init=False, factory=dict)
+    #: Files that cannot be published as they are (a name refused), with the signature that was refused.
+    refused: dict[pathlib.Path, tuple[int, int]] = attrs.field(init=False, factory=dict)
     #: One update at a time: the events and the rescan may name the same file, which is hashed once.
     _updating: trio.Lock = attrs.field(init=False, factory=trio.Lock)
 
@@ -123,6 +125,11 @@ class Seeder:
                 published += await self.peer.publish([path], progress=progress)
             except StorageError as exc:  # changed while hashed, or vanished: the next event or rescan retries
                 logger.info("%s: not publishing %s now: %s", self.peer.name, path, exc)
+                continue
+            except ValidationError as exc:  # a name no one may publish: the rest of the folder is seeded
+                if self.refused.get(path) != signature:
+                    logger.warning("%s: skipping %s: %s", self.peer.name, path, exc)
+                self.refused[path] = signature  # said once, until the file changes
                 continue
             changed = path in self.published
             self.published[path] = signature

@@ -120,3 +120,20 @@ async def test_a_seeded_folder_is_followed(tmp_path: pathlib.Path) -> None:
             assert got.returncode == 0, got.stderr
             assert (out / "edited.bin").read_bytes() == b"second version " * 300
         nursery.cancel_scope.cancel()
+
+
+async def test_a_file_whose_name_is_refused_is_skipped_and_the_rest_seeded(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "share"
+    folder.mkdir()
+    (folder / "ok.bin").write_bytes(os.urandom(2000))
+    (folder / "victim\u200b.bin").write_bytes(os.urandom(2000))  # a zero-width look-alike (issue 12, finding 9)
+    async with trio.open_nursery() as nursery:
+        async with start_tracker(nursery, tmp_path / "t.db", "--heartbeat-interval", "1") as (_, port), \
+                   spawn(nursery, *_seed_args(port, folder, tmp_path / "s"), name="seeder") as seeder:  # fmt: skip
+            with trio.fail_after(20):
+                await seeder.wait_for("watching")
+                await _until_listed(port, tmp_path, "ok.bin")
+            assert seeder.output.count(b"skipping") == 1 and b"U+200B" in seeder.output
+            assert seeder.process.returncode is None  # still seeding
+            assert list(await _listing(port, tmp_path)) == ["ok.bin"]
+        nursery.cancel_scope.cancel()
