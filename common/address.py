@@ -59,6 +59,8 @@ def ip_group(host: str) -> str:
     One IPv6 host is usually given a whole /64, so counting single IPv6
     addresses would give it 2**64 of them; an IPv4-mapped address counts as its IPv4 one.
     """
+    if ":" not in host:  # IPv4 (or a name): itself, without parsing (the tracker asks per connection)
+        return host
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -121,37 +121,10 @@ class TLSStream(trio.abc.Stream):
         size = RAW_RECEIVE_SIZE if max_bytes is None else max_bytes
         if size < 1:
             raise ValueError("max_bytes must be positive")
-        with self._receiving:
-            await self._ready()
-            parts: list[bytes] = []
-            while True:
-                with self._lock:
-                    total, more = self._drain(parts, size)
-                if total or not more:
-                    break
-                await self._refill()
-            await self._flush_after_read()
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _drain(self, parts: list[bytes], size: int) -> tuple[int, bool]:
-        """Decrypt what has arrived into ``parts``, up to ``size`` bytes: (bytes taken, whether more may come)."""
-        total = 0
-        while total < size:
-            try:
-                data = self._ssl.read(min(size - total, RECORD_SIZE))
-            except ssl.SSLWantReadError:
-                return total, True
-            except ssl.SSLZeroReturnError:
-                return total, False
-            except ssl.SSLError as exc:
-                if total:
-                    return total, True  # said on the next call
-                raise self._break(exc) from exc
-            if not data:
-                return total, False  # close_notify: end of stream (ssl says so with b"", not SSLZeroReturnError)
-            parts.append(data)
-            total += len(data)
-        return total, True
+        buffer = bytearray(size)
+        filled = await self.receive_into(buffer)
+        del buffer[filled:]
+        return bytes(buffer)
 
     async def receive_into(self, buffer: Buffer) -> int:
         """Decrypt into ``buffer`` until it is full or nothing more has arrived; the bytes written, 0 at end of stream.

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final, cast
 import attrs
 import trio
 
-from common.address import format_address
+from common.address import format_address, ip_group
 from common.codec import CLOSED, NEED_DATA, Codec, LargeFrame, Sentinel, decode_payload, encode_message
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
@@ -45,7 +45,6 @@ from common.handshake import Agreement, ServerHandshake
 from common.messages import Error, Message
 from tracker.greeting import GREETING
 from tracker.handlers import Handlers, refusal, unexpected
-from tracker.limits import network_of
 
 if TYPE_CHECKING:
     from common.swarm import Membership
@@ -91,7 +90,7 @@ async def serve_connection(
     """Serve one connection of ``kind`` from ``remote`` until it closes, misbehaves or idles; always closes ``stream``."""
     host, port = observed_host(remote[0]), remote[1]
     where = format_address(host, port)
-    network = network_of(host)
+    network = ip_group(host)
     full = _full(service, network)
     if full:
         log.warning("refusing %s: %s", where, full)

@@ -9,25 +9,15 @@ single addresses would let it take as many as it likes).
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Callable, Sequence
 
+from common.address import ip_group
 from common.errors import TrackerError
 from common.framing import ErrorCode
 from tracker.records import Replica
 
-__all__ = ["network_of", "Tally", "AddressBook", "distinct_window"]
-
-
-def network_of(host: str) -> str:
-    """The network ``host`` counts against: itself for IPv4 (and anything not an address), its /64 for IPv6."""
-    if ":" not in host:
-        return host
-    try:
-        return str(ipaddress.IPv6Network((host, 64), strict=False).network_address) + "/64"
-    except ValueError:
-        return host
+__all__ = ["Tally", "AddressBook", "distinct_window"]
 
 
 class Tally:
@@ -69,16 +59,16 @@ class AddressBook:
 
     def check_room(self, host: str, cap: int) -> None:
         """Refuse (``TrackerError(BUSY)``) one more peer id from ``host``'s network when it has ``cap`` (0: no cap)."""
-        network = network_of(host)
+        network = ip_group(host)
         if cap and self.networks.get(network) >= cap:
             raise TrackerError(f"{network} has {cap} peer ids registered already, the most one address may have", code=ErrorCode.BUSY)
 
     def join(self, host: str, port: int) -> None:
-        self.networks.add(network_of(host))
+        self.networks.add(ip_group(host))
         self.claim(host, port)
 
     def leave(self, host: str, port: int) -> None:
-        self.networks.remove(network_of(host))
+        self.networks.remove(ip_group(host))
         self.release(host, port)
 
     def ids_at(self, address: tuple[str, int]) -> int:

@@ -45,7 +45,7 @@ class TrackerService:
     #: Its key's peer id: the server id a WELCOME proves with capability identity (PROTOCOL.md §8.6).
     tracker_id: bytes = attrs.field(default=attrs.Factory(lambda self: self.config.node_key.peer_id, takes_self=True))
     connections: int = 0
-    #: Open connections per network (``tracker.limits.network_of``), against ``max_connections_per_ip``.
+    #: Open connections per network (``common.address.ip_group``), against ``max_connections_per_ip``.
     connections_per_network: Tally = attrs.field(factory=Tally)
     requests: int = 0
     #: Bytes the codecs of all connections hold for requests still arriving (see ``max_buffered``).
