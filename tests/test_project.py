@@ -58,3 +58,25 @@ def test_a_command_loads_only_its_own_engine(command: str, absent: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.splitlines()[-1] == "False True"
+
+
+def test_a_missing_system_program_skips_here_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CI run must not pass by testing less: where a program the tests run is missing, CI fails.
+    from tests.system import program
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-program-here is not installed"):
+        program("no-such-program-here")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"system_packages\.sh"):
+        program("no-such-program-here")
+
+
+def test_the_test_command_installs_the_programs_the_tests_run() -> None:
+    from tests.system import PACKAGE_OF
+
+    script = (ROOT / "tests" / "system_packages.sh").read_text()
+    listed = re.search(r'^PACKAGES="([^"]+)"', script, re.M)
+    assert listed is not None
+    assert set(PACKAGE_OF.values()) <= set(listed.group(1).split())
+    assert "tests/system_packages.sh" in _readme_commands()[1]
