@@ -78,6 +78,8 @@ class DemoConfig:
     #: serves a small file within the downloaders' first holder refresh, before either holds a
     #: chunk the other could take, and the downloaders never trade.
     upload_seconds: float = 0.5
+    #: Serve the tracker's web UI (a free port on 127.0.0.1), and print its URL.
+    web: bool = True
 
     @property
     def uploaders(self) -> int:
@@ -209,10 +211,12 @@ async def run_demo(config: DemoConfig, console: Console) -> DemoOutcome:
             async with open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
                 hb = config.heartbeat_interval
-                tracker: RunningTracker = await nursery.start(
-                    serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=hb, peer_timeout=3 * hb, idle_timeout=4 * hb)
-                )
-                await _swarm(config, console, (tracker.host, tracker.port), workdir, chunk_size, outcomes)
+                web_host = "127.0.0.1" if config.web else None
+                tracker_config = TrackerConfig(port=0, db_path=None, heartbeat_interval=hb, peer_timeout=3 * hb, idle_timeout=4 * hb, http_host=web_host)
+                tracker: RunningTracker = await nursery.start(serve_tracker, tracker_config)
+                if tracker.http_url is not None:
+                    console.print(f"Watch the swarm in a browser: {tracker.http_url}", highlight=False)
+                await _swarm(config, console, (tracker.host, tracker.port), workdir, chunk_size, outcomes, tracker.http_url)
                 nursery.cancel_scope.cancel()
     finally:
         if config.keep:
@@ -232,7 +236,8 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
 
 
 async def _swarm(
-    config: DemoConfig, console: Console, tracker: tuple[str, int], workdir: pathlib.Path, chunk_size: int, outcomes: list[DemoOutcome]
+    config: DemoConfig, console: Console, tracker: tuple[str, int], workdir: pathlib.Path, chunk_size: int, outcomes: list[DemoOutcome],
+    web_url: str | None = None,
 ) -> None:
     """The scenario; its outcome is appended to ``outcomes`` (so that it survives a Ctrl-C during ``keep_running``)."""
     source = config.source
@@ -321,7 +326,7 @@ async def _swarm(
         outcomes.append(outcome)
         console.print(summary_table(outcome))
         if config.keep_running:
-            _print_join_command(config, console, tracker)
+            _print_join_command(config, console, tracker, web_url)
             await trio.sleep_forever()
 
 
@@ -345,9 +350,11 @@ def summary_table(outcome: DemoOutcome) -> Table:
     return table
 
 
-def _print_join_command(config: DemoConfig, console: Console, tracker: tuple[str, int]) -> None:
+def _print_join_command(config: DemoConfig, console: Console, tracker: tuple[str, int], web_url: str | None = None) -> None:
     address = format_address(*tracker)
     command = shlex.join([*(config.join_command or (sys.executable, "demo_peer.py")), "--tracker", address])
     console.print(f"\nThe tracker ({address}) and {config.peers} peers keep running. Join the swarm from another terminal:\n", highlight=False)
     console.print(f"    {command}\n", style="bold", highlight=False, soft_wrap=True)
+    if web_url is not None:
+        console.print(f"Watch it in a browser (search, holders, live stats): {web_url}\n", highlight=False)
     console.print("Press Ctrl-C to stop everything.", highlight=False)

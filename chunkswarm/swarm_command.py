@@ -18,7 +18,7 @@ import click
 from common.allow import AllowList, parse_ranges
 from common.errors import ValidationError
 from common.identity import parse_node_id
-from common.swarm import SwarmFile, parse_swarm_file
+from common.swarm import SwarmFile, parse_swarm_file, web_token
 
 __all__ = ["swarm", "load_swarm_file", "swarm_options", "SwarmFileType"]
 
@@ -122,4 +122,6 @@ def allow(path: pathlib.Path, node_id: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 def show(path: pathlib.Path) -> None:
     """Show the swarm's name and allowed node ids (never its secret)."""
-    click.echo(load_swarm_file(path).describe())
+    swarm_file = load_swarm_file(path)
+    click.echo(swarm_file.describe())
+    click.echo(f"web UI token: {web_token(swarm_file)}  (opens the tracker's web pages and /api/v1; it cannot join the swarm)")

@@ -20,9 +20,9 @@ import trio
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
 from chunkswarm.swarm_command import swarm_options
-from common.address import TRACKER_PORT
+from common.address import TRACKER_PORT, parse_address
 from common.allow import AllowList
-from common.errors import StorageError
+from common.errors import StorageError, ValidationError
 from common.swarm import SwarmFile
 from tracker.config import DEFAULT_CONNECTIONS_PER_IP, DEFAULT_IO, DEFAULT_PEERS_PER_IP, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
@@ -106,6 +106,20 @@ async def _run_until_signal(config: TrackerConfig) -> None:
         raise startup_error
 
 
+def _http_address(host: str, http: str | None, no_http: bool) -> tuple[str | None, int | None]:
+    """``--http`` / ``--no-http`` -> where the web UI listens: (None, None) for none; a port of None: the protocol port + 1."""
+    if no_http:
+        if http is not None:
+            raise click.UsageError("--http and --no-http contradict each other")
+        return None, None
+    if http is None:
+        return host, None
+    try:
+        return parse_address(http)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http") from None
+
+
 @click.command("tracker", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on, IPv4 or IPv6 ('*': every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=TRACKER_PORT, show_default=True, help="TCP port; 0 picks a free one.")
@@ -136,6 +150,11 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="MiB of manifests (32 bytes a chunk) one publisher may publish.")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
+@click.option("--http", "http", default=None, metavar="HOST:PORT",
+              help="Serve the web UI, JSON API and /metrics here  [default: the tracker's host, its port + 1; taken: none]")  # fmt: skip
+@click.option("--no-http", is_flag=True, help="Serve no web UI.")
+@click.option("--max-http-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="HTTP connections open at once; more are closed at accept.")  # fmt: skip
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
@@ -156,6 +175,9 @@ def tracker_command(
     max_files_per_publisher: int,
     max_manifest_mib_per_publisher: int,
     io: IoPath,
+    http: str | None,
+    no_http: bool,
+    max_http_connections: int,
     swarm: SwarmFile | None,
     allow: AllowList,
     log_level: str,
@@ -165,6 +187,7 @@ def tracker_command(
     setup_logging(log_level, log_file)
     if db_path is None:
         db_path = default_db_path()
+    http_host, http_port = _http_address(host, http, no_http)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
         config = TrackerConfig(
@@ -188,6 +211,9 @@ def tracker_command(
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
             swarm=swarm,
             allow=allow,
+            http_host=http_host,
+            http_port=http_port,
+            max_http_connections=max_http_connections,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

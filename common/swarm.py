@@ -40,7 +40,7 @@ from common.framing import ErrorCode
 from common.identity import NodeKey, format_node_id, node_id, parse_node_id, proof_message, verify_signature
 from common.swarm_messages import SwarmChallenge, SwarmProof
 
-__all__ = ["SWARM", "SECRET_SIZE", "SwarmFile", "parse_swarm_file", "transcript", "swarm_mac", "Membership"]
+__all__ = ["SWARM", "SECRET_SIZE", "SwarmFile", "parse_swarm_file", "transcript", "swarm_mac", "web_token", "Membership"]
 
 #: The capability's name (``common.capabilities.KNOWN``).
 SWARM: Final = "swarm"
@@ -138,6 +138,16 @@ def transcript(name: str, client: SwarmChallenge, server: SwarmChallenge) -> byt
 
 def swarm_mac(secret: bytes, role: bytes, data: bytes) -> bytes:
     return hmac.new(secret, role + b"\x00" + data, hashlib.sha256).digest()
+
+
+def web_token(swarm: SwarmFile) -> str:
+    """The token that opens a private tracker's web UI and API (``chunkswarm swarm show`` prints it).
+
+    Derived from the secret (HMAC, so the token does not reveal it): whoever has
+    the swarm file can look at the catalogue, and the token alone lets a browser
+    or a script look without being able to join the swarm.
+    """
+    return hmac.new(swarm.secret, b"chunkswarm web v1\x00" + swarm.name.encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def _refuse(reason: str) -> RemoteProtocolError:

@@ -103,6 +103,12 @@ class TrackerConfig:
     swarm: SwarmFile | None = None
     #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
     allow: AllowList = attrs.field(factory=AllowList)
+    #: The web UI and JSON API (``tracker/web``) listen on this host; None: no web UI.
+    http_host: str | None = None
+    #: Their port; None: the protocol port + 1 (with port 0, a free one). Taken: a warning, no web UI.
+    http_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))))
+    #: HTTP connections open at once; one more is closed at accept (the protocol port's descriptors stay free).
+    max_http_connections: int = attrs.field(default=256, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -228,7 +228,9 @@ def who_has(connection: Connection, request: WhoHas) -> bytes:
 
 def lookup(connection: Connection, request: Lookup) -> bytes:
     """LOOKUP (PROTOCOL.md §8.9): O(log files + matches), at most MAX_LOOKUP entries (~330 KB), so answered anywhere."""
-    summaries, more = connection.service.registry.lookup(request.query, request.limit)
+    service = connection.service
+    summaries, more = service.registry.lookup(request.query, request.limit)
+    service.searches.record(request.query, len(summaries) + more, "LOOKUP")
     return encode_file_list([file_entry(s) for s in summaries], more=more, max_frame_size=connection.codec.max_frame_size)
 
 
@@ -329,6 +331,8 @@ async def list_files(connection: Connection, request: ListFiles) -> bytes:
             more += 1
             continue
         entries.append(entry)
+    # A listing stopped early (no lookup agreed) logs what it returned: it did not count the rest.
+    service.searches.record(request.pattern, len(entries) + more, "LIST_FILES")
     return encode_file_list(entries, more=more, max_frame_size=max_frame_size)
 
 

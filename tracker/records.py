@@ -58,6 +58,7 @@ class Peer:
     #: only a connection proving the same key may act as this peer. None: registered without identity.
     node: bytes | None = None
     replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
+    http_port: int | None = None
 
     @property
     def name(self) -> str:

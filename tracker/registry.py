@@ -164,6 +164,10 @@ class Registry:
             self._remove_peer(peer)
         return expired
 
+    def peers(self) -> list[Peer]:
+        """The registered peers, least recently seen first (expired ones until the next sweep). O(peers)."""
+        return list(self._peers.values())
+
     def get_peer(self, peer_id: bytes) -> Peer | None:
         """The registered peer, or None (no liveness check, no touch): for logs and tests."""
         return self._peers.get(peer_id)

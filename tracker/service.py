@@ -27,7 +27,9 @@ from tracker.private import PrivateTracker
 from tracker.publishers import Publishers
 from tracker.registry import Registry, check_manifest
 from tracker.retention import retention_loop
+from tracker.searches import SearchLog
 from tracker.store import Store
+from tracker.web import serve_web
 
 __all__ = ["serve_tracker", "RunningTracker", "TrackerService"]
 
@@ -58,6 +60,8 @@ class TrackerService:
     hub: ReadinessHub | None = None
     #: A private swarm's TLS and proof (``tracker.private``); None: an open tracker.
     private: PrivateTracker | None = None
+    #: Recent searches, from the protocol (LIST_FILES, LOOKUP) and the web UI, for the stats page.
+    searches: SearchLog = attrs.field(factory=SearchLog)
 
     @classmethod
     def create(
@@ -148,6 +152,8 @@ class RunningTracker:
     host: str
     port: int
     service: TrackerService = attrs.field(repr=False)
+    #: Where the web UI answers (``tracker/web``), or None: off, or its port was taken.
+    http_url: str | None = None
 
     def stats(self) -> dict[str, int | float]:
         return self.service.stats()
@@ -181,7 +187,10 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
                     log.info("tracker listening on %s", format_address(observed_host(address[0]), address[1]))
                 log.info("tracker node id %s (%s)%s", config.node_key.display, short_id(config.node_key.node_id),
                          "; identified nodes only" if config.require_identity else "")  # fmt: skip
-                task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+                http_url = None
+                if config.http_host is not None:
+                    http_url = await nursery.start(serve_web, service, bound[0][1])
+                task_status.started(RunningTracker(bound[0][0], bound[0][1], service, http_url))
         finally:
             if hub is not None:  # every connection task has ended with the nursery
                 hub.close()

@@ -1,0 +1,85 @@
+"""The answers the pages and the API share: each builds the JSON-ready dict of one kind of request."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import trio
+from starlette.requests import Request
+
+from common.address import format_address
+from tracker.web.params import file_id_param, integer_param, search_params
+from tracker.web.queries import HOLDERS_PER_RESULT, MAX_HOLDERS_SHOWN, Clock, availability, file_json, peer_json, search
+from tracker.web.state import WebState
+
+__all__ = ["search_view", "file_view", "peers_view", "stats_view", "tracker_address", "MAX_PEERS_PAGE"]
+
+#: Peers on one page of /api/v1/peers and of the stats page.
+MAX_PEERS_PAGE: Final = 1000
+DEFAULT_PEERS_PAGE: Final = 200
+#: Searches shown on the stats page and in /api/v1/stats.
+RECENT_SEARCHES: Final = 50
+
+
+def tracker_address(state: WebState, request: Request) -> str:
+    """The tracker's protocol address as the asker reaches it: the host it used for this page, the protocol port."""
+    host = state.service.config.host
+    if host in ("", "*", "0.0.0.0", "::"):
+        host = request.url.hostname or "127.0.0.1"
+    return format_address(host, state.protocol_port)
+
+
+async def search_view(state: WebState, request: Request, source: Literal["web", "api"]) -> dict[str, Any]:
+    params = search_params(request.query_params)
+    service = state.service
+    records, total = await search(service.registry, params.query, params.offset, params.limit, state.scans)
+    service.searches.record(params.query, total, source)
+    clock = Clock(trio.current_time)
+    tracker = tracker_address(state, request)
+    timeout = service.config.peer_timeout
+    files = [file_json(record, clock, timeout, HOLDERS_PER_RESULT, tracker, state.private) for record in records]
+    return {"query": params.query, "offset": params.offset, "limit": params.limit, "total": total, "files": files}
+
+
+async def file_view(state: WebState, request: Request, text_id: str) -> dict[str, Any]:
+    """One file with up to :data:`MAX_HOLDERS_SHOWN` holders and its availability picture; 404 (``UNKNOWN_FILE``) if unknown."""
+    service = state.service
+    record = service.registry.record(file_id_param(text_id))
+    clock = Clock(trio.current_time)
+    answer = file_json(record, clock, service.config.peer_timeout, MAX_HOLDERS_SHOWN, tracker_address(state, request), state.private)
+    answer["availability"] = await availability(record)
+    return answer
+
+
+def peers_view(state: WebState, request: Request) -> dict[str, Any]:
+    """The registered peers, most recently heard first, paged."""
+    params = request.query_params
+    offset = integer_param(params, "offset", 0, 0, 1_000_000)
+    limit = integer_param(params, "limit", DEFAULT_PEERS_PAGE, 1, MAX_PEERS_PAGE)
+    service = state.service
+    peers = service.registry.peers()
+    clock = Clock(trio.current_time)
+    timeout = service.config.peer_timeout
+    chosen = peers[::-1][offset : offset + limit]
+    return {"offset": offset, "limit": limit, "total": len(peers), "peers": [peer_json(peer, clock, timeout) for peer in chosen]}
+
+
+def stats_view(state: WebState) -> dict[str, Any]:
+    service = state.service
+    counts = service.registry.counts()
+    return {
+        "files": counts["files"],
+        "peers": counts["peers"],
+        "replicas": counts["replicas"],
+        "chunk_replicas": counts["chunk_replicas"],
+        "connections": service.connections,
+        "http_connections": state.http_connections,
+        "requests": service.requests,
+        "requests_per_second": state.rate.per_second(),
+        "uptime_s": round(trio.current_time() - service.started_at, 1),
+        "searches": service.searches.total,
+        "recent_searches": [
+            {"at": round(search.at, 3), "pattern": search.pattern, "results": search.results, "source": search.source}
+            for search in service.searches.recent(RECENT_SEARCHES)
+        ],
+    }
