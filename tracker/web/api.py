@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,8 +30,8 @@ def error_status(exc: Exception) -> tuple[int, str]:
     return 500, "internal error"
 
 
-def json_error(status: int, reason: str) -> Response:
-    return JSONResponse({"error": reason, "status": status}, status_code=status)
+def json_error(status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
 
 
 def api_routes(state: WebState) -> list[BaseRoute]:

@@ -37,9 +37,10 @@ def create_app(state: WebState) -> Starlette:
             log.error("web UI: %s %s failed", request.method, request.url.path, exc_info=exc)
         else:
             log.debug("web UI: %s %s: %d %s", request.method, request.url.path, status, reason)
+        headers = exc.headers if isinstance(exc, HTTPException) else None  # a 405's Allow
         if request.url.path.startswith("/api/") or request.url.path == "/metrics":
-            return json_error(status, reason)
-        return pages.error(request, status, reason)
+            return json_error(status, reason, headers)
+        return pages.error(request, status, reason, headers)
 
     routes = [*pages.routes(), *api_routes(state), Route("/metrics", metrics, methods=["GET"])]
     return Starlette(

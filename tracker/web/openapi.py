@@ -24,7 +24,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": sorted(properties), "properties": properties}
+    return {"type": "object", "required": sorted(properties), "properties": properties, "additionalProperties": False}
 
 
 _INT: Final = {"type": "integer", "minimum": 0}

@@ -9,6 +9,7 @@ lines of JavaScript, so a peer that joins appears without a reload.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from typing import Any, Final
 
 import jinja2
@@ -24,6 +25,11 @@ from tracker.web.views import file_view, peers_view, search_view, stats_view
 
 __all__ = ["Pages", "POLL_SECONDS"]
 
+#: Every page's: scripts and fetches from this site only (the stats page's few lines are inline).
+HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
 #: How often an open stats page refreshes its panel.
 POLL_SECONDS: Final = 2.0
 
@@ -63,12 +69,12 @@ class Pages:
         self.env.filters.update(size=format_size, clock=_clock, duration=_duration)
         self.env.globals.update(shade=_shade, private=state.private, poll_ms=int(POLL_SECONDS * 1000), max_query=MAX_QUERY)
 
-    def render(self, template: str, status: int = 200, **context: Any) -> Response:
+    def render(self, template: str, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any) -> Response:
         html = self.env.get_template(template).render(**context)
-        return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'", "X-Content-Type-Options": "nosniff"})
+        return HTMLResponse(html, status_code=status, headers={**HEADERS, **(headers or {})})
 
-    def error(self, request: Request, status: int, reason: str) -> Response:
-        return self.render("error.html", status, title=f"Error {status}", reason=reason)
+    def error(self, request: Request, status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+        return self.render("error.html", status, headers, title=f"Error {status}", reason=reason)
 
     def routes(self) -> list[BaseRoute]:
         state = self.state

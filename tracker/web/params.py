@@ -23,9 +23,9 @@ class SearchParams:
 
 
 def integer_param(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
-    """Parameter ``name``, a whole number from ``low`` to ``high``; ``default`` when absent or empty."""
+    """Parameter ``name``, a whole number from ``low`` to ``high``; ``default`` when absent."""
     raw = params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if len(raw) > 9 or not raw.isascii() or not raw.isdigit():
         raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw[:20]!r}")
