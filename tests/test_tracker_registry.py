@@ -410,3 +410,14 @@ def test_a_holder_alone_at_its_address_is_named_as_often_as_a_crowded_address() 
         assert len(addresses) == len(set(addresses)) == 50
         named += ("10.0.1.1", 1) in addresses
     assert named / rounds > 50 / 61 - 0.06, named / rounds  # as likely as any of the 61 addresses
+
+
+def test_an_unlisted_file_is_no_longer_found_by_lookup() -> None:
+    # Unpublished files stayed in the look-up index (LOOKUP by name or id prefix still listed them).
+    registry = Registry(peer_timeout=90.0, clock=lambda: 0.0)
+    manifest = make_manifest("gone.txt")
+    registry.publish(manifest)
+    assert registry.lookup("gone.txt", 10)[0]
+    registry.unlist(manifest.file_id)
+    assert registry.lookup("gone.txt", 10) == ([], 0)
+    assert registry.lookup(manifest.hex_id[:8], 10) == ([], 0)

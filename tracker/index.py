@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections.abc import Iterable
 from operator import attrgetter
 from typing import Final
@@ -34,15 +35,27 @@ class CatalogueIndex:
     def __init__(self) -> None:
         self._names: dict[str, list[FileRecord]] = {}
         self._buckets: dict[bytes, list[bytes]] = {}
-        self._records: dict[bytes, FileRecord] = {}
+        self._records: dict[bytes, FileRecord] = {}  # in the order added: publish order
+        #: Records ever added and removed: a reader that keeps something derived (the web UI's
+        #: name search, ``tracker/web/names.py``) knows it is up to date while both are unchanged.
+        self.added = 0
+        self.removed = 0
+
+    def newest(self, count: int) -> list[FileRecord]:
+        """The ``count`` records added last, oldest first. O(count)."""
+        chosen = list(itertools.islice(reversed(self._records.values()), count))
+        chosen.reverse()
+        return chosen
 
     def add(self, record: FileRecord) -> None:
+        self.added += 1
         manifest = record.manifest
         self._records[manifest.file_id] = record
         self._names.setdefault(manifest.name, []).append(record)
         bisect.insort(self._buckets.setdefault(manifest.file_id[:2], []), manifest.file_id)
 
     def remove(self, record: FileRecord) -> None:
+        self.removed += 1
         manifest = record.manifest
         del self._records[manifest.file_id]
         named = self._names[manifest.name]

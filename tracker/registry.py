@@ -231,6 +231,7 @@ class Registry:
         record = self._files.pop(file_id, None)
         if record is None:
             return None
+        self.index.remove(record)
         for replica in list(record.replicas):
             del replica.peer.replicas[file_id]
             self._unlink(replica)

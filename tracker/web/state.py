@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from common.swarm import web_token
+from tracker.web.names import NameSearch
 from tracker.web.queries import CONCURRENT_SCANS
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class WebState:
     token: str | None = None
     scans: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(CONCURRENT_SCANS))
     rate: RequestRate = attrs.field(factory=RequestRate)
+    #: The search's index of names, following the catalogue (``tracker/web/names.py``).
+    names: NameSearch = attrs.field(factory=NameSearch)
     #: HTTP connections open now (capped by ``TrackerConfig.max_http_connections``).
     http_connections: int = 0
     http_requests: int = 0

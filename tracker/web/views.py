@@ -32,7 +32,7 @@ def tracker_address(state: WebState, request: Request) -> str:
 async def search_view(state: WebState, request: Request, source: Literal["web", "api"]) -> dict[str, Any]:
     params = search_params(request.query_params)
     service = state.service
-    records, total = await search(service.registry, params.query, params.offset, params.limit, state.scans)
+    records, total = await search(service.registry, state.names, params.query, params.offset, params.limit, state.scans)
     service.searches.record(params.query, total, source)
     clock = Clock(trio.current_time)
     tracker = tracker_address(state, request)
