@@ -124,4 +124,4 @@ def show(path: pathlib.Path) -> None:
     """Show the swarm's name and allowed node ids (never its secret)."""
     swarm_file = load_swarm_file(path)
     click.echo(swarm_file.describe())
-    click.echo(f"web UI token: {web_token(swarm_file)}  (opens the tracker's web pages and /api/v1; it cannot join the swarm)")
+    click.echo(f"web token: {web_token(swarm_file)}  (opens the tracker's web pages and /api/v1; it cannot join the swarm)")
