@@ -122,18 +122,9 @@ def phase(load: Any, tracker: Any, url: str, mode: str, with_dashboard: bool, ar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", type=int, default=1000)
-    parser.add_argument("--files", type=int, default=100)
-    parser.add_argument("--chunks", type=int, default=1000)
-    parser.add_argument("--holders", type=int, default=50, help="max_peers asked in WHO_HAS")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
-    parser.add_argument("--rate", type=float, default=20000.0, help="ANNOUNCE and WHO_HAS requests/s offered in the paced phases")
-    parser.add_argument("--depth", type=int, default=1)
-    parser.add_argument("--who-has-share", type=float, default=0.5)
-    parser.add_argument("--heartbeat", type=float, default=5.0)
+    _bench.add_load_arguments(parser)
     parser.add_argument("--dashboards", type=int, default=1, help="stats pages open during the 'with' phases")
     parser.add_argument("--rounds", type=int, default=3, help="phases of each kind, with and without, alternating")
-    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     args.trace = None
     _bench._raise_fd_limit(args.peers + 512)
@@ -158,7 +149,7 @@ def main() -> None:
                 for with_dashboard, figures_list in runs.items():
                     prefix = ("with_" if with_dashboard else "without_") + mode + "_"
                     for key in figures_list[0]:
-                        result[prefix + key] = statistics.median(f[key] for f in figures_list)
+                        result[prefix + key] = round(statistics.median(f[key] for f in figures_list), 2)
                     result[prefix + "requests_per_s_each_round"] = [f["requests_per_s"] for f in figures_list]
         finally:
             code = tracker.stop()

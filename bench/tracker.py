@@ -414,8 +414,8 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the simulated load (also ``bench/dashboard.py``'s)."""
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=1000)
@@ -426,6 +426,11 @@ def main() -> None:
     parser.add_argument("--who-has-share", type=float, default=0.5, help="fraction of WHO_HAS among the timed requests")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a peer's heartbeats")
     parser.add_argument("--seed", type=int, default=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser)
     parser.add_argument("--profile", metavar="PATH", help="run the tracker under cProfile, stats written to PATH")
     parser.add_argument("--trace", metavar="PATH", help="write the paced phase's requests (send time, latency, kind) as CSV to PATH")
     args = parser.parse_args()

@@ -17,7 +17,7 @@ import trio
 
 from common.manifest import Manifest
 from common.messages import Announce, Ok, Publish, Published
-from tests.tracker_client_helper import TrackerTestClient, make_manifest, open_client
+from tests.tracker_client_helper import TrackerTestClient, open_client
 from tracker.config import TrackerConfig
 from tracker.service import RunningTracker, serve_tracker
 
@@ -108,7 +108,3 @@ class TrackerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def manifest(name: str, chunks: int = 8) -> Manifest:
-    return make_manifest(name, chunks=chunks)
