@@ -86,6 +86,7 @@ def test_a_search_finds_a_published_file_and_shows_its_holders(page: object, tra
 
 def test_the_stats_page_shows_a_peer_that_joins_after_it_was_opened(page: object, tracker: TrackerThread) -> None:
     tracker.seed(make_manifest("a.bin"), 7001)
+    page.goto(tracker.url + "?q=a.bin")  # type: ignore[attr-defined]  # a search, for the log
     page.goto(tracker.url + "stats")  # type: ignore[attr-defined]
     playwright_api.expect(page.locator("tr.peer")).to_have_count(1)  # type: ignore[attr-defined]
     page.evaluate("window.notReloaded = true")  # type: ignore[attr-defined]
