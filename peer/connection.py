@@ -103,9 +103,7 @@ class Connection:
                 if tls is None:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 elif (body := codec.get_buffer()) is not None:
-                    count = await tls.receive_into(body)
-                    self.received += count
-                    codec.buffer_updated(count)
+                    await tls.fill_into(body, self._body_written)
                     return
                 else:
                     data = await tls.receive_some(FRAME_START_SIZE)  # as with a socket, below
@@ -127,6 +125,12 @@ class Connection:
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:
             raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
+
+    def _body_written(self, count: int) -> None:
+        # Called also when the fill is cancelled part-way (a deadline): what was decrypted is kept.
+        if count:
+            self.received += count
+            self.codec.buffer_updated(count)
 
     # -- sending -------------------------------------------------------------
     async def send(self, message: Message) -> None:

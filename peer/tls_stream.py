@@ -35,6 +35,9 @@ from typing import Any, TypeAlias
 
 import trio
 
+from peer.tasks import open_nursery
+from peer.tls_fill import Fill
+
 __all__ = ["TLSStream", "RAW_RECEIVE_SIZE"]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -147,6 +150,38 @@ class TLSStream(trio.abc.Stream):
             await self._flush_after_read()
             return filled
 
+    async def fill_into(self, buffer: Buffer, written: Callable[[int], None]) -> int:
+        """Decrypt into ``buffer`` until it is full or the stream ends; the bytes written, also passed to ``written``.
+
+        For a frame body of known length: past what has arrived already, a
+        worker thread decrypts while this task receives (``peer/tls_fill.py``).
+        ``written`` is called once, also when this is cancelled or fails part-way,
+        so that the plaintext already in ``buffer`` is not lost to the caller.
+        """
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        try:
+            with self._receiving:
+                await self._ready()
+                with self._lock:
+                    filled, more = self._drain_into(view)
+                if more and filled < len(view):
+                    fill = Fill(view, filled, self._ssl, self._incoming, self._lock, self._refill, self._break)
+                    try:
+                        async with open_nursery() as nursery:
+                            nursery.start_soon(fill.feed)
+                            try:
+                                await trio.to_thread.run_sync(fill.decrypt)
+                            finally:
+                                filled = fill.filled
+                                nursery.cancel_scope.cancel()
+                    finally:
+                        filled = fill.filled
+                await self._flush_after_read()
+        finally:
+            written(filled)
+        return filled
+
     def _drain_into(self, view: memoryview) -> tuple[int, bool]:
         """Decrypt what has arrived into ``view``: (bytes written, whether more may come)."""
         filled, end = 0, len(view)
@@ -167,8 +202,8 @@ class TLSStream(trio.abc.Stream):
             filled += n
         return filled, True
 
-    async def _refill(self) -> None:
-        """Move what the transport has (at least one byte, or its EOF) into the incoming BIO."""
+    async def _refill(self) -> bool:
+        """Move what the transport has (at least one byte, or its EOF) into the incoming BIO; False at its EOF."""
         try:
             if self._recv_into is not None:
                 if self._raw is None:
@@ -177,13 +212,13 @@ class TLSStream(trio.abc.Stream):
                 if n:
                     with self._lock:
                         self._incoming.write(memoryview(self._raw)[:n])
-                    return
+                    return True
             else:
                 data = await self.transport_stream.receive_some(RAW_RECEIVE_SIZE)
                 if data:
                     with self._lock:
                         self._incoming.write(data)
-                    return
+                    return True
         except OSError as exc:  # a trio socket's own errors (a reset) are not translated by trio
             raise self._break(exc) from exc
         except trio.BrokenResourceError as exc:
@@ -191,6 +226,7 @@ class TLSStream(trio.abc.Stream):
         # End of stream: TLS says whether it was clean (close_notify) or not (SSLEOFError).
         with self._lock:
             self._incoming.write_eof()
+        return False
 
     async def _flush_after_read(self) -> None:
         # Reading can make TLS write (an answer to a KeyUpdate, RFC 8446 §4.6.3).
@@ -237,7 +273,7 @@ class TLSStream(trio.abc.Stream):
                 with self._lock:
                     earlier = self._outgoing.read()
                 try:
-                    async with trio.open_nursery() as nursery:
+                    async with open_nursery() as nursery:
                         if earlier:
                             nursery.start_soon(self._transmit, earlier)
                         await encrypt()
