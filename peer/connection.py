@@ -15,10 +15,12 @@ give the same results:
   ``os.sendfile`` (no copy through Python at all).
 
 Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
-frame body is decrypted straight into the codec's body buffer, many records
-per call, and a chunk is read into a buffer the connection keeps and
-encrypted with its header in a worker thread (as files are read and chunks
-hashed), without joining them: no ``bytes`` per record or per chunk.
+frame body is decrypted straight into the codec's body buffer by a worker
+thread while the event loop receives (``TLSStream.fill_into``), and a chunk
+is read into a buffer the connection keeps and encrypted with its header in a
+worker thread (as files are read and chunks hashed), without joining them: no
+``bytes`` per record or per chunk; with ``more`` it goes out while the next
+one is encrypted.
 """
 
 from __future__ import annotations

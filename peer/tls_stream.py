@@ -9,9 +9,10 @@ library's ``ssl.SSLObject`` over two ``MemoryBIO``s) with the I/O shaped for
 chunks:
 
 * :meth:`TLSStream.receive_into` decrypts record after record straight into
-  the caller's buffer (a codec's chunk body) until it is full or nothing is
-  left, and refills from the socket with one large ``recv_into`` into a buffer
-  it keeps (``RAW_RECEIVE_SIZE``);
+  the caller's buffer until it is full or nothing is left, and refills from
+  the socket with one large ``recv_into`` into a buffer it keeps
+  (``RAW_RECEIVE_SIZE``); :meth:`TLSStream.fill_into` fills a codec's chunk
+  body whole, decrypting in a worker thread while the event loop receives;
 * :meth:`TLSStream.send_parts` encrypts a frame header and a chunk as one
   write and hands the transport the whole ciphertext at once;
   :meth:`TLSStream.send_from_thread` does it in a worker thread, and with
