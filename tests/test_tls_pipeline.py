@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import ssl
 from typing import Any
 
@@ -11,6 +12,11 @@ import trio
 import trio.testing
 
 from common.errors import StorageError
+from common.manifest import build_manifest
+from common.messages import ChunkData
+from peer.connection import Connection
+from peer.server import ChunkServer, _RequestQueue
+from peer.storage.library import Library, open_published
 from peer.tls_fill import AHEAD, Fill
 from peer.tls_stream import RAW_RECEIVE_SIZE, TLSStream
 from tests.test_tls_stream import socket_pair, tls_pair
@@ -262,3 +268,28 @@ async def test_the_other_side_closing_during_a_pipelined_send_is_a_clear_error()
     assert isinstance(caught.value.__cause__, OSError)  # EPIPE or ECONNRESET, said as the cause
     with pytest.raises(trio.BrokenResourceError):
         await server.flush()
+
+
+async def test_the_chunk_server_sends_a_held_chunk_once_its_queue_empties(tmp_path: pathlib.Path) -> None:
+    """A chunk sent with ``more`` (its successor was queued) goes out when the successor is cancelled before its turn."""
+    chunk = 256 * 1024
+    path = tmp_path / "data.bin"
+    data = os.urandom(3 * chunk)
+    path.write_bytes(data)
+    manifest = build_manifest(path, chunk)
+    library = Library()
+    library.add(open_published(path, manifest, (os.stat(path).st_size, os.stat(path).st_mtime_ns)))
+    server_tls, client_tls = await tls_pair(trio.testing.memory_stream_pair())
+    conn, downloader = Connection(server_tls), Connection(client_tls)
+    queue = _RequestQueue()
+    queue.put((manifest.file_id, 0))
+    queue.put((manifest.file_id, 1))
+    async with trio.open_nursery() as nursery:
+        async with conn._send_lock:  # the sender takes chunk 0, sees chunk 1 queued (more), and waits here
+            nursery.start_soon(ChunkServer(library, b"s" * 20)._sender, conn, queue, "tester")
+            await trio.testing.wait_all_tasks_blocked()
+            queue.discard((manifest.file_id, 1))  # a CANCEL
+        with trio.fail_after(60):  # a guard against a hang, not a timing
+            message = await downloader.receive()
+        assert isinstance(message, ChunkData) and (message.index, bytes(message.data)) == (0, data[:chunk])
+        nursery.cancel_scope.cancel()
