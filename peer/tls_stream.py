@@ -86,6 +86,9 @@ class TLSStream(trio.abc.Stream):
         self._closed = False
         #: Held around every use of the TLS object and its BIOs: a worker thread may be encrypting (:meth:`send_from_thread`).
         self._lock = threading.Lock()
+        #: The thread of a fill (which waits for the network) is the stream's own, not one of trio's default
+        #: 40 that file reads and hashing share: slow sources must not hold those up.
+        self._fill_limiter = trio.CapacityLimiter(1)
         #: Why the stream cannot be used any more (a TLS error, a lost transport, ciphertext cut short).
         self._broken: BaseException | None = None
 
@@ -172,7 +175,7 @@ class TLSStream(trio.abc.Stream):
                         async with open_nursery() as nursery:
                             nursery.start_soon(fill.feed)
                             try:
-                                await trio.to_thread.run_sync(fill.decrypt)
+                                await trio.to_thread.run_sync(fill.decrypt, limiter=self._fill_limiter)
                             finally:
                                 filled = fill.filled
                                 nursery.cancel_scope.cancel()

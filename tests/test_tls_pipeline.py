@@ -293,3 +293,15 @@ async def test_the_chunk_server_sends_a_held_chunk_once_its_queue_empties(tmp_pa
             message = await downloader.receive()
         assert isinstance(message, ChunkData) and (message.index, bytes(message.data)) == (0, data[:chunk])
         nursery.cancel_scope.cancel()
+
+
+async def test_a_fill_waiting_for_the_network_holds_none_of_the_shared_threads() -> None:
+    """File reads and hashing share trio's default thread limiter; a fill waiting on a slow source uses the stream's own."""
+    server, client = await tls_pair(trio.testing.memory_stream_pair())
+    await server.send_all(os.urandom(100_000))
+    shared = trio.to_thread.current_default_thread_limiter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.fill_into, bytearray(2**20), lambda n: None)
+        await trio.testing.wait_all_tasks_blocked()  # its worker has decrypted what came and waits for more
+        assert client._fill_limiter.borrowed_tokens == 1 and shared.borrowed_tokens == 0
+        nursery.cancel_scope.cancel()
