@@ -15,12 +15,11 @@ give the same results:
   ``os.sendfile`` (no copy through Python at all).
 
 Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
-frame body is decrypted straight into the codec's body buffer by a worker
-thread while the event loop receives (``TLSStream.fill_into``), and a chunk
-is read into a buffer the connection keeps and encrypted with its header in a
-worker thread (as files are read and chunks hashed), without joining them: no
-``bytes`` per record or per chunk; with ``more`` it goes out while the next
-one is encrypted.
+frame body is decrypted straight into the codec's body buffer, many records
+per call, and a chunk is read into a buffer the connection keeps and
+encrypted with its header in a worker thread (as files are read and chunks
+hashed), without joining them: no ``bytes`` per record or per chunk; with
+``more`` it goes out while the next one is encrypted.
 """
 
 from __future__ import annotations
@@ -105,7 +104,9 @@ class Connection:
                 if tls is None:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 elif (body := codec.get_buffer()) is not None:
-                    await tls.fill_into(body, self._body_written)
+                    count = await tls.receive_into(body)
+                    self.received += count
+                    codec.buffer_updated(count)
                     return
                 else:
                     data = await tls.receive_some(FRAME_START_SIZE)  # as with a socket, below
@@ -127,12 +128,6 @@ class Connection:
             raise ConnectionClosed("connection lost") from None
         except OSError as exc:
             raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
-
-    def _body_written(self, count: int) -> None:
-        # Called also when the fill is cancelled part-way (a deadline): what was decrypted is kept.
-        if count:
-            self.received += count
-            self.codec.buffer_updated(count)
 
     # -- sending -------------------------------------------------------------
     async def send(self, message: Message) -> None:

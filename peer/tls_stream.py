@@ -9,10 +9,9 @@ library's ``ssl.SSLObject`` over two ``MemoryBIO``s) with the I/O shaped for
 chunks:
 
 * :meth:`TLSStream.receive_into` decrypts record after record straight into
-  the caller's buffer until it is full or nothing is left, and refills from
-  the socket with one large ``recv_into`` into a buffer it keeps
-  (``RAW_RECEIVE_SIZE``); :meth:`TLSStream.fill_into` fills a codec's chunk
-  body whole, decrypting in a worker thread while the event loop receives;
+  the caller's buffer (a codec's chunk body) until it is full or nothing is
+  left, and refills from the socket with one large ``recv_into`` into a buffer
+  it keeps (``RAW_RECEIVE_SIZE``);
 * :meth:`TLSStream.send_parts` encrypts a frame header and a chunk as one
   write and hands the transport the whole ciphertext at once;
   :meth:`TLSStream.send_from_thread` does it in a worker thread, and with
@@ -37,7 +36,6 @@ from typing import Any, TypeAlias
 import trio
 
 from peer.tasks import open_nursery
-from peer.tls_fill import Fill
 
 __all__ = ["TLSStream", "RAW_RECEIVE_SIZE"]
 
@@ -86,9 +84,6 @@ class TLSStream(trio.abc.Stream):
         self._closed = False
         #: Held around every use of the TLS object and its BIOs: a worker thread may be encrypting (:meth:`send_from_thread`).
         self._lock = threading.Lock()
-        #: The thread of a fill (which waits for the network) is the stream's own, not one of trio's default
-        #: 40 that file reads and hashing share: slow sources must not hold those up.
-        self._fill_limiter = trio.CapacityLimiter(1)
         #: Why the stream cannot be used any more (a TLS error, a lost transport, ciphertext cut short).
         self._broken: BaseException | None = None
 
@@ -154,38 +149,6 @@ class TLSStream(trio.abc.Stream):
             await self._flush_after_read()
             return filled
 
-    async def fill_into(self, buffer: Buffer, written: Callable[[int], None]) -> int:
-        """Decrypt into ``buffer`` until it is full or the stream ends; the bytes written, also passed to ``written``.
-
-        For a frame body of known length: past what has arrived already, a
-        worker thread decrypts while this task receives (``peer/tls_fill.py``).
-        ``written`` is called once, also when this is cancelled or fails part-way,
-        so that the plaintext already in ``buffer`` is not lost to the caller.
-        """
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        try:
-            with self._receiving:
-                await self._ready()
-                with self._lock:
-                    filled, more = self._drain_into(view)
-                if more and filled < len(view):
-                    fill = Fill(view, filled, self._ssl, self._incoming, self._lock, self._refill, self._break)
-                    try:
-                        async with open_nursery() as nursery:
-                            nursery.start_soon(fill.feed)
-                            try:
-                                await trio.to_thread.run_sync(fill.decrypt, limiter=self._fill_limiter)
-                            finally:
-                                filled = fill.filled
-                                nursery.cancel_scope.cancel()
-                    finally:
-                        filled = fill.filled
-                await self._flush_after_read()
-        finally:
-            written(filled)
-        return filled
-
     def _drain_into(self, view: memoryview) -> tuple[int, bool]:
         """Decrypt what has arrived into ``view``: (bytes written, whether more may come)."""
         filled, end = 0, len(view)
@@ -206,8 +169,8 @@ class TLSStream(trio.abc.Stream):
             filled += n
         return filled, True
 
-    async def _refill(self) -> bool:
-        """Move what the transport has (at least one byte, or its EOF) into the incoming BIO; False at its EOF."""
+    async def _refill(self) -> None:
+        """Move what the transport has (at least one byte, or its EOF) into the incoming BIO."""
         try:
             if self._recv_into is not None:
                 if self._raw is None:
@@ -216,13 +179,13 @@ class TLSStream(trio.abc.Stream):
                 if n:
                     with self._lock:
                         self._incoming.write(memoryview(self._raw)[:n])
-                    return True
+                    return
             else:
                 data = await self.transport_stream.receive_some(RAW_RECEIVE_SIZE)
                 if data:
                     with self._lock:
                         self._incoming.write(data)
-                    return True
+                    return
         except OSError as exc:  # a trio socket's own errors (a reset) are not translated by trio
             raise self._break(exc) from exc
         except trio.BrokenResourceError as exc:
@@ -230,7 +193,6 @@ class TLSStream(trio.abc.Stream):
         # End of stream: TLS says whether it was clean (close_notify) or not (SSLEOFError).
         with self._lock:
             self._incoming.write_eof()
-        return False
 
     async def _flush_after_read(self) -> None:
         # Reading can make TLS write (an answer to a KeyUpdate, RFC 8446 §4.6.3).
