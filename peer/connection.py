@@ -18,8 +18,7 @@ Under TLS (a :class:`~peer.tls_stream.TLSStream`, private swarms) a large
 frame body is decrypted straight into the codec's body buffer, many records
 per call, and a chunk is read into a buffer the connection keeps and
 encrypted with its header in a worker thread (as files are read and chunks
-hashed), without joining them: no ``bytes`` per record or per chunk; with
-``more`` it goes out while the next one is encrypted.
+hashed), without joining them: no ``bytes`` per record or per chunk.
 """
 
 from __future__ import annotations
@@ -139,15 +138,13 @@ class Connection:
         async with self._send_lock:
             await self._send_all(data)
 
-    async def send_file_range(self, prefix: bytes, fd: int, offset: int, count: int, *, more: bool = False) -> None:
+    async def send_file_range(self, prefix: bytes, fd: int, offset: int, count: int) -> None:
         """Send ``prefix`` then ``count`` bytes of the file ``fd`` at ``offset``, as one frame.
 
         With a socket the file bytes go by ``os.sendfile``; otherwise they are
         read in a worker thread. A file that turns out shorter than ``count``
         raises :class:`StorageError` after the frame has been started, so the
-        caller must close the connection then. ``more``: another send follows
-        at once, so under TLS this frame may wait for it (or :meth:`flush`) and
-        go out while the next is encrypted (``TLSStream.send_from_thread``).
+        caller must close the connection then.
         """
         async with self._send_lock:
             if self._tls is not None:
@@ -159,7 +156,7 @@ class Connection:
                     read_chunk_into(fd, offset, chunk)
                     return prefix, chunk
 
-                await self._send_tls_from_thread(read, more)
+                await self._send_tls_from_thread(read)
                 return
             if self._socket is None:
                 data = await trio.to_thread.run_sync(read_chunk, fd, offset, count)
@@ -202,23 +199,12 @@ class Connection:
                 raise ConnectionClosed(f"connection lost: {exc.strerror}") from None
             raise StorageError(f"sendfile failed: {exc.strerror or exc}") from None
 
-    async def _send_tls_from_thread(self, produce: Callable[[], tuple[bytes, memoryview]], more: bool) -> None:
+    async def _send_tls_from_thread(self, produce: Callable[[], tuple[bytes, memoryview]]) -> None:
         assert self._tls is not None
         try:
-            await self._tls.send_from_thread(produce, more=more)
+            await self._tls.send_from_thread(produce)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed("connection lost") from None
-
-    async def flush(self) -> None:
-        """Send what a :meth:`send_file_range` with ``more`` held back (nothing to do but under TLS)."""
-        if self._tls is None:
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._send_lock:
-            try:
-                await self._tls.flush()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed("connection lost") from None
 
     async def _send_all(self, data: bytes) -> None:
         try:

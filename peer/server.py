@@ -317,8 +317,6 @@ class ChunkServer:
 
     async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str) -> None:
         while True:
-            if not queue:
-                await self._flush(conn)  # what the last chunk held back (``more``) goes before we wait
             file_id, index = await queue.get()
             held = self.library.get(file_id)
             if held is None:
@@ -340,10 +338,7 @@ class ChunkServer:
             fd = os.dup(held.fd)
             try:
                 with trio.fail_after(self.idle_timeout):  # a downloader that stops reading must not hold a slot forever
-                    # more: the next request is here, so under TLS it is encrypted while this chunk goes out
-                    # (not when paced: this chunk would wait out the next one's turn).
-                    more = bool(queue) and self.upload_rate is None
-                    await conn.send_file_range(prefix, fd, manifest.chunk_offset(index), length, more=more)
+                    await conn.send_file_range(prefix, fd, manifest.chunk_offset(index), length)
             except trio.TooSlowError:
                 raise PeerTimeout(f"a chunk took over {self.idle_timeout:g} s to send") from None
             finally:
@@ -361,13 +356,6 @@ class ChunkServer:
         start = max(trio.current_time(), self._next_send)
         self._next_send = start + nbytes / self.upload_rate
         await trio.sleep_until(start)
-
-    async def _flush(self, conn: Connection) -> None:
-        try:
-            with trio.fail_after(self.idle_timeout):
-                await conn.flush()
-        except trio.TooSlowError:
-            raise PeerTimeout(f"the other side took nothing for {self.idle_timeout:g} s") from None
 
     async def _send(self, conn: Connection, message: Message) -> None:
         """Send ``message``; a downloader that does not take it within the idle timeout is dropped."""

@@ -13,9 +13,7 @@ chunks:
   left, and refills from the socket with one large ``recv_into`` into a buffer
   it keeps (``RAW_RECEIVE_SIZE``);
 * :meth:`TLSStream.send_parts` encrypts a frame header and a chunk as one
-  write and hands the transport the whole ciphertext at once;
-  :meth:`TLSStream.send_from_thread` does it in a worker thread, and with
-  ``more`` sends one chunk while the next is encrypted.
+  write and hands the transport the whole ciphertext at once.
 
 It is a ``trio.abc.Stream`` like ``SSLStream``: explicit or implicit
 handshake, ``getpeercert``, close_notify sent on :meth:`TLSStream.aclose`, a
@@ -34,8 +32,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 import trio
-
-from peer.tasks import open_nursery
 
 __all__ = ["TLSStream", "RAW_RECEIVE_SIZE"]
 
@@ -212,53 +208,20 @@ class TLSStream(trio.abc.Stream):
             self._encrypt(parts)
             await self._flush()
 
-    async def send_from_thread(self, produce: Callable[[], Iterable[Buffer]], *, more: bool = False) -> None:
+    async def send_from_thread(self, produce: Callable[[], Iterable[Buffer]]) -> None:
         """Call ``produce`` in a worker thread and encrypt the parts it returns there too, then send them.
 
         For chunks: the file read and the encryption of a megabyte (both
-        release the GIL) run off the event loop, as hashing does (STYLE.md 10),
-        and the ciphertext made by earlier calls is sent meanwhile. With
-        ``more`` (the caller has another send to make, as ``MSG_MORE`` says of
-        a socket) this call's ciphertext may be held back until the next send,
-        :meth:`flush` or :meth:`aclose`: then one chunk is encrypted while the
-        one before it goes out, and the event loop and a worker thread share
-        the sending. Nothing is reordered: ciphertext leaves in the order it was made.
+        release the GIL) run off the event loop, as hashing does (STYLE.md 10).
         """
         with self._sending:
             await self._ready()
-            failure: Exception | None = None
-
-            async def encrypt() -> None:
-                nonlocal failure
-                try:
-                    await trio.to_thread.run_sync(lambda: self._encrypt(produce()))
-                except Exception as exc:  # said once what was made before is out (the stream is still usable)
-                    failure = exc
-
-            async with self._transport_send_lock:
-                with self._lock:
-                    earlier = self._outgoing.read()
-                try:
-                    async with open_nursery() as nursery:
-                        if earlier:
-                            nursery.start_soon(self._transmit, earlier)
-                        await encrypt()
-                except BaseException as exc:
-                    if not isinstance(exc, Exception):  # cancelled: what was encrypted is not sent, the stream cannot go on
-                        self._break(exc)
-                    raise
-                if failure is not None:
-                    raise failure
-                if not more:
-                    with self._lock:
-                        data = self._outgoing.read()
-                    if data:
-                        await self._transmit(data)
-
-    async def flush(self) -> None:
-        """Send the ciphertext held back by a :meth:`send_from_thread` with ``more``."""
-        with self._sending:
-            self._check_usable()
+            try:
+                await trio.to_thread.run_sync(lambda: self._encrypt(produce()))
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # cancelled: what was encrypted is not sent, the stream cannot go on
+                    self._break(exc)
+                raise
             await self._flush()
 
     def _encrypt(self, parts: Iterable[Buffer]) -> None:
@@ -280,18 +243,15 @@ class TLSStream(trio.abc.Stream):
         async with self._transport_send_lock:
             with self._lock:
                 data = self._outgoing.read()
-            if data:
-                await self._transmit(data)
-
-    async def _transmit(self, data: bytes) -> None:
-        """Send ciphertext (under ``_transport_send_lock``, taken from the outgoing BIO in the same hold)."""
-        try:
-            await self.transport_stream.send_all(data)
-        except OSError as exc:
-            raise self._break(exc) from exc
-        except BaseException as exc:
-            self._break(exc)
-            raise
+            if not data:
+                return
+            try:
+                await self.transport_stream.send_all(data)
+            except OSError as exc:
+                raise self._break(exc) from exc
+            except BaseException as exc:
+                self._break(exc)
+                raise
 
     async def _flush_quietly(self) -> None:
         with trio.move_on_after(1):
