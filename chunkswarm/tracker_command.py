@@ -136,6 +136,8 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="MiB of manifests (32 bytes a chunk) one publisher may publish.")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
+@click.option("--state", metavar="redis://HOST:PORT/N", default=None,
+              help="Keep peers, replicas and the catalogue in this Redis database, shared with the other trackers given it  [default: in memory, the catalogue in --db]")  # fmt: skip
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
@@ -156,6 +158,7 @@ def tracker_command(
     max_files_per_publisher: int,
     max_manifest_mib_per_publisher: int,
     io: IoPath,
+    state: str | None,
     swarm: SwarmFile | None,
     allow: AllowList,
     log_level: str,
@@ -166,6 +169,10 @@ def tracker_command(
     if db_path is None:
         db_path = default_db_path()
     try:
+        if state is not None:
+            from tracker.shared_store import parse_state_url  # the Redis client is imported only when asked for
+
+            parse_state_url(state)
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
         config = TrackerConfig(
             host=host,
@@ -188,6 +195,7 @@ def tracker_command(
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
             swarm=swarm,
             allow=allow,
+            state=state,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

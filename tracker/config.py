@@ -103,6 +103,9 @@ class TrackerConfig:
     swarm: SwarmFile | None = None
     #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
     allow: AllowList = attrs.field(factory=AllowList)
+    #: Shared state (``tracker.shared``): ``redis://HOST:PORT/N``, where several trackers keep one swarm. None: in
+    #: memory, the catalogue in SQLite (``db_path``).
+    state: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:
