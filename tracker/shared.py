@@ -134,6 +134,8 @@ class SharedRegistry(Registry):
 def _snapshot(event: list[Any], now: float) -> list[tuple[str, tuple[Any, ...]]]:
     """The snapshot's commands for one event (``tracker.shared_store`` names the keys)."""
     kind, peer_id = event[0], event[1]
+    if kind == "S":  # peer_id: the peers a request touched
+        return [("zadd", (key(b"seen"), dict.fromkeys(peer_id, now)))] if peer_id else []
     if kind == "R":
         return [("hset", (key(b"peers"), {peer_id: msgpack.packb(event[2:])})), ("zadd", (key(b"seen"), {peer_id: now}))]
     if kind == "D":

@@ -221,7 +221,7 @@ class SharedStore:
 
     async def load_peers(self, peer_timeout: float) -> list[tuple[bytes, str, int, bytes | None, dict[bytes, bytes]]]:
         """The peers seen within ``peer_timeout``: (peer id, host, port, node, {file id: chunk mask})."""
-        live = await self.client.zrangebyscore(key(b"seen"), self.clock() - peer_timeout, float("inf"))
+        live = await self.client.zrange(key(b"seen"), self.clock() - peer_timeout, "+inf", sortby=coredis.PureToken.BYSCORE)
         if not live:
             return []
         rows = await self.client.hmget(key(b"peers"), live)
