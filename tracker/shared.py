@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import coredis
 import coredis.exceptions
-import msgpack
 import trio
 
 from common.chunkset import ChunkSet, Ranges
@@ -51,7 +50,7 @@ from common.errors import StorageError, TrackerError, ValidationError
 from common.manifest import Manifest
 from tracker.records import Peer, Replica
 from tracker.registry import Registry
-from tracker.shared_store import SharedStore, key, parse_state_url
+from tracker.shared_store import SharedStore, parse_state_url
 
 if TYPE_CHECKING:
     from tracker.service import TrackerService
@@ -131,21 +130,6 @@ class SharedRegistry(Registry):
         return replica
 
 
-def _snapshot(event: list[Any], now: float) -> list[tuple[str, tuple[Any, ...]]]:
-    """The snapshot's commands for one event (``tracker.shared_store`` names the keys)."""
-    kind, peer_id = event[0], event[1]
-    if kind == "S":  # peer_id: the peers a request touched
-        return [("zadd", (key(b"seen"), dict.fromkeys(peer_id, now)))] if peer_id else []
-    if kind == "R":
-        return [("hset", (key(b"peers"), {peer_id: msgpack.packb(event[2:])})), ("zadd", (key(b"seen"), {peer_id: now}))]
-    if kind == "D":
-        return [("hdel", (key(b"peers"), [peer_id])), ("delete", ([key(b"r:", peer_id)],)), ("zrem", (key(b"seen"), [peer_id]))]
-    file_id, mask = event[2], event[3]
-    if mask is None:
-        return [("hdel", (key(b"r:", peer_id), [file_id]))]
-    return [("hset", (key(b"r:", peer_id), {file_id: mask}))]
-
-
 @attrs.define(eq=False)
 class Replicator:
     """Writes this process's events to Redis and applies the others' to its registry: :meth:`run` does both."""
@@ -190,10 +174,8 @@ class Replicator:
             registry.wake = trio.Event()
             while registry.pending:
                 batch = list(registry.pending)
-                now = self.store.clock()
-                snapshot = [command for event in batch for command in _snapshot(event, now)]
                 try:
-                    await self.store.write(msgpack.packb(batch), snapshot)
+                    await self.store.write(batch)
                 except _ERRORS as exc:
                     self._failed("write to", exc, len(batch))
                     await trio.sleep(RETRY_INTERVAL)

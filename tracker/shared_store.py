@@ -62,6 +62,23 @@ def key(*parts: bytes) -> bytes:
     return PREFIX + b"".join(parts)
 
 
+def pack(events: list[list[Any]]) -> bytes:
+    """Events as the log keeps them: msgpack without the bin type, which Redis's Lua (``cmsgpack``) cannot read."""
+    return msgpack.packb(events, use_bin_type=False)  # type: ignore[no-any-return]
+
+
+def unpack(packed: bytes) -> list[list[Any]]:
+    """The log's events: every string as bytes, the kinds and hosts made text again."""
+    events: list[list[Any]] = msgpack.unpackb(packed, raw=True)
+    for event in events:
+        event[0] = event[0].decode()
+        if event[0] == "R":
+            event[2] = event[2].decode()
+        elif event[0] == "P":
+            event[1][0] = event[1][0].decode()
+    return events
+
+
 def parse_state_url(url: str) -> tuple[str, int, int]:
     """``redis://HOST:PORT/N`` as (host, port, db); ``ValueError`` with the reason otherwise."""
     scheme, sep, rest = url.partition("://")
@@ -107,6 +124,26 @@ end
 if #gone > 0 then redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'o', ARGV[2], 'x', table.concat(gone)) end
 return gone
 """
+#: One batch of a process's events (ARGV[1], msgpack without the bin type: Redis's cmsgpack has none): the snapshot
+#: updated and the batch logged, in one step on the server, so the tracker spends nothing per event on it.
+_WRITE: Final = """
+local now = ARGV[3]
+for _, ev in ipairs(cmsgpack.unpack(ARGV[1])) do
+  local kind, peer = ev[1], ev[2]
+  if kind == 'R' then
+    redis.call('HSET', KEYS[2], peer, cmsgpack.pack({ev[3], ev[4], ev[5]}))
+    redis.call('ZADD', KEYS[3], now, peer)
+  elseif kind == 'D' then
+    redis.call('HDEL', KEYS[2], peer); redis.call('DEL', ARGV[4] .. peer); redis.call('ZREM', KEYS[3], peer)
+  elseif kind == 'M' then
+    if ev[4] == nil then redis.call('HDEL', ARGV[4] .. peer, ev[3]) else redis.call('HSET', ARGV[4] .. peer, ev[3], ev[4]) end
+  elseif kind == 'S' then
+    for _, seen in ipairs(peer) do redis.call('ZADD', KEYS[3], now, seen) end
+  end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'o', ARGV[2], 'e', ARGV[1])
+return 1
+"""
 #: Expiry: forget the peers not seen since ARGV[1] (and their replicas) in the snapshot; every process expires its own copy.
 _EXPIRE: Final = """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
@@ -141,7 +178,7 @@ class SharedStore:
 
     def save(self, manifest: Manifest, publisher: bytes | None = None) -> None:
         """List ``manifest`` (held as of now) with ``publisher``, and log it for the other processes. Blocking."""
-        event = msgpack.packb([["P", list(manifest.record()), publisher]])
+        event = pack([["P", list(manifest.record()), publisher]])
         record = msgpack.packb(list(manifest.record()))
         keys = [key(b"files"), key(b"order"), key(b"seq"), key(b"held"), key(b"pub"), key(b"log")]
         args = [manifest.file_id, record, publisher or b"", repr(self.clock()), self.origin, event, LOG_LENGTH]
@@ -184,7 +221,7 @@ class SharedStore:
                     pipe.hdel(key(b"files"), [file_id])
                     pipe.zrem(key(b"order"), [file_id])
                     pipe.hdel(key(b"held"), [file_id])
-                pipe.xadd(key(b"log"), {b"o": self.origin, b"e": msgpack.packb([["U", file_id, publisher, drop]])}, **_TRIM)
+                pipe.xadd(key(b"log"), {b"o": self.origin, b"e": pack([["U", file_id, publisher, drop]])}, **_TRIM)
 
         self._run("unpublish", write)
 
@@ -229,17 +266,15 @@ class SharedStore:
         for peer_id, packed in zip(live, rows, strict=True):
             if packed is None:
                 continue
-            host, port, node = msgpack.unpackb(packed)
+            host, port, *node = msgpack.unpackb(packed, raw=True)  # packed by _WRITE: no node, no third item
             replicas = await self.client.hgetall(key(b"r:", peer_id))
-            peers.append((peer_id, host, port, node, dict(replicas)))
+            peers.append((peer_id, host.decode(), port, node[0] if node else None, dict(replicas)))
         return peers
 
-    async def write(self, packed_events: bytes, snapshot: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """One batch of this process's mutations: logged as one entry, and the snapshot updated, in one transaction."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(key(b"log"), {b"o": self.origin, b"e": packed_events}, **_TRIM)
-            for command, args in snapshot:
-                getattr(pipe, command)(*args)
+    async def write(self, events: list[list[Any]]) -> None:
+        """One batch of this process's mutations: the snapshot updated and the batch logged as one entry, atomically (``_WRITE``)."""
+        keys = [key(b"log"), key(b"peers"), key(b"seen")]
+        await self.client.eval(_WRITE, keys, [pack(events), self.origin, repr(self.clock()), key(b"r:"), LOG_LENGTH])
 
     async def expire(self, cutoff: float) -> int:
         """Forget in the snapshot the peers not seen since ``cutoff`` (wall clock); how many (at most 1000 a call)."""
@@ -257,7 +292,7 @@ class SharedStore:
                 gone = fields[b"x"]
                 events: list[Any] = [["X", [gone[i : i + _FILE_ID_SIZE] for i in range(0, len(gone), _FILE_ID_SIZE)]]]
             else:
-                events = msgpack.unpackb(fields[b"e"])
+                events = unpack(fields[b"e"])
             entries.append((entry.identifier, fields[b"o"], events))
         return entries
 
