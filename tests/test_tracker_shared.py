@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from common.capabilities import UNPUBLISH, WITHDRAW
+from common.errors import StorageError
 from common.framing import ErrorCode
 from common.identity import NodeKey
 from common.manifest import Manifest
@@ -288,3 +289,8 @@ async def test_two_tracker_processes_share_one_swarm(nursery: trio.Nursery, url:
             return not await _holder_ports(asker, manifest)
 
         await _until(expired)
+
+
+async def test_a_tracker_without_its_redis_does_not_start_and_says_why() -> None:
+    with pytest.raises(StorageError, match="cannot reach the shared state at redis://127.0.0.1:1/0"):
+        await serve_tracker(attrs.evolve(CONFIG, state="redis://127.0.0.1:1/0"))

@@ -306,13 +306,16 @@ async def open_shared_state(url: str) -> AsyncIterator[SharedStore]:
         raise StorageError(str(exc)) from None
     client: coredis.Redis[bytes] = coredis.Redis(host=host, port=port, db=db, decode_responses=False)
     origin = os.urandom(8)
+    failure = ""
     try:
         async with client:
-            store = SharedStore(client, url, origin)
             try:
                 await client.ping()
             except (coredis.exceptions.RedisError, OSError) as exc:
-                raise StorageError(f"cannot reach the shared state at {url}: {exc or type(exc).__name__}") from None
-            yield store
-    except (coredis.exceptions.RedisError, OSError) as exc:
-        raise StorageError(f"cannot reach the shared state at {url}: {exc or type(exc).__name__}") from None
+                failure = str(exc) or type(exc).__name__  # raised once out of the client's task group, not inside it
+            if not failure:
+                yield SharedStore(client, url, origin)
+    except* (coredis.exceptions.RedisError, OSError) as group:
+        failure = "; ".join(str(exc) or type(exc).__name__ for exc in group.exceptions)
+    if failure:
+        raise StorageError(f"cannot reach the shared state at {url}: {failure}")

@@ -45,8 +45,9 @@ __all__ = ["SharedStore", "PREFIX", "LOG_LENGTH", "key", "parse_state_url"]
 log = logging.getLogger(__name__)
 
 PREFIX: Final = b"chunkswarm:"
-#: Entries the log keeps (approximately: Redis trims whole nodes). A process
-#: that falls further behind than this reloads nothing: it is told so in its log.
+#: Entries the log keeps (approximately: Redis trims whole nodes), each a batch of
+#: events. A process further behind than this misses what was trimmed (it is not
+#: reloaded): restart it to load the snapshot.
 LOG_LENGTH: Final = 100_000
 #: A file id's length: the ``pub`` set's members are file id + publisher.
 _FILE_ID_SIZE: Final = 32
