@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
@@ -292,5 +293,5 @@ async def test_two_tracker_processes_share_one_swarm(nursery: trio.Nursery, url:
 
 
 async def test_a_tracker_without_its_redis_does_not_start_and_says_why() -> None:
-    with pytest.raises(StorageError, match="cannot reach the shared state at redis://127.0.0.1:1/0"):
+    with pytest.raises(StorageError, match=re.escape("cannot reach the shared state at redis://127.0.0.1:1/0")):
         await serve_tracker(attrs.evolve(CONFIG, state="redis://127.0.0.1:1/0"))
