@@ -17,11 +17,12 @@ from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
 from chunkswarm.node_key import claim_node_key
+from chunkswarm.peer_commands import Trackers, parse_trackers, tracker_settings
 from chunkswarm.shell import ShellConfig, run_shell
 from chunkswarm.swarm_command import swarm_options
-from common.address import TRACKER_PORT, parse_address
+from common.address import TRACKER_PORT
 from common.allow import AllowList
-from common.errors import ChunkswarmError, ValidationError
+from common.errors import ChunkswarmError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from common.swarm import SwarmFile
 from peer.config import PeerConfig, default_state_dir
@@ -29,16 +30,9 @@ from peer.config import PeerConfig, default_state_dir
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
-    try:
-        return parse_address(value, default_port=TRACKER_PORT)
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--tracker", default=f"127.0.0.1:{TRACKER_PORT}", show_default=True, callback=_parse_tracker,
-              help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
+@click.option("--tracker", multiple=True, default=(f"127.0.0.1:{TRACKER_PORT}",), show_default=True, callback=parse_trackers,
+              help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out); given again, trackers of the same swarm tried in turn.")
 @click.option("--share-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=HERE / "sample_files" / "dir2",
               help="Directory whose files u publishes  [default: sample_files/dir2]")
 @click.option("--download-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("downloads"),
@@ -52,11 +46,11 @@ def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tu
               help=f"Where the peer keeps its manifest cache  [default: {default_state_dir()}]")
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
-def main(tracker: tuple[str, int], share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
+def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
          chunk_size: int | None, state_dir: pathlib.Path | None, swarm: SwarmFile | None, allow: AllowList, log_level: str) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
-    peer = PeerConfig(tracker=tracker, listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
+    peer = PeerConfig(**tracker_settings(tracker), listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
     if create_state_dir(peer.state_dir):
         console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)

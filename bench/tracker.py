@@ -1,7 +1,16 @@
 """Tracker load benchmark: ``python -m chunkswarm tracker`` in one process, N simulated peers in this one.
 
     python bench/tracker.py [--peers 1000] [--files 100] [--chunks 1000] [--seconds 10] [--rate 20000] [--depth 1]
-                            [--who-has-share 0.5] [--profile PATH] [--trace PATH]
+                            [--who-has-share 0.5] [--profile PATH] [--trace PATH] [--trackers N [--state redis://HOST:PORT/N]]
+
+``--trackers N`` runs N tracker processes sharing their state in Redis
+(``--state``; without it the benchmark starts its own ``redis-server`` on a free
+port, without persistence), the simulated peers spread over them in turn; the
+figures are totals over the N processes (``tracker_rss_mb`` the sum, beside
+each one's). ``--peers 10000``: the load generator and each tracker keep one
+descriptor per connection, so both raise their open-file limit (soft, up to
+the hard limit) to peers + 512; the tracker is started with
+``--max-connections`` max(8192, peers + 256).
 
 Set-up: every peer connects, says HELLO and REGISTERs; ``--files`` of them
 publish a manifest of ``--chunks`` chunks; then every peer announces its
@@ -43,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import heapq
 import json
@@ -52,6 +62,7 @@ import random
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,7 +70,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -96,8 +107,10 @@ def tracker_caps(peers: int) -> dict[str, int]:
 
 
 class TrackerProcess:
-    def __init__(self, db: str, heartbeat: float, caps: dict[str, int], profile: str | None = None) -> None:
+    def __init__(self, db: str, heartbeat: float, caps: dict[str, int], profile: str | None = None, state: str | None = None) -> None:
         options = [item for name, value in caps.items() for item in ("--" + name.replace("_", "-"), str(value))]
+        if state is not None:
+            options += ["--state", state]
         args = [
             sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "chunkswarm", "tracker", "--port", "0", "--db", db, "--heartbeat-interval", str(heartbeat),
             "--peer-timeout", str(heartbeat * 20), *options, "--log-level", "INFO",
@@ -157,7 +170,7 @@ class SimPeer:
 
 
 class LoadGenerator:
-    def __init__(self, port: int, args: argparse.Namespace, tracker_cpu: Callable[[], float]) -> None:
+    def __init__(self, ports: list[int], args: argparse.Namespace, tracker_cpu: Callable[[], float]) -> None:
         self.args = args
         self.tracker_cpu = tracker_cpu
         self.cpu_at_end = (0.0, 0.0)  # (tracker, load generator) CPU seconds when the last phase ended
@@ -175,7 +188,7 @@ class LoadGenerator:
         self.errors = 0
         self.pending = 0
         for i in range(args.peers):
-            sock = socket.create_connection(("127.0.0.1", port))
+            sock = socket.create_connection(("127.0.0.1", ports[i % len(ports)]))  # several trackers: in turn
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             peer = SimPeer(i, sock)
@@ -265,6 +278,8 @@ class LoadGenerator:
             if peer.index < args.files:
                 self.send(peer, encode_message(Publish(self.manifests[peer.index])), SETUP, 0.0)
         self.run_until_idle()
+        if self.args.trackers > 1:
+            time.sleep(2.0)  # published at one tracker each: let every file reach every tracker before it is announced there
         for peer in peers:
             for manifest in self.manifests:
                 if (peer.index + manifest.file_id[0]) % 2 == 0:
@@ -403,6 +418,19 @@ class LoadGenerator:
         return {}
 
 
+class _Trackers:
+    """The tracker processes as one: CPU and resident memory summed."""
+
+    def __init__(self, trackers: list[TrackerProcess]) -> None:
+        self.trackers = trackers
+
+    def cpu_seconds(self) -> float:
+        return sum(t.cpu_seconds() for t in self.trackers)
+
+    def rss_mb(self) -> float:
+        return sum(t.rss_mb() for t in self.trackers)
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -433,18 +461,55 @@ def main() -> None:
     add_load_arguments(parser)
     parser.add_argument("--profile", metavar="PATH", help="run the tracker under cProfile, stats written to PATH")
     parser.add_argument("--trace", metavar="PATH", help="write the paced phase's requests (send time, latency, kind) as CSV to PATH")
+    parser.add_argument("--trackers", type=int, default=1, help="tracker processes, sharing their state in Redis when more than one")
+    parser.add_argument("--state", metavar="URL", help="redis://HOST:PORT/N for the trackers' state  [default: with --trackers > 1, "
+                        "a redis-server of the benchmark's own; else the embedded state]")  # fmt: skip
     args = parser.parse_args()
     _raise_fd_limit(args.peers + 512)
+    with contextlib.ExitStack() as stack:
+        if args.trackers > 1 and args.state is None:
+            args.state = stack.enter_context(_redis_server())
+        _run(args)
+
+
+@contextlib.contextmanager
+def _redis_server() -> Iterator[str]:
+    """A redis-server of the benchmark's own on a free port, without persistence: its redis:// address."""
+    path = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+    if path is None:
+        raise SystemExit("redis-server is not installed (Debian package redis-server; sh tests/system_packages.sh installs it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(500):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _run(args: argparse.Namespace) -> None:
 
     load_average = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="chunkswarm-bench-") as tmp:
         caps = tracker_caps(args.peers)
         print(f"tracker caps raised for {args.peers} peers from one address (127.0.0.1): "
               + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in caps.items()), file=sys.stderr)  # fmt: skip
-        tracker = TrackerProcess(os.path.join(tmp, "tracker.db"), 30.0, caps, args.profile)
+        trackers: list[TrackerProcess] = []
         try:
+            for i in range(args.trackers):
+                trackers.append(TrackerProcess(os.path.join(tmp, f"tracker{i}.db"), 30.0, caps, args.profile, args.state))
+            tracker = _Trackers(trackers)
             rss_idle = tracker.rss_mb()
-            load = LoadGenerator(tracker.port, args, tracker.cpu_seconds)
+            load = LoadGenerator([t.port for t in trackers], args, tracker.cpu_seconds)
             began = time.perf_counter()
             load.setup()
             setup_s = time.perf_counter() - began
@@ -470,8 +535,9 @@ def main() -> None:
 
             stats = load.tracker_stats()
             rss_end = tracker.rss_mb()
+            rss_each = [round(t.rss_mb(), 1) for t in trackers]
         finally:
-            code = tracker.stop()
+            code = max((t.stop() for t in trackers), default=0)
     result = {
         "peers": args.peers,
         "files": args.files,
@@ -494,6 +560,9 @@ def main() -> None:
         "tracker_requests_served": stats.get("requests", 0),
         "tracker_exit_code": code,
         "tracker_caps": caps,
+        "trackers": args.trackers,
+        "state": "redis" if args.state else "embedded",
+        "tracker_rss_each_mb": rss_each,
     }
     print(json.dumps(result))
 

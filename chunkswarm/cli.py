@@ -133,10 +133,10 @@ def _effective(settings: Settings, command: click.Command, param: click.Option) 
     if envvar is not None and os.environ.get(envvar):
         return os.environ[envvar]
     configured = settings.default_map.get(command.name or "", {})
-    if param.name in configured:
-        return str(configured[param.name])
-    default = param.get_default(click.Context(command), call=True)
-    return "" if default is None else str(default)
+    value = configured[param.name] if param.name in configured else param.get_default(click.Context(command), call=True)
+    if isinstance(value, (list, tuple)):  # an option given several times (--tracker A --tracker B)
+        return ", ".join(map(str, value))
+    return "" if value is None else str(value)
 
 
 cli.add_command(config_command)

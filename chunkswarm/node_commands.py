@@ -8,7 +8,7 @@ import click
 
 from chunkswarm.console import create_state_dir, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
-from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, _run
+from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _run, tracker_settings
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.identity import NodeKey, short_id
@@ -40,7 +40,7 @@ def node_id(state_dir: pathlib.Path | None) -> None:
 @_STATE_DIR_OPTION
 @_TRACKER_OPTION
 @_LOG_LEVEL_OPTION
-def unpublish(files: tuple[str, ...], state_dir: pathlib.Path | None, tracker: tuple[str, int], log_level: str) -> None:
+def unpublish(files: tuple[str, ...], state_dir: pathlib.Path | None, tracker: Trackers, log_level: str) -> None:
     """Take FILES (names or ids, as get takes them) that this node published out of the tracker's catalogue.
 
     A file leaves once every node that published it has unpublished it. A seeder
@@ -49,7 +49,7 @@ def unpublish(files: tuple[str, ...], state_dir: pathlib.Path | None, tracker: t
     """
     setup_logging(log_level)
     _, key = _node_key(state_dir)
-    config = PeerConfig(tracker=tracker, node_key=key)
+    config = PeerConfig(**tracker_settings(tracker), node_key=key)
     _run(_unpublish, config, files)
 
 

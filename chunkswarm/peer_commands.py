@@ -8,8 +8,9 @@ from __future__ import annotations
 import gc
 import logging
 import pathlib
+import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -41,11 +42,24 @@ DEFAULT_TRACKER = f"127.0.0.1:{TRACKER_PORT}"
 LS_LIMIT = 1000
 
 
-def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+#: Several trackers of one swarm, in the order a peer tries them (``--tracker A --tracker B``).
+Trackers = tuple[tuple[str, int], ...]
+
+
+def parse_trackers(ctx: click.Context, param: click.Parameter, value: Sequence[str] | str) -> Trackers:
+    """Each ``--tracker``, each split at commas and spaces (as CHUNKSWARM_TRACKER may list them): the addresses in order."""
+    words = [word for text in ([value] if isinstance(value, str) else value) for word in re.split(r"[,\s]+", text) if word]
+    if not words:
+        raise click.BadParameter("give a tracker address HOST[:PORT]")
     try:
-        return parse_address(value, default_port=TRACKER_PORT)
+        return tuple(dict.fromkeys(parse_address(word, default_port=TRACKER_PORT) for word in words))
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def tracker_settings(trackers: Trackers) -> dict[str, Any]:
+    """The PeerConfig fields of ``trackers``: the first is used, the others when it fails."""
+    return {"tracker": trackers[0], "fallback_trackers": trackers[1:]}
 
 
 def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
@@ -54,8 +68,10 @@ def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> C
     return func
 
 
-_TRACKER_OPTION = click.option("--tracker", default=DEFAULT_TRACKER, envvar="CHUNKSWARM_TRACKER", show_default=True, show_envvar=True,
-                               callback=_parse_tracker, help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
+_TRACKER_OPTION = click.option("--tracker", multiple=True, default=(DEFAULT_TRACKER,), envvar="CHUNKSWARM_TRACKER", show_default=True,
+                               show_envvar=True, callback=parse_trackers,
+                               help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out); given again (or a list, comma- or "
+                                    "space-separated), trackers sharing the swarm, tried in turn when the one in use fails.")  # fmt: skip
 _LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 
 
@@ -79,8 +95,8 @@ def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ])  # fmt: skip
 
 
-def _config(tracker: tuple[str, int], state_dir: pathlib.Path | None, host: str, port: int, label: str, **extra: Any) -> PeerConfig:
-    kwargs: dict[str, Any] = {"tracker": tracker, "listen_host": host, "listen_port": port, "label": label, **extra}
+def _config(tracker: Trackers, state_dir: pathlib.Path | None, host: str, port: int, label: str, **extra: Any) -> PeerConfig:
+    kwargs: dict[str, Any] = {**tracker_settings(tracker), "listen_host": host, "listen_port": port, "label": label, **extra}
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
     config = PeerConfig(**kwargs)
@@ -172,10 +188,10 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
 @click.argument("pattern", default="")
 @click.option("--limit", type=click.IntRange(1, LIST_LIMIT), default=LS_LIMIT, show_default=True, help="Most files shown, newest first.")
 @_query_options
-def ls(pattern: str, limit: int, tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
+def ls(pattern: str, limit: int, tracker: Trackers, swarm: SwarmFile | None, log_level: str) -> None:
     """List the tracker's files whose name contains PATTERN, newest first."""
     setup_logging(log_level)
-    config = PeerConfig(tracker=tracker, swarm=swarm)
+    config = PeerConfig(**tracker_settings(tracker), swarm=swarm)
     listing, counted = _run(_ls, config, pattern, limit)
     out = Console()
     out.print(file_table(list(listing.entries), f"files on {format_address(*config.tracker)}"))
@@ -195,10 +211,10 @@ async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, b
 # -- stats -------------------------------------------------------------------------
 @click.command()
 @_query_options
-def stats(tracker: tuple[str, int], swarm: SwarmFile | None, log_level: str) -> None:
+def stats(tracker: Trackers, swarm: SwarmFile | None, log_level: str) -> None:
     """Show the tracker's counters: peers online, files, replicas, connections, requests served."""
     setup_logging(log_level)
-    config = PeerConfig(tracker=tracker, swarm=swarm)
+    config = PeerConfig(**tracker_settings(tracker), swarm=swarm)
     counters = _run(_stats, config)
     Console().print(stats_table(counters, f"tracker {format_address(*config.tracker)}"))
 

@@ -128,6 +128,8 @@ def _checked(path: pathlib.Path, section: str, key: str, param: click.Option, va
     """``value`` as the option would take it, or a :class:`click.ClickException` that says where it is wrong."""
     if isinstance(value, (dict, list)) and not param.multiple:
         raise click.ClickException(f"{path}: [{section}] {key} must be a single value")
+    if param.multiple and isinstance(value, str):  # one value of an option that may be given several times
+        value = [value]
     try:
         param.type_cast_value(click.Context(click.Command("config")), value)
     except click.BadParameter as exc:

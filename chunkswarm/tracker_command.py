@@ -155,6 +155,8 @@ def _http_address(host: str, http: str | None, no_http: bool) -> tuple[str | Non
 @click.option("--no-http", is_flag=True, help="Serve no web UI.")
 @click.option("--max-http-connections", type=click.IntRange(min=1), default=256, show_default=True,
               help="HTTP connections open at once; more are closed at accept.")  # fmt: skip
+@click.option("--state", metavar="redis://HOST:PORT/N", default=None,
+              help="Keep peers, replicas and the catalogue in this Redis database, shared with the other trackers given it  [default: in memory, the catalogue in --db]")  # fmt: skip
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
@@ -178,6 +180,7 @@ def tracker_command(
     http: str | None,
     no_http: bool,
     max_http_connections: int,
+    state: str | None,
     swarm: SwarmFile | None,
     allow: AllowList,
     log_level: str,
@@ -189,6 +192,10 @@ def tracker_command(
         db_path = default_db_path()
     http_host, http_port = _http_address(host, http, no_http)
     try:
+        if state is not None:
+            from tracker.shared_store import parse_state_url  # the Redis client is imported only when asked for
+
+            parse_state_url(state)
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
         config = TrackerConfig(
             host=host,
@@ -214,6 +221,7 @@ def tracker_command(
             http_host=http_host,
             http_port=http_port,
             max_http_connections=max_http_connections,
+            state=state,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -97,7 +97,8 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
     if config.swarm is not None:  # the capability a member requires (PROTOCOL.md §8.8)
         private = Private.create(config.swarm, config.node_key)
         hello = attrs.evolve(hello, capabilities={**dict(hello.capabilities), **CAPABILITIES})
-    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key, private=private) as link:
+    async with open_query_link(config.tracker, hello, timeout=config.tracker_timeout, key=config.node_key, private=private,
+                               fallbacks=config.fallback_trackers) as link:  # fmt: skip
         yield Catalogue(link, config.tracker_timeout)
 
 

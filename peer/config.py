@@ -31,6 +31,8 @@ class PeerConfig:
     """Everything a peer needs to know; nothing reads the environment below the CLI."""
 
     tracker: tuple[str, int] = ("127.0.0.1", 7070)
+    #: Further trackers of the same swarm (``--tracker A --tracker B``): when the one in use fails, the next is used.
+    fallback_trackers: tuple[tuple[str, int], ...] = ()
     listen_host: str = "127.0.0.1"
     listen_port: int = attrs.field(default=0, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)))
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)

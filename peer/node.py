@@ -155,6 +155,7 @@ class Peer:
             max_delay=config.reconnect_max_delay,
             key=config.node_key,
             private=private,
+            fallbacks=config.fallback_trackers,
         )
         self._withdrawals = withdrawals = Withdrawals(self.library, self._tracker, config.change_check_interval)
         self.library.on_withdraw = withdrawals.note

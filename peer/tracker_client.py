@@ -7,7 +7,9 @@ queues a waiter, one reader task hands replies to waiters in FIFO order).
 :class:`TrackerClient` keeps a link up: heartbeats at the interval WELCOME
 asked for, and when the tracker goes away it reconnects with exponential
 backoff, re-registers, and lets the peer re-publish and re-announce what it
-holds (``on_connected``).
+holds (``on_connected``). Given several trackers (``fallbacks``: trackers
+sharing one swarm, ``chunkswarm tracker --state``), it uses one, and when it
+fails moves on to the next in turn, wrapping around, and says which in the log.
 """
 
 from __future__ import annotations
@@ -182,14 +184,24 @@ class TrackerLink:
 
 @asynccontextmanager
 async def open_query_link(
-    address: tuple[str, int], hello: Hello, *, timeout: float, key: NodeKey | None = None, private: Private | None = None
+    address: tuple[str, int], hello: Hello, *, timeout: float, key: NodeKey | None = None, private: Private | None = None,
+    fallbacks: Sequence[tuple[str, int]] = (),
 ) -> AsyncIterator[TrackerLink]:
     """A query-only session: HELLO (``hello.listen_port`` should be 0) and never REGISTER.
 
     For clients that serve nothing (``chunkswarm ls``): the tracker answers their
     queries but never lists them as a peer. The link closes when the block ends.
+    ``fallbacks``: trackers of the same swarm tried in turn when ``address`` cannot be reached.
     """
-    link = await TrackerLink.open(address, hello, timeout=timeout, register_port=None, key=key, private=private)
+    trackers = [address, *fallbacks]
+    for i, tracker in enumerate(trackers):
+        try:
+            link = await TrackerLink.open(tracker, hello, timeout=timeout, register_port=None, key=key, private=private)
+            break
+        except TrackerUnavailable as exc:
+            if i + 1 == len(trackers):
+                raise
+            logger.warning("%s; trying the tracker at %s", exc, format_address(*trackers[i + 1]))
     async with open_nursery() as nursery:
         nursery.start_soon(link.run)
         try:
@@ -223,9 +235,16 @@ class TrackerClient:
     #: The node's key: every link is identified with it (PROTOCOL.md §8.6) when the tracker speaks ``identity``.
     key: NodeKey | None = None
     private: Private | None = None
+    #: Further trackers of the same swarm, tried in turn after ``address`` when it fails; ``address`` is the one in use.
+    fallbacks: Sequence[tuple[str, int]] = ()
     _link: TrackerLink | None = attrs.field(init=False, default=None)
     _up: trio.Event = attrs.field(init=False, factory=trio.Event)
     _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+    #: Every tracker, in the order they are tried: ``address`` as first given, then ``fallbacks``.
+    _trackers: list[tuple[str, int]] = attrs.field(init=False, factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        self._trackers = [self.address, *(a for a in self.fallbacks if a != self.address)]
 
     @property
     def connected(self) -> bool:
@@ -299,12 +318,28 @@ class TrackerClient:
         return self._link
 
     async def _open(self) -> TrackerLink:
-        return await TrackerLink.open(self.address, self.hello, timeout=self.timeout, register_port=self.listen_port, key=self.key,
-                                      private=self.private)
+        """A link to the tracker in use, or else to the next that answers (one round over them all); the last failure if none does."""
+        start = self._trackers.index(self.address)
+        trackers = self._trackers[start:] + self._trackers[:start]
+        failure: ChunkswarmError | OSError | None = None
+        for address in trackers:
+            try:
+                link = await TrackerLink.open(address, self.hello, timeout=self.timeout, register_port=self.listen_port, key=self.key,
+                                              private=self.private)  # fmt: skip
+            except (TrackerUnavailable, OSError) as exc:
+                failure = exc
+                if len(trackers) > 1:
+                    logger.warning("%s; trying the next tracker", exc)
+                continue
+            if address != self.address:
+                logger.warning("moved to the tracker at %s (the tracker at %s failed)", format_address(*address), format_address(*self.address))
+                self.address = address
+            return link
+        assert failure is not None
+        raise failure
 
     async def _supervise(self, link: TrackerLink | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep ``link`` (None: not connected yet) up, reconnecting with backoff; started once connected, or at once without a link."""
-        where = format_address(*self.address)
         with trio.CancelScope() as scope:
             self._scope = scope
             first = True
@@ -312,7 +347,7 @@ class TrackerClient:
                 first = False
                 task_status.started()
                 link = await self._reconnect()
-                logger.info("connected to the tracker at %s", where)
+                logger.info("connected to the tracker at %s", format_address(*self.address))
             while True:
                 try:
                     async with open_nursery() as nursery:
@@ -327,14 +362,14 @@ class TrackerClient:
                         if interval > 0:
                             nursery.start_soon(self._heartbeat, link, interval)
                 except* (ChunkswarmError, OSError) as lost:  # the link's reader and the heartbeat may both fail
-                    logger.warning("lost the tracker at %s: %s; reconnecting", where, describe(lost))
+                    logger.warning("lost the tracker at %s: %s; reconnecting", format_address(*self.address), describe(lost))
                 if first:
                     first = False
                     task_status.started()
                 self._link = None
                 self._up = trio.Event()
                 link = await self._reconnect()
-                logger.info("reconnected to the tracker at %s", where)
+                logger.info("reconnected to the tracker at %s", format_address(*self.address))
 
     async def _reconnect(self) -> TrackerLink:
         """A new link, tried with exponential backoff until it works; the first failure is logged as a warning, the rest at debug."""

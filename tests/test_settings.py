@@ -72,7 +72,8 @@ def test_the_default_file_is_read_from_the_config_folder(tmp_path: pathlib.Path)
         ("[ls]\nport = 1\n", "[ls] has no setting 'port'"),  # ls serves nothing: it has no --port
         ("[seed]\nmax-upload-connections = \"many\"\n", "max-upload-connections"),
         ("[seed]\nmax-upload-connections = 0\n", "max-upload-connections"),
-        ("[peer]\ntracker = [1, 2]\n", "must be a single value"),
+        ("[peer]\nlabel = [1, 2]\n", "must be a single value"),
+        ("[peer]\ntracker = [\"a:1\", \"b:2\"]\n", None),  # trackers sharing one swarm, tried in turn
         ("seed = 1\n", "must be a table"),
     ],
 )

@@ -49,9 +49,9 @@ def catalogue(count: int, tag: str = "") -> list[Manifest]:
 
 
 @pytest.fixture
-async def running(nursery: trio.Nursery) -> RunningTracker:
+async def running(nursery: trio.Nursery, state: str | None) -> RunningTracker:
     # Long timeouts: filling the registry with 200,000 files holds the event loop a second or two.
-    config = TrackerConfig(port=0, db_path=None, heartbeat_interval=10.0, peer_timeout=60.0)
+    config = TrackerConfig(port=0, db_path=None, heartbeat_interval=10.0, peer_timeout=60.0, state=state)
     return await nursery.start(serve_tracker, config)  # type: ignore[no-any-return]
 
 

@@ -47,9 +47,9 @@ async def _holder_ports(address: tuple[str, int], file_id: bytes) -> list[int]:
 
 
 async def test_a_peer_cannot_be_deregistered_or_moved_by_whoever_knows_its_id(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, source: pathlib.Path
+    nursery: trio.Nursery, tmp_path: pathlib.Path, source: pathlib.Path, state: str | None
 ) -> None:
-    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=1.0, peer_timeout=3.0))
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=1.0, peer_timeout=3.0, state=state))
     tracker = (running.host, running.port)
     swarm = Swarm(tracker, tmp_path)
     with trio.fail_after(30):
@@ -74,9 +74,9 @@ async def test_a_peer_cannot_be_deregistered_or_moved_by_whoever_knows_its_id(
                 assert result.path.read_bytes() == source.read_bytes()
 
 
-async def test_an_unidentified_peer_is_checked_by_host_and_port(nursery: trio.Nursery) -> None:
+async def test_an_unidentified_peer_is_checked_by_host_and_port(nursery: trio.Nursery, state: str | None) -> None:
     """A protocol-1 peer moved to another port by someone on its host finds out at its next heartbeat, and re-registers."""
-    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None))
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, state=state))
     tracker = (running.host, running.port)
     victim = b"v" * 20
     stream = await trio.open_tcp_stream(*tracker)
@@ -99,8 +99,8 @@ async def test_an_unidentified_peer_is_checked_by_host_and_port(nursery: trio.Nu
         await conn.aclose()
 
 
-async def test_a_tracker_that_requires_identity_refuses_the_others_with_one_clear_error(nursery: trio.Nursery) -> None:
-    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, require_identity=True))
+async def test_a_tracker_that_requires_identity_refuses_the_others_with_one_clear_error(nursery: trio.Nursery, state: str | None) -> None:
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, require_identity=True, state=state))
     tracker = (running.host, running.port)
     stream = await trio.open_tcp_stream(*tracker)
     conn = Connection(stream)

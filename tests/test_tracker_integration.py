@@ -91,8 +91,9 @@ async def start(nursery: trio.Nursery, config: TrackerConfig) -> RunningTracker:
 
 
 @pytest.fixture
-async def tracker(nursery: trio.Nursery, io: IoPath) -> RunningTracker:
-    return await start(nursery, TrackerConfig(port=0, io=io))
+async def tracker(nursery: trio.Nursery, io: IoPath, state: str | None) -> RunningTracker:
+    """A tracker on each socket path and each state backend (``tests/conftest.py``)."""
+    return await start(nursery, TrackerConfig(port=0, io=io, state=state))
 
 
 async def test_two_peers_find_each_other(tracker: RunningTracker) -> None:

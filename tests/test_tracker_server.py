@@ -15,6 +15,7 @@ import tracker.greeting
 import tracker.handlers
 from common.codec import Codec
 from common.framing import HEADER, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.manifest import Manifest
 from common.messages import (
     Announce,
     Deregister,
@@ -38,6 +39,7 @@ from common.messages import (
     Welcome,
     WhoHas,
 )
+from tests.state_backends import tracker_service
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, raw_frame
 from tracker.config import TrackerConfig
 from tracker.handlers import LIST_SLICE
@@ -50,10 +52,15 @@ CONFIG = TrackerConfig(heartbeat_interval=10.0, peer_timeout=30.0, idle_timeout=
 
 
 @pytest.fixture
-async def service() -> AsyncIterator[TrackerService]:
-    store = Store(None)
-    yield TrackerService.create(CONFIG, store)
-    store.close()
+async def service(state: str | None) -> AsyncIterator[TrackerService]:
+    """A tracker on each state backend (``tests/conftest.py``)."""
+    async with tracker_service(CONFIG, state) as running:
+        yield running
+
+
+async def _stored(service: TrackerService) -> list[Manifest]:
+    """The catalogue in the service's store (the store's methods block: SQLite, or Redis through the event loop)."""
+    return await trio.to_thread.run_sync(lambda: list(service.store.load()))
 
 
 class CountingStream(trio.abc.Stream):
@@ -152,7 +159,7 @@ async def test_publish_announce_and_find_holders(service: TrackerService, nurser
     assert await seeder.request(Heartbeat()) == Ok()
     assert await seeder.request(Deregister()) == Ok()
     assert await leecher.request(WhoHas(manifest.file_id)) == Holders(manifest.file_id, ())
-    assert list(service.store.load()) == [manifest]  # stored when PUBLISHED came back
+    assert await _stored(service) == [manifest]  # stored when PUBLISHED came back
 
 
 async def test_a_client_that_never_registers_can_browse(service: TrackerService, nursery: trio.Nursery) -> None:
@@ -234,7 +241,7 @@ async def test_request_errors_leave_the_connection_open(service: TrackerService,
     await client.expect_error(Publish(attrs.evolve(manifest, file_id=bytes(32))), ErrorCode.INVALID_MANIFEST)
     await client.request(Publish(manifest))
     await client.expect_error(Announce(manifest.file_id, ((0, 99),)), ErrorCode.BAD_REQUEST)
-    assert service.registry.file_count == 1 and len(list(service.store.load())) == 1
+    assert service.registry.file_count == 1 and len(await _stored(service)) == 1
     assert isinstance(await client.request(Stats()), StatsReply)
 
 

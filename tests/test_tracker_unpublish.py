@@ -18,7 +18,6 @@ from peer.connection import Connection
 from peer.greeting import connect_tcp, open_greeted
 from tracker.config import TrackerConfig
 from tracker.service import serve_tracker
-from tracker.store import Store
 
 
 def _manifest(tmp_path: pathlib.Path, name: str, size: int = 5000) -> Manifest:
@@ -40,9 +39,9 @@ async def _ask(conn: Connection, request: Message) -> Message:
     return await conn.receive()
 
 
-async def test_a_publisher_unpublishes_its_own_files_and_nobody_else_can(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+async def test_a_publisher_unpublishes_its_own_files_and_nobody_else_can(nursery: trio.Nursery, tmp_path: pathlib.Path, state: str | None) -> None:
     db = tmp_path / "tracker.db"
-    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=str(db)))
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=str(db), state=state))
     tracker = (running.host, running.port)
     owner, other = NodeKey.generate(), NodeKey.generate()
     manifest = _manifest(tmp_path, "mine.bin")
@@ -65,14 +64,14 @@ async def test_a_publisher_unpublishes_its_own_files_and_nobody_else_can(nursery
     assert isinstance(await _ask(theirs, GetManifest(manifest.file_id)), ManifestReply)
     for conn in (mine, theirs, anonymous):
         await conn.aclose()
-    with Store(db) as store:
-        assert [m.file_id for m in store.load()] == [manifest.file_id]
-        assert store.publishers() == [(manifest.file_id, owner.node_id)]
+    store = running.service.store  # SQLite, or Redis (its blocking methods go through the event loop)
+    assert [m.file_id for m in await trio.to_thread.run_sync(lambda: list(store.load()))] == [manifest.file_id]
+    assert await trio.to_thread.run_sync(store.publishers) == [(manifest.file_id, owner.node_id)]
 
 
-async def test_quotas_per_publisher(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+async def test_quotas_per_publisher(nursery: trio.Nursery, tmp_path: pathlib.Path, state: str | None) -> None:
     running = await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, max_files_per_publisher=2,
-                                                                max_manifest_bytes_per_publisher=10 * 32 + 64))  # fmt: skip
+                                                                max_manifest_bytes_per_publisher=10 * 32 + 64, state=state))  # fmt: skip
     tracker = (running.host, running.port)
     greedy, modest = NodeKey.generate(), NodeKey.generate()
     conn = await _session(tracker, greedy, 7001)

@@ -22,12 +22,12 @@ from common.codec import Codec
 from common.framing import ErrorCode
 from common.manifest import Manifest
 from common.messages import Announce, Deregister, Error, FileList, Holders, ListFiles, Ok, Register, Stats, StatsReply, WhoHas, Withdraw
+from tests.state_backends import tracker_service
 from tests.test_tracker_integration import TIMEOUT, io, start  # noqa: F401  (io is a fixture)
 from tests.test_tracker_server import CONFIG, connect
 from tests.tracker_client_helper import TrackerTestClient, make_manifest, open_client
 from tracker.config import IoPath, TrackerConfig
 from tracker.service import RunningTracker, TrackerService
-from tracker.store import Store
 
 OFFER = {WITHDRAW: 1}
 SEEDER = b"S" * 20
@@ -36,10 +36,10 @@ LONG_LIVED = attrs.evolve(CONFIG, peer_timeout=600.0, idle_timeout=60.0)
 
 
 @pytest.fixture
-async def service() -> AsyncIterator[TrackerService]:
-    store = Store(None)
-    yield TrackerService.create(LONG_LIVED, store)
-    store.close()
+async def service(state: str | None) -> AsyncIterator[TrackerService]:
+    """A tracker on each state backend (``tests/conftest.py``)."""
+    async with tracker_service(LONG_LIVED, state) as running:
+        yield running
 
 
 async def seed(client: TrackerTestClient, manifest: Manifest, *, capabilities: dict[str, int] | None) -> None:
@@ -189,8 +189,8 @@ async def test_a_peer_that_left_properly_is_not_released_twice(service: TrackerS
 
 # -- over real sockets, on both socket paths ----------------------------------------
 @pytest.fixture
-async def running(nursery: trio.Nursery, io: IoPath) -> RunningTracker:
-    return await start(nursery, TrackerConfig(port=0, io=io))
+async def running(nursery: trio.Nursery, io: IoPath, state: str | None) -> RunningTracker:
+    return await start(nursery, TrackerConfig(port=0, io=io, state=state))
 
 
 def _publish(running: RunningTracker, chunks: int = 4) -> Manifest:

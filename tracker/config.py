@@ -109,6 +109,9 @@ class TrackerConfig:
     http_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))))
     #: HTTP connections open at once; one more is closed at accept (the protocol port's descriptors stay free).
     max_http_connections: int = attrs.field(default=256, validator=_at_least_one)
+    #: Shared state (``tracker.shared``): ``redis://HOST:PORT/N``, where several trackers keep one swarm. None: in
+    #: memory, the catalogue in SQLite (``db_path``).
+    state: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

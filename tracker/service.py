@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -31,6 +32,9 @@ from tracker.searches import SearchLog
 from tracker.store import Store
 from tracker.web import serve_web
 
+if TYPE_CHECKING:
+    from tracker.shared_store import SharedStore
+
 __all__ = ["serve_tracker", "RunningTracker", "TrackerService"]
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ class TrackerService:
 
     config: TrackerConfig
     registry: Registry
-    store: Store
+    store: Store | SharedStore
     publishers: Publishers
     #: Its key's peer id: the server id a WELCOME proves with capability identity (PROTOCOL.md §8.6).
     tracker_id: bytes = attrs.field(default=attrs.Factory(lambda self: self.config.node_key.peer_id, takes_self=True))
@@ -65,10 +69,14 @@ class TrackerService:
 
     @classmethod
     def create(
-        cls, config: TrackerConfig, store: Store, catalogue: Iterable[Manifest] = (), published: Iterable[tuple[bytes, bytes]] = ()
+        cls, config: TrackerConfig, store: Store | SharedStore, catalogue: Iterable[Manifest] = (), published: Iterable[tuple[bytes, bytes]] = (),
+        registry_type: type[Registry] = Registry,
     ) -> TrackerService:
-        """A service whose registry lists ``catalogue`` (the manifests read from ``store``), published by ``published`` (file id, publisher)."""
-        registry = Registry(config.peer_timeout, trio.current_time, max_peers_per_ip=config.max_peers_per_ip)
+        """A service whose registry lists ``catalogue`` (the manifests read from ``store``), published by ``published`` (file id, publisher).
+
+        ``registry_type``: ``tracker.shared.SharedRegistry`` for a tracker whose state is shared.
+        """
+        registry = registry_type(config.peer_timeout, trio.current_time, max_peers_per_ip=config.max_peers_per_ip)
         for manifest in catalogue:
             registry.publish(manifest, checked=True)  # checked before it was written
         publishers = Publishers(config.max_files_per_publisher, config.max_manifest_bytes_per_publisher)
@@ -159,18 +167,37 @@ class RunningTracker:
         return self.service.stats()
 
 
-async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[RunningTracker] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_tracker(
+    config: TrackerConfig, *, task_status: trio.TaskStatus[RunningTracker] = trio.TASK_STATUS_IGNORED, shared: SharedStore | None = None
+) -> None:
     """Run a tracker until cancelled; ``task_status.started`` gets a :class:`RunningTracker` once bound.
 
     ``config.host`` of ``"*"`` or ``""`` listens on every interface, IPv4 and IPv6.
+    With ``config.state``, the state is shared in Redis (``tracker.shared``).
     """
-    store = await trio.to_thread.run_sync(Store, config.db_path)
+    if config.state is not None and shared is None:
+        from tracker.shared import open_shared_state  # imports the Redis client only when asked for
+
+        async with open_shared_state(config.state) as opened:
+            await serve_tracker(config, task_status=task_status, shared=opened)
+        return
+    store: Store | SharedStore = shared if shared is not None else await trio.to_thread.run_sync(Store, config.db_path)
+    replicator = None
     try:
+        if shared is not None:
+            position = await shared.log_position()  # before the snapshot: the log from there replays what it may lack
         catalogue = await trio.to_thread.run_sync(lambda: list(store.load()))
         published = await trio.to_thread.run_sync(store.publishers)
-        service = TrackerService.create(config, store, catalogue, published)
+        if shared is None:
+            service = TrackerService.create(config, store, catalogue, published)
+        else:
+            from tracker.shared import Replicator, SharedRegistry
+
+            service = TrackerService.create(config, store, catalogue, published, SharedRegistry)
+            replicator = Replicator(service, shared, position)
+            await replicator.load()
         if service.registry.file_count:
-            log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
+            log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.state or config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
         listeners = await trio.open_tcp_listeners(config.port, host=bind_host)
         service.hub = hub = ReadinessHub() if config.io == "epoll" else None
@@ -181,6 +208,8 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
                 nursery.start_soon(service.expiry_loop)
                 nursery.start_soon(service.stats_loop)
                 nursery.start_soon(retention_loop, service)
+                if replicator is not None:
+                    nursery.start_soon(replicator.run)
                 await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
                 bound = [listener.socket.getsockname() for listener in listeners]
                 for address in bound:
