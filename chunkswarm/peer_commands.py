@@ -106,9 +106,11 @@ def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
         raise click.exceptions.Exit(130) from None
 
 
-async def _serve_until_signalled(peer: Peer) -> None:
-    """Serve until SIGINT or SIGTERM, then log what was uploaded."""
+async def _serve_until_signalled(peer: Peer, ready: str = "") -> None:
+    """Serve until SIGINT or SIGTERM, then log what was uploaded; ``ready`` is logged once a signal is sure to be caught."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        if ready:
+            logger.info("%s", ready)
         async for signum in signals:
             logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
             break

@@ -95,6 +95,10 @@ class PeerConfig:
     #: been written; through the page cache it bounds the memory a download fills to about twice
     #: this (see ``peer.storage.read_back.ReadBack``).
     read_back_window: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
+    #: With every place taken by a delivering source and another holder waiting, the source that
+    #: delivered fewest chunks in this long makes room (once its requests are answered): sources
+    #: rotate, a busy holder loses downloaders to idle ones, and every holder gets to upload.
+    rotate_interval: float = attrs.field(default=1.0, validator=_positive)
     #: WHO_HAS refresh period while downloading.
     refresh_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Verified chunks are announced in batches at most this late.

@@ -410,3 +410,17 @@ def test_a_holder_alone_at_its_address_is_named_as_often_as_a_crowded_address() 
         assert len(addresses) == len(set(addresses)) == 50
         named += ("10.0.1.1", 1) in addresses
     assert named / rounds > 50 / 61 - 0.06, named / rounds  # as likely as any of the 61 addresses
+
+
+def test_few_holders_come_in_an_order_of_their_own_for_each_asker(registry: Registry) -> None:
+    """Up to the limit every holder is named, rotated from a random start: askers do not all see the same first holders (issue 16)."""
+    manifest = _swarm(registry, 17)
+    firsts: set[bytes] = set()
+    for asker in range(17):
+        peer_id = asker.to_bytes(20, "big")
+        _, holders = registry.holders(manifest.file_id, limit=50, exclude=peer_id)
+        ids = [r.peer.peer_id for r in holders]
+        assert len(ids) == 16 == len(set(ids)) and peer_id not in ids
+        firsts.update(ids[:4])
+    # Every asker's first four are four of the 16 others; in one fixed order they would be 4 or 5 holders in all.
+    assert len(firsts) >= 12
