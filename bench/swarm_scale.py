@@ -119,14 +119,17 @@ def summarise(size: int, downloaders: int, seconds: float, cpu: float, uploads: 
 def run_chunkswarm(downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace, root: pathlib.Path | None = None) -> dict[str, Any]:
     """One chunkswarm run, of this checkout or of the one at ``root`` (``--compare-root``)."""
     import swarm  # bench/swarm.py (imports the project: not for the --lt-peer role)
-    from swarm import Proc, peer_args
 
-    if root is not None:
-        here, swarm.ROOT = swarm.ROOT, root  # Proc runs the peers with PYTHONPATH=ROOT
-        try:
-            return run_chunkswarm(downloaders, data, work, options)
-        finally:
-            swarm.ROOT = here
+    here = swarm.ROOT
+    swarm.ROOT = root or here  # Proc runs the peers with PYTHONPATH=ROOT
+    try:
+        return _run_chunkswarm(downloaders, data, work, options, root)
+    finally:
+        swarm.ROOT = here
+
+
+def _run_chunkswarm(downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace, root: pathlib.Path | None) -> dict[str, Any]:
+    from swarm import Proc, peer_args
 
     run_dir = work / "cs"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -157,6 +160,10 @@ def run_chunkswarm(downloaders: int, data: pathlib.Path, work: pathlib.Path, opt
     finally:
         for proc in reversed(procs):
             proc.stop()
+        if options.log_dir is not None:
+            options.log_dir.mkdir(parents=True, exist_ok=True)
+            for proc in procs:
+                (options.log_dir / f"{root.name + '-' if root else ''}{downloaders}-{proc.label}.log").write_text("\n".join(line for _, line in proc.lines) + "\n")
     uploads = [proc.uploaded() for proc in procs[1:]]
     if any(not any("uploaded" in line for _, line in proc.lines) for proc in procs[1:]):
         raise RuntimeError("a chunkswarm peer did not log its upload count")
@@ -322,6 +329,7 @@ def main() -> None:
     parser.add_argument("--systems", default="chunkswarm,libtorrent")
     parser.add_argument("--chunkswarm-option", action="append", default=[], help="an option for every chunkswarm peer (repeat)")
     parser.add_argument("--compare-root", type=pathlib.Path, default=None, help="also run chunkswarm from this checkout (another commit), as chunkswarm@base")
+    parser.add_argument("--log-dir", type=pathlib.Path, default=None, help="write every chunkswarm process's log to DIR/[BASE-]N-LABEL.log")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     options = parser.parse_args()
     work = options.workdir or pathlib.Path(tempfile.mkdtemp(prefix="chunkswarm-scale-"))
