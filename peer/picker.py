@@ -13,11 +13,9 @@ Policies, as in BitTorrent clients:
   quickly);
 * **pipelining**: at most ``max_in_flight`` outstanding requests per peer;
 * **endgame**: once every missing chunk is requested somewhere, an idle peer
-  (nothing in flight) duplicates one request still outstanding elsewhere at a
-  time (at most ``endgame_copies`` requests per chunk); the first verified copy
-  wins and the rest are returned as cancellations. One at a time: a duplicate
-  whose cancel comes too late is a whole chunk sent for nothing, and filling
-  every pipeline with them sent 18% more bytes than needed at 16 downloaders;
+  duplicates requests still outstanding elsewhere (at most ``endgame_copies``
+  requests per chunk); the first verified copy wins and the rest are returned
+  as cancellations;
 * **banning**: a peer whose data fails verification ``ban_threshold`` times is
   banned for the rest of the download and its requests are reassigned.
 
@@ -220,7 +218,7 @@ class Picker(Generic[PeerKey]):
             return None
         index = self._pick_idle(state)
         if index is None:
-            if not endgame or state.in_flight:
+            if not endgame:
                 return None
             index = self._pick_endgame(key, state)
             if index is None:
