@@ -120,12 +120,14 @@ def run_chunkswarm(downloaders: int, data: pathlib.Path, work: pathlib.Path, opt
     """One chunkswarm run, of this checkout or of the one at ``root`` (``--compare-root``)."""
     import swarm  # bench/swarm.py (imports the project: not for the --lt-peer role)
 
-    here = swarm.ROOT
-    swarm.ROOT = root or here  # Proc runs the peers with PYTHONPATH=ROOT
+    here, cwd = swarm.ROOT, os.getcwd()
+    swarm.ROOT = root or here  # Proc runs the peers with PYTHONPATH=ROOT, and `python -m` looks in the working directory first
+    os.chdir(swarm.ROOT)
     try:
         return _run_chunkswarm(downloaders, data, work, options, root)
     finally:
         swarm.ROOT = here
+        os.chdir(cwd)
 
 
 def _run_chunkswarm(downloaders: int, data: pathlib.Path, work: pathlib.Path, options: argparse.Namespace, root: pathlib.Path | None) -> dict[str, Any]:
