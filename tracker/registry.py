@@ -277,7 +277,7 @@ class Registry:
         if replica is None:
             if not mask and count:
                 return None
-            replica = Replica(peer, record, ChunkSet(count, mask))
+            replica = Replica(peer, record, ChunkSet(count, record.shared(mask)))
             self._link(replica)
             return replica
         chunks = replica.chunks
@@ -285,7 +285,7 @@ class Registry:
         if merged != chunks.mask:
             was_complete = chunks.complete
             self.chunk_replica_count += merged.bit_count() - chunks.mask.bit_count()
-            chunks.mask = merged
+            chunks.mask = record.shared(merged)
             record.entries[replica.slot] = None
             if chunks.complete and not was_complete:
                 record.complete_copies += 1
