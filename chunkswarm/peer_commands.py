@@ -30,7 +30,6 @@ from common.wording import format_size, plural
 from peer.catalogue import LIST_LIMIT, open_catalogue
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_peer
-from peer.seeder import Seeder
 
 __all__ = ["peer_commands", "seed", "ls", "stats"]
 
@@ -148,6 +147,8 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
 
 
 async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool) -> None:
+    from peer.seeder import Seeder  # here: it loads watchfiles, which get (this module's other user) never needs
+
     async with open_peer(config) as peer:
         logger.info("serving on %s", format_address(*peer.listen_address))
         # A service may start before its tracker: it is tried until it answers, and
