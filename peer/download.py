@@ -293,8 +293,7 @@ class Downloader:
                 continue
             self._picker.set_peer_chunks(known.peer_id, chunks)
         places.offer_all(offers)
-        if (retiring := places.rotate(list(self._sources.values()), now, interval=config.rotate_interval, places=config.max_download_peers, wanted=missing)):
-            logger.debug("%s: %s delivered least: its place goes to another holder", self._label, retiring.name)
+        places.rotate(list(self._sources.values()), now, interval=config.rotate_interval, places=config.max_download_peers, wanted=missing)
         # A source that delivers, or has just started, takes a place; others are on trial (see _TRIAL_GRACE).
         delivering = [session for session in self._sources.values() if session.delivered and not session.retiring]
         grace = _TRIAL_GRACE[not delivering]

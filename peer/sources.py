@@ -78,6 +78,7 @@ class Rotating(Protocol):
     delivered: bool
     retiring: bool
     recent: int  # chunks accepted since the last rotation
+    name: str
 
     def wake(self) -> None: ...
 
@@ -141,6 +142,7 @@ class Sources:
         self._rotate_at = now + interval
         delivering = [source for source in sources if source.delivered and not source.retiring]
         slowest = min(delivering, key=lambda source: source.recent, default=None)
+        fewest = slowest.recent if slowest is not None else 0
         for source in delivering:
             source.recent = 0
         if len(delivering) < places or not any(
@@ -148,6 +150,7 @@ class Sources:
         ):
             return None
         assert slowest is not None
+        logger.debug("%s delivered least (%d chunks in %g s): its place goes to another holder", slowest.name, fewest, interval)
         slowest.retiring = True
         slowest.wake()
         return slowest

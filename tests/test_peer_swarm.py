@@ -474,7 +474,7 @@ async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, sour
 
 async def test_sources_rotate_without_losing_a_chunk(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """With every place taken and other holders waiting, the source that delivered least makes room once its requests are in (issue 16)."""
-    caplog.set_level(logging.DEBUG, logger="peer.download")
+    caplog.set_level(logging.DEBUG, logger="peer")
     manifest = build_manifest(source, CHUNK)
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:

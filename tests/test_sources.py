@@ -74,6 +74,7 @@ class _Source:
     delivered: bool = True
     retiring: bool = False
     woken: bool = False
+    name: str = "a source"
 
     def wake(self) -> None:
         self.woken = True
