@@ -79,6 +79,7 @@ class Rotating(Protocol):
     retiring: bool
     recent: int  # chunks accepted since the last rotation
     name: str
+    address: Address
 
     def wake(self) -> None: ...
 
@@ -145,15 +146,24 @@ class Sources:
         fewest = slowest.recent if slowest is not None else 0
         for source in delivering:
             source.recent = 0
-        if len(delivering) < places or not any(
-            chunks.mask & wanted and self.may_connect(address, now) for address, (_, chunks) in self._candidates.items()
+        if slowest is None or len(delivering) < places:
+            return None
+        # Its IP's count goes down once it ends: on loopback (every holder at one IP) the per-IP cap is full.
+        freed = ip_group(slowest.address[0])
+        if not any(
+            chunks.mask & wanted and (self.may_connect(address, now) or self._frees_room(address, freed, now))
+            for address, (_, chunks) in self._candidates.items()
         ):
             return None
-        assert slowest is not None
         logger.debug("%s delivered least (%d chunks in %g s): its place goes to another holder", slowest.name, fewest, interval)
         slowest.retiring = True
         slowest.wake()
         return slowest
+
+    def _frees_room(self, address: Address, freed: str, now: float) -> bool:
+        """True if ``address`` may be connected to once a source at the IP group ``freed`` ends."""
+        group = ip_group(address[0])
+        return group == freed and address not in self._connected and self._per_ip[group] <= self.max_per_ip and self._retry_at.get(address, 0.0) <= now
 
     def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
         """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, the first listed first.

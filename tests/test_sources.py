@@ -75,6 +75,7 @@ class _Source:
     retiring: bool = False
     woken: bool = False
     name: str = "a source"
+    address: tuple[str, int] = ("10.0.0.1", 7000)
 
     def wake(self) -> None:
         self.woken = True
@@ -98,3 +99,14 @@ def test_the_source_that_delivered_least_makes_room_for_a_waiting_holder() -> No
     assert not any(s.retiring for s in running if s is not retired)
     # A retiring source is no longer counted: the others are compared among themselves.
     assert sources.rotate(running, 4.0, interval=1.0, places=3, wanted=0b1111) is None
+
+
+def test_a_source_makes_room_at_its_ip_when_the_cap_is_full() -> None:
+    """On loopback every holder is at one IP: the per-IP cap is full, and the waiting holder may come in once one of them ends."""
+    sources = Sources(max_per_ip=2, base_delay=2.0, max_delay=60.0)
+    running = [_Source(3, address=("127.0.0.1", 1)), _Source(1, address=("127.0.0.1", 2))]
+    for source in running:
+        sources.connect(source.address)
+    sources.offer_all([(("127.0.0.1", 3), b"w" * 20, ChunkSet.full(4))])
+    assert not sources.may_connect(("127.0.0.1", 3), 0.0)
+    assert sources.rotate(running, 0.0, interval=1.0, places=2, wanted=0b1111) is running[1]
