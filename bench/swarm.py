@@ -170,6 +170,8 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
         cpu = {proc.label: round(proc.cpu_seconds(), 2) for proc in procs}
         for getter in getters:
             assert os.path.getsize(scenario_dir / getter.label / data.name) == os.path.getsize(data)
+            # Stopped only once it catches SIGTERM (it says so), or it dies without logging its uploads.
+            getter.wait_for(r"serving on ", 60)
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -179,6 +181,8 @@ def run_scenario(name: str, seeders: int, downloaders: int, data: pathlib.Path, 
                 (options.log_dir / f"{name}-{proc.label}.log").write_text("\n".join(line for _, line in proc.lines) + "\n")
     size = os.path.getsize(data)
     served = {proc.label: proc.uploaded() for proc in procs[1:]}
+    if not all(any(" uploaded " in line for _, line in proc.lines) for proc in procs[1:]):
+        raise RuntimeError("a peer stopped without logging what it uploaded: its share would read as 0")
     result: dict[str, Any] = {
         "seconds": round(seconds, 3),
         "mib_per_s": round(size * downloaders / seconds / 2**20, 1),

@@ -230,5 +230,4 @@ async def _get(config: PeerConfig, names: tuple[str, ...], run: _GetRun, keep_se
             run.finished.append(item.shown)
             logger.info("%s", _summary(result, item.shown))
         if keep_seeding and run.finished:
-            logger.info("serving on %s", format_address(*peer.listen_address))
-            await _serve_until_signalled(peer)
+            await _serve_until_signalled(peer, f"serving on {format_address(*peer.listen_address)}")  # a bench stops it after this line

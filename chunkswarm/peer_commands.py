@@ -31,7 +31,6 @@ from common.wording import format_size, plural
 from peer.catalogue import LIST_LIMIT, open_catalogue
 from peer.config import PeerConfig, default_state_dir
 from peer.node import Peer, open_peer
-from peer.seeder import Seeder
 
 __all__ = ["peer_commands", "seed", "ls", "stats"]
 
@@ -122,9 +121,11 @@ def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
         raise click.exceptions.Exit(130) from None
 
 
-async def _serve_until_signalled(peer: Peer) -> None:
-    """Serve until SIGINT or SIGTERM, then log what was uploaded."""
+async def _serve_until_signalled(peer: Peer, ready: str = "") -> None:
+    """Serve until SIGINT or SIGTERM, then log what was uploaded; ``ready`` is logged once a signal is sure to be caught."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        if ready:
+            logger.info("%s", ready)
         async for signum in signals:
             logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
             break
@@ -162,6 +163,8 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
 
 
 async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool) -> None:
+    from peer.seeder import Seeder  # here: it loads watchfiles, which get (this module's other user) never needs
+
     async with open_peer(config) as peer:
         logger.info("serving on %s", format_address(*peer.listen_address))
         # A service may start before its tracker: it is tried until it answers, and

@@ -27,7 +27,7 @@ class BufferPool:
     """
 
     size: int
-    keep: int = 128
+    keep: int = 16  # idle ones: each is a chunk of private memory
     _free: list[bytearray] = attrs.field(factory=list)
 
     def take(self, size: int) -> bytearray:

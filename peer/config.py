@@ -94,9 +94,17 @@ class PeerConfig:
     #: served to other peers must be read back from it (see ``peer.storage.chunk_io``).
     direct_io: bool = False
     #: A written chunk is read back from disk and checked once this many more bytes have
-    #: been written; through the page cache it bounds the memory a download fills to about twice
-    #: this (see ``peer.storage.read_back.ReadBack``).
-    read_back_window: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
+    #: been written; through the page cache its verified bytes are kept until then, to compare
+    #: (private memory: 64 MiB made a downloader's 100 MiB; the read-back checks the same
+    #: cached pages however late it comes). See ``peer.storage.read_back.ReadBack``.
+    read_back_window: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(0))
+    #: The page cache a download keeps of its file, about (the last bytes written): older
+    #: chunks are written back and dropped, so a download does not fill memory with its file.
+    cache_window: int = attrs.field(default=128 * 1024 * 1024, validator=attrs.validators.ge(0))
+    #: With every place taken by a delivering source and another holder waiting, the source that
+    #: delivered fewest chunks in this long makes room (once its requests are answered): sources
+    #: rotate, a busy holder loses downloaders to idle ones, and every holder gets to upload.
+    rotate_interval: float = attrs.field(default=1.0, validator=_positive)
     #: WHO_HAS refresh period while downloading.
     refresh_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Verified chunks are announced in batches at most this late.

@@ -69,9 +69,9 @@ M = TypeVar("M")
 
 #: The shortest time between two holder refreshes of one download.
 _MIN_REFRESH_GAP = 0.1
-#: A source that has delivered nothing this long after it started no longer takes one of the
-#: ``max_download_peers`` places (it stays until ``first_answer_timeout``); while no source
-#: delivers, none takes a place: every holder listed is tried at once (trials ask little), ...
+#: A source that has delivered nothing this long after it started no longer takes one of the ``max_download_peers``
+#: places (it stays until ``first_answer_timeout``); while no source delivers, none takes a place: every holder
+#: listed is tried at once (trials ask little), ...
 _TRIAL_GRACE = (0.5, 0.0)
 #: ... and sources in all are at most this many times ``max_download_peers``.
 _TRIAL_FACTOR = 8
@@ -254,8 +254,7 @@ class Downloader:
             on_trial = self._sources and not any(session.delivered for session in self._sources.values())
             with trio.move_on_after(_MIN_REFRESH_GAP if on_trial else config.refresh_interval):
                 await self._refresh_now.wait()
-            # At most so often, however many sessions end: holders that refuse every
-            # connection must not turn this into a loop of WHO_HAS.
+            # At most so often, however many sessions end: holders refusing every connection must not make a loop of WHO_HAS.
             await trio.sleep(_MIN_REFRESH_GAP)
 
     async def _who_has(self) -> Holders:
@@ -287,14 +286,16 @@ class Downloader:
         assert context is not None
         config, places = self.config, self._places
         by_address = {session.address: session for session in self._sources.values()}
+        offers = []
         for address, (peer_id, chunks) in pool_by_address(holders.holders, count, skip=self.peer_id, admits=places.admits).items():
-            known = by_address.get(address) or self._sources.get(peer_id)
-            if known is not None:
-                self._picker.set_peer_chunks(known.peer_id, chunks)
-            else:
-                places.offer(address, peer_id, chunks)
+            if (known := by_address.get(address) or self._sources.get(peer_id)) is None:
+                offers.append((address, peer_id, chunks))
+                continue
+            self._picker.set_peer_chunks(known.peer_id, chunks)
+        places.offer_all(offers)
+        places.rotate(list(self._sources.values()), now, interval=config.rotate_interval, places=config.max_download_peers, wanted=missing)
         # A source that delivers, or has just started, takes a place; others are on trial (see _TRIAL_GRACE).
-        delivering = [session for session in self._sources.values() if session.delivered]
+        delivering = [session for session in self._sources.values() if session.delivered and not session.retiring]
         grace = _TRIAL_GRACE[not delivering]
         placed = len(delivering) + sum(1 for session in self._sources.values() if not session.delivered and now - session.since < grace)
         for extra in delivering[config.max_download_peers :]:
@@ -397,8 +398,7 @@ class Downloader:
             other = self._sources.get(other_key)
             if other is not None and other.conn is not None:
                 other.wake()
-                # In a task of its own: a peer that reads nothing must not hold up this
-                # chunk's bookkeeping, and the cancel is only a courtesy.
+                # In a task of its own: a peer that reads nothing must not hold up this chunk's bookkeeping (the cancel is a courtesy).
                 context.nursery.start_soon(other.cancel, other_index)
 
     def _lose(self, index: int) -> None:
@@ -406,8 +406,8 @@ class Downloader:
         self._bad_chunks += 1
         self._held.have.discard(index)
         self._picker.on_lost(index)
-        logger.warning("%s: chunk %d/%d of %s read back from disk differs from the verified data; fetching it again",
-                       self._label, index + 1, self.manifest.chunk_count, self.manifest.name)
+        logger.warning("%s: chunk %d/%d of %s read back from disk differs from the verified data; fetching it again", self._label, index + 1,
+                       self.manifest.chunk_count, self.manifest.name)  # fmt: skip
         self._wake_all()
 
     # -- resume state ------------------------------------------------------------------

@@ -102,7 +102,7 @@ class DownloadFile:
         part = self._part
         self.held = HeldFile(manifest, part.path, part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed), direct_fd=part.direct_fd)
         part.fd = part.direct_fd = -1  # the library's HeldFile owns the descriptors now
-        self._read_back = ReadBack(manifest, self.held.fd, self.config.read_back_window, self.held.direct_fd, self.release)
+        self._read_back = ReadBack(manifest, self.held.fd, self.config.read_back_window, self.held.direct_fd, self.config.cache_window, self.release)
         self.keeps_data = self._read_back.keeps_data
         self.library.add(self.held)
         return resumed

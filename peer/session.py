@@ -101,6 +101,10 @@ class Session:
     #: until then it is on trial (``first_answer_timeout``, :data:`TRIAL_DEPTH`).
     since: float = 0.0
     delivered: bool = False
+    #: Chunks accepted since the downloader last compared its sources (``peer.sources.Sources.rotate``).
+    recent: int = 0
+    #: Asked for nothing more: the session ends once its requests in flight are answered (its place rotates).
+    retiring: bool = False
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -175,6 +179,11 @@ class Session:
                 await trio.sleep_until(self.pause_until)
             # A fresh event before picking: whatever changes after this pick wakes us.
             self.wakeup = trio.Event()
+            if self.retiring:  # no chunk on its way is thrown away: it ends once they are in
+                if not picker.in_flight(key):
+                    self.scope.cancel()
+                await self.wakeup.wait()
+                continue
             waiting = bool(picker.in_flight(key))
             indexes = picker.pick_many(key) if self.delivered else picker.pick_many(key, limit=TRIAL_DEPTH, endgame=False)
             if indexes:
@@ -229,6 +238,7 @@ class Session:
                     context.buffers.give_back(message.data)
                     continue
                 self.delivered = True
+                self.recent += 1
                 self.expect_answer(timeout)
                 start_check(verify, self, message.index, message.data)
             elif isinstance(message, ChunkError) and message.file_id == file_id:

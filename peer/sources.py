@@ -10,6 +10,13 @@ without delivering a chunk, or could not be reached, is tried again only
 after a delay that doubles with each such failure, from ``base_delay`` up to
 ``max_delay``. A source that delivered is retried after ``base_delay``.
 Costs: a dict and a counter update per connection and per ended source.
+
+Every downloader must not pick the same holders (issue 16: with a tracker
+answering in one fixed order, half a swarm of 16 never uploaded): the new
+holders of each answer are offered in random order, and every
+``rotate_interval`` the source that delivered fewest chunks makes room for a
+waiting holder (:meth:`Sources.rotate`), so a holder serving many delivers
+slowly to each and loses downloaders to one that serves few.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 import attrs
 
@@ -63,6 +72,21 @@ def pool_by_address(
     return pooled
 
 
+class Rotating(Protocol):
+    """What :meth:`Sources.rotate` reads of a source (a :class:`~peer.session.Session`)."""
+
+    delivered: bool
+    retiring: bool
+    recent: int  # chunks accepted since the last rotation
+    name: str
+    address: Address
+
+    def wake(self) -> None: ...
+
+
+S = TypeVar("S", bound=Rotating)
+
+
 @attrs.define(eq=False)
 class Sources:
     """The addresses connected to, per IP, and when each failing address may be tried again; see the module docstring."""
@@ -81,6 +105,8 @@ class Sources:
     #: tracker answers with a random few of many holders, and one seen once is tried in its turn
     #: (not pushed back by those listed again and again).
     _candidates: dict[Address, tuple[bytes, ChunkSet]] = attrs.field(init=False, factory=dict)
+    rng: random.Random = attrs.field(factory=random.Random)
+    _rotate_at: float = attrs.field(init=False, default=0.0)
 
     def admits(self, address: Address) -> bool:
         """False for a holder outside :attr:`allow` (logged the first time)."""
@@ -96,6 +122,48 @@ class Sources:
         self._candidates[address] = (peer_id, chunks)
         if len(self._candidates) > _MAX_CANDIDATES:
             del self._candidates[next(iter(self._candidates))]
+
+    def offer_all(self, offers: Iterable[tuple[Address, bytes, ChunkSet]]) -> None:
+        """:meth:`offer` each of one answer's new holders, in random order: downloaders given one list do not all try its first holders."""
+        shuffled = list(offers)
+        self.rng.shuffle(shuffled)
+        for address, peer_id, chunks in shuffled:
+            self.offer(address, peer_id, chunks)
+
+    def rotate(self, sources: Sequence[S], now: float, *, interval: float, places: int, wanted: int) -> S | None:
+        """The source to retire now, if any: at most once per ``interval``.
+
+        When ``places`` sources (not retiring) have delivered and a holder we may
+        connect to has chunks in the mask ``wanted``: the one that delivered
+        fewest chunks since the last time, marked ``retiring`` and woken. Every
+        count starts again from 0.
+        """
+        if now < self._rotate_at:
+            return None
+        self._rotate_at = now + interval
+        delivering = [source for source in sources if source.delivered and not source.retiring]
+        slowest = min(delivering, key=lambda source: source.recent, default=None)
+        fewest = slowest.recent if slowest is not None else 0
+        for source in delivering:
+            source.recent = 0
+        if slowest is None or len(delivering) < places:
+            return None
+        # Its IP's count goes down once it ends: on loopback (every holder at one IP) the per-IP cap is full.
+        freed = ip_group(slowest.address[0])
+        if not any(
+            chunks.mask & wanted and (self.may_connect(address, now) or self._frees_room(address, freed, now))
+            for address, (_, chunks) in self._candidates.items()
+        ):
+            return None
+        logger.debug("%s delivered least (%d chunks in %g s): its place goes to another holder", slowest.name, fewest, interval)
+        slowest.retiring = True
+        slowest.wake()
+        return slowest
+
+    def _frees_room(self, address: Address, freed: str, now: float) -> bool:
+        """True if ``address`` may be connected to once a source at the IP group ``freed`` ends."""
+        group = ip_group(address[0])
+        return group == freed and address not in self._connected and self._per_ip[group] <= self.max_per_ip and self._retry_at.get(address, 0.0) <= now
 
     def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
         """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, the first listed first.

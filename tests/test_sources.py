@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
+import attrs
+
 from common.address import ip_group
 from common.chunkset import ChunkSet
 from common.messages import Holder
@@ -48,3 +52,61 @@ def test_failing_addresses_back_off_exponentially_and_delivering_ones_do_not() -
     assert sources.ended(address, 0.0, delivered=True) == 2.0  # it delivered: the count starts over
     sources.connect(address)
     assert sources.ended(address, 0.0, delivered=False) == 2.0
+
+
+def _holders(count: int) -> list[tuple[tuple[str, int], bytes, ChunkSet]]:
+    return [((f"10.0.{n}.1", 7000), bytes([n]) * 20, ChunkSet.full(4)) for n in range(count)]
+
+
+def test_downloaders_given_one_holder_list_do_not_all_try_its_first_holders() -> None:
+    """Issue 16: with one list in one order, every downloader connected to the same first few and half the swarm never uploaded."""
+    firsts: set[tuple[str, int]] = set()
+    for seed in range(16):  # 16 downloaders, each told of the same 17 holders in the same order
+        sources = Sources(max_per_ip=8, base_delay=2.0, max_delay=60.0, rng=random.Random(seed))
+        sources.offer_all(_holders(17))
+        firsts.update(address for address, _, _ in sources.candidates()[:8])
+    assert len(firsts) == 17  # between them they try every holder first; in list order, only the first 8
+
+
+@attrs.define
+class _Source:
+    recent: int
+    delivered: bool = True
+    retiring: bool = False
+    woken: bool = False
+    name: str = "a source"
+    address: tuple[str, int] = ("10.0.0.1", 7000)
+
+    def wake(self) -> None:
+        self.woken = True
+
+
+def test_the_source_that_delivered_least_makes_room_for_a_waiting_holder() -> None:
+    sources = Sources(max_per_ip=8, base_delay=2.0, max_delay=60.0)
+    running = [_Source(5), _Source(1), _Source(3), _Source(0, delivered=False)]
+    # No holder waiting: nobody is retired, but the counts start again.
+    assert sources.rotate(running, 0.0, interval=1.0, places=3, wanted=0b1111) is None
+    assert [s.recent for s in running] == [0, 0, 0, 0]
+    sources.offer_all([(("10.0.9.1", 7000), b"w" * 20, ChunkSet.from_indexes(4, [2]))])
+    running[0].recent, running[1].recent, running[2].recent = 4, 2, 6
+    assert sources.rotate(running, 0.5, interval=1.0, places=3, wanted=0b1111) is None  # not yet: once per interval
+    assert sources.rotate(running, 1.0, interval=1.0, places=3, wanted=0b1011) is None  # the waiting holder has nothing we want
+    running[0].recent, running[1].recent, running[2].recent = 4, 2, 6
+    assert sources.rotate(running, 2.0, interval=1.0, places=4, wanted=0b1111) is None  # a place is free: no need to make room
+    running[0].recent, running[1].recent, running[2].recent = 4, 2, 6
+    retired = sources.rotate(running, 3.0, interval=1.0, places=3, wanted=0b1111)
+    assert retired is running[1] and retired.retiring and retired.woken
+    assert not any(s.retiring for s in running if s is not retired)
+    # A retiring source is no longer counted: the others are compared among themselves.
+    assert sources.rotate(running, 4.0, interval=1.0, places=3, wanted=0b1111) is None
+
+
+def test_a_source_makes_room_at_its_ip_when_the_cap_is_full() -> None:
+    """On loopback every holder is at one IP: the per-IP cap is full, and the waiting holder may come in once one of them ends."""
+    sources = Sources(max_per_ip=2, base_delay=2.0, max_delay=60.0)
+    running = [_Source(3, address=("127.0.0.1", 1)), _Source(1, address=("127.0.0.1", 2))]
+    for source in running:
+        sources.connect(source.address)
+    sources.offer_all([(("127.0.0.1", 3), b"w" * 20, ChunkSet.full(4))])
+    assert not sources.may_connect(("127.0.0.1", 3), 0.0)
+    assert sources.rotate(running, 0.0, interval=1.0, places=2, wanted=0b1111) is running[1]

@@ -421,3 +421,17 @@ def test_an_unlisted_file_is_no_longer_found_by_lookup() -> None:
     registry.unlist(manifest.file_id)
     assert registry.lookup("gone.txt", 10) == ([], 0)
     assert registry.lookup(manifest.hex_id[:8], 10) == ([], 0)
+
+
+def test_few_holders_come_in_an_order_of_their_own_for_each_asker(registry: Registry) -> None:
+    """Up to the limit every holder is named, rotated from a random start: askers do not all see the same first holders (issue 16)."""
+    manifest = _swarm(registry, 17)
+    firsts: set[bytes] = set()
+    for asker in range(17):
+        peer_id = asker.to_bytes(20, "big")
+        _, holders = registry.holders(manifest.file_id, limit=50, exclude=peer_id)
+        ids = [r.peer.peer_id for r in holders]
+        assert len(ids) == 16 == len(set(ids)) and peer_id not in ids
+        firsts.update(ids[:4])
+    # Every asker's first four are four of the 16 others; in one fixed order they would be 4 or 5 holders in all.
+    assert len(firsts) >= 12

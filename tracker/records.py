@@ -82,6 +82,15 @@ class FileRecord:
     complete_copies: int = 0
     #: An opaque cache of the manifest's wire encoding, filled by the server.
     manifest_reply: bytes | None = attrs.field(default=None, repr=False)
+    #: Every chunk, as a mask: one int object that every complete replica shares (a 1000-chunk mask is 160 bytes).
+    full_mask: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.full_mask = (1 << self.manifest.chunk_count) - 1
+
+    def shared(self, mask: int) -> int:
+        """``mask``, or the one shared :attr:`full_mask` object when it is every chunk."""
+        return self.full_mask if mask == self.full_mask else mask
 
 
 @attrs.frozen

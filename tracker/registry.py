@@ -13,7 +13,8 @@ peers x 100 files answers tens of thousands of requests a second:
   is O(1) and an expiry sweep only looks at the peers that actually expired;
 * each file keeps its replicas in a list in random order (a newcomer takes a
   random slot, removal swaps in the last), so N random holders are a window
-  of N consecutive slots from a random start, and counts its complete copies
+  of N consecutive slots from a random start (all of them, rotated from a
+  random start, when there are no more than N), and counts its complete copies
   incrementally; a replica joins and leaves in O(1), so dropping a peer costs
   O(its replicas) and a withdrawal what an announcement does (a mask over the
   file's chunks), plus O(1) to remove the replica when nothing is left;
@@ -281,7 +282,7 @@ class Registry:
         if replica is None:
             if not mask and count:
                 return None
-            replica = Replica(peer, record, ChunkSet(count, mask))
+            replica = Replica(peer, record, ChunkSet(count, record.shared(mask)))
             self._link(replica)
             return replica
         chunks = replica.chunks
@@ -289,7 +290,7 @@ class Registry:
         if merged != chunks.mask:
             was_complete = chunks.complete
             self.chunk_replica_count += merged.bit_count() - chunks.mask.bit_count()
-            chunks.mask = merged
+            chunks.mask = record.shared(merged)
             record.entries[replica.slot] = None
             if chunks.complete and not was_complete:
                 record.complete_copies += 1
@@ -344,7 +345,11 @@ class Registry:
             # Some address is claimed by several peer ids: hand each address out once.
             return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
         if others <= limit:
-            return record, [i for i in range(count) if i != mine]
+            # All of them, rotated from a random start: every downloader sees its own
+            # first holders, so a swarm of a few dozen does not all pick the same few
+            # (issue 16: half the downloaders never uploaded). One random number, as below.
+            start = self.rng.randrange(count) if count else 0
+            return record, [i for i in itertools.chain(range(start, count), range(start)) if i != mine]
         # A window of consecutive slots from a random start, as opentracker answers: the
         # slots are a random permutation of the holders (_link puts each newcomer at a
         # random slot), so every other holder is equally likely to be in the answer, and

@@ -41,10 +41,13 @@ class ReadBack:
     ``window`` more bytes have been written after it, and the last ``window``
     bytes by :meth:`finish`.
 
-    Through the page cache (``direct_fd`` -1) the window also bounds the
-    memory a download fills: a chunk read back has its writeback started
-    (``POSIX_FADV_DONTNEED`` on dirty pages only queues them), and ``window``
-    bytes later its now clean pages are dropped, so the next writes reuse that
+    Through the page cache (``direct_fd`` -1) the windows also bound the
+    memory a download fills: the bytes kept for the comparison are at most
+    ``window`` (private memory: small, as a read-back through the page cache
+    checks the same pages however late it comes), and a chunk read back has
+    its writeback started (``POSIX_FADV_DONTNEED`` on dirty pages only queues
+    them), and ``cache_window - window`` bytes later (at least ``window``)
+    its now clean pages are dropped, so the next writes reuse that
     memory at once. Young chunks, the ones other downloaders ask for, stay
     cached. Without this a download leaves the whole file cached and dirty, and
     on a VM whose balloon reports free pages to the host every fresh page costs
@@ -59,6 +62,8 @@ class ReadBack:
     fd: int
     window: int
     direct_fd: int = -1
+    #: Page cache bytes a download keeps (young and written back), about; None: twice ``window``.
+    cache_window: int | None = None
     #: Called with each chunk's bytes once it has been read back (a receive-buffer pool's ``give_back``).
     release: Callable[[Buffer], None] | None = None
     #: Chunks written and not read back yet, each with the verified bytes that were written.
@@ -72,6 +77,10 @@ class ReadBack:
     def keeps_data(self) -> bool:
         """True if :meth:`wrote` keeps the chunk's bytes until its read-back (then hands them to ``release``)."""
         return self.direct_fd < 0
+
+    @property
+    def _flush_window(self) -> int:
+        return self.window if self.cache_window is None else max(self.window, self.cache_window - self.window)
 
     def wrote(self, index: int, data: Buffer) -> list[int]:
         """Chunk ``index`` was written from ``data`` (verified, kept until read back): read back the chunks that leave the window; the ones that fail."""
@@ -89,7 +98,7 @@ class ReadBack:
             if self.keeps_data:  # through the page cache: bound what it holds (see above)
                 self._flushing.extend(i for i, _ in check)
                 self._flushing_bytes += sum(length(i) for i, _ in check)
-                while self._flushing_bytes > self.window:
+                while self._flushing_bytes > self._flush_window:
                     flushed = self._flushing.popleft()
                     self._flushing_bytes -= length(flushed)
                     drop.append(flushed)
