@@ -1,0 +1,143 @@
+"""The peer's HTTP gateway (peer/gateway/) in a swarm: the tracker learns its port, a lying holder's chunk is never sent,
+the cap on requests, and a client that stops reading stalls nothing else.
+
+The tracker and the peers run in this process over 127.0.0.1 (so their timeouts can be short); the
+lying holder is ``tests/liar_peer.py``, a process; the HTTP clients are curl and raw sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from common.manifest import build_manifest
+from common.messages import Hello, Ok, Register
+from peer.connection import Connection
+from peer.gateway import GatewayConfig, serve_gateway
+from peer.node import Peer
+from tests.procs import spawn
+from tests.system import program
+from tests.test_peer_swarm import CHUNK, Swarm, offer
+from tracker.config import TrackerConfig
+from tracker.service import RunningTracker, serve_tracker
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def running(nursery: trio.Nursery) -> RunningTracker:
+    return await nursery.start(serve_tracker, TrackerConfig(port=0, db_path=None, heartbeat_interval=1.0, peer_timeout=3.0))
+
+
+async def curl(url: str, *options: str) -> tuple[int, dict[str, str], bytes, int]:
+    """``curl`` of ``url``: its status, response headers (lower-case names), body and exit code (18: body cut short)."""
+    result = await trio.run_process([program("curl"), "-sS", "--max-time", "60", "-D", "/dev/stderr", "-o", "-", *options, url],
+                                    capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+    lines = result.stderr.decode(errors="replace").splitlines()
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if ":" in line)}
+    return status, headers, result.stdout, result.returncode
+
+
+@asynccontextmanager
+async def gateway(peer: Peer, folder: pathlib.Path, **limits: object) -> AsyncIterator[tuple[str, int]]:
+    """``peer``'s gateway on a free port, until the block ends."""
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve_gateway, peer, GatewayConfig(folder, **limits))  # type: ignore[arg-type]
+        yield address
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_tracker_knows_each_gateway_port_and_only_where_agreed(tmp_path: pathlib.Path, running: RunningTracker) -> None:
+    tracker = (running.host, running.port)
+    registry = running.service.registry
+    swarm = Swarm(tracker, tmp_path)
+    with trio.fail_after(30):
+        async with swarm.peer() as plain, swarm.peer() as served:
+            assert registry.get_peer(plain.peer_id).http_port is None  # type: ignore[union-attr]
+            async with gateway(served, tmp_path / "gw") as (_, port):
+                assert registry.get_peer(served.peer_id).http_port == port  # type: ignore[union-attr]  # told at once: it was connected
+                await served.disconnect()
+                assert registry.get_peer(served.peer_id) is None
+                await served.connect()  # a new REGISTER says it again
+                assert registry.get_peer(served.peer_id).http_port == port  # type: ignore[union-attr]
+        # A REGISTER with the field on a connection that did not agree on gateway is read as one without it (PROTOCOL.md §8.10).
+        conn = Connection(await trio.open_tcp_stream(*tracker))
+        try:
+            await conn.send(Hello(b"h" * 20, 6881))
+            await conn.receive()
+            await conn.send(Register(6881, 8080))
+            assert isinstance(await conn.receive(), Ok)
+            assert registry.get_peer(b"h" * 20).http_port is None  # type: ignore[union-attr]
+        finally:
+            await conn.aclose()
+
+
+async def test_a_corrupt_chunk_is_never_sent_and_the_response_is_cut_where_the_swarm_fails(
+    tmp_path: pathlib.Path, running: RunningTracker
+) -> None:
+    """An honest peer holds the first 5 chunks only; a liar holds every chunk and flips a byte in each it sends.
+
+    The gateway streams the 5 verified chunks in order, then, when no holder can give chunk 6, ends the
+    response short of its Content-Length: the client holds exactly the true first 5 chunks, no byte of the liar's.
+    """
+    path = tmp_path / "src" / "lied.bin"
+    path.parent.mkdir()
+    data = os.urandom(12 * CHUNK + 123)
+    path.write_bytes(data)
+    manifest = build_manifest(path, CHUNK)
+    tracker = (running.host, running.port)
+    swarm = Swarm(tracker, tmp_path)
+    async with trio.open_nursery() as procs:
+        async with spawn(procs, "-m", "tests.liar_peer", str(path), "--tracker", f"{running.host}:{running.port}", "--chunk-size", str(CHUNK),
+                         "--mode", "corrupt", name="liar") as liar:  # fmt: skip
+            with trio.fail_after(60):
+                await liar.wait_for("liar announced")
+                async with swarm.peer() as honest, swarm.peer(stall_timeout=2.0, request_timeout=2.0) as fetcher:
+                    await offer(honest, path, manifest, range(5))
+                    async with gateway(fetcher, tmp_path / "gw") as (host, port):
+                        status, headers, body, code = await curl(f"http://{host}:{port}/files/lied.bin")
+                        assert status == 200 and int(headers["content-length"]) == len(data)
+                        assert code == 18, code  # curl: "transfer closed with outstanding read data remaining"
+                        assert body == data[: 5 * CHUNK]
+                        # Nobody can deliver any of it: an error status before any byte, and a reason.
+                        status, _, body, _ = await curl(f"http://{host}:{port}/files/lied.bin", "-r", f"{6 * CHUNK}-")
+                        assert status == 503, (status, body)
+                        assert "no reachable peer" in json.loads(body)["error"]
+            procs.cancel_scope.cancel()
+
+
+async def test_the_cap_on_requests_and_a_client_that_stops_reading(tmp_path: pathlib.Path, running: RunningTracker) -> None:
+    """One client asks for a large file and reads nothing: with a cap of 2 requests the next is served, the one after
+    gets 503 with a reason; the peer's chunk server and downloads go on meanwhile."""
+    path = tmp_path / "src" / "big.bin"
+    path.parent.mkdir()
+    data = os.urandom(64 * 1024 * 1024)
+    path.write_bytes(data)
+    swarm = Swarm((running.host, running.port), tmp_path)
+    with trio.fail_after(60):
+        async with swarm.peer() as holder, swarm.peer() as other:
+            (manifest,) = await holder.publish([path])
+            async with gateway(holder, tmp_path / "gw", max_requests=2) as (host, port):
+                stalled = []
+                for query in (manifest.hex_id, "big.bin"):  # two clients that ask and read nothing: the cap is 2
+                    stalled.append(await trio.open_tcp_stream(host, port))
+                    await stalled[-1].send_all(f"GET /files/{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await trio.sleep(0.5)  # the kernel's buffers fill; the gateway's tasks for them wait on their sockets
+                status, headers, body, _ = await curl(f"http://{host}:{port}/files/big.bin")
+                assert status == 503 and headers["retry-after"] == "1", (status, body)
+                assert "2 requests at once" in json.loads(body)["error"]
+                # The stalled client holds nothing else up: the chunk server serves the whole file meanwhile.
+                result = await other.download(manifest.hex_id, tmp_path / "out")
+                assert result.path.read_bytes() == data
+                for stream in stalled:
+                    await stream.aclose()
+                with trio.fail_after(10):  # the slots come back
+                    while (await curl(f"http://{host}:{port}/files/big.bin", "-r", "0-9"))[0] != 206:
+                        await trio.sleep(0.1)
