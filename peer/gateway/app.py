@@ -41,6 +41,7 @@ from peer.gateway.body import Available, send_span
 from peer.gateway.fetches import Fetch, Fetches
 from peer.gateway.headers import RangeNotSatisfiable, content_type, disposition, etag_of, not_modified, parse_range
 from peer.node import Peer
+from peer.tasks import open_nursery
 
 __all__ = ["Gateway", "build_app", "MAX_NAME"]
 
@@ -134,8 +135,16 @@ class FileBody(Response):
             async def body(data: bytes) -> None:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
 
+            async def until_disconnected(scope: trio.CancelScope) -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                scope.cancel()  # the client is gone: read no more of the file for it
+
             try:
-                await send_span(self.manifest, self.fd, *self.span, self.available, body, self.readers)
+                async with open_nursery() as nursery:  # an error of send_span comes out as itself
+                    nursery.start_soon(until_disconnected, nursery.cancel_scope)
+                    await send_span(self.manifest, self.fd, *self.span, self.available, body, self.readers)
+                    nursery.cancel_scope.cancel()
             except ChunkswarmError as exc:
                 logger.warning("gateway: %s: response cut short: %s", self.manifest.name, exc)
                 return  # unfinished: the client sees a body shorter than its Content-Length

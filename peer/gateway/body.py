@@ -20,9 +20,8 @@ from typing import Final
 
 import trio
 
-from common.errors import StorageError
+from common.errors import ChunkswarmError, IntegrityError, StorageError
 from common.manifest import Manifest
-from peer.tasks import open_nursery
 
 __all__ = ["BLOCK", "Available", "SendBody", "send_span", "read_verified"]
 
@@ -35,11 +34,12 @@ Available = Callable[[int], Awaitable[int]]
 SendBody = Callable[[bytes], Awaitable[None]]
 
 
-def read_verified(manifest: Manifest, fd: int, first: int, count: int) -> bytes:
+def read_verified(manifest: Manifest, fd: int, first: int, count: int) -> tuple[bytes, IntegrityError | None]:
     """Blocking: chunks ``first`` .. ``first + count - 1`` of ``fd`` in one read, each checked against the manifest.
 
-    :class:`~common.errors.IntegrityError` names the first chunk that fails; a
-    file shorter than the manifest says is a :class:`StorageError`.
+    Returns the bytes of the chunks that passed, up to the first that failed,
+    and that one's :class:`~common.errors.IntegrityError` (None if all passed).
+    A file shorter than the manifest says is a :class:`StorageError`.
     """
     offset = manifest.chunk_offset(first)
     length = sum(manifest.chunk_length(i) for i in range(first, first + count))
@@ -50,9 +50,12 @@ def read_verified(manifest: Manifest, fd: int, first: int, count: int) -> bytes:
     at = 0
     for index in range(first, first + count):
         size = manifest.chunk_length(index)
-        manifest.verify_chunk(index, view[at : at + size])
+        try:
+            manifest.verify_chunk(index, view[at : at + size])
+        except IntegrityError as exc:
+            return data[:at], IntegrityError(f"{manifest.name}: chunk {index + 1} read from disk fails verification ({exc})")
         at += size
-    return data
+    return data, None
 
 
 async def send_span(manifest: Manifest, fd: int, start: int, stop: int, available: Available, send: SendBody,
@@ -67,24 +70,33 @@ async def send_span(manifest: Manifest, fd: int, start: int, stop: int, availabl
     size = manifest.chunk_size
     first, last = start // size, (stop - 1) // size
     per_block = max(1, BLOCK // size)
-    blocks: trio.MemorySendChannel[tuple[int, bytes]]
+    # Blocks go with the error that ended the reading, if any: the chunks verified before it are sent first.
+    blocks: trio.MemorySendChannel[tuple[int, bytes, ChunkswarmError | None]]
     blocks, received = trio.open_memory_channel(1)  # one block read ahead of the one sent
 
     async def read_ahead() -> None:
         async with blocks:
             index = first
-            while index <= last:
-                count = min(await available(index), per_block, last - index + 1)
-                data = await trio.to_thread.run_sync(read_verified, manifest, fd, index, count, limiter=limiter)
-                await blocks.send((index, data))
-                index += count
+            try:
+                while index <= last:
+                    count = min(await available(index), per_block, last - index + 1)
+                    data, failed = await trio.to_thread.run_sync(read_verified, manifest, fd, index, count, limiter=limiter)
+                    await blocks.send((index, data, failed))
+                    if failed is not None:
+                        return
+                    index += count
+            except ChunkswarmError as exc:  # what available() or the read raised: chunk ``index`` will not come
+                await blocks.send((index, b"", exc))
 
-    async with open_nursery() as nursery:  # an error of the reader comes out as itself
+    async with trio.open_nursery() as nursery:
         nursery.start_soon(read_ahead)
         async with received:
-            async for index, data in received:
+            async for index, data, failed in received:
                 begin = index * size
                 end = begin + len(data)
-                if begin < start or end > stop:  # the edges of a range: a part of the block
+                if data and (begin < start or end > stop):  # the edges of a range: a part of the block
                     data = data[max(start, begin) - begin : min(stop, end) - begin]
-                await send(data)
+                if data:
+                    await send(data)
+                if failed is not None:
+                    raise failed
