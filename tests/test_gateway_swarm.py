@@ -125,24 +125,26 @@ async def test_the_cap_on_requests_and_a_client_that_stops_reading(tmp_path: pat
         async with swarm.peer() as holder, swarm.peer() as other:
             (manifest,) = await holder.publish([path])
             async with gateway(holder, tmp_path / "gw", max_requests=2, send_timeout=2.0) as (host, port):
-                stalled = []
-                for query in (manifest.hex_id, "big.bin"):  # two clients that ask and read nothing: the cap is 2
-                    stalled.append(await trio.open_tcp_stream(host, port))
-                    await stalled[-1].send_all(f"GET /files/{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                await trio.sleep(0.5)  # the kernel's buffers fill; the gateway's tasks for them wait on their sockets
-                status, headers, body, _ = await curl(f"http://{host}:{port}/files/big.bin")
-                assert status == 503 and headers["retry-after"] == "1", (status, body)
-                assert "2 requests at once" in json.loads(body)["error"]
-                # The stalled client holds nothing else up: the chunk server serves the whole file meanwhile.
-                result = await other.download(manifest.hex_id, tmp_path / "out")
-                assert result.path.read_bytes() == data
-                # They still read nothing: each is dropped once nothing it was sent is acknowledged for send_timeout
-                # (TCP_USER_TIMEOUT, inherited from the listening socket), and its place comes back.
-                with trio.fail_after(30):
-                    while (await curl(f"http://{host}:{port}/files/big.bin", "-r", "0-9"))[0] != 206:
-                        await trio.sleep(0.1)
-                for stream in stalled:
-                    await stream.aclose()
+                stalled: list[trio.SocketStream] = []
+                try:
+                    for query in (manifest.hex_id, "big.bin"):  # two clients that ask and read nothing: the cap is 2
+                        stalled.append(await trio.open_tcp_stream(host, port))
+                        await stalled[-1].send_all(f"GET /files/{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    await trio.sleep(0.5)  # the kernel's buffers fill; the gateway's tasks for them wait on their sockets
+                    status, headers, body, _ = await curl(f"http://{host}:{port}/files/big.bin")
+                    assert status == 503 and headers["retry-after"] == "1", (status, body)
+                    assert "2 requests at once" in json.loads(body)["error"]
+                    # The stalled client holds nothing else up: the chunk server serves the whole file meanwhile.
+                    result = await other.download(manifest.hex_id, tmp_path / "out")
+                    assert result.path.read_bytes() == data
+                    # They still read nothing: each is dropped once nothing it was sent is acknowledged for send_timeout
+                    # (TCP_USER_TIMEOUT, inherited from the listening socket), and its place comes back.
+                    with trio.fail_after(30):
+                        while (await curl(f"http://{host}:{port}/files/big.bin", "-r", "0-9"))[0] != 206:
+                            await trio.sleep(0.1)
+                finally:  # (a server that kept them would wait for them at its shutdown, its sends being shielded)
+                    for stream in stalled:
+                        await stream.aclose()
 
 
 async def test_a_held_chunk_changed_on_disk_is_not_sent(tmp_path: pathlib.Path, running: RunningTracker) -> None:
