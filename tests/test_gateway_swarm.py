@@ -16,11 +16,16 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from common.allow import AllowList, parse_ranges
+from common.errors import ValidationError
 from common.manifest import build_manifest
 from common.messages import Hello, Ok, Register
+from common.swarm import SwarmFile
+from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.gateway import GatewayConfig, serve_gateway
-from peer.node import Peer
+from peer.node import Peer, open_peer
+from peer.tasks import open_nursery
 from tests.procs import spawn
 from tests.system import program
 from tests.test_peer_swarm import CHUNK, Swarm, offer
@@ -48,7 +53,7 @@ async def curl(url: str, *options: str) -> tuple[int, dict[str, str], bytes, int
 @asynccontextmanager
 async def gateway(peer: Peer, folder: pathlib.Path, **limits: object) -> AsyncIterator[tuple[str, int]]:
     """``peer``'s gateway on a free port, until the block ends."""
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         address = await nursery.start(serve_gateway, peer, GatewayConfig(folder, **limits))  # type: ignore[arg-type]
         yield address
         nursery.cancel_scope.cancel()
@@ -167,3 +172,19 @@ async def test_a_held_chunk_changed_on_disk_is_not_sent(tmp_path: pathlib.Path, 
                 status, headers, body, code = await curl(f"http://{host}:{port}/files/rot.bin")
                 assert (status, headers["content-length"], code) == (200, str(len(data)), 18)
                 assert body == data[: 7 * CHUNK]
+
+
+async def test_allow_ranges_and_private_swarms(tmp_path: pathlib.Path) -> None:
+    """``--allow`` holds for HTTP clients as for peers (403 and a reason); a private swarm's gateway listens on loopback only."""
+    with trio.fail_after(30):
+        async with open_peer(PeerConfig(state_dir=tmp_path / "a", allow=AllowList(parse_ranges(["10.0.0.0/8"])))) as peer, \
+                   gateway(peer, tmp_path / "gw") as (host, port):  # fmt: skip
+            status, _, body, _ = await curl(f"http://{host}:{port}/files")
+            assert status == 403 and "--allow" in json.loads(body)["error"]
+        async with open_peer(PeerConfig(state_dir=tmp_path / "b", swarm=SwarmFile.create("office"))) as peer:
+            with pytest.raises(ValidationError, match="loopback address only"):
+                async with gateway(peer, tmp_path / "gw", host="0.0.0.0"):
+                    pass
+            async with gateway(peer, tmp_path / "gw") as (host, port):
+                status, _, body, _ = await curl(f"http://{host}:{port}/files")
+                assert status == 200 and json.loads(body) == {"files": []}

@@ -228,7 +228,7 @@ def build_app(gateway: Gateway) -> ASGIApp:
 
 @attrs.define(eq=False)
 class Guard:
-    """ASGI middleware: the cap on requests at once (503) and on header bytes (431), before any routing."""
+    """ASGI middleware, before any routing: ``--allow`` (403), the cap on header bytes (431) and on requests at once (503)."""
 
     app: ASGIApp
     gateway: Gateway
@@ -239,8 +239,12 @@ class Guard:
             return
         gateway = self.gateway
         header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
-        if header_bytes > gateway.max_header_bytes:
-            response: Response = error_response(431, f"request headers of {header_bytes} bytes (at most {gateway.max_header_bytes})")
+        client = (scope.get("client") or ("", 0))[0]
+        allow = gateway.peer.config.allow
+        if allow and not allow.admits(client):  # --allow: the same ranges as for peers
+            response: Response = error_response(403, f"{client} is not in this peer's --allow ranges")
+        elif header_bytes > gateway.max_header_bytes:
+            response = error_response(431, f"request headers of {header_bytes} bytes (at most {gateway.max_header_bytes})")
         elif gateway.active >= gateway.max_requests:
             response = error_response(503, f"the gateway serves {gateway.max_requests} requests at once; try again later",
                                       {"Retry-After": "1", "Connection": "close"})  # fmt: skip

@@ -11,6 +11,7 @@ request's task: chunks and downloads go on in theirs.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import pathlib
 import socket
@@ -21,7 +22,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from common.address import format_address
-from common.errors import StorageError
+from common.errors import StorageError, ValidationError
 from peer.gateway.app import Gateway, build_app
 from peer.gateway.fetches import Fetches
 from peer.node import Peer
@@ -49,6 +50,13 @@ class GatewayConfig:
     keep_alive_timeout: float = 5.0
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen_socket(host: str, port: int, send_timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -70,6 +78,9 @@ async def serve_gateway(peer: Peer, config: GatewayConfig, *, task_status: trio.
     The tracker is told the port (capability ``gateway``, PROTOCOL.md §8.10) at
     this peer's next REGISTER, and at once if it is connected already.
     """
+    if peer.config.swarm is not None and not _loopback(config.host):
+        # The gateway asks no credentials: a private swarm's files must not be handed to whoever reaches it.
+        raise ValidationError(f"in a private swarm the HTTP gateway listens on a loopback address only (127.0.0.1, ::1), not {config.host}")
     await trio.to_thread.run_sync(lambda: config.folder.mkdir(parents=True, exist_ok=True))
     sock = _listen_socket(config.host, config.port, config.send_timeout)
     host, port = sock.getsockname()[:2]
