@@ -99,8 +99,8 @@ class Fetches:
         logger.info("%s: fetching %s (%s) from the swarm for the gateway into %s", self.peer.name, manifest.name, manifest.hex_id[:16], self.folder)
         try:
             result = await self.peer.download(manifest.hex_id, self.folder, progress=fetch)
-        except ChunkswarmError as exc:
-            fetch.error = exc
+        except (ChunkswarmError, OSError) as exc:  # an OSError: the gateway's folder cannot be written, say
+            fetch.error = exc if isinstance(exc, ChunkswarmError) else StorageError(f"{self.folder}: {exc.strerror or exc}")
             logger.warning("%s: fetching %s for the gateway failed: %s", self.peer.name, manifest.name, exc)
         else:
             logger.info("%s: fetched %s for the gateway: %s; serving it", self.peer.name, manifest.name, result.path)
