@@ -16,6 +16,7 @@ import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
+from chunkswarm.gateway_option import gateway_config, http_options
 from chunkswarm.node_key import claim_node_key
 from chunkswarm.peer_commands import Trackers, parse_trackers, tracker_settings
 from chunkswarm.shell import ShellConfig, run_shell
@@ -45,9 +46,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
               help=f"Where the peer keeps its manifest cache  [default: {default_state_dir()}]")
 @swarm_options
+@http_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
 def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
-         chunk_size: int | None, state_dir: pathlib.Path | None, swarm: SwarmFile | None, allow: AllowList, log_level: str) -> None:  # fmt: skip
+         chunk_size: int | None, state_dir: pathlib.Path | None, swarm: SwarmFile | None, allow: AllowList, log_level: str,
+         http: tuple[str, int] | None, http_dir: pathlib.Path | None) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
     peer = PeerConfig(**tracker_settings(tracker), listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
@@ -56,7 +59,8 @@ def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path,
         console.print(f"created {peer.state_dir}: the peer keeps its state there (--state-dir picks another folder)", highlight=False)
     # The node's key: what u publishes, r can take back later (and from chunkswarm unpublish).
     peer = attrs.evolve(peer, node_key=claim_node_key(peer.state_dir))
-    config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty())
+    # The gateway keeps what it fetches where d saves downloads, unless --http-dir says otherwise.
+    config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty(), gateway=gateway_config(http, http_dir or download_dir, peer.state_dir))
     try:
         trio.run(run_shell, config, Console(), console)
     except ChunkswarmError as exc:

@@ -52,6 +52,8 @@ def setup_logging(level: str = "INFO", log_file: pathlib.Path | None = None) -> 
     root.setLevel(level.upper())
     # watchfiles says "1 change detected" at INFO for every batch; the seeder says what it did with it.
     logging.getLogger("watchfiles").setLevel(max(root.level, logging.WARNING))
+    # hypercorn (the peer's HTTP gateway) says "Running on ..." at INFO; the gateway says where it is itself.
+    logging.getLogger("peer.gateway.http").setLevel(max(root.level, logging.WARNING))
 
 
 def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:

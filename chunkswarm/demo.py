@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager
 
@@ -38,6 +39,7 @@ from common.errors import ChunkswarmError
 from common.manifest import chunk_size_for
 from common.wording import format_rate, format_size, plural
 from peer.config import PeerConfig
+from peer.gateway import GatewayConfig, serve_gateway
 from peer.node import Peer, open_peer
 from peer.progress import DownloadResult, ProgressSink
 from peer.tasks import open_nursery
@@ -283,8 +285,14 @@ async def _swarm(
                 peer_config = attrs.evolve(peer_config, max_queued_requests=config.uploader_queue, max_upload_rate=rate)
             peer = await stack.enter_async_context(open_peer(peer_config))
             members.append(_DemoPeer(peer, role, home / "share", home / "downloads"))
+            if number == 1:  # peer-1 also serves files over HTTP (seed --http): started before REGISTER, which tells the tracker
+                services = await stack.enter_async_context(trio.open_nursery())
+                stack.callback(services.cancel_scope.cancel)
+                gateway = await services.start(serve_gateway, peer, GatewayConfig(home / "gateway"))
+                gateway_url = f"http://{format_address(*gateway)}/files/{urllib.parse.quote(source.name)}"
             await peer.connect()
             logger.info("%s (%s) serving chunks on %s", label, role, format_address(*peer.listen_address))
+        logger.info("peer-1's HTTP gateway serves the file (and fetches any other from the swarm): %s", gateway_url)
 
         uploaders = [m for m in members if m.role == "uploader"]
         downloaders = [m for m in members if m.role == "downloader"]
@@ -328,6 +336,7 @@ async def _swarm(
         console.print(summary_table(outcome))
         if config.keep_running:
             _print_join_command(config, console, tracker, web_url)
+            console.print(f"Or fetch the file over HTTP, through peer-1's gateway:\n\n    curl -O {gateway_url}\n", highlight=False, soft_wrap=True)
             await trio.sleep_forever()
 
 

@@ -19,6 +19,7 @@ import trio
 from rich.console import Console
 
 from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
+from chunkswarm.gateway_option import gateway_config, http_options
 from chunkswarm.node_key import claim_node_key
 from chunkswarm.swarm_command import ALLOW_OPTION, SWARM_OPTION
 from chunkswarm.ui import file_table, progress_display, stats_table
@@ -30,6 +31,7 @@ from common.swarm import SwarmFile
 from common.wording import format_size, plural
 from peer.catalogue import LIST_LIMIT, open_catalogue
 from peer.config import PeerConfig, default_state_dir
+from peer.gateway import GatewayConfig, serve_gateway
 from peer.node import Peer, open_peer
 
 __all__ = ["peer_commands", "seed", "ls", "stats"]
@@ -147,9 +149,10 @@ async def _serve_until_signalled(peer: Peer, ready: str = "") -> None:
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="Follow the folders: publish new and changed files, stop serving removed ones.")
 @_peer_options
+@http_options
 @log_file_option
 def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, watch: bool, log_level: str,
-         log_file: pathlib.Path | None, **options: Any) -> None:  # fmt: skip
+         log_file: pathlib.Path | None, http: tuple[str, int] | None, http_dir: pathlib.Path | None, **options: Any) -> None:  # fmt: skip
     """Publish files (directories: every file inside) and serve them until interrupted.
 
     The tracker need not be up yet: it is tried until it answers.
@@ -159,14 +162,16 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
     # The node's own key (its identity: what it publishes is its to unpublish); get, which publishes
     # nothing, proves a key of its own for the run, so it can run beside this node's seeder.
     config = attrs.evolve(config, node_key=claim_node_key(config.state_dir))
-    _run(_seed, config, paths, watch)
+    _run(_seed, config, paths, watch, gateway_config(http, http_dir, config.state_dir))
 
 
-async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool) -> None:
+async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool, gateway: GatewayConfig | None) -> None:
     from peer.seeder import Seeder  # here: it loads watchfiles, which get (this module's other user) never needs
 
-    async with open_peer(config) as peer:
+    async with open_peer(config) as peer, trio.open_nursery() as services:
         logger.info("serving on %s", format_address(*peer.listen_address))
+        if gateway is not None:  # before REGISTER, which tells the tracker its port
+            await services.start(serve_gateway, peer, gateway)
         # A service may start before its tracker: it is tried until it answers, and
         # everything seeded is published then (and again after every reconnection).
         await peer.connect(retry=True)
@@ -184,6 +189,7 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
                 logger.info("watching %s: new and changed files are published as they appear", ", ".join(map(str, paths)))
             await _serve_until_signalled(peer)
             nursery.cancel_scope.cancel()
+        services.cancel_scope.cancel()
 
 
 # -- ls ----------------------------------------------------------------------------

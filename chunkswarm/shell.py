@@ -27,6 +27,7 @@ from common.errors import ChunkswarmError
 from common.wording import plural
 from peer.catalogue import open_catalogue
 from peer.config import PeerConfig
+from peer.gateway import GatewayConfig, serve_gateway
 from peer.node import Peer, open_peer
 from peer.storage.download_lock import LOCK_SUFFIX
 from peer.storage.library import expand_paths
@@ -60,6 +61,8 @@ class ShellConfig:
     download_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
     #: Show a prompt (only when stdin is a terminal: a pipe gets answers only).
     prompt: bool = False
+    #: Also serve files over HTTP (``--http``); None: no gateway.
+    gateway: GatewayConfig | None = None
 
 
 #: Reads one line; None at end of input.
@@ -288,6 +291,9 @@ async def run_shell(config: ShellConfig, out: Console, progress_console: Console
             f"share {config.share_dir}; downloads to {config.download_dir}. Type h for help."
         )
         async with trio.open_nursery() as nursery:
+            if config.gateway is not None:
+                gateway = await nursery.start(serve_gateway, peer, config.gateway)
+                shell.say(f"serving files over HTTP: http://{format_address(*gateway)}/files/NAME (a file held here, or fetched from the swarm)")
             nursery.start_soon(_watch_interrupts, shell, prompt)
             while True:
                 line = await _read_line(prompt)

@@ -132,7 +132,10 @@ class Register(Record):
     """->T: become a live peer serving chunks on ``listen_port`` at the address the tracker sees."""
 
     OPCODE: ClassVar[Opcode] = Opcode.REGISTER
+    REQUIRED: ClassVar[int] = 1  # http_port came later (PROTOCOL.md §8.10)
     listen_port: int = attrs.field(validator=port_number)
+    #: Capability gateway (PROTOCOL.md §8.10): the port of the peer's HTTP gateway; 0: none (and then left out).
+    http_port: int = attrs.field(default=0, validator=u16)
 
 
 @attrs.frozen

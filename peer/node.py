@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from common.capabilities import LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import GATEWAY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
 from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, ValidationError
 from common.manifest import Manifest, check_publishable_name, shown_name
@@ -41,6 +41,7 @@ from common.messages import (
     Ok,
     Publish,
     Published,
+    Register,
     Withdraw,
 )
 from common.wording import format_size, plural
@@ -143,10 +144,10 @@ class Peer:
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
             config.tracker,
-            # Only the tracker is offered withdraw, unpublish and lookup: chunk servers have no use for
+            # Only the tracker is offered withdraw, unpublish, lookup and gateway: chunk servers have no use for
             # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
             # HELLO that offers anything, and is greeted again without (peer/greeting.py).
-            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1, GATEWAY: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
@@ -177,6 +178,13 @@ class Peer:
         await self.tracker.connect(retry=retry)
         if self.connected:
             logger.debug("%s connected to the tracker at %s:%d", self.name, *self.config.tracker)
+
+    async def set_http_port(self, port: int) -> None:
+        """Tell the tracker this peer's HTTP gateway port (PROTOCOL.md §8.10): with every REGISTER from now on, and now if connected."""
+        tracker = self.tracker
+        tracker.http_port = port
+        if tracker.connected and tracker.speaks(GATEWAY):
+            await tracker.request(Register(self.listen_address[1], port), Ok)
 
     async def disconnect(self) -> None:
         """DEREGISTER and stop heartbeating; :meth:`connect` works again later."""

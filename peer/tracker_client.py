@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from common.address import format_address
+from common.capabilities import GATEWAY
 from common.errors import (
     ChunkswarmError,
     ConnectionClosed,
@@ -73,11 +74,12 @@ class TrackerLink:
     @classmethod
     async def open(
         cls, address: tuple[str, int], hello: Hello, *, timeout: float, register_port: int | None, key: NodeKey | None = None,
-        private: Private | None = None,
+        private: Private | None = None, http_port: int = 0,
     ) -> TrackerLink:
         """Connect, say HELLO (identified with ``key``, if given), and REGISTER ``register_port`` if given; :class:`TrackerUnavailable` on failure.
 
         In a private swarm (``private``) the connection is TLS and membership is proven after WELCOME.
+        ``http_port`` (the gateway's, if any) goes with REGISTER when the tracker speaks ``gateway`` (PROTOCOL.md §8.10).
         """
         where = format_address(*address)
 
@@ -98,7 +100,7 @@ class TrackerLink:
             raise TrackerUnavailable(f"tracker at {where} did not complete the handshake: {exc}") from None
         try:
             if register_port is not None:
-                await conn.send(Register(register_port))
+                await conn.send(Register(register_port, http_port if agreement.speaks(GATEWAY) else 0))
                 reply = await conn.receive_within(timeout)
                 if isinstance(reply, Error):
                     raise TrackerError(f"tracker refused REGISTER: {reply.message}", code=reply.code)
@@ -237,6 +239,8 @@ class TrackerClient:
     private: Private | None = None
     #: Further trackers of the same swarm, tried in turn after ``address`` when it fails; ``address`` is the one in use.
     fallbacks: Sequence[tuple[str, int]] = ()
+    #: The port of this peer's HTTP gateway, sent with every REGISTER (PROTOCOL.md §8.10); 0: none.
+    http_port: int = 0
     _link: TrackerLink | None = attrs.field(init=False, default=None)
     _up: trio.Event = attrs.field(init=False, factory=trio.Event)
     _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
@@ -325,7 +329,7 @@ class TrackerClient:
         for address in trackers:
             try:
                 link = await TrackerLink.open(address, self.hello, timeout=self.timeout, register_port=self.listen_port, key=self.key,
-                                              private=self.private)  # fmt: skip
+                                              private=self.private, http_port=self.http_port)  # fmt: skip
             except (TrackerUnavailable, OSError) as exc:
                 failure = exc
                 if len(trackers) > 1:

@@ -24,6 +24,7 @@ PACKAGE_OF = {
     "syncthing": "syncthing",
     "mktorrent": "mktorrent",
     "ip": "iproute2",
+    "curl": "curl",
 }
 
 #: Debian's python3-libtorrent is built for the system Python, not for the test venv.

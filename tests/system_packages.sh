@@ -9,7 +9,7 @@
 set -eu
 
 # Debian package -> what the tests look for (tests/system.py).
-PACKAGES="chromium redis-server aria2 python3-libtorrent opentracker wrk syncthing mktorrent iproute2"
+PACKAGES="chromium redis-server aria2 python3-libtorrent opentracker wrk syncthing mktorrent iproute2 curl"
 
 missing=""
 for package in $PACKAGES; do

@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from tests.procs import ROOT, Child, spawn, start_tracker
+from tests.test_gateway_swarm import curl
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +70,15 @@ async def test_new_peers_swarm_through_an_old_tracker(old_tree: pathlib.Path, tm
     async with trio.open_nursery() as nursery:
         async with spawn(nursery, "-m", "tracker", "--port", "0", "--db", str(tmp_path / "t.db"), name="old tracker", cwd=old_tree) as tracker:
             port = int((await tracker.wait_for(r"tracker listening on 127\.0\.0\.1:(\d+)")).group(1))
-            async with spawn(nursery, "-m", "chunkswarm", "seed", str(tmp_path / "src"), "--chunk-size", str(CHUNK),
+            # The new seeder runs an HTTP gateway (PROTOCOL.md §8.10): the old tracker cannot be told its port, and needs not be.
+            async with spawn(nursery, "-m", "chunkswarm", "seed", str(tmp_path / "src"), "--chunk-size", str(CHUNK), "--http", "127.0.0.1:0",
                              *_peer(port, tmp_path / "s", "new-seeder"), name="new seeder") as seeder:  # fmt: skip
                 with trio.fail_after(20):
+                    url = (await seeder.wait_for(r"HTTP gateway on (http://\S+/files/)")).group(1)
                     await seeder.wait_for("seeding a.bin")
                 await _get(nursery, ["-m", "chunkswarm", "get", "a.bin", *_peer(port, tmp_path / "g", "new-getter")], tmp_path / "out")
+                status, _, body, _ = await curl(url + "a.bin")
+                assert (status, body) == (200, data)
         nursery.cancel_scope.cancel()
     assert (tmp_path / "out" / "a.bin").read_bytes() == data
 

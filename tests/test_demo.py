@@ -13,6 +13,7 @@ import sys
 import trio
 
 from chunkswarm.demo import DemoOutcome, PeerReport
+from tests.test_gateway_swarm import curl
 from tests.test_peer_processes import Child
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -135,6 +136,11 @@ async def test_keep_running_prints_a_join_command_that_works(nursery: trio.Nurse
             joined = await trio.run_process(command, stdin=b"c\nd file1_dir1.txt\n", capture_stdout=True, capture_stderr=True)
             assert b"saved file1_dir1.txt (8.8 KiB)" in joined.stdout, joined.stdout + joined.stderr
             assert (tmp_path / "got" / "file1_dir1.txt").read_bytes() == (ROOT / "sample_files" / "dir1" / "file1_dir1.txt").read_bytes()
+            # And the file over HTTP, through peer-1's gateway, as printed.
+            url = re.search(r"curl -O (http://127\.0\.0\.1:\d+/files/file1_dir1\.txt)", demo.text)
+            assert url is not None, demo.text
+            status, _, body, _ = await curl(url.group(1))
+            assert (status, body) == (200, (ROOT / "sample_files" / "dir1" / "file1_dir1.txt").read_bytes())
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 0
         await demo.wait_for("tracker stopped")

@@ -231,3 +231,33 @@ async def test_a_second_process_on_one_state_folder_runs_as_another_node(tmp_pat
     other = await trio.run_process([sys.executable, "-c", script, str(tmp_path)], capture_stdout=True, capture_stderr=True)
     assert other.stdout.decode().strip() != first.display
     assert b"another process runs as node" in other.stderr
+
+
+async def test_http_serves_files_from_the_swarm_beside_the_shell(seeded_tracker: str, tmp_path: pathlib.Path) -> None:
+    """``demo_peer.py --http``: the shell says where its gateway is, which fetches a file from the swarm into the download folder."""
+    from tests.test_gateway_swarm import curl
+
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(ROOT / "demo_peer.py"), "--tracker", seeded_tracker, "--download-dir", str(tmp_path / "downloads"),
+         "--state-dir", str(tmp_path / "shell"), "--http", "127.0.0.1:0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    output = bytearray()
+    try:
+        with trio.fail_after(30):
+            await process.stdin.send_all(b"c\n")
+            while (found := re.search(rb"serving files over HTTP: (http://127\.0\.0\.1:\d+/files/)NAME", output)) is None or b"connected" not in output:
+                data = await process.stdout.receive_some(65536)
+                assert data, output.decode()
+                output.extend(data)
+            status, _, body, _ = await curl(found.group(1).decode() + "gradient.bmp")
+            assert (status, body) == (200, (SEEDED / "gradient.bmp").read_bytes())
+            while not (tmp_path / "downloads" / "gradient.bmp").exists():  # the download puts it in place after the last chunk
+                await trio.sleep(0.05)
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (tmp_path / "downloads" / "gradient.bmp").read_bytes() == (SEEDED / "gradient.bmp").read_bytes()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.capabilities import KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
+from common.capabilities import GATEWAY, KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
@@ -113,6 +113,11 @@ def _check_capability_vectors(section: str, capability: str, messages: list[Mess
 def test_the_withdraw_vectors_are_the_encoding() -> None:
     """PROTOCOL.md §8.5: a client offering withdraw, a server that speaks it, and the WITHDRAW message."""
     _check_capability_vectors("8.5", WITHDRAW, [Withdraw(F, ((0, 2), (5, 6))), Withdraw(F, ())])
+
+
+def test_the_gateway_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.10: a client offering gateway, a server that speaks it, REGISTER with and without the gateway's port."""
+    _check_capability_vectors("8.10", GATEWAY, [Register(6881, 8080), Register(6881)])
 
 
 def test_the_lookup_vectors_are_the_encoding() -> None:

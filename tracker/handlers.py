@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import GATEWAY, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -150,8 +150,12 @@ def register_bound(connection: Connection, request: Register) -> bytes:
 
 
 def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
+    # PROTOCOL.md §8.10: the gateway's port counts only on a connection that agreed on gateway.
+    agreement = connection.agreement
+    http_port = (request.http_port or None) if agreement is not None and agreement.speaks(GATEWAY) else None
     try:
-        peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to, connection.node)
+        peer, new = connection.service.registry.register(_peer_id(connection), connection.host, request.listen_port, bound_to, connection.node,
+                                                         http_port)  # fmt: skip
     except TrackerError as exc:
         if exc.code != ErrorCode.BUSY:
             raise

@@ -58,6 +58,7 @@ class Peer:
     #: only a connection proving the same key may act as this peer. None: registered without identity.
     node: bytes | None = None
     replicas: dict[bytes, Replica] = attrs.field(factory=dict, repr=False)  # file id -> replica
+    #: The port of its HTTP gateway at ``host`` (capability gateway, PROTOCOL.md §8.10); None: none known.
     http_port: int | None = None
 
     @property

@@ -76,7 +76,8 @@ class Registry:
 
     # -- peers -----------------------------------------------------------------
     def register(
-        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None
+        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None,
+        http_port: int | None = None,
     ) -> tuple[Peer, bool]:
         """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new.
 
@@ -85,6 +86,7 @@ class Registry:
         the node id the connection proved (PROTOCOL.md §8.6), which the peer is
         then bound to: only that node may register it again, from any address;
         a proven node takes over a record of its peer id made without one.
+        ``http_port``: its HTTP gateway's port (PROTOCOL.md §8.10), as of this registration.
         """
         now = self.clock()
         peer = self._live(peer_id, now)
@@ -103,10 +105,11 @@ class Registry:
                 for replica in peer.replicas.values():
                     replica.file.entries[replica.slot] = None
             peer.connection = connection  # the latest registration decides
+            peer.http_port = http_port
             self._touch(peer, now)
             return peer, False
         self.addresses.check_room(host, self.max_peers_per_ip)
-        peer = Peer(peer_id, host, port, now, connection, node)
+        peer = Peer(peer_id, host, port, now, connection, node, http_port=http_port)
         self._peers[peer_id] = peer
         self.addresses.join(host, port)
         return peer, True

@@ -96,10 +96,11 @@ class SharedRegistry(Registry):
         self.wake.set()
 
     def register(
-        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None
+        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None,
+        http_port: int | None = None,
     ) -> tuple[Peer, bool]:
-        peer, new = super().register(peer_id, host, port, connection, node)
-        self._note(["R", peer_id, host, port, node])
+        peer, new = super().register(peer_id, host, port, connection, node, http_port)
+        self._note(["R", peer_id, host, port, node, http_port])
         return peer, new
 
     def peer(self, peer_id: bytes, host: str, port: int | None = None, node: bytes | None = None) -> Peer:
@@ -152,8 +153,8 @@ class Replicator:
         """Load the peers and replicas of the snapshot into the registry (the catalogue came through the store)."""
         registry = self.registry
         loaded = 0
-        for peer_id, host, port, node, replicas in await self.store.load_peers(self.service.config.peer_timeout):
-            self._register(peer_id, host, port, node)
+        for peer_id, host, port, node, http_port, replicas in await self.store.load_peers(self.service.config.peer_timeout):
+            self._register(peer_id, host, port, node, http_port)
             for file_id, mask in replicas.items():
                 self._set_chunks(peer_id, file_id, mask)
             loaded += 1
@@ -243,7 +244,7 @@ class Replicator:
                     except TrackerError:
                         pass  # expired here meanwhile
         elif kind == "R":
-            self._register(*event[1:5])
+            self._register(*event[1:6])
         elif kind == "D":
             peer = registry.get_peer(event[1])
             if peer is not None:
@@ -267,14 +268,14 @@ class Replicator:
                 if manifest_or_none is not None:
                     self.service.publishers.forget(manifest_or_none)
 
-    def _register(self, peer_id: bytes, host: str, port: int, node: bytes | None) -> None:
+    def _register(self, peer_id: bytes, host: str, port: int, node: bytes | None, http_port: int | None = None) -> None:
         """The peer as another process registered it: the latest registration, wherever it was, decides."""
         registry = self.registry
         peer = registry.get_peer(peer_id)
         if peer is not None and (peer.host, peer.node) != (host, node):
             Registry.deregister(registry, peer_id, peer.host, None, peer.node)
         try:
-            Registry.register(registry, peer_id, host, port, None, node)
+            Registry.register(registry, peer_id, host, port, None, node, http_port)
         except TrackerError as exc:  # this replica's cap of peers per network: it counts them all
             log.debug("peer %s registered elsewhere is not kept here: %s", peer_id.hex()[:16], exc)
 

@@ -132,7 +132,7 @@ local now = ARGV[3]
 for _, ev in ipairs(cmsgpack.unpack(ARGV[1])) do
   local kind, peer = ev[1], ev[2]
   if kind == 'R' then
-    redis.call('HSET', KEYS[2], peer, cmsgpack.pack({ev[3], ev[4], ev[5]}))
+    redis.call('HSET', KEYS[2], peer, cmsgpack.pack({ev[3], ev[4], ev[5] or false, ev[6] or false}))
     redis.call('ZADD', KEYS[3], now, peer)
   elseif kind == 'D' then
     redis.call('HDEL', KEYS[2], peer); redis.call('DEL', ARGV[4] .. peer); redis.call('ZREM', KEYS[3], peer)
@@ -257,8 +257,8 @@ class SharedStore:
         newest = await self.client.xrevrange(key(b"log"), count=1)
         return newest[0].identifier if newest else b"0-0"
 
-    async def load_peers(self, peer_timeout: float) -> list[tuple[bytes, str, int, bytes | None, dict[bytes, bytes]]]:
-        """The peers seen within ``peer_timeout``: (peer id, host, port, node, {file id: chunk mask})."""
+    async def load_peers(self, peer_timeout: float) -> list[tuple[bytes, str, int, bytes | None, int | None, dict[bytes, bytes]]]:
+        """The peers seen within ``peer_timeout``: (peer id, host, port, node, gateway port, {file id: chunk mask})."""
         live = await self.client.zrange(key(b"seen"), self.clock() - peer_timeout, "+inf", sortby=coredis.PureToken.BYSCORE)
         if not live:
             return []
@@ -267,9 +267,12 @@ class SharedStore:
         for peer_id, packed in zip(live, rows, strict=True):
             if packed is None:
                 continue
-            host, port, *node = msgpack.unpackb(packed, raw=True)  # packed by _WRITE: no node, no third item
+            # Packed by _WRITE: [host, port, node or false, gateway port or false] (older snapshots: fewer items).
+            host, port, *rest = msgpack.unpackb(packed, raw=True)
+            node = rest[0] if rest and rest[0] else None
+            http_port = rest[1] if len(rest) > 1 and rest[1] else None
             replicas = await self.client.hgetall(key(b"r:", peer_id))
-            peers.append((peer_id, host.decode(), port, node[0] if node else None, dict(replicas)))
+            peers.append((peer_id, host.decode(), port, node, http_port, dict(replicas)))
         return peers
 
     async def write(self, events: list[list[Any]]) -> None:
