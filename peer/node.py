@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from common.capabilities import LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import COLLECTIONS, LOOKUP, UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
 from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, ValidationError
 from common.manifest import Manifest, check_publishable_name, shown_name
@@ -146,7 +146,8 @@ class Peer:
             # Only the tracker is offered withdraw, unpublish and lookup: chunk servers have no use for
             # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
             # HELLO that offers anything, and is greeted again without (peer/greeting.py).
-            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1,
+                                                                    COLLECTIONS: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
