@@ -233,6 +233,13 @@ class Peer:
             manifests.append(manifest)
         return manifests
 
+    async def hold(self, path: pathlib.Path) -> Manifest:
+        """Hash (or take from the cache) and serve ``path`` without a word to the tracker: the caller publishes it, in a batch."""
+        manifest, signature, _ = await self._manifest_for(path, None)
+        self.forget(path, keep=manifest.file_id)
+        self.library.add(open_published(path, manifest, signature))
+        return manifest
+
     def forget(self, path: pathlib.Path, *, keep: bytes | None = None) -> list[Manifest]:
         """Stop serving the published file at ``path`` (every version of it but ``keep``); the manifests dropped."""
         where = path.absolute()
