@@ -1,10 +1,11 @@
-"""A peer command started without ``--tracker`` (and without CHUNKSWARM_TRACKER) looks for a tracker on the LAN by mDNS.
-
-It says which it found (and which, if several), and falls back to
-127.0.0.1:7070 when none answers within ``DISCOVERY_TIMEOUT`` seconds.
+"""A peer command started without ``--tracker`` (and without CHUNKSWARM_TRACKER) uses the tracker on this machine
+(127.0.0.1:7070) when one listens there, as before; otherwise it looks for one on the LAN by mDNS, says which it
+found (and which, if several), and falls back to 127.0.0.1:7070 when none answers within ``DISCOVERY_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
+
+import socket
 
 import click
 
@@ -14,10 +15,17 @@ from peer.discovery import DISCOVERY_TIMEOUT, browse, choose
 __all__ = ["find_tracker", "FALLBACK"]
 
 FALLBACK = ("127.0.0.1", TRACKER_PORT)
+#: A tracker on this machine answers a connection at once.
+_LOCAL_PROBE = 0.3
 
 
 def find_tracker(*, private: bool, timeout: float = DISCOVERY_TIMEOUT) -> tuple[str, int]:
-    """The address of the tracker found on the LAN (told on stderr), else FALLBACK."""
+    """FALLBACK if a tracker listens there; else the address of the tracker found on the LAN (told on stderr), else FALLBACK."""
+    try:
+        with socket.create_connection(FALLBACK, timeout=_LOCAL_PROBE):
+            return FALLBACK  # a tracker on this machine: no need to ask the LAN
+    except OSError:
+        pass
     try:
         found = browse(timeout)
     except OSError as exc:  # no network to browse (no multicast route, no interface up)
