@@ -87,7 +87,7 @@ async def _freeze_long_lived_objects() -> None:
         gc.set_threshold(young, *older)
 
 
-async def _run_until_signal(config: TrackerConfig, mdns: bool = False) -> None:
+async def _run_until_signal(config: TrackerConfig) -> None:
     """Serve until SIGINT/SIGTERM; errors before the tracker is listening are raised as they are."""
     startup_error: OSError | StorageError | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -99,7 +99,7 @@ async def _run_until_signal(config: TrackerConfig, mdns: bool = False) -> None:
                 startup_error = exc
             else:
                 nursery.start_soon(_freeze_long_lived_objects)
-                if mdns:  # found on the LAN by peers started without --tracker (peer/discovery.py)
+                if config.mdns:  # found on the LAN by peers started without --tracker (peer/discovery.py)
                     from tracker.mdns import advertise  # zeroconf is loaded only by a tracker that advertises
 
                     nursery.start_soon(partial(advertise, config.node_key, config.host, running.port, private=config.swarm is not None))
@@ -196,12 +196,13 @@ def tracker_command(
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
             swarm=swarm,
             allow=allow,
+            mdns=mdns,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     _raise_fd_limit(max_connections + 64)
     try:
-        trio.run(_run_until_signal, config, mdns)
+        trio.run(_run_until_signal, config)
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
