@@ -50,8 +50,10 @@ Trackers = tuple[tuple[str, int], ...]
 def parse_trackers(ctx: click.Context, param: click.Parameter, value: Sequence[str] | str) -> Trackers:
     """Each ``--tracker``, each split at commas and spaces (as CHUNKSWARM_TRACKER may list them): the addresses in order."""
     words = [word for text in ([value] if isinstance(value, str) else value) for word in re.split(r"[,\s]+", text) if word]
-    if not words:
-        raise click.BadParameter("give a tracker address HOST[:PORT]")
+    if not words:  # neither --tracker nor CHUNKSWARM_TRACKER: look on the LAN (mDNS)
+        from chunkswarm.discover import find_tracker
+
+        return (find_tracker(private=ctx.params.get("swarm") is not None),)
     try:
         return tuple(dict.fromkeys(parse_address(word, default_port=TRACKER_PORT) for word in words))
     except ValidationError as exc:
@@ -69,10 +71,10 @@ def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> C
     return func
 
 
-_TRACKER_OPTION = click.option("--tracker", multiple=True, default=(DEFAULT_TRACKER,), envvar="CHUNKSWARM_TRACKER", show_default=True,
-                               show_envvar=True, callback=parse_trackers,
+_TRACKER_OPTION = click.option("--tracker", multiple=True, envvar="CHUNKSWARM_TRACKER", show_envvar=True, callback=parse_trackers,
                                help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out); given again (or a list, comma- or "
-                                    "space-separated), trackers sharing the swarm, tried in turn when the one in use fails.")  # fmt: skip
+                                    "space-separated), trackers sharing the swarm, tried in turn when the one in use fails  [default: the "
+                                    f"tracker found on the LAN by mDNS, else {DEFAULT_TRACKER}]")  # fmt: skip
 _LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import signal
+from functools import partial
 
 import click
 import platformdirs
@@ -92,12 +93,16 @@ async def _run_until_signal(config: TrackerConfig) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(serve_tracker, config)
+                running = await nursery.start(serve_tracker, config)
             except (OSError, StorageError) as exc:
                 # Raised from here it would come out of the nursery wrapped in an ExceptionGroup.
                 startup_error = exc
             else:
                 nursery.start_soon(_freeze_long_lived_objects)
+                if config.mdns:  # found on the LAN by peers started without --tracker (peer/discovery.py)
+                    from tracker.mdns import advertise  # zeroconf is loaded only by a tracker that advertises
+
+                    nursery.start_soon(partial(advertise, config.node_key, config.host, running.port, private=config.swarm is not None))
                 async for signum in signals:
                     log.info("%s received, shutting down", signal.Signals(signum).name)
                     break
@@ -157,6 +162,8 @@ def _http_address(host: str, http: str | None, no_http: bool) -> tuple[str | Non
               help="HTTP connections open at once; more are closed at accept.")  # fmt: skip
 @click.option("--state", metavar="redis://HOST:PORT/N", default=None,
               help="Keep peers, replicas and the catalogue in this Redis database, shared with the other trackers given it  [default: in memory, the catalogue in --db]")  # fmt: skip
+@click.option("--mdns/--no-mdns", default=True, show_default=True,
+              help="Advertise the tracker on the LAN by mDNS (_chunkswarm._tcp), so peers find it without --tracker.")  # fmt: skip
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
@@ -185,6 +192,7 @@ def tracker_command(
     allow: AllowList,
     log_level: str,
     log_file: pathlib.Path | None,
+    mdns: bool,
 ) -> None:
     """Run the tracker of a swarm until SIGINT or SIGTERM."""
     setup_logging(log_level, log_file)
@@ -222,6 +230,7 @@ def tracker_command(
             http_port=http_port,
             max_http_connections=max_http_connections,
             state=state,
+            mdns=mdns,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

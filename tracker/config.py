@@ -112,6 +112,8 @@ class TrackerConfig:
     #: Shared state (``tracker.shared``): ``redis://HOST:PORT/N``, where several trackers keep one swarm. None: in
     #: memory, the catalogue in SQLite (``db_path``).
     state: str | None = None
+    #: Advertise the tracker on the LAN by mDNS (``tracker/mdns.py``); the ``tracker`` command's default, not ``serve_tracker``'s.
+    mdns: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -20,6 +20,7 @@ from common.address import format_address
 from common.identity import short_id
 from common.manifest import Manifest
 from common.wording import plural
+from tracker.collections import CollectionBook
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
@@ -66,6 +67,8 @@ class TrackerService:
     private: PrivateTracker | None = None
     #: Recent searches, from the protocol (LIST_FILES, LOOKUP) and the web UI, for the stats page.
     searches: SearchLog = attrs.field(factory=SearchLog)
+    #: Collections (PROTOCOL.md §8.11); ``serve_tracker`` opens the durable one beside the catalogue.
+    collections: CollectionBook = attrs.field(factory=lambda: CollectionBook.open(None))
 
     @classmethod
     def create(
@@ -196,6 +199,8 @@ async def serve_tracker(
             service = TrackerService.create(config, store, catalogue, published, SharedRegistry)
             replicator = Replicator(service, shared, position)
             await replicator.load()
+        service.collections.close()
+        service.collections = await trio.to_thread.run_sync(CollectionBook.open, config.db_path)
         if service.registry.file_count:
             log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.state or config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
@@ -223,6 +228,7 @@ async def serve_tracker(
         finally:
             if hub is not None:  # every connection task has ended with the nursery
                 hub.close()
+            service.collections.close()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
