@@ -16,7 +16,7 @@ from rich.text import Text
 from chunkswarm.console import setup_logging
 from chunkswarm.node_commands import _STATE_DIR_OPTION, _node_key
 from chunkswarm.node_key import KEY_FILE, claim_node_key, load_or_create_key
-from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, _config, _peer_options, _run, _serve_until_signalled
+from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _config, _peer_options, _run, _serve_until_signalled, tracker_settings
 from common.address import format_address
 from common.collection import CollectionVersion, sign_version
 from common.errors import ChunkswarmError, NotAnOwner, TrackerError, ValidationError
@@ -127,12 +127,12 @@ def _public_key(text: str) -> bytes:
 @_STATE_DIR_OPTION
 @_TRACKER_OPTION
 @_LOG_LEVEL_OPTION
-def allow(name: str, key: str, state_dir: pathlib.Path | None, tracker: tuple[str, int], log_level: str) -> None:
+def allow(name: str, key: str, state_dir: pathlib.Path | None, tracker: Trackers, log_level: str) -> None:
     """Make the node with PUBLIC-KEY an owner of collection NAME too (a new version, signed by this node, an owner)."""
     setup_logging(log_level)
     added = _public_key(key)
     _, signer = _node_key(state_dir)
-    version = _run(_allow, PeerConfig(tracker=tracker, node_key=signer), name, added)
+    version = _run(_allow, PeerConfig(**tracker_settings(tracker), node_key=signer), name, added)
     click.echo(f"collection {name} version {version.sequence}: owners {', '.join(short_id(node_id(k)) for k in version.owners)}")
 
 
@@ -158,10 +158,10 @@ def _show_options(func: Any) -> Any:
 @collection.command()
 @click.argument("name", callback=_name)
 @_show_options
-def show(name: str, tracker: tuple[str, int], log_level: str) -> None:
+def show(name: str, tracker: Trackers, log_level: str) -> None:
     """Show collection NAME: its root, sequence, owners and entries (every version checked from the first)."""
     setup_logging(log_level)
-    version = _run(_fetch, PeerConfig(tracker=tracker), name)
+    version = _run(_fetch, PeerConfig(**tracker_settings(tracker)), name)
     out = Console()
     out.print(Text(f"collection {name}, version {version.sequence}\nroot {version.root.hex()}\nsigned by {format_node_id(node_id(version.signer))}"))
     for key in version.owners:
@@ -188,10 +188,10 @@ async def _fetch(config: PeerConfig, name: str) -> CollectionVersion:
 @click.argument("path")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None, help="Write the proof here [default: stdout].")
 @_show_options
-def proof(name: str, path: str, output: pathlib.Path | None, tracker: tuple[str, int], log_level: str) -> None:
+def proof(name: str, path: str, output: pathlib.Path | None, tracker: Trackers, log_level: str) -> None:
     """Write the proof that PATH belongs to the current version of NAME (for `collection verify`)."""
     setup_logging(log_level)
-    config = PeerConfig(tracker=tracker)
+    config = PeerConfig(**tracker_settings(tracker))
     made = _run(_proof, config, name, path)
     if output is None:
         click.echo(made.to_json())

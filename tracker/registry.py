@@ -18,13 +18,12 @@ peers x 100 files answers tens of thousands of requests a second:
   incrementally; a replica joins and leaves in O(1), so dropping a peer costs
   O(its replicas) and a withdrawal what an announcement does (a mask over the
   file's chunks), plus O(1) to remove the replica when nothing is left;
-* a peer bound to its connection (capability ``withdraw``) keeps that
-  connection's token, so releasing it when the connection closes is one look-up;
-* each file keeps, beside its replica list, a list of their wire entries
-  (address and bitfield) cached for the server until a replica changes, so a
-  WHO_HAS touches 50 small byte strings rather than 50 objects and their sets;
-* a look-up is O(log files + matches) (``tracker/index.py``); peers are
-  counted per network and address in O(1) (``tracker/limits.py``).
+* a peer bound to its connection (capability ``withdraw``) keeps that connection's
+  token, so releasing it when the connection closes is one look-up;
+* each file caches its replicas' wire entries (address and bitfield) until a replica
+  changes, so a WHO_HAS touches 50 small byte strings rather than 50 objects;
+* a look-up is O(log files + matches) (``tracker/index.py``); peers are counted per
+  network and address in O(1) (``tracker/limits.py``).
 """
 
 from __future__ import annotations
@@ -76,8 +75,7 @@ class Registry:
 
     # -- peers -----------------------------------------------------------------
     def register(
-        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None,
-        http_port: int | None = None,
+        self, peer_id: bytes, host: str, port: int, connection: object | None = None, node: bytes | None = None, http_port: int | None = None
     ) -> tuple[Peer, bool]:
         """Make ``peer_id`` live at ``(host, port)``; returns the peer and whether it is new.
 
@@ -86,8 +84,7 @@ class Registry:
         the node id the connection proved (PROTOCOL.md §8.6), which the peer is
         then bound to: only that node may register it again, from any address;
         a proven node takes over a record of its peer id made without one.
-        ``http_port``: its HTTP gateway's port (PROTOCOL.md §8.10), as of this registration.
-        """
+        ``http_port``: its HTTP gateway's port (PROTOCOL.md §8.10), as of this registration."""
         now = self.clock()
         peer = self._live(peer_id, now)
         if peer is not None and node is not None and peer.node is None:
@@ -418,9 +415,5 @@ class Registry:
         return len(self._files)
 
     def counts(self) -> dict[str, int]:
-        return {
-            "peers": len(self._peers),
-            "files": len(self._files),
-            "replicas": self.replica_count,
-            "chunk_replicas": self.chunk_replica_count,
-        }
+        counted = (len(self._peers), len(self._files), self.replica_count, self.chunk_replica_count)
+        return dict(zip(("peers", "files", "replicas", "chunk_replicas"), counted, strict=True))
