@@ -17,6 +17,7 @@ import click
 import platformdirs
 import trio
 
+from chunkswarm.bt_options import bittorrent_options
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
 from chunkswarm.swarm_command import swarm_options
@@ -24,6 +25,7 @@ from common.address import TRACKER_PORT
 from common.allow import AllowList
 from common.errors import StorageError
 from common.swarm import SwarmFile
+from tracker.bittorrent.settings import BitTorrentConfig
 from tracker.config import DEFAULT_CONNECTIONS_PER_IP, DEFAULT_IO, DEFAULT_PEERS_PER_IP, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
 
@@ -137,6 +139,7 @@ async def _run_until_signal(config: TrackerConfig) -> None:
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
 @swarm_options
+@bittorrent_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
 def tracker_command(
@@ -158,6 +161,7 @@ def tracker_command(
     io: IoPath,
     swarm: SwarmFile | None,
     allow: AllowList,
+    bittorrent: BitTorrentConfig,
     log_level: str,
     log_file: pathlib.Path | None,
 ) -> None:
@@ -188,6 +192,7 @@ def tracker_command(
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
             swarm=swarm,
             allow=allow,
+            bittorrent=bittorrent,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -12,6 +12,7 @@ from common.framing import DEFAULT_MAX_FRAME_SIZE
 from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
 from common.swarm import SwarmFile
+from tracker.bittorrent.settings import BitTorrentConfig
 
 __all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO", "DEFAULT_PEERS_PER_IP", "DEFAULT_CONNECTIONS_PER_IP"]
 
@@ -103,6 +104,8 @@ class TrackerConfig:
     swarm: SwarmFile | None = None
     #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
     allow: AllowList = attrs.field(factory=AllowList)
+    #: BitTorrent's tracker protocol beside the native one (``tracker.bittorrent``): off unless an address is set.
+    bittorrent: BitTorrentConfig = attrs.field(factory=BitTorrentConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -19,6 +19,9 @@ from common.address import format_address
 from common.identity import short_id
 from common.manifest import Manifest
 from common.wording import plural
+from tracker.bittorrent.front import BtFront
+from tracker.bittorrent.service import BtAddresses, serve_bittorrent
+from tracker.bittorrent.settings import BitTorrentConfig
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
@@ -58,6 +61,8 @@ class TrackerService:
     hub: ReadinessHub | None = None
     #: A private swarm's TLS and proof (``tracker.private``); None: an open tracker.
     private: PrivateTracker | None = None
+    #: BitTorrent's swarms and settings (``tracker.bittorrent``), kept even while its protocol is off (then empty).
+    bittorrent: BtFront = attrs.field(factory=lambda: BtFront.create(BitTorrentConfig(), trio.current_time))
 
     @classmethod
     def create(
@@ -72,12 +77,15 @@ class TrackerService:
             if registry.has_file(file_id):
                 publishers.add(registry.record(file_id).manifest, publisher)
         private = None if config.swarm is None else PrivateTracker.create(config.swarm, config.node_key)
-        return cls(config, registry, store, publishers, private=private)
+        bittorrent = BtFront.create(config.bittorrent, trio.current_time)
+        return cls(config, registry, store, publishers, private=private, bittorrent=bittorrent)
 
     def stats(self) -> dict[str, int | float]:
         counters: dict[str, int | float] = dict(self.registry.counts())
         counters["connections"] = self.connections
         counters["requests"] = self.requests
+        if self.config.bittorrent.enabled:
+            counters.update(self.bittorrent.swarms.counts())
         counters["uptime_s"] = round(trio.current_time() - self.started_at, 3)
         return counters
 
@@ -148,6 +156,8 @@ class RunningTracker:
     host: str
     port: int
     service: TrackerService = attrs.field(repr=False)
+    #: Where BitTorrent's HTTP and UDP announce listen, if they are on.
+    bittorrent: BtAddresses = attrs.field(factory=BtAddresses)
 
     def stats(self) -> dict[str, int | float]:
         return self.service.stats()
@@ -176,12 +186,15 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
                 nursery.start_soon(service.stats_loop)
                 nursery.start_soon(retention_loop, service)
                 await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
+                bt_addresses = BtAddresses()
+                if config.bittorrent.enabled:
+                    bt_addresses = await nursery.start(serve_bittorrent, service.bittorrent, config.allow.admits, config.io == "epoll")
                 bound = [listener.socket.getsockname() for listener in listeners]
                 for address in bound:
                     log.info("tracker listening on %s", format_address(observed_host(address[0]), address[1]))
                 log.info("tracker node id %s (%s)%s", config.node_key.display, short_id(config.node_key.node_id),
                          "; identified nodes only" if config.require_identity else "")  # fmt: skip
-                task_status.started(RunningTracker(bound[0][0], bound[0][1], service))
+                task_status.started(RunningTracker(bound[0][0], bound[0][1], service, bt_addresses))
         finally:
             if hub is not None:  # every connection task has ended with the nursery
                 hub.close()
