@@ -145,9 +145,9 @@ class Swarms:
         """Record an announce from ``host`` and answer it with up to ``numwant`` other peers of the swarm.
 
         ``event`` is one of the ``EVENT_*`` values: ``EVENT_STOPPED`` removes
-        the peer (and answers no peers), ``EVENT_COMPLETED`` counts one
-        completed download the first time a peer of this swarm reports it.
-        A peer with nothing ``left`` is a seeder. ``listed``: also give the
+        the peer (and answers no peers). A completed download is counted once
+        per peer: when it says ``EVENT_COMPLETED``, or when a peer known as a
+        leecher has nothing ``left``. A peer with nothing ``left`` is a seeder. ``listed``: also give the
         peers with their ids (``compact=0``). Raises :class:`BtFailure`.
         """
         if port == 0:
@@ -162,9 +162,10 @@ class Swarms:
         if peer is not None and peer.host != host:
             raise BtFailure("this peer id is announced from another address")
         if event == EVENT_STOPPED:
-            if peer is not None:
-                self._remove(key, peer)
             swarm = self._swarms.get(info_hash)
+            if peer is not None:
+                self._finish(peer, left, event)
+                self._remove(key, peer)
             if swarm is None:
                 return Peers(0, 0, 0, b"", b"")
             return Peers(swarm.seeders, swarm.leechers, swarm.downloaded, b"", b"")
@@ -173,19 +174,16 @@ class Swarms:
             if swarm is None:
                 swarm = Swarm(info_hash)
             peer = self._add(key, peer_id, host, port, swarm)
+            peer.seeder = left == 0
+            peer.completed = peer.seeder and event != EVENT_COMPLETED  # a newcomer that seeds did not download here
+            swarm.seeders += peer.seeder
         else:
             assert swarm is not None
             if peer.port != port:
                 self._move(peer, port)
             self._peers.move_to_end(key)
         peer.last_seen = now
-        seeder = left == 0
-        if seeder != peer.seeder:
-            swarm.seeders += 1 if seeder else -1
-            peer.seeder = seeder
-        if event == EVENT_COMPLETED and not peer.completed:
-            peer.completed = True
-            swarm.downloaded += 1
+        self._finish(peer, left, event)
         # A seeder has no use for other seeders, but the window is random and cheap; clients skip seeders themselves.
         return Peers(
             swarm.seeders, swarm.leechers, swarm.downloaded,
@@ -213,6 +211,21 @@ class Swarms:
             self._remove(key, peer)
             dropped += 1
         return dropped
+
+    def _finish(self, peer: BtPeer, left: int, event: int) -> None:
+        """Count a completed download once per peer: it says ``completed``, or a leecher now has nothing left.
+
+        (aria2c with ``--seed-time=0`` never says ``completed``: it stops with nothing left.)
+        """
+        if left == 0 and not peer.seeder:
+            peer.seeder = True
+            peer.swarm.seeders += 1
+        elif left and peer.seeder:  # a seeder that lost data, or a client restarted on a partial copy
+            peer.seeder = False
+            peer.swarm.seeders -= 1
+        if (event == EVENT_COMPLETED or peer.seeder) and not peer.completed:
+            peer.completed = True
+            peer.swarm.downloaded += 1
 
     def summaries(self, limit: int | None = None) -> Iterator[SwarmSummary]:
         """The swarms, most peers first (at most ``limit``)."""
