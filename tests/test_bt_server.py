@@ -228,3 +228,12 @@ def test_settings_refuse_what_would_break_clients() -> None:
     with pytest.raises(ValueError, match="min_interval"):
         BitTorrentConfig(interval=60, min_interval=120)
     assert not BitTorrentConfig().enabled and attrs.evolve(BitTorrentConfig(), udp=("::", 1)).enabled
+
+
+async def test_an_idle_socket_is_closed_on_both_io_paths(nursery: trio.Nursery, io: IoPath) -> None:
+    running = await start(nursery, io, idle_timeout=1.0)
+    assert running.bittorrent.http is not None
+    stream = await trio.open_tcp_stream("127.0.0.1", running.bittorrent.http[1])
+    await stream.send_all(announce_request(1))
+    assert (await read_response(stream, bytearray()))[0] == 200
+    assert await closed(stream)  # within a few seconds, not never
