@@ -47,6 +47,7 @@ from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BY
 from common.lookup_messages import Lookup
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 from common.swarm_messages import SwarmChallenge, SwarmProof
+from common.torrent_messages import ListTorrents, TorrentEntry, TorrentList
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [
@@ -84,6 +85,9 @@ __all__ = [
     "SwarmChallenge",
     "SwarmProof",
     "Lookup",
+    "ListTorrents",
+    "TorrentEntry",
+    "TorrentList",
     "MESSAGE_TYPES",
 ]
 
@@ -366,6 +370,7 @@ Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
     | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof | Lookup
+    | ListTorrents | TorrentList
 )
 
 #: Opcode -> message class, for the decoder.
@@ -375,6 +380,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
         ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof, Lookup,
+        ListTorrents, TorrentList,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

@@ -15,7 +15,7 @@ from tracker.bittorrent.connection_ids import ConnectionIds
 from tracker.bittorrent.errors import BadHttpRequest, BtFailure
 from tracker.bittorrent.http_framing import MAX_HEAD, MAX_LINE, RequestReader, response
 from tracker.bittorrent.replies import announce_reply, failure_reply, scrape_reply
-from tracker.bittorrent.requests import MAX_SCRAPE_HASHES, percent_decode, parse_announce, parse_scrape
+from tracker.bittorrent.requests import MAX_SCRAPE_HASHES, parse_announce, parse_scrape, percent_decode
 from tracker.bittorrent.swarms import EVENT_COMPLETED, EVENT_STOPPED, Peers
 
 HASH = bytes(range(20))

@@ -12,6 +12,11 @@ import pytest
 import trio
 import trio.testing
 
+from common.capabilities import BITTORRENT
+from common.messages import Hello, ListTorrents, TorrentList
+from peer.catalogue import open_catalogue
+from peer.config import PeerConfig
+from peer.tracker_client import open_query_link
 from tracker.bittorrent import udp_packets as udp
 from tracker.bittorrent.front import BtFront
 from tracker.bittorrent.http import HttpAnnounceServer
@@ -134,7 +139,7 @@ async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery, i
     assert replies[1][b"files"][HASH][b"incomplete"] == 1 and replies[3][b"files"][HASH][b"incomplete"] == 2
     assert replies[2][b"peers"] == b"\x7f\x00\x00\x01" + (6881).to_bytes(2, "big")
     stats = running.stats()
-    assert stats["bt_torrents"] == 1 and stats["bt_peers"] == 2
+    assert stats["bittorrent_torrents"] == 1 and stats["bittorrent_peers"] == 2
 
 
 async def test_connections_per_address_are_capped(nursery: trio.Nursery, io: IoPath) -> None:
@@ -237,3 +242,31 @@ async def test_an_idle_socket_is_closed_on_both_io_paths(nursery: trio.Nursery, 
     await stream.send_all(announce_request(1))
     assert (await read_response(stream, bytearray()))[0] == 200
     assert await closed(stream)  # within a few seconds, not never
+
+
+# -- the native side: ls and stats (PROTOCOL.md §8.10) ------------------------------------------
+async def test_ls_lists_the_bittorrent_swarms_only_to_clients_that_agreed(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    running = await start(nursery, "epoll")
+    assert running.bittorrent.http is not None
+    stream = await trio.open_tcp_stream("127.0.0.1", running.bittorrent.http[1])
+    other = bytes(range(100, 120))
+    for request in (announce_request(1), announce_request(2, info_hash=other), announce_request(3, info_hash=other)):
+        await stream.send_all(request)
+        assert (await read_response(stream, bytearray()))[0] == 200
+    config = PeerConfig(tracker=(running.host, running.port))
+    async with open_catalogue(config) as catalogue:
+        torrents = await catalogue.torrents()
+        assert torrents is not None
+        assert [(e.info_hash, e.seeders, e.leechers, e.completed) for e in torrents.entries] == [(other, 0, 2, 0), (HASH, 0, 1, 0)]
+        assert torrents.more == 0
+        one = await catalogue.torrents(limit=1)
+        assert one is not None and [e.info_hash for e in one.entries] == [other] and one.more == 1
+        counters = await catalogue.stats()
+        assert counters["bittorrent_torrents"] == 2 and counters["bittorrent_peers"] == 3
+    # A client that did not agree on bittorrent never gets a TORRENT_LIST: asking is a violation.
+    with pytest.raises(BaseException) as caught:  # the tracker closes: an error or a group of them
+        async with open_query_link((running.host, running.port), Hello(b"q" * 20, 0), timeout=5) as link:
+            assert not link.speaks(BITTORRENT)
+            await link.request(ListTorrents(10), TorrentList, timeout=5)
+    assert not isinstance(caught.value, (AssertionError, trio.Cancelled))
+    assert "LIST_TORRENTS needs the capability bittorrent, which this connection did not agree on" in caplog.text

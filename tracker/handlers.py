@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import BITTORRENT, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -39,6 +39,7 @@ from common.messages import (
     Hello,
     Identify,
     ListFiles,
+    ListTorrents,
     Lookup,
     ManifestReply,
     Message,
@@ -350,7 +351,9 @@ REQUESTS: Final = Handlers(
 #: answered, and a REGISTER binds the registration to this connection.
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
 #: Requests that a capability added: in a table only when the agreement includes it.
-_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP}
+_AGREED_ONLY: Final[Mapping[type, str]] = {
+    Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP, ListTorrents: BITTORRENT,
+}  # fmt: skip
 
 
 def _table(withdraw: bool, look_up: bool, unpublishing: bool) -> Handlers:

@@ -24,6 +24,7 @@ thousands of announces a second):
 
 from __future__ import annotations
 
+import heapq
 import random
 import socket
 from collections import OrderedDict
@@ -227,17 +228,18 @@ class Swarms:
             peer.completed = True
             peer.swarm.downloaded += 1
 
-    def summaries(self, limit: int | None = None) -> Iterator[SwarmSummary]:
-        """The swarms, most peers first (at most ``limit``)."""
-        ranked = sorted(self._swarms.values(), key=lambda swarm: (-len(swarm.peers), swarm.info_hash))
-        for swarm in ranked[:limit]:
+    def summaries(self, limit: int) -> Iterator[SwarmSummary]:
+        """The ``limit`` swarms with the most peers, most first: O(swarms x log limit)."""
+        ranked = heapq.nsmallest(limit, self._swarms.values(), key=lambda swarm: (-len(swarm.peers), swarm.info_hash))
+        for swarm in ranked:
             yield SwarmSummary(swarm.info_hash, swarm.seeders, swarm.leechers, swarm.downloaded)
 
     def counts(self) -> dict[str, int]:
+        """The stats' counters, named for BitTorrent: O(swarms), for the stats request and its log line."""
         return {
-            "bt_torrents": len(self._swarms), "bt_peers": len(self._peers),
-            "bt_seeders": sum(swarm.seeders for swarm in self._swarms.values()),
-            "bt_announces": self.announces, "bt_scrapes": self.scrapes,
+            "bittorrent_torrents": len(self._swarms), "bittorrent_peers": len(self._peers),
+            "bittorrent_seeders": sum(swarm.seeders for swarm in self._swarms.values()),
+            "bittorrent_announces": self.announces, "bittorrent_scrapes": self.scrapes,
         }  # fmt: skip
 
     @property
