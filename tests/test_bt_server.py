@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from urllib.parse import quote_from_bytes
 
@@ -270,3 +271,44 @@ async def test_ls_lists_the_bittorrent_swarms_only_to_clients_that_agreed(nurser
             await link.request(ListTorrents(10), TorrentList, timeout=5)
     assert not isinstance(caught.value, (AssertionError, trio.Cancelled))
     assert "LIST_TORRENTS needs the capability bittorrent, which this connection did not agree on" in caplog.text
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _free_on_both() -> int:
+    while True:
+        with socket.socket(socket.AF_INET6) as v6:
+            v6.bind(("::1", 0))
+            port = int(v6.getsockname()[1])
+            with socket.socket() as v4:
+                try:
+                    v4.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_peers_are_handed_out_in_peers6(nursery: trio.Nursery) -> None:
+    bittorrent = BitTorrentConfig(http=("*", _free_on_both()))  # with port 0 each family would get a port of its own
+    running: RunningTracker = await nursery.start(serve_tracker, TrackerConfig(port=0, bittorrent=bittorrent))
+    assert running.bittorrent.http is not None
+    port = running.bittorrent.http[1]
+    v6 = await trio.open_tcp_stream("::1", port)
+    await v6.send_all(announce_request(1, port=7001))
+    status, body, _ = await read_response(v6, bytearray())
+    assert status == 200 and bencode2.bdecode(body)[b"peers"] == b""
+    v4 = await trio.open_tcp_stream("127.0.0.1", port)
+    await v4.send_all(announce_request(2, port=7002))
+    reply = bencode2.bdecode((await read_response(v4, bytearray()))[1])
+    assert reply[b"peers6"] == socket.inet_pton(socket.AF_INET6, "::1") + (7001).to_bytes(2, "big") and reply[b"peers"] == b""
+    await v6.send_all(announce_request(1, port=7001))
+    reply = bencode2.bdecode((await read_response(v6, bytearray()))[1])
+    assert reply[b"peers"] == b"\x7f\x00\x00\x01" + (7002).to_bytes(2, "big") and b"peers6" not in reply
