@@ -312,3 +312,20 @@ async def test_ipv6_peers_are_handed_out_in_peers6(nursery: trio.Nursery) -> Non
     await v6.send_all(announce_request(1, port=7001))
     reply = bencode2.bdecode((await read_response(v6, bytearray()))[1])
     assert reply[b"peers"] == b"\x7f\x00\x00\x01" + (7002).to_bytes(2, "big") and b"peers6" not in reply
+
+
+async def test_a_long_pipeline_is_answered_whole_a_turn_at_a_time(nursery: trio.Nursery, io: IoPath) -> None:
+    running = await start(nursery, io, max_peers_per_ip_per_torrent=0)
+    assert running.bittorrent.http is not None
+    port = running.bittorrent.http[1]
+    flood = await trio.open_tcp_stream("127.0.0.1", port)
+    count = 3000  # ~700 KB of requests: several turns of MAX_TURN
+    async with trio.open_nursery() as inner:
+        inner.start_soon(flood.send_all, b"".join(announce_request(i, port=1000 + i % 60000) for i in range(count)))
+        buffer = bytearray()
+        for _ in range(count):
+            assert (await read_response(flood, buffer))[0] == 200
+    other = await trio.open_tcp_stream("127.0.0.1", port)
+    await other.send_all(announce_request(99999))
+    assert (await read_response(other, bytearray()))[0] == 200
+    assert running.service.bittorrent.swarms.scrape(HASH)[2] == count + 1

@@ -38,9 +38,12 @@ log = logging.getLogger(__name__)
 
 #: Bytes read at a time.
 RECEIVE_SIZE: Final = 65536
+#: Bytes of requests one connection's turn reads at most: a client that pipelines
+#: without end is answered a turn at a time, in between the others'.
+MAX_TURN: Final = 4 * RECEIVE_SIZE
 #: What the hub's fast path tells a connection's task.
 _CLOSE: Final = "close"
-_FLUSH: Final = "flush"
+_WAKE: Final = "wake"  # unsent answers, or requests left to read
 
 
 def answer(front: BtFront, reader: RequestReader, host: str, where: str) -> tuple[list[bytes], bool]:
@@ -141,6 +144,9 @@ class HubHttpConnection:
     #: What the socket did not take; the task sends it (the client is not reading as fast as it asks).
     unsent: list[bytes] = attrs.field(factory=list)
     closing: bool = False
+    #: Whether the last turn stopped at ``MAX_TURN`` with requests left in the socket: the
+    #: hub reports only new data, so the task reads on.
+    more: bool = False
     #: When the fast path last answered: the idle deadline is checked against it when it
     #: passes rather than moved per request (moving a trio deadline costs more than an answer).
     last_active: float = attrs.field(factory=trio.current_time)
@@ -163,13 +169,18 @@ class HubHttpConnection:
                         continue  # answered by the fast path meanwhile
                     log.debug("closing HTTP announce connection from %s: idle for %gs", self.where, idle)
                     return
-                if woken is None:  # readable while the task was not parked: serve it here
+                if woken is None:  # readable while the task was not parked: served here
                     woken = self._serve_ready()
-                if self.unsent:
-                    await self.stream.send_all(b"".join(self.unsent))
-                    self.unsent.clear()
-                if woken == _CLOSE or self.closing:
-                    return
+                while True:
+                    if self.unsent:
+                        await self.stream.send_all(b"".join(self.unsent))
+                        self.unsent.clear()
+                    if woken == _CLOSE or self.closing:
+                        return
+                    if not self.more:
+                        break
+                    await trio.lowlevel.checkpoint()  # the others' turn before this client's next
+                    woken = self._serve_ready()
         finally:
             hub.unregister(self._fd)
 
@@ -177,8 +188,12 @@ class HubHttpConnection:
         """Read what arrived, answer it and write; None when the task may stay parked."""
         server, fd, reader = self.server, self._fd, self.reader
         must_read_on = server.hub.must_read_on if server.hub is not None else (lambda fd: False)
-        ended = False
-        while True:  # edge-triggered: drain what is there
+        ended = self.more = False
+        taken = 0
+        while True:  # edge-triggered: drain what is there, or note that more is left
+            if taken >= MAX_TURN:
+                self.more = True
+                break
             try:
                 data = os.read(fd, RECEIVE_SIZE)
             except BlockingIOError:
@@ -186,6 +201,7 @@ class HubHttpConnection:
             except OSError:
                 return _CLOSE
             reader.receive_data(data)
+            taken += len(data)
             if not data:
                 ended = True
                 break
@@ -204,11 +220,11 @@ class HubHttpConnection:
             if sent < len(payload):
                 self.unsent.append(payload[sent:])
                 self.closing = close or ended
-                return _FLUSH
+                return _WAKE
         if close or ended:
             return _CLOSE
         self.last_active = trio.current_time()
-        return None
+        return _WAKE if self.more else None
 
 
 async def serve_http(
