@@ -74,6 +74,10 @@ def test_completed_counts_once_per_peer_and_a_leecher_that_finishes_counts(swarm
     assert swarms.scrape(HASH) == (1, 2, 0)
     swarms.announce(HASH, pid(3), "10.0.0.3", 3, left=0)  # came as a seeder: downloaded elsewhere
     assert swarms.scrape(HASH) == (2, 2, 0)
+    swarms.announce(HASH, pid(3), "10.0.0.3", 3, left=7)  # lost data: a leecher again
+    assert swarms.scrape(HASH) == (1, 2, 1) and swarms.counts()["bittorrent_seeders"] == 1
+    swarms.announce(HASH, pid(1), "10.0.0.1", 1, left=0, event=EVENT_STOPPED)
+    assert swarms.counts()["bittorrent_seeders"] == 0
 
 
 def test_stopped_removes_the_peer_and_an_empty_swarm_goes(swarms: Swarms) -> None:
