@@ -22,12 +22,13 @@ from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_o
 from chunkswarm.gateway_option import gateway_config, http_options
 from chunkswarm.node_key import claim_node_key
 from chunkswarm.swarm_command import ALLOW_OPTION, SWARM_OPTION
-from chunkswarm.ui import file_table, progress_display, stats_table
+from chunkswarm.ui import file_table, progress_display, stats_table, torrent_table
 from common.address import TRACKER_PORT, format_address, parse_address
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from common.messages import FileList
+from common.messages import FileList, TorrentList
 from common.swarm import SwarmFile
+from common.torrent_messages import MAX_TORRENTS_LISTED
 from common.wording import format_size, plural
 from peer.catalogue import LIST_LIMIT, open_catalogue
 from peer.config import PeerConfig, default_state_dir
@@ -203,9 +204,13 @@ def ls(pattern: str, limit: int, tracker: Trackers, swarm: SwarmFile | None, log
     """List the tracker's files whose name contains PATTERN, newest first."""
     setup_logging(log_level)
     config = PeerConfig(**tracker_settings(tracker), swarm=swarm)
-    listing, counted = _run(_ls, config, pattern, limit)
+    listing, counted, torrents = _run(_ls, config, pattern, limit)
     out = Console()
     out.print(file_table(list(listing.entries), f"files on {format_address(*config.tracker)}"))
+    if torrents is not None and torrents.entries:
+        out.print(torrent_table(torrents.entries, f"BitTorrent swarms on {format_address(*config.tracker)}"))
+        if torrents.more:
+            out.print(f"{plural(len(torrents.entries), 'swarm')} shown (those with the most peers), {torrents.more:,} more")
     shown = len(listing.entries)
     if listing.more:
         out.print(f"{plural(shown, 'file')} shown, {listing.more:,} more on the tracker: give a PATTERN to narrow the listing, or a larger --limit")
@@ -213,10 +218,13 @@ def ls(pattern: str, limit: int, tracker: Trackers, swarm: SwarmFile | None, log
         out.print(f"the first {plural(shown, 'file')} shown (--limit); the tracker does not say how many more it has")
 
 
-async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, bool]:
+async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, bool, TorrentList | None]:
     # Query only: ls serves nothing, so it must not register as a peer.
     async with open_catalogue(config) as catalogue:
-        return await catalogue.listing(pattern, limit), catalogue.counts_the_rest
+        listing = await catalogue.listing(pattern, limit)
+        # BitTorrent swarms have no names to match: listed with the whole catalogue only.
+        torrents = None if pattern else await catalogue.torrents(min(limit, MAX_TORRENTS_LISTED))
+        return listing, catalogue.counts_the_rest, torrents
 
 
 # -- stats -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import click
 import platformdirs
 import trio
 
+from chunkswarm.bt_options import bittorrent_options
 from chunkswarm.console import LOG_LEVELS, log_file_option, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
 from chunkswarm.swarm_command import swarm_options
@@ -25,6 +26,7 @@ from common.address import TRACKER_PORT, parse_address
 from common.allow import AllowList
 from common.errors import StorageError, ValidationError
 from common.swarm import SwarmFile
+from tracker.bittorrent.settings import BitTorrentConfig
 from tracker.config import DEFAULT_CONNECTIONS_PER_IP, DEFAULT_IO, DEFAULT_PEERS_PER_IP, IO_PATHS, IoPath, TrackerConfig
 from tracker.service import serve_tracker
 
@@ -165,6 +167,7 @@ def _http_address(host: str, http: str | None, no_http: bool) -> tuple[str | Non
 @click.option("--mdns/--no-mdns", default=True, show_default=True,
               help="Advertise the tracker on the LAN by mDNS (_chunkswarm._tcp), so peers find it without --tracker.")  # fmt: skip
 @swarm_options
+@bittorrent_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
 def tracker_command(
@@ -190,6 +193,7 @@ def tracker_command(
     state: str | None,
     swarm: SwarmFile | None,
     allow: AllowList,
+    bittorrent: BitTorrentConfig,
     log_level: str,
     log_file: pathlib.Path | None,
     mdns: bool,
@@ -231,6 +235,7 @@ def tracker_command(
             max_http_connections=max_http_connections,
             state=state,
             mdns=mdns,
+            bittorrent=bittorrent,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from common.manifest import shown_name
-from common.messages import FileEntry
+from common.messages import FileEntry, TorrentEntry
 from common.wording import format_rate, format_size, plural
 from peer.progress import ProgressSink
 
@@ -245,6 +245,16 @@ def file_table(entries: list[FileEntry], title: str, *, id_chars: int = 16) -> T
         chunks = f"{entry.chunk_count}\u00d7{chunk_size_text(entry.chunk_size)}"  # 73 chunks of 4 KiB: "73 (times sign) 4 KiB"
         table.add_row(Text(shown_name(entry.name)), format_size(entry.size), entry.file_id.hex()[:id_chars], chunks, str(entry.holders),
                       str(entry.complete_copies))  # fmt: skip
+    return table
+
+
+def torrent_table(entries: Sequence[TorrentEntry], title: str) -> Table:
+    """The tracker's BitTorrent swarms (PROTOCOL.md §8.12): info-hash, seeders, leechers, completed downloads."""
+    table = Table(title=title)
+    for column, justify in (("info-hash", "left"), ("seeders", "right"), ("leechers", "right"), ("completed", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for entry in entries:
+        table.add_row(entry.info_hash.hex(), f"{entry.seeders:,}", f"{entry.leechers:,}", f"{entry.completed:,}")
     return table
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "LOOKUP",
     "GATEWAY",
     "COLLECTIONS",
+    "BITTORRENT",
     "KNOWN",
 ]
 
@@ -57,16 +58,18 @@ IDENTITY: Final = "identity"
 UNPUBLISH: Final = "unpublish"
 #: ``lookup`` (PROTOCOL.md §8.9): the LOOKUP message, and listings that say how many files they left out.
 LOOKUP: Final = "lookup"
-#: ``gateway`` (PROTOCOL.md §8.11): REGISTER says on which port the peer serves files over HTTP.
+#: ``gateway`` (PROTOCOL.md §8.10): REGISTER says on which port the peer serves files over HTTP.
 GATEWAY: Final = "gateway"
 #: ``collections`` (PROTOCOL.md §8.11): signed collection versions: PUBLISH_COLLECTION, GET_COLLECTION, WATCH_COLLECTION.
 COLLECTIONS: Final = "collections"
+#: ``bittorrent`` (PROTOCOL.md §8.12): LIST_TORRENTS, the BitTorrent swarms the tracker serves over HTTP and UDP announce.
+BITTORRENT: Final = "bittorrent"
 
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1, LOOKUP: 1, GATEWAY: 1, COLLECTIONS: 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1, LOOKUP: 1, GATEWAY: 1, COLLECTIONS: 1, BITTORRENT: 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
 
 
 def capabilities_converter(value: object) -> object:

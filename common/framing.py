@@ -72,6 +72,8 @@ class Opcode(enum.IntEnum):
     WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
     UNPUBLISH = 0x1C  # take a file one published out of the catalogue (capability unpublish, PROTOCOL.md §8.7)
     LOOKUP = 0x1D  # the files an exact name or a file id prefix names (capability lookup, PROTOCOL.md §8.9)
+    LIST_TORRENTS = 0x1E  # the BitTorrent swarms the tracker serves (capability bittorrent, PROTOCOL.md §8.12)
+    TORRENT_LIST = 0x1F  # reply: one entry per BitTorrent swarm
     # Collections (->T, capability collections, PROTOCOL.md §8.11).
     PUBLISH_COLLECTION = 0x40  # a signed collection version to make current
     GET_COLLECTION = 0x41  # ask for a collection's current version

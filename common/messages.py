@@ -48,6 +48,7 @@ from common.identity_messages import CHALLENGE_BYTES, PROOF_BYTES, PUBLIC_KEY_BY
 from common.lookup_messages import Lookup
 from common.manifest import MAX_CHUNKS, RECORD_FIELDS, Manifest
 from common.swarm_messages import SwarmChallenge, SwarmProof
+from common.torrent_messages import ListTorrents, TorrentEntry, TorrentList
 from common.transfer_messages import CancelChunk, ChunkData, ChunkError, RequestChunk
 
 __all__ = [
@@ -89,6 +90,9 @@ __all__ = [
     "GetCollection",
     "WatchCollection",
     "CollectionReply",
+    "ListTorrents",
+    "TorrentEntry",
+    "TorrentList",
     "MESSAGE_TYPES",
 ]
 
@@ -375,6 +379,7 @@ Message = (
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
     | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof | Lookup
     | PublishCollection | GetCollection | WatchCollection | CollectionReply
+    | ListTorrents | TorrentList
 )
 
 #: Opcode -> message class, for the decoder.
@@ -385,6 +390,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
         ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof, Lookup,
         PublishCollection, GetCollection, WatchCollection, CollectionReply,
+        ListTorrents, TorrentList,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

@@ -13,11 +13,11 @@ from contextlib import asynccontextmanager
 
 import attrs
 
-from common.capabilities import COLLECTIONS, LOOKUP, UNPUBLISH
+from common.capabilities import BITTORRENT, COLLECTIONS, LOOKUP, UNPUBLISH
 from common.errors import AmbiguousFile, TrackerError, UnknownFile
 from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_NAME_BYTES
-from common.messages import FileEntry, FileList, Hello, ListFiles, Lookup, Ok, Stats, StatsReply, Unpublish
+from common.messages import FileEntry, FileList, Hello, ListFiles, ListTorrents, Lookup, Ok, Stats, StatsReply, TorrentList, Unpublish
 from common.version import __version__
 from common.wording import format_size, plural
 from peer.config import PeerConfig
@@ -74,6 +74,12 @@ class Catalogue:
         """Whether the tracker says how many files a listing left out (PROTOCOL.md §8.9)."""
         return self.link.speaks(LOOKUP)
 
+    async def torrents(self, limit: int = 100) -> TorrentList | None:
+        """The tracker's BitTorrent swarms, most peers first (PROTOCOL.md §8.12); None if it does not speak ``bittorrent``."""
+        if not self.link.speaks(BITTORRENT):
+            return None
+        return await self.link.request(ListTorrents(limit), TorrentList, timeout=self.timeout)
+
     async def unpublish(self, file_id: bytes) -> None:
         """Take a file this node published out of the catalogue (PROTOCOL.md §8.7); :class:`TrackerError` if refused."""
         if not self.link.speaks(UNPUBLISH) or self.link.agreement.remote_node is None:
@@ -92,7 +98,7 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
 
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
-    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1, LOOKUP: 1, COLLECTIONS: 1})
+    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1, LOOKUP: 1, COLLECTIONS: 1, BITTORRENT: 1})
     private = None
     if config.swarm is not None:  # the capability a member requires (PROTOCOL.md §8.8)
         private = Private.create(config.swarm, config.node_key)

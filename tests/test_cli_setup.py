@@ -51,7 +51,7 @@ class Asked:
 
     def __call__(self, async_fn: Any, config: PeerConfig, *args: Any) -> Any:
         self.configs.append(config)
-        return (FileList(()), True) if async_fn is peer_commands._ls else None
+        return (FileList(()), True, None) if async_fn is peer_commands._ls else None
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from common.framing import DEFAULT_MAX_FRAME_SIZE, HEADER, HEADER_SIZE, MAGIC, P
 from common.identity import NodeKey
 from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_CHUNKS, Manifest, build_manifest, sha256, validate_name
+from common.torrent_messages import MAX_TORRENTS_LISTED
 
 PROTOCOL_MD = pathlib.Path(__file__).resolve().parent.parent / "common" / "PROTOCOL.md"
 PREFIX = struct.Struct(">32sI")  # REQUEST_CHUNK / CANCEL_CHUNK / CHUNK_DATA, per PROTOCOL.md
@@ -162,6 +163,10 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         u32,
     ),
     m.Lookup: st.builds(m.Lookup, texts(255).filter(bool), st.integers(1, MAX_LOOKUP)),
+    m.ListTorrents: st.builds(m.ListTorrents, st.integers(1, MAX_TORRENTS_LISTED)),
+    m.TorrentList: st.builds(
+        m.TorrentList, st.lists(st.builds(m.TorrentEntry, st.binary(min_size=20, max_size=20), u32, u32, u32), max_size=4), u32
+    ),
     m.Stats: st.just(m.Stats()),
     m.StatsReply: st.builds(m.StatsReply, st.lists(st.tuples(texts(64), counter_values), max_size=8)),
     m.RequestChunk: st.builds(m.RequestChunk, file_ids, chunk_indexes),

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.capabilities import COLLECTIONS, GATEWAY, KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
+from common.capabilities import BITTORRENT, COLLECTIONS, GATEWAY, KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
 from common.collection import Entry, check_successor, sign_version
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
@@ -33,6 +33,7 @@ from common.messages import (
     GetCollection,
     Hello,
     Identify,
+    ListTorrents,
     Lookup,
     Message,
     Ok,
@@ -40,6 +41,8 @@ from common.messages import (
     Register,
     SwarmChallenge,
     SwarmProof,
+    TorrentEntry,
+    TorrentList,
     Unpublish,
     WatchCollection,
     Welcome,
@@ -113,6 +116,11 @@ def _check_capability_vectors(section: str, capability: str, messages: list[Mess
         assert decode_payload(Opcode(frame[3]), frame[HEADER_SIZE:]) == message
     agreement = ClientHandshake(hello).receive(welcome)
     assert isinstance(agreement, Agreement) and agreement.version(capability) == 1
+
+
+def test_the_bittorrent_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.12: a client offering bittorrent, a server that speaks it, LIST_TORRENTS and TORRENT_LIST."""
+    _check_capability_vectors("8.12", BITTORRENT, [ListTorrents(100), TorrentList([TorrentEntry(P, 1, 2, 3)]), TorrentList([], 7)])
 
 
 def test_the_withdraw_vectors_are_the_encoding() -> None:

@@ -12,6 +12,7 @@ from common.framing import DEFAULT_MAX_FRAME_SIZE
 from common.identity import NodeKey
 from common.manifest import HASH_SIZE, MAX_CHUNKS, MAX_NAME_BYTES
 from common.swarm import SwarmFile
+from tracker.bittorrent.settings import BitTorrentConfig
 
 __all__ = ["TrackerConfig", "MIN_FRAME_SIZE", "IoPath", "IO_PATHS", "DEFAULT_IO", "DEFAULT_PEERS_PER_IP", "DEFAULT_CONNECTIONS_PER_IP"]
 
@@ -114,6 +115,8 @@ class TrackerConfig:
     state: str | None = None
     #: Advertise the tracker on the LAN by mDNS (``tracker/mdns.py``); the ``tracker`` command's default, not ``serve_tracker``'s.
     mdns: bool = False
+    #: BitTorrent's tracker protocol beside the native one (``tracker.bittorrent``): off unless an address is set.
+    bittorrent: BitTorrentConfig = attrs.field(factory=BitTorrentConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from common.address import format_address
-from common.capabilities import COLLECTIONS, GATEWAY, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import BITTORRENT, COLLECTIONS, GATEWAY, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.handshake import Agreement, HandshakeState, ServerHandshake
 from common.identity import short_id
-from common.messages import MESSAGE_TYPES, Message, Welcome
+from common.messages import MESSAGE_TYPES, ListTorrents, Message, Welcome
 from common.swarm import SWARM
 from common.version import __version__
+from tracker.bittorrent.listing import list_torrents
 from tracker.handlers import Handlers, after_hello
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, LOOKUP: 1, GATEWAY: 1, COLLECTIONS: 1}
+SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, LOOKUP: 1, GATEWAY: 1, COLLECTIONS: 1, BITTORRENT: 1}
 
 async def handshake(connection: Connection, first: Message) -> bytes:
     """The first message -> WELCOME: the rules of ``common/handshake.py``, then the tracker's requests open to the client.
@@ -77,6 +78,8 @@ def _agreed(connection: Connection, agreement: Agreement) -> None:
     # The agreement picks the table once: what it adds costs nothing per request.
     connection.handlers = after_hello(agreement.speaks(WITHDRAW), agreement.speaks(LOOKUP), agreement.speaks(UNPUBLISH),
                                       agreement.speaks(COLLECTIONS))  # fmt: skip
+    if agreement.speaks(BITTORRENT):  # PROTOCOL.md §8.12: one table more per such connection (ls), not per request
+        connection.handlers = Handlers(connection.handlers.fast, {**connection.handlers.task, ListTorrents: list_torrents})
     private = connection.service.private
     if private is not None:
         private.admit(connection)  # nothing but the proof of membership until it has passed

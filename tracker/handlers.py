@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import COLLECTIONS, GATEWAY, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import BITTORRENT, COLLECTIONS, GATEWAY, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -39,6 +39,7 @@ from common.messages import (
     Hello,
     Identify,
     ListFiles,
+    ListTorrents,
     Lookup,
     ManifestReply,
     Message,
@@ -151,7 +152,7 @@ def register_bound(connection: Connection, request: Register) -> bytes:
 
 
 def _register(connection: Connection, request: Register, bound_to: object | None) -> bytes:
-    # PROTOCOL.md §8.11: the gateway's port counts only on a connection that agreed on gateway.
+    # PROTOCOL.md §8.10: the gateway's port counts only on a connection that agreed on gateway.
     agreement = connection.agreement
     http_port = (request.http_port or None) if agreement is not None and agreement.speaks(GATEWAY) else None
     try:
@@ -360,8 +361,9 @@ REQUESTS: Final = Handlers(
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
 #: Requests that a capability added: in a table only when the agreement includes it.
 _AGREED_ONLY: Final[Mapping[type, str]] = {
-    Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP, **dict.fromkeys(collections.HANDLERS, COLLECTIONS)
-}
+    Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP, ListTorrents: BITTORRENT,
+    **dict.fromkeys(collections.HANDLERS, COLLECTIONS),
+}  # fmt: skip
 
 
 def _table(withdraw: bool, look_up: bool, unpublishing: bool, collecting: bool) -> Handlers:

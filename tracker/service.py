@@ -20,6 +20,9 @@ from common.address import format_address
 from common.identity import short_id
 from common.manifest import Manifest
 from common.wording import plural
+from tracker.bittorrent.front import BtFront
+from tracker.bittorrent.service import BtAddresses, serve_bittorrent
+from tracker.bittorrent.settings import BitTorrentConfig
 from tracker.collections import CollectionBook
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
@@ -69,6 +72,8 @@ class TrackerService:
     searches: SearchLog = attrs.field(factory=SearchLog)
     #: Collections (PROTOCOL.md §8.11); ``serve_tracker`` opens the durable one beside the catalogue.
     collections: CollectionBook = attrs.field(factory=lambda: CollectionBook.open(None))
+    #: BitTorrent's swarms and settings (``tracker.bittorrent``), kept even while its protocol is off (then empty).
+    bittorrent: BtFront = attrs.field(factory=lambda: BtFront.create(BitTorrentConfig(), trio.current_time))
 
     @classmethod
     def create(
@@ -87,12 +92,15 @@ class TrackerService:
             if registry.has_file(file_id):
                 publishers.add(registry.record(file_id).manifest, publisher)
         private = None if config.swarm is None else PrivateTracker.create(config.swarm, config.node_key)
-        return cls(config, registry, store, publishers, private=private)
+        bittorrent = BtFront.create(config.bittorrent, trio.current_time)
+        return cls(config, registry, store, publishers, private=private, bittorrent=bittorrent)
 
     def stats(self) -> dict[str, int | float]:
         counters: dict[str, int | float] = dict(self.registry.counts())
         counters["connections"] = self.connections
         counters["requests"] = self.requests
+        if self.config.bittorrent.enabled:
+            counters.update(self.bittorrent.swarms.counts())
         counters["uptime_s"] = round(trio.current_time() - self.started_at, 3)
         return counters
 
@@ -165,6 +173,8 @@ class RunningTracker:
     service: TrackerService = attrs.field(repr=False)
     #: Where the web UI answers (``tracker/web``), or None: off, or its port was taken.
     http_url: str | None = None
+    #: Where BitTorrent's HTTP and UDP announce listen, if they are on.
+    bittorrent: BtAddresses = attrs.field(factory=BtAddresses)
 
     def stats(self) -> dict[str, int | float]:
         return self.service.stats()
@@ -216,6 +226,9 @@ async def serve_tracker(
                 if replicator is not None:
                     nursery.start_soon(replicator.run)
                 await nursery.start(trio.serve_listeners, service.serve_socket, listeners)
+                bt_addresses = BtAddresses()
+                if config.bittorrent.enabled:
+                    bt_addresses = await nursery.start(serve_bittorrent, service.bittorrent, config.allow.admits, config.io == "epoll")
                 bound = [listener.socket.getsockname() for listener in listeners]
                 for address in bound:
                     log.info("tracker listening on %s", format_address(observed_host(address[0]), address[1]))
@@ -224,7 +237,7 @@ async def serve_tracker(
                 http_url = None
                 if config.http_host is not None:
                     http_url = await nursery.start(serve_web, service, bound[0][1])
-                task_status.started(RunningTracker(bound[0][0], bound[0][1], service, http_url))
+                task_status.started(RunningTracker(bound[0][0], bound[0][1], service, http_url, bt_addresses))
         finally:
             if hub is not None:  # every connection task has ended with the nursery
                 hub.close()
