@@ -33,6 +33,10 @@ __all__ = [
     "Refused",
     "Busy",
     "TaskErrors",
+    "CollectionRefused",
+    "NotAnOwner",
+    "NotASuccessor",
+    "CollectionConflict",
     "leaves",
     "describe",
 ]
@@ -137,6 +141,29 @@ class Refused(ChunkswarmError):
 
 class Busy(Refused):
     """The other side is at a limit (``BUSY``, ``TOO_MANY_CONNECTIONS``): try later, or elsewhere."""
+
+
+class CollectionRefused(ValidationError):
+    """A collection version may not follow the one before it (common.collection.check_successor)."""
+
+
+class NotAnOwner(CollectionRefused):
+    """A collection version's signature does not verify, or its signer is not one of the owners."""
+
+
+class NotASuccessor(CollectionRefused):
+    """A collection version's sequence or parent does not follow the version it should replace."""
+
+
+class CollectionConflict(TrackerError):
+    """The tracker holds a newer version of the collection than the one a publish followed (a stale parent).
+
+    ``current_sequence`` is the sequence of the version the tracker holds: fetch it and build on it.
+    """
+
+    def __init__(self, message: str, current_sequence: int, *, code: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.current_sequence = current_sequence
 
 
 # ---------------------------------------------------------------------------
