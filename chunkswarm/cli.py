@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, str] = {
     "unpublish": "chunkswarm.node_commands:unpublish",
     "id": "chunkswarm.node_commands:node_id",
     "swarm": "chunkswarm.swarm_command:swarm",
+    "publish": "chunkswarm.collection_commands:publish",
+    "collection": "chunkswarm.collection_commands:collection",
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import click
 
+from chunkswarm.collection_commands import COLLECTION_OPTION, get_collection_into
 from chunkswarm.console import console, setup_logging
 from chunkswarm.peer_commands import _config, _peer_options, _run, _serve_until_signalled
 from chunkswarm.ui import progress_display
@@ -162,7 +163,7 @@ class _RememberArgs(click.Command):
 
 
 @click.command(cls=_RememberArgs)
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument("names", nargs=-1, metavar="NAME...")
 @click.option("-o", "--output", "--output-dir", "output", default=None, metavar="PATH",
               help="Directory to put the files in (created if needed); with one NAME, a path that is not a directory "
                    "and does not end with / names the output file.  [default: .]")  # fmt: skip
@@ -176,11 +177,13 @@ class _RememberArgs(click.Command):
               help="Drop a peer that leaves requests unanswered for this many seconds.")
 @click.option("--direct-io", is_flag=True,
               help="Write and read back chunks past the page cache (O_DIRECT); every write then waits for the disk.")
+@COLLECTION_OPTION
 @_peer_options
 @click.pass_context
 def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_seeding: bool, force: bool, pipeline_depth: int,
-        stall_timeout: float, request_timeout: float, direct_io: bool, log_level: str, **options: Any) -> None:  # fmt: skip
-    """Download each NAME from the swarm, one after the other.
+        stall_timeout: float, request_timeout: float, direct_io: bool, collection_name: str | None, log_level: str,
+        **options: Any) -> None:  # fmt: skip
+    """Download each NAME from the swarm, one after the other (or, with --collection NAME, every file of a collection into -o DIR).
 
     NAME is a file name, a unique prefix of a file id, or a pattern such as
     '*.iso' (quoted) matched against the names on the tracker. A file is put
@@ -189,8 +192,13 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     file, NAME.part.lock stops a second get of it into the same folder.
     """
     setup_logging(log_level)
+    if bool(names) == bool(collection_name):
+        raise click.UsageError("give NAME... or --collection NAME (with -o DIR), not both" if names else "give NAME... or --collection NAME")
     config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout,
                      direct_io=direct_io, **options)  # fmt: skip
+    if collection_name:  # every file of the collection's current version, into -o DIR (chunkswarm/collection_commands.py)
+        get_collection_into(config, collection_name, pathlib.Path(output or "."), force=force, keep_seeding=keep_seeding)
+        return
     out_dir, save_as = output_target(output, names)
     run = _GetRun(out_dir, save_as)
     try:

@@ -32,7 +32,7 @@ def _node_key(state_dir: pathlib.Path | None) -> tuple[pathlib.Path, NodeKey]:
 def node_id(state_dir: pathlib.Path | None) -> None:
     """Print this node's id (and its short form), made from the key in the state folder (created on first use)."""
     path, key = _node_key(state_dir)
-    click.echo(f"{key.display}\nshort id {short_id(key.node_id)} (key: {path})")
+    click.echo(f"{key.display}\nshort id {short_id(key.node_id)} (key: {path})\npublic key {key.public_key.hex()}")
 
 
 @click.command()

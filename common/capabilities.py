@@ -36,6 +36,7 @@ __all__ = [
     "IDENTITY",
     "UNPUBLISH",
     "LOOKUP",
+    "COLLECTIONS",
     "KNOWN",
 ]
 
@@ -55,12 +56,14 @@ IDENTITY: Final = "identity"
 UNPUBLISH: Final = "unpublish"
 #: ``lookup`` (PROTOCOL.md §8.9): the LOOKUP message, and listings that say how many files they left out.
 LOOKUP: Final = "lookup"
+#: ``collections`` (PROTOCOL.md §8.10): signed collection versions: PUBLISH_COLLECTION, GET_COLLECTION, WATCH_COLLECTION.
+COLLECTIONS: Final = "collections"
 
 #: Every capability defined so far, with the highest version this code speaks,
 #: so that one place says what exists (each later feature adds its line here
 #: and its section to PROTOCOL.md §8). A connection that agrees on none speaks
 #: protocol 1 as first specified.
-KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1, LOOKUP: 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
+KNOWN: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, "swarm": 1, LOOKUP: 1, COLLECTIONS: 1}  # swarm: PROTOCOL.md §8.8, common/swarm.py
 
 
 def capabilities_converter(value: object) -> object:

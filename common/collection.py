@@ -41,6 +41,7 @@ __all__ = [
     "VersionVector",
     "Entry",
     "CollectionVersion",
+    "check_path",
     "entry_leaf",
     "signed_message",
     "sign_version",

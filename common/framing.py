@@ -72,6 +72,11 @@ class Opcode(enum.IntEnum):
     WITHDRAW = 0x1B  # chunk ranges the sender no longer serves (capability withdraw, PROTOCOL.md §8.5)
     UNPUBLISH = 0x1C  # take a file one published out of the catalogue (capability unpublish, PROTOCOL.md §8.7)
     LOOKUP = 0x1D  # the files an exact name or a file id prefix names (capability lookup, PROTOCOL.md §8.9)
+    # Collections (->T, capability collections, PROTOCOL.md §8.10).
+    PUBLISH_COLLECTION = 0x40  # a signed collection version to make current
+    GET_COLLECTION = 0x41  # ask for a collection's current version
+    COLLECTION = 0x42  # reply: a collection version (empty: a watch saw no change)
+    WATCH_COLLECTION = 0x43  # answered when the collection's root differs from the one known, or after a bounded wait
     # Chunk transfer (->P), pipelined; replies may come in any order.
     REQUEST_CHUNK = 0x20  # file id + chunk index
     CHUNK_DATA = 0x21  # reply: file id + chunk index + raw chunk bytes
@@ -100,6 +105,9 @@ class ErrorCode(enum.IntEnum):
     IDENTITY_REQUIRED = 14  # only an identified node may do that (capability identity, PROTOCOL.md §8.6)
     QUOTA_EXCEEDED = 15  # the publisher is at its quota of files or manifest bytes
     NOT_A_MEMBER = 16  # the proof of swarm membership failed (capability swarm, PROTOCOL.md §8.6)
+    COLLECTION_CONFLICT = 40  # a collection version whose parent is not the current version (capability collections, §8.10)
+    NOT_AN_OWNER = 41  # a collection version not signed by an owner, or whose signature does not verify (§8.10)
+    UNKNOWN_COLLECTION = 42  # no collection of that name (§8.10)
 
 
 class FrameHeader:

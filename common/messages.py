@@ -19,6 +19,7 @@ import attrs
 
 from common.capabilities import Capabilities, capabilities_converter, capabilities_validator
 from common.chunkset import Ranges
+from common.collection_messages import CollectionReply, GetCollection, PublishCollection, WatchCollection
 from common.errors import ValidationError
 from common.fields import (
     MAX_HOLDERS,
@@ -84,6 +85,10 @@ __all__ = [
     "SwarmChallenge",
     "SwarmProof",
     "Lookup",
+    "PublishCollection",
+    "GetCollection",
+    "WatchCollection",
+    "CollectionReply",
     "MESSAGE_TYPES",
 ]
 
@@ -366,6 +371,7 @@ Message = (
     Hello | Welcome | Register | Deregister | Heartbeat | Ok | Publish | Published | Announce | GetManifest
     | ManifestReply | WhoHas | Holders | ListFiles | FileList | Stats | StatsReply | RequestChunk | ChunkData
     | ChunkError | CancelChunk | Error | Withdraw | Identify | Unpublish | SwarmChallenge | SwarmProof | Lookup
+    | PublishCollection | GetCollection | WatchCollection | CollectionReply
 )
 
 #: Opcode -> message class, for the decoder.
@@ -375,6 +381,7 @@ MESSAGE_TYPES: Final[dict[Opcode, Any]] = {
         Hello, Welcome, Register, Deregister, Heartbeat, Ok, Publish, Published, Announce, GetManifest,
         ManifestReply, WhoHas, Holders, ListFiles, FileList, Stats, StatsReply, RequestChunk, ChunkData,
         ChunkError, CancelChunk, Error, Withdraw, Identify, Unpublish, SwarmChallenge, SwarmProof, Lookup,
+        PublishCollection, GetCollection, WatchCollection, CollectionReply,
     )
 }
 assert set(MESSAGE_TYPES) == set(Opcode), "every opcode needs a message class"

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import attrs
 
-from common.capabilities import LOOKUP, UNPUBLISH
+from common.capabilities import COLLECTIONS, LOOKUP, UNPUBLISH
 from common.errors import AmbiguousFile, TrackerError, UnknownFile
 from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_NAME_BYTES
@@ -92,7 +92,7 @@ async def open_catalogue(config: PeerConfig) -> AsyncIterator[Catalogue]:
 
     Such a client serves nothing, so it must not appear in the tracker's peer list.
     """
-    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1, LOOKUP: 1})
+    hello = Hello(config.node_key.peer_id, listen_port=0, agent=agent(config), capabilities={UNPUBLISH: 1, LOOKUP: 1, COLLECTIONS: 1})
     private = None
     if config.swarm is not None:  # the capability a member requires (PROTOCOL.md §8.8)
         private = Private.create(config.swarm, config.node_key)

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from common.capabilities import LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import COLLECTIONS, LOOKUP, UNPUBLISH, WITHDRAW
 from common.chunkset import ChunkSet
 from common.errors import ChunkswarmError, ConnectionClosed, IntegrityError, PeerTimeout, TrackerUnavailable, ValidationError
 from common.manifest import Manifest, check_publishable_name, shown_name
@@ -146,7 +146,8 @@ class Peer:
             # Only the tracker is offered withdraw, unpublish and lookup: chunk servers have no use for
             # them. Identity is offered to both (key=); a chunk server of protocol 1 refuses a
             # HELLO that offers anything, and is greeted again without (peer/greeting.py).
-            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1}),
+            attrs.evolve(self.hello, capabilities={**dict(self.hello.capabilities), WITHDRAW: 1, UNPUBLISH: 1, LOOKUP: 1,
+                                                                    COLLECTIONS: 1}),
             self.listen_address[1],
             self.nursery,
             self._on_connected,
@@ -231,6 +232,13 @@ class Peer:
                     check_reply(replies[1], Ok)
             manifests.append(manifest)
         return manifests
+
+    async def hold(self, path: pathlib.Path) -> Manifest:
+        """Hash (or take from the cache) and serve ``path`` without a word to the tracker: the caller publishes it, in a batch."""
+        manifest, signature, _ = await self._manifest_for(path, None)
+        self.forget(path, keep=manifest.file_id)
+        self.library.add(open_published(path, manifest, signature))
+        return manifest
 
     def forget(self, path: pathlib.Path, *, keep: bytes | None = None) -> list[Manifest]:
         """Stop serving the published file at ``path`` (every version of it but ``keep``); the manifests dropped."""

@@ -285,6 +285,10 @@ class TrackerClient:
         link = await self._current()
         return await link.request(message, expect, timeout=self.timeout)
 
+    async def link(self) -> TrackerLink:
+        """The current link (waiting up to ``timeout`` for a reconnection): for a batch that needs a timeout of its own."""
+        return await self._current()
+
     async def _current(self) -> TrackerLink:
         if self._scope is None:
             raise TrackerUnavailable("not connected to the tracker")

@@ -36,8 +36,10 @@ from common.codec import (
     decode_payload,
     encode_message,
 )
+from common.collection import Entry, sign_version
 from common.errors import LocalProtocolError, RemoteProtocolError, ValidationError
 from common.framing import DEFAULT_MAX_FRAME_SIZE, HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, ErrorCode, Opcode
+from common.identity import NodeKey
 from common.lookup_messages import MAX_LOOKUP
 from common.manifest import MAX_CHUNKS, Manifest, build_manifest, sha256, validate_name
 
@@ -115,6 +117,16 @@ chunk_bytes = st.one_of(
 )
 counter_values = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False))
 
+_COLLECTION_KEY = NodeKey.generate()
+collection_versions = st.builds(
+    lambda name, items, sequence: sign_version(
+        _COLLECTION_KEY, name, sequence, bytes(32) if sequence == 1 else sha256(b"p"),
+        [Entry(path, size, sha256(path.encode()), 0o644, size) for path, size in items.items()], [_COLLECTION_KEY.public_key],
+    ),
+    st.sampled_from(["photos", "set-1", "Ünï"]),
+    st.dictionaries(st.sampled_from(["a", "b/c", "d/e/f.txt", "z"]), st.integers(0, 2**40), max_size=4),
+    st.integers(1, 2**40),
+)
 capability_sets = st.dictionaries(st.from_regex(r"[a-z][a-z0-9._-]{0,31}", fullmatch=True), st.integers(0, 0xFFFF), max_size=6)
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.Hello: st.builds(m.Hello, peer_ids, u16, st.integers(0, 255), texts(64), capability_sets, st.sampled_from([b"", b"c" * 32])),
@@ -157,6 +169,10 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.ChunkError: st.builds(m.ChunkError, file_ids, u32, u16, texts(1024)),
     m.CancelChunk: st.builds(m.CancelChunk, file_ids, chunk_indexes),
     m.Error: st.builds(m.Error, u16, texts(1024)),
+    m.PublishCollection: st.builds(m.PublishCollection, collection_versions),
+    m.GetCollection: st.builds(m.GetCollection, st.sampled_from(["photos", "a b", "Ünï"])),
+    m.WatchCollection: st.builds(m.WatchCollection, st.sampled_from(["photos", "x"]), st.sampled_from([b"", b"r" * 32]), seconds),
+    m.CollectionReply: st.builds(m.CollectionReply, st.none() | collection_versions),
 }
 MESSAGE_CLASSES = sorted(STRATEGIES, key=lambda cls: cls.OPCODE)
 RAW_CLASSES = (m.RequestChunk, m.CancelChunk, m.ChunkData)

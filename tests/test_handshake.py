@@ -18,25 +18,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.capabilities import KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
+from common.capabilities import COLLECTIONS, KNOWN, LOOKUP, MAX_CAPABILITIES, WITHDRAW, agree, check_agreement
 from common.codec import Codec, decode_payload, encode_message
+from common.collection import Entry, check_successor, sign_version
 from common.errors import Busy, LocalProtocolError, Refused, RemoteProtocolError, ValidationError
 from common.framing import HEADER_SIZE, ErrorCode, Opcode
 from common.handshake import RETRY_PLAIN, Agreement, ClientHandshake, HandshakeState, ServerHandshake
 from common.identity import NodeKey, peer_id_of
 from common.messages import (
+    CollectionReply,
     Error,
     FileEntry,
     FileList,
+    GetCollection,
     Hello,
     Identify,
     Lookup,
     Message,
     Ok,
+    PublishCollection,
     Register,
     SwarmChallenge,
     SwarmProof,
     Unpublish,
+    WatchCollection,
     Welcome,
     Withdraw,
 )
@@ -119,6 +124,19 @@ def test_the_lookup_vectors_are_the_encoding() -> None:
     """PROTOCOL.md §8.9: a client offering lookup, a server that speaks it, LOOKUP, and FILE_LIST with and without ``more``."""
     entry = FileEntry(F, "victim.bin", 1024, 1024, 1, 1, 1)
     _check_capability_vectors("8.9", LOOKUP, [Lookup("victim.bin", 100), Lookup("4646", 2), FileList([entry]), FileList([entry], more=5)])
+
+
+def test_the_collections_vectors_are_the_encoding() -> None:
+    """PROTOCOL.md §8.10: HELLO/WELCOME with collections, GET/WATCH, an empty COLLECTION, a signed version, COLLECTION_CONFLICT."""
+    client_key, _ = _vector_keys()
+    version = sign_version(client_key, "photos", 1, bytes(32), [Entry("a/b.txt", 3, F, 0o644, 0)], [client_key.public_key])
+    assert version.root.hex().startswith("d895dec7") and client_key.public_key.hex().startswith("a7f6")
+    messages: list[Message] = [
+        GetCollection("photos"), WatchCollection("photos", F, 25), CollectionReply(None), PublishCollection(version),
+        Error(ErrorCode.COLLECTION_CONFLICT, "collection 'photos' is at version 2"),
+    ]
+    _check_capability_vectors("8.10", COLLECTIONS, messages)
+    check_successor(None, version)
 
 
 def _vector_keys() -> tuple[NodeKey, NodeKey]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from common.address import format_address
-from common.capabilities import IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import COLLECTIONS, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.handshake import Agreement, HandshakeState, ServerHandshake
 from common.identity import short_id
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 AGENT: Final = f"chunkswarm-tracker/{__version__}"
 #: The optional features (PROTOCOL.md §8) this tracker speaks, with their highest versions.
-SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, LOOKUP: 1}
+SUPPORTED: Final[Mapping[str, int]] = {WITHDRAW: 1, IDENTITY: 1, UNPUBLISH: 1, LOOKUP: 1, COLLECTIONS: 1}
 
 async def handshake(connection: Connection, first: Message) -> bytes:
     """The first message -> WELCOME: the rules of ``common/handshake.py``, then the tracker's requests open to the client.
@@ -75,7 +75,8 @@ def _agreed(connection: Connection, agreement: Agreement) -> None:
     connection.node = agreement.remote_node
     connection.claimed_port = agreement.hello.listen_port
     # The agreement picks the table once: what it adds costs nothing per request.
-    connection.handlers = after_hello(agreement.speaks(WITHDRAW), agreement.speaks(LOOKUP), agreement.speaks(UNPUBLISH))
+    connection.handlers = after_hello(agreement.speaks(WITHDRAW), agreement.speaks(LOOKUP), agreement.speaks(UNPUBLISH),
+                                      agreement.speaks(COLLECTIONS))  # fmt: skip
     private = connection.service.private
     if private is not None:
         private.admit(connection)  # nothing but the proof of membership until it has passed

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from common.address import format_address
-from common.capabilities import IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
+from common.capabilities import COLLECTIONS, IDENTITY, LOOKUP, UNPUBLISH, WITHDRAW
 from common.codec import encode_message
 from common.errors import RemoteProtocolError, StorageError, TrackerError
 from common.framing import ErrorCode
@@ -53,6 +53,7 @@ from common.messages import (
     Withdraw,
 )
 from common.wording import format_size, plural
+from tracker import collections
 from tracker.publishers import publisher_of
 from tracker.records import FileRecord, FileSummary, Peer
 from tracker.registry import check_manifest
@@ -350,20 +351,26 @@ REQUESTS: Final = Handlers(
 #: answered, and a REGISTER binds the registration to this connection.
 WITHDRAWING: Final = Handlers(fast={**REQUESTS.fast, Register: register_bound, Withdraw: withdraw}, task=REQUESTS.task)
 #: Requests that a capability added: in a table only when the agreement includes it.
-_AGREED_ONLY: Final[Mapping[type, str]] = {Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP}
+_AGREED_ONLY: Final[Mapping[type, str]] = {
+    Withdraw: WITHDRAW, Identify: IDENTITY, Unpublish: UNPUBLISH, Lookup: LOOKUP, **dict.fromkeys(collections.HANDLERS, COLLECTIONS)
+}
 
 
-def _table(withdraw: bool, look_up: bool, unpublishing: bool) -> Handlers:
+def _table(withdraw: bool, look_up: bool, unpublishing: bool, collecting: bool) -> Handlers:
     base = WITHDRAWING if withdraw else REQUESTS
     fast = {**base.fast, Lookup: lookup} if look_up else base.fast  # PROTOCOL.md §8.9
-    task = {**base.task, Unpublish: unpublish} if unpublishing else base.task  # PROTOCOL.md §8.7
+    task: Mapping[type, TaskHandler] = {**base.task, Unpublish: unpublish} if unpublishing else base.task  # PROTOCOL.md §8.7
+    if collecting:
+        task = {**task, **collections.HANDLERS}  # PROTOCOL.md §8.10: they wait (the disk, a watch)
     return Handlers(fast=fast, task=task)
 
 
 #: The table of every agreement, built once: what a capability adds costs nothing per request.
-_TABLES: Final = {(w, lo, u): _table(w, lo, u) for w in (False, True) for lo in (False, True) for u in (False, True)}
+_TABLES: Final = {
+    (w, lo, u, c): _table(w, lo, u, c) for w in (False, True) for lo in (False, True) for u in (False, True) for c in (False, True)
+}
 
 
-def after_hello(withdraw: bool, look_up: bool, unpublishing: bool = False) -> Handlers:
-    """The table of a connection whose agreement includes ``withdraw``, ``lookup`` and ``unpublish``, or not."""
-    return _TABLES[withdraw, look_up, unpublishing]
+def after_hello(withdraw: bool, look_up: bool, unpublishing: bool = False, collecting: bool = False) -> Handlers:
+    """The table of a connection whose agreement includes ``withdraw``, ``lookup``, ``unpublish`` and ``collections``, or not."""
+    return _TABLES[withdraw, look_up, unpublishing, collecting]

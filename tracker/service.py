@@ -19,6 +19,7 @@ from common.address import format_address
 from common.identity import short_id
 from common.manifest import Manifest
 from common.wording import plural
+from tracker.collections import CollectionBook
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
@@ -58,6 +59,8 @@ class TrackerService:
     hub: ReadinessHub | None = None
     #: A private swarm's TLS and proof (``tracker.private``); None: an open tracker.
     private: PrivateTracker | None = None
+    #: Collections (PROTOCOL.md §8.10); ``serve_tracker`` opens the durable one beside the catalogue.
+    collections: CollectionBook = attrs.field(factory=lambda: CollectionBook.open(None))
 
     @classmethod
     def create(
@@ -163,6 +166,8 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
         catalogue = await trio.to_thread.run_sync(lambda: list(store.load()))
         published = await trio.to_thread.run_sync(store.publishers)
         service = TrackerService.create(config, store, catalogue, published)
+        service.collections.close()
+        service.collections = await trio.to_thread.run_sync(CollectionBook.open, config.db_path)
         if service.registry.file_count:
             log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
@@ -185,6 +190,7 @@ async def serve_tracker(config: TrackerConfig, *, task_status: trio.TaskStatus[R
         finally:
             if hub is not None:  # every connection task has ended with the nursery
                 hub.close()
+            service.collections.close()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
