@@ -79,6 +79,7 @@ async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], 
         preferred = [h for h in listed if h[0][: len(author)] == author] if author else []
         by_holder.setdefault((preferred or listed)[0], []).append(file_id)
     failed: set[bytes] = set(missing)
+    logger.debug("%s: fetching %d small files from %d holders (%d listed by nobody)", peer.name, len(wanted), len(by_holder), len(missing))
     async with open_nursery() as nursery:
         for holder, file_ids in by_holder.items():
             nursery.start_soon(_from_holder, peer, holder, file_ids, wanted, deliver, failed)
@@ -135,6 +136,7 @@ async def _one_connection(peer: Peer, holder: tuple[bytes, str, int], queue: lis
             nursery.start_soon(requester)
             while not (done.is_set() and not pending):
                 message = await conn.receive_within(config.request_timeout)
+                logger.debug("%s: fetch got %s", config.name, type(message).__name__)
                 if isinstance(message, ChunkData) and message.file_id in pending and message.index == 0:
                     pending.discard(message.file_id)
                     slots.release()

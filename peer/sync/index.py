@@ -76,9 +76,13 @@ class Index:
         self.stats.pop(path, None)
         self.dirty.discard(path)
 
-    def holders_of(self, file_id: bytes) -> list[str]:
-        """Paths whose file here has ``file_id`` (as last scanned or written)."""
-        return [path for path, entry in self.entries.items() if entry.file_id == file_id and not entry.deleted and path in self.stats]
+    def content_paths(self) -> dict[bytes, list[str]]:
+        """For each file id held here (as last scanned or written), the paths that have it."""
+        out: dict[bytes, list[str]] = {}
+        for path, entry in self.entries.items():
+            if not entry.deleted and path in self.stats:
+                out.setdefault(entry.file_id, []).append(path)
+        return out
 
     def save(self, folder: pathlib.Path) -> None:
         data = {
