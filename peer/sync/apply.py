@@ -144,8 +144,18 @@ class Applier:
             left += await self._drop(path)
         if self.taken:
             taken, self.taken = self.taken, []
-            await self.local.publish_files(taken)
+            await self.local.announce_held(taken)
         return left
+
+    def _release(self, path: str) -> None:
+        """Stop serving the content at ``path`` from there: it is about to be replaced (the tracker is told)."""
+        old = self.local.index.entries.get(path)
+        if old is None or old.deleted:
+            return
+        held = self.local.peer.library.get(old.file_id)
+        if held is not None and held.path == self.root / path:
+            self.local.peer.library.remove(old.file_id)
+            self.local.published.discard(old.file_id)
 
     def _note(self, path: str, exc: Exception) -> None:
         if isinstance(exc, ChangedLocally):
@@ -169,6 +179,7 @@ class Applier:
         index = self.local.index
         try:
             target = target_path(self.root, entry.path)
+            self._release(entry.path)
             await trio.to_thread.run_sync(remove_file, self.root, target, index.stats.get(entry.path))
         except (ChunkswarmError, ValidationError) as exc:
             self._note(entry.path, exc)
@@ -191,6 +202,7 @@ class Applier:
         return None if entry is None or entry.deleted else self.local.index.stats.get(path)
 
     async def _write(self, entry: Entry, data: bytes) -> int:
+        self._release(entry.path)
         try:
             target = target_path(self.root, entry.path, create_folders=True)
             stat = await trio.to_thread.run_sync(lambda: write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns,
@@ -210,6 +222,8 @@ class Applier:
 
     async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]]) -> None:
         jobs = [(entry, data) for file_id, data in batch for entry in by_content[file_id]]
+        for entry, _data in jobs:
+            self._release(entry.path)
 
         def write_all() -> list[Stat | Exception]:
             out: list[Stat | Exception] = []
@@ -231,6 +245,8 @@ class Applier:
 
     async def _copy(self, entry: Entry, source_path: str) -> int:
         index = self.local.index
+        if source_path != entry.path:
+            self._release(entry.path)
         source_stat = index.stats[source_path]
 
         def copy() -> Stat:
@@ -266,6 +282,7 @@ class Applier:
                 result = await Downloader(peer.config, manifest, staging, peer.tracker, peer.library, peer.transfers, peer.hello,
                                           peer.peer_id, save_as=first.file_id.hex(), progress=progress).run()  # fmt: skip
                 target = target_path(self.root, first.path, create_folders=True)
+                self._release(first.path)
                 staged = peer.library.get(first.file_id)
                 if staged is not None:
                     staged.signature = None  # renamed into place next: not a change under our feet (reopened there below)

@@ -32,7 +32,7 @@ import trio
 import watchfiles
 
 from common.capabilities import COLLECTIONS
-from common.collection import CollectionVersion, Entry, decode_version, encode_version, sign_version
+from common.collection import CollectionVersion, Entry, check_successor, decode_version, encode_version, sign_version
 from common.errors import ChunkswarmError, CollectionConflict, CollectionRefused, TrackerError
 from common.framing import ErrorCode
 from common.identity import node_id
@@ -104,6 +104,8 @@ class SyncFolder:
     #: Cycles done, for tests and the status file.
     cycles: int = 0
     _nursery: trio.Nursery | None = None
+    #: True while the listener's watch is up: then it tells of every new version.
+    _listening: bool = False
     _retry_pending: bool = False
     _retry_delay: float = 0.5
     #: Set when the tracker refused this node's version: it is not an owner (yet); it only takes others' changes.
@@ -159,16 +161,20 @@ class SyncFolder:
         if self._scan_due:
             self._scan_due = False
             self.applier.changed_locally = False
+            started = trio.current_time()
             changed = await self.local.scan()
             if changed:
-                logger.info("%s: %d local change%s", self.config.collection, changed, "" if changed == 1 else "s")
+                logger.info("%s: %d local change%s (scanned in %.2f s)", self.config.collection, changed, "" if changed == 1 else "s",
+                            trio.current_time() - started)
         remote = await self._fetch()
         for _ in range(_PUBLISH_TRIES):
             entries = {entry.path: entry for entry in remote.entries} if remote is not None else {}
             plan = reconcile(self.index.entries, self.index.dirty, entries, self.me)
             for note in plan.conflicts:
                 logger.warning("conflict: %s", note)
+            started = trio.current_time()
             left = await self.applier.apply(plan)
+            logger.debug("applied %d takes, %d drops in %.2f s (%d left)", len(plan.take), len(plan.drop), trio.current_time() - started, left)
             if not left:
                 self._resolved(plan)
             if remote is not None:
@@ -190,7 +196,15 @@ class SyncFolder:
 
     async def _fetch(self) -> CollectionVersion | None:
         """The current version, each step since the one kept checked (signed by an owner of the one before)."""
-        return await fetch_following(self.peer.tracker, self.config.collection, self.kept)
+        current, kept = self.current, self.kept
+        if current is not None and self._listening:
+            # The listener's version: used as it is when it is the one kept, or the next one (checked here).
+            if kept is not None and current.root == kept.root:
+                return kept
+            if (kept is None and current.sequence == 1) or (kept is not None and current.sequence == kept.sequence + 1):
+                check_successor(kept, current)
+                return current
+        return await fetch_following(self.peer.tracker, self.config.collection, kept)
 
     def _resolved(self, plan: Plan) -> None:
         """The entries ``plan`` publishes are what the folder holds now: recorded, to be published.
@@ -238,6 +252,7 @@ class SyncFolder:
             if entry.deleted and path not in entries:
                 continue  # a file created and deleted before it was ever published
             entries[path] = entry
+        started = trio.current_time()
         now = time.time_ns()
         listed = sorted(expire_tombstones(entries.values(), now), key=lambda e: e.path)
         key = self.peer.config.node_key
@@ -264,7 +279,8 @@ class SyncFolder:
             return None
         self.refused = ""
         index.dirty.clear()
-        logger.info("%s: published version %d (%d entries)", self.config.collection, version.sequence, len(listed))
+        logger.info("%s: published version %d (%d entries) in %.2f s", self.config.collection, version.sequence, len(listed),
+                    trio.current_time() - started)
         return version
 
     def _refuse(self, why: str) -> None:
@@ -297,6 +313,10 @@ class SyncFolder:
         while True:
             try:
                 async with open_query_link(peer.config.tracker, hello, timeout=peer.config.tracker_timeout, key=peer.config.node_key) as link:
+                    if self.current is None:  # what the tracker has now, then changes to it
+                        self.current = await fetch_following(link, self.config.collection, self.kept)
+                        self.wake()
+                    self._listening = True
                     while True:
                         known = self.current.root if self.current is not None else b""
                         version = await watch_collection(link, self.config.collection, known, timeout=_WATCH_TIMEOUT)
@@ -305,7 +325,9 @@ class SyncFolder:
                             self.wake()
             except (ChunkswarmError, OSError) as exc:
                 logger.debug("watching %s: %s", self.config.collection, exc)
-                await trio.sleep(1.0)
+            finally:
+                self._listening = False
+            await trio.sleep(1.0)
 
     async def _presence(self) -> None:
         """Presence every ``presence_interval``; the status file meanwhile every half second while files are downloaded."""

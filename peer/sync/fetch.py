@@ -35,7 +35,7 @@ _WHO_HAS_BATCH = 2000
 #: Requests in flight per connection: the chunk server queues up to ``max_queued_requests`` (16) per connection.
 _IN_FLIGHT = 12
 #: Connections per holder at most.
-_CONNECTIONS = 4
+_CONNECTIONS = 6
 #: Received chunks written per worker-thread call.
 _WRITE_BATCH = 64
 
@@ -80,9 +80,12 @@ async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], 
         by_holder.setdefault((preferred or listed)[0], []).append(file_id)
     failed: set[bytes] = set(missing)
     logger.debug("%s: fetching %d small files from %d holders (%d listed by nobody)", peer.name, len(wanted), len(by_holder), len(missing))
+    started = trio.current_time()
     async with open_nursery() as nursery:
         for holder, file_ids in by_holder.items():
             nursery.start_soon(_from_holder, peer, holder, file_ids, wanted, deliver, failed)
+    logger.debug("%s: %d small files fetched in %.2f s, %d failed", peer.name, len(wanted) - len(failed), trio.current_time() - started,
+                 len(failed))
     return failed
 
 
@@ -113,10 +116,15 @@ async def _one_connection(peer: Peer, holder: tuple[bytes, str, int], queue: lis
     slots = trio.Semaphore(_IN_FLIGHT)
     done = trio.Event()
     received: list[tuple[bytes, bytes]] = []
+    # Verified contents go to a writer task in batches: the receiver keeps reading while they are written.
+    batches_in, batches_out = trio.open_memory_channel[list[tuple[bytes, bytes]]](4)
 
     async def requester() -> None:
         while queue:
             await slots.acquire()
+            if not queue:  # the other connections to this holder took the rest
+                slots.release()
+                break
             batch = [queue.pop()]
             while queue and slots.value > 0:
                 slots.acquire_nowait()
@@ -125,18 +133,22 @@ async def _one_connection(peer: Peer, holder: tuple[bytes, str, int], queue: lis
             await conn.send_many([RequestChunk(file_id, 0) for file_id in batch])
         done.set()
 
+    async def writer() -> None:
+        async with batches_out:
+            async for batch in batches_out:
+                await deliver(batch)
+
     async def flush() -> None:
         if received:
             batch = received[:]
             received.clear()
-            await deliver(batch)
+            await batches_in.send(batch)
 
-    try:
+    async def receiver() -> None:
         async with open_nursery() as nursery:
             nursery.start_soon(requester)
             while not (done.is_set() and not pending):
                 message = await conn.receive_within(config.request_timeout)
-                logger.debug("%s: fetch got %s", config.name, type(message).__name__)
                 if isinstance(message, ChunkData) and message.file_id in pending and message.index == 0:
                     pending.discard(message.file_id)
                     slots.release()
@@ -153,12 +165,18 @@ async def _one_connection(peer: Peer, holder: tuple[bytes, str, int], queue: lis
                 if len(received) >= _WRITE_BATCH or (received and not pending):
                     await flush()
             nursery.cancel_scope.cancel()
-    except (ChunkswarmError, OSError) as exc:
-        logger.info("%s: fetching from %s:%d stopped: %s", config.name, host, port, exc)
-        failed.update(pending)
-        failed.update(queue)
-        queue.clear()
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await conn.aclose()
-    await flush()
+
+    async with open_nursery() as outer:
+        outer.start_soon(writer)
+        async with batches_in:
+            try:
+                await receiver()
+            except (ChunkswarmError, OSError) as exc:
+                logger.info("%s: fetching from %s:%d stopped: %s", config.name, host, port, exc)
+                failed.update(pending)
+                failed.update(queue)
+                queue.clear()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await conn.aclose()
+            await flush()

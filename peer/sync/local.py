@@ -148,7 +148,9 @@ class LocalSide:
             index.record(local_deletion(index.entries[path], me=self.me, now_ns=now), None, dirty=True)
             count += 1
         self.unserve_missing()
+        hashed = trio.current_time()
         await self.publish_files(manifests)
+        logger.debug("scan: %d files hashed, %.2f s publishing them", len(manifests), trio.current_time() - hashed)
         return count
 
     def serve(self, path: str, manifest: Manifest, stat: Stat) -> None:
@@ -188,8 +190,20 @@ class LocalSide:
         self.published.update(fresh)
 
     async def announce_held(self, manifests: list[Manifest]) -> None:
-        """Tell the tracker this node holds files it took from others (published already by them)."""
-        await self.publish_files(manifests)
+        """Tell the tracker this node holds files it took from others: ANNOUNCE only (their publisher sent the PUBLISH)."""
+        fresh = {m.file_id: m for m in manifests if m.file_id not in self.published}
+        if not fresh or not self.peer.connected:
+            return
+        held = list(fresh.values())
+        unlisted = []
+        for start in range(0, len(held), 2 * _PUBLISH_BATCH):
+            batch = held[start : start + 2 * _PUBLISH_BATCH]
+            replies = await self.peer.tracker.request_many([Announce(m.file_id, ChunkSet.full(m.chunk_count).ranges()) for m in batch])
+            unlisted += [m for m, reply in zip(batch, replies, strict=True) if isinstance(reply, Error)]
+        self.published.update(fresh)
+        if unlisted:  # not listed (a new tracker): published then
+            self.published.difference_update(m.file_id for m in unlisted)
+            await self.publish_files(unlisted)
 
     def reopen(self, path: str, manifest: Manifest, stat: Stat) -> None:
         """Serve a file just written at ``path`` from there."""
