@@ -55,12 +55,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
     try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid`` and its live children (``syncthing serve`` runs its work in a child)."""
+    total = 0.0
+    pids = [pid]
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and (f := _stat(int(p))) and int(f[1]) == pid]
+    for each in pids + children:
+        fields = _stat(each)
+        if fields:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def listing(root: pathlib.Path, skip: str) -> dict[str, int]:
@@ -306,7 +317,7 @@ def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big
             seconds = wait_identical(system.a, system.b, system.skip, start, timeout)
             after = system.cpu()
             results[name] = {"seconds": round(seconds, 3), "cpu_seconds": {k: round(after[k] - before.get(k, 0), 2) for k in after}}
-            print(f"{time.strftime('%H:%M:%S')} {kind.name} {name}: {seconds:.2f} s (started {seconds:.2f} s before)", file=sys.stderr, flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {kind.name} {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
     finally:
         system.stop()
     return results

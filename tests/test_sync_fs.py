@@ -86,3 +86,28 @@ def test_scan(tmp_path: pathlib.Path) -> None:
     assert scan.files["sub/b.txt"].size == 2
     text = "\n".join(scan.problems)
     assert "link: a symbolic link" in text and "reserved name on Windows" in text and "differ only in case" in text
+
+
+@pytest.mark.parametrize("hostile", ["../x", "/etc/passwd", "a/../../x", "a//b"])
+def test_a_signed_version_naming_a_path_outside_is_refused(hostile: str) -> None:
+    """A version properly signed by an owner, whose entry names a path outside the folder: refused when it is read."""
+    import attrs
+    import msgpack
+
+    from common.collection import Entry, decode_version, entry_leaf, signed_message
+    from common.identity import NodeKey
+    from common.manifest import ZERO_HASH, merkle_root, sha256
+
+    key = NodeKey.generate()
+    entry = Entry(path="x", size=1, file_id=sha256(b"x"), mode=0o644, mtime_ns=0, version=((b"A" * 8, 1),), modified_by=b"A" * 8)
+    forged = Entry.__new__(Entry)
+    for field in attrs.fields(Entry):
+        object.__setattr__(forged, field.name, getattr(entry, field.name))
+    object.__setattr__(forged, "path", hostile)  # past Entry's own validation, as a hostile node would write it
+    root = merkle_root([entry_leaf(forged)])
+    signature = key.sign(signed_message("shared", 1, ZERO_HASH, root, [key.public_key]))
+    data = msgpack.packb(["shared", 1, ZERO_HASH, [forged.to_fields()], [key.public_key], key.public_key, signature], use_bin_type=True)
+    with pytest.raises(ValidationError):
+        decode_version(data)
+    with pytest.raises(ValidationError):  # and were it ever taken, no write would be made there
+        target_path(pathlib.Path("/nonexistent-root"), hostile)
