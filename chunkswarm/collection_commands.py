@@ -20,13 +20,13 @@ from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, _config
 from common.address import format_address
 from common.collection import CollectionVersion, sign_version
 from common.errors import ChunkswarmError, NotAnOwner, TrackerError, ValidationError
-from common.identity import PUBLIC_KEY_SIZE, format_node_id, node_id, parse_node_id, short_id
+from common.identity import PUBLIC_KEY_SIZE, NodeKey, format_node_id, node_id, parse_node_id, short_id
 from common.manifest import check_publishable_name
 from common.messages import GetManifest, ManifestReply
 from common.wording import format_size, plural
 from peer.catalogue import open_catalogue
 from peer.collection_files import FileProof, make_proof, verify_file
-from peer.collection_transfer import get_tree, publish_tree
+from peer.collection_transfer import GetReport, get_tree, publish_tree
 from peer.collections import fetch_following, publish_collection
 from peer.config import PeerConfig
 from peer.node import open_peer
@@ -69,7 +69,7 @@ def publish(folder: pathlib.Path, collection_name: str, serve: bool, log_level: 
     _run(_publish, config, folder, collection_name, signer, serve)
 
 
-async def _publish(config: PeerConfig, folder: pathlib.Path, name: str, signer: Any, serve: bool) -> None:
+async def _publish(config: PeerConfig, folder: pathlib.Path, name: str, signer: NodeKey, serve: bool) -> None:
     async with open_peer(config) as peer:
         await peer.connect()
         report = await publish_tree(peer, folder, name, signer)
@@ -91,7 +91,7 @@ def get_collection_into(config: PeerConfig, name: str, folder: pathlib.Path, *, 
                f"{plural(len(version.entries), 'entry', 'entries')}, {report.downloaded} fetched into {folder}")  # fmt: skip
 
 
-async def _get(config: PeerConfig, name: str, folder: pathlib.Path, force: bool, keep_seeding: bool) -> Any:
+async def _get(config: PeerConfig, name: str, folder: pathlib.Path, force: bool, keep_seeding: bool) -> GetReport:
     async with open_peer(config) as peer:
         await peer.connect()
         report = await get_tree(peer, name, folder, force=force)

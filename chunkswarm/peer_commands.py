@@ -41,7 +41,11 @@ DEFAULT_TRACKER = f"127.0.0.1:{TRACKER_PORT}"
 LS_LIMIT = 1000
 
 
-def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+def _parse_tracker(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int]:
+    if value is None:  # neither --tracker nor CHUNKSWARM_TRACKER: look on the LAN (mDNS)
+        from chunkswarm.discover import find_tracker
+
+        return find_tracker(private=ctx.params.get("swarm") is not None)
     try:
         return parse_address(value, default_port=TRACKER_PORT)
     except ValidationError as exc:
@@ -54,8 +58,9 @@ def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> C
     return func
 
 
-_TRACKER_OPTION = click.option("--tracker", default=DEFAULT_TRACKER, envvar="CHUNKSWARM_TRACKER", show_default=True, show_envvar=True,
-                               callback=_parse_tracker, help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out).")
+_TRACKER_OPTION = click.option("--tracker", default=None, envvar="CHUNKSWARM_TRACKER", show_envvar=True, callback=_parse_tracker,
+                               help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out)  [default: the tracker found on the LAN "
+                                    f"by mDNS, else {DEFAULT_TRACKER}]")  # fmt: skip
 _LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 
 

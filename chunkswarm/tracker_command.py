@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import signal
+from functools import partial
 
 import click
 import platformdirs
@@ -92,12 +93,16 @@ async def _run_until_signal(config: TrackerConfig) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(serve_tracker, config)
+                running = await nursery.start(serve_tracker, config)
             except (OSError, StorageError) as exc:
                 # Raised from here it would come out of the nursery wrapped in an ExceptionGroup.
                 startup_error = exc
             else:
                 nursery.start_soon(_freeze_long_lived_objects)
+                if config.mdns:  # found on the LAN by peers started without --tracker (peer/discovery.py)
+                    from tracker.mdns import advertise  # zeroconf is loaded only by a tracker that advertises
+
+                    nursery.start_soon(partial(advertise, config.node_key, config.host, running.port, private=config.swarm is not None))
                 async for signum in signals:
                     log.info("%s received, shutting down", signal.Signals(signum).name)
                     break
@@ -136,6 +141,8 @@ async def _run_until_signal(config: TrackerConfig) -> None:
               help="MiB of manifests (32 bytes a chunk) one publisher may publish.")  # fmt: skip
 @click.option("--io", type=click.Choice(IO_PATHS), default=DEFAULT_IO, show_default=True,
               help="How sockets are read and written: 'epoll', one epoll for all (Linux, the fast path); 'streams', trio's generic streams.")  # fmt: skip
+@click.option("--mdns/--no-mdns", default=True, show_default=True,
+              help="Advertise the tracker on the LAN by mDNS (_chunkswarm._tcp), so peers find it without --tracker.")  # fmt: skip
 @swarm_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @log_file_option
@@ -160,6 +167,7 @@ def tracker_command(
     allow: AllowList,
     log_level: str,
     log_file: pathlib.Path | None,
+    mdns: bool,
 ) -> None:
     """Run the tracker of a swarm until SIGINT or SIGTERM."""
     setup_logging(log_level, log_file)
@@ -188,6 +196,7 @@ def tracker_command(
             max_manifest_bytes_per_publisher=max_manifest_mib_per_publisher * 1024 * 1024,
             swarm=swarm,
             allow=allow,
+            mdns=mdns,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -103,6 +103,8 @@ class TrackerConfig:
     swarm: SwarmFile | None = None
     #: Clients from other addresses are refused at accept (``--allow``); empty: any address.
     allow: AllowList = attrs.field(factory=AllowList)
+    #: Advertise the tracker on the LAN by mDNS (``tracker/mdns.py``); the ``tracker`` command's default, not ``serve_tracker``'s.
+    mdns: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:
