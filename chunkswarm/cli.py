@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, str] = {
     "swarm": "chunkswarm.swarm_command:swarm",
     "publish": "chunkswarm.collection_commands:publish",
     "collection": "chunkswarm.collection_commands:collection",
+    "sync": "chunkswarm.sync_command:sync",
 }
 
 

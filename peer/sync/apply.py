@@ -1,0 +1,299 @@
+"""Others' changes into this node's folder: a :class:`~common.sync_merge.Plan` carried out, every write atomic and checked.
+
+In this order: conflict losers set aside (renamed to their conflict copy);
+tombstones (the file removed if it is still what the index recorded); files
+whose content is here already (a rename, a copy, a conflict copy: copied
+locally, nothing downloaded); small files fetched in bulk
+(``peer/sync/fetch.py``); larger files downloaded by the
+:class:`~peer.download.Downloader` into ``.chunkswarm/staging`` and renamed into
+place. Every write goes through ``peer/sync/fsops.py``: a path that leads
+outside the folder is refused, and a file changed here since the last scan is
+not overwritten (:class:`~peer.sync.fsops.ChangedLocally`: the engine rescans,
+and the edit meets the remote one as a conflict).
+
+Each path that could not be taken now stays as it was in the index, so the
+next cycle tries it again; :meth:`Applier.apply` returns how many.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import attrs
+import trio
+
+from common.collection import Entry
+from common.errors import ChunkswarmError, StorageError, ValidationError
+from common.manifest import Manifest
+from common.sync_merge import Plan
+from common.sync_rules import STATE_FOLDER
+from peer.download import Downloader
+from peer.progress import ProgressSink
+from peer.sync.fetch import SMALL_FILE, fetch_small_files
+from peer.sync.fsops import ChangedLocally, Stat, check_unchanged, copy_atomic, place, remove_file, stat_of, target_path, write_atomic
+from peer.sync.local import LocalSide, single_chunk_manifest
+from peer.tasks import open_nursery
+
+__all__ = ["Applier", "Transfer"]
+
+logger = logging.getLogger(__name__)
+
+#: Large files downloaded at once.
+_PARALLEL_DOWNLOADS = 4
+
+
+@attrs.define(eq=False)
+class Transfer:
+    """A download in progress, for ``chunkswarm sync status``."""
+
+    path: str
+    size: int
+    done: int = 0
+
+    # The ProgressSink of a Downloader.
+    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
+        self.done = already_have_bytes
+
+    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
+        self.done += nbytes
+
+    def finished(self) -> None:
+        self.done = self.size
+
+    def peers(self, count: int) -> None:
+        pass
+
+    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
+        pass
+
+
+@attrs.define(eq=False)
+class Applier:
+    """Carries out plans for the folder of ``local``; see the module docstring."""
+
+    local: LocalSide
+    fsync: bool = True
+    #: Downloads in progress, by path.
+    transfers: dict[str, Transfer] = attrs.field(factory=dict)
+    #: Set when a file changed here under a remote change: the engine rescans.
+    changed_locally: bool = False
+    #: Manifests of the files taken since the tracker was last told this node holds them.
+    taken: list[Manifest] = attrs.field(factory=list)
+
+    @property
+    def root(self) -> pathlib.Path:
+        return self.local.root
+
+    async def apply(self, plan: Plan) -> int:
+        """Carry out ``plan``'s set-asides, takes and drops; the number of paths left for the next cycle."""
+        index = self.local.index
+        left = 0
+        for path, copy_path in plan.set_aside:
+            copy = next(entry for entry in plan.publish if entry.path == copy_path)
+            try:
+                stat = await trio.to_thread.run_sync(self._set_aside, path, copy_path, index.stats.get(path))
+            except (ChunkswarmError, ValidationError) as exc:
+                left += 1
+                self._note(path, exc)
+                continue
+            index.forget(path)
+            index.record(copy, stat, dirty=True)
+        by_content: dict[bytes, list[Entry]] = {}
+        deletions: list[Entry] = []
+        for entry in plan.take:
+            if entry.deleted:
+                deletions.append(entry)  # last: a renamed file's content is copied from its old path first
+            elif (held := index.entries.get(entry.path)) is not None and not held.deleted and held.file_id == entry.file_id and entry.path in index.stats:
+                index.record(entry, index.stats[entry.path], dirty=False)  # the same content: a new history only
+            else:
+                by_content.setdefault(entry.file_id, []).append(entry)
+        # Content this node has already (a rename, a copy, a conflict copy of its own file) is copied first,
+        # before anything fetched overwrites the path it is at; then what is fetched; then the other paths of
+        # content just fetched.
+        here = index.content_paths()
+        small: dict[bytes, tuple[int, bytes]] = {}
+        large: list[Entry] = []
+        for file_id, entries in by_content.items():
+            first = entries[0]
+            if first.size == 0 or file_id in here:
+                for entry in entries:
+                    left += await (self._write(entry, b"") if entry.size == 0 else self._copy(entry, here[file_id][0]))
+            elif first.size <= SMALL_FILE:
+                small[file_id] = (first.size, first.modified_by)
+            else:
+                large.append(first)
+        if small:
+            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
+            left += sum(len(by_content[file_id]) for file_id in failed)
+        if large:
+            limiter = trio.Semaphore(_PARALLEL_DOWNLOADS)
+            results: list[int] = []
+            async with open_nursery() as nursery:
+                for entry in large:
+                    nursery.start_soon(self._download, entry, by_content[entry.file_id], limiter, results)
+            left += sum(results)
+            here = index.content_paths()
+            for entry in large:
+                for other in by_content[entry.file_id][1:]:
+                    left += await self._copy(other, here[entry.file_id][0]) if entry.file_id in here else 1
+        for entry in deletions:
+            left += await self._delete(entry)
+        for path in plan.drop:
+            left += await self._drop(path)
+        if self.taken:
+            taken, self.taken = self.taken, []
+            await self.local.announce_held(taken)
+        return left
+
+    def _release(self, path: str) -> None:
+        """Stop serving the content at ``path`` from there: it is about to be replaced (the tracker is told)."""
+        old = self.local.index.entries.get(path)
+        if old is None or old.deleted:
+            return
+        held = self.local.peer.library.get(old.file_id)
+        if held is not None and held.path == self.root / path:
+            self.local.peer.library.remove(old.file_id)
+            self.local.published.discard(old.file_id)
+
+    def _note(self, path: str, exc: Exception) -> None:
+        if isinstance(exc, ChangedLocally):
+            self.changed_locally = True
+            logger.info("%s", exc)
+        else:
+            logger.warning("%s: not synced: %s", path, exc)
+
+    def _set_aside(self, path: str, copy_path: str, expected: Stat | None) -> Stat | None:
+        source = target_path(self.root, path)
+        target = target_path(self.root, copy_path, create_folders=True)
+        check_unchanged(source, expected)
+        if os.path.lexists(target):
+            raise StorageError(f"{copy_path} exists already")
+        if expected is None:
+            return None
+        os.rename(source, target)
+        return stat_of(target)
+
+    async def _delete(self, entry: Entry) -> int:
+        index = self.local.index
+        try:
+            target = target_path(self.root, entry.path)
+            self._release(entry.path)
+            await trio.to_thread.run_sync(remove_file, self.root, target, index.stats.get(entry.path))
+        except (ChunkswarmError, ValidationError) as exc:
+            self._note(entry.path, exc)
+            return 1
+        index.record(entry, None, dirty=False)
+        return 0
+
+    async def _drop(self, path: str) -> int:
+        index = self.local.index
+        try:
+            await trio.to_thread.run_sync(remove_file, self.root, target_path(self.root, path), index.stats.get(path))
+        except (ChunkswarmError, ValidationError) as exc:
+            self._note(path, exc)
+            return 1
+        index.forget(path)
+        return 0
+
+    def _expected(self, path: str) -> Stat | None:
+        entry = self.local.index.entries.get(path)
+        return None if entry is None or entry.deleted else self.local.index.stats.get(path)
+
+    async def _write(self, entry: Entry, data: bytes) -> int:
+        self._release(entry.path)
+        try:
+            target = target_path(self.root, entry.path, create_folders=True)
+            stat = await trio.to_thread.run_sync(lambda: write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns,
+                                                                      mode=entry.mode, fsync=self.fsync))  # fmt: skip
+        except (ChunkswarmError, ValidationError) as exc:
+            self._note(entry.path, exc)
+            return 1
+        self._taken(entry, stat)
+        return 0
+
+    def _taken(self, entry: Entry, stat: Stat) -> None:
+        self.local.index.record(entry, stat, dirty=False)
+        if entry.size <= SMALL_FILE:
+            manifest = single_chunk_manifest(entry.path, entry.size, entry.file_id)
+            self.local.reopen(entry.path, manifest, stat)
+            self.taken.append(manifest)
+
+    async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]]) -> None:
+        jobs = [(entry, data) for file_id, data in batch for entry in by_content[file_id]]
+        for entry, _data in jobs:
+            self._release(entry.path)
+
+        def write_all() -> list[Stat | Exception]:
+            out: list[Stat | Exception] = []
+            for entry, data in jobs:
+                try:
+                    target = target_path(self.root, entry.path, create_folders=True)
+                    out.append(write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode,
+                                            fsync=self.fsync))  # fmt: skip
+                except (ChunkswarmError, ValidationError) as exc:
+                    out.append(exc)
+            return out
+
+        results = await trio.to_thread.run_sync(write_all)
+        for (entry, _data), result in zip(jobs, results, strict=True):
+            if isinstance(result, Exception):
+                self._note(entry.path, result)
+            else:
+                self._taken(entry, result)
+
+    async def _copy(self, entry: Entry, source_path: str) -> int:
+        index = self.local.index
+        if source_path != entry.path:
+            self._release(entry.path)
+        source_stat = index.stats[source_path]
+
+        def copy() -> Stat:
+            source = target_path(self.root, source_path)
+            check_unchanged(source, source_stat)  # still the content the index says (else the next scan sees it)
+            target = target_path(self.root, entry.path, create_folders=True)
+            stat = copy_atomic(source, target, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode, fsync=self.fsync)
+            check_unchanged(source, source_stat)
+            return stat
+
+        try:
+            stat = await trio.to_thread.run_sync(copy)
+        except (ChunkswarmError, ValidationError) as exc:
+            self._note(entry.path, exc)
+            return 1
+        held = self.local.peer.library.get(entry.file_id)
+        manifest = held.manifest if held is not None else single_chunk_manifest(entry.path, entry.size, entry.file_id) if entry.size <= SMALL_FILE else None
+        if manifest is not None:  # served from the copy: the source may be overwritten next (a conflict, a swap)
+            self.local.reopen(entry.path, manifest, stat)
+        index.record(entry, stat, dirty=False)
+        logger.info("%s: copied from %s here (same content), nothing downloaded", entry.path, source_path)
+        return 0
+
+    async def _download(self, first: Entry, entries: list[Entry], limiter: trio.Semaphore, results: list[int]) -> None:
+        peer = self.local.peer
+        staging = self.root / STATE_FOLDER / "staging"
+        async with limiter:
+            transfer = self.transfers[first.path] = Transfer(first.path, first.size)
+            try:
+                manifest = await peer.get_manifest(first.file_id)
+                await trio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
+                progress: ProgressSink = transfer
+                result = await Downloader(peer.config, manifest, staging, peer.tracker, peer.library, peer.transfers, peer.hello,
+                                          peer.peer_id, save_as=first.file_id.hex(), progress=progress).run()  # fmt: skip
+                target = target_path(self.root, first.path, create_folders=True)
+                self._release(first.path)
+                staged = peer.library.get(first.file_id)
+                if staged is not None:
+                    staged.signature = None  # renamed into place next: not a change under our feet (reopened there below)
+                stat = await trio.to_thread.run_sync(lambda: place(result.path, target, self._expected(first.path),
+                                                                   mtime_ns=first.mtime_ns, mode=first.mode, fsync=self.fsync))  # fmt: skip
+            except (ChunkswarmError, ValidationError, OSError) as exc:
+                self._note(first.path, exc)
+                results.append(len(entries))
+                return
+            finally:
+                self.transfers.pop(first.path, None)
+            self.local.index.record(first, stat, dirty=False)
+            self.local.reopen(first.path, manifest, stat)
+            self.taken.append(manifest)

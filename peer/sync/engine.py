@@ -1,0 +1,389 @@
+"""The loop that keeps a folder in step with its collection: ``chunkswarm sync DIR --collection NAME``.
+
+::
+
+    SyncFolder.run
+    ├── watcher      file-system events (``watchfiles``), debounced: a scan is due
+    ├── rescanner    a scan every ``rescan_interval`` (what events miss: another mount, a lost event)
+    ├── listener     WATCH_COLLECTION long polls: another node's version, within milliseconds
+    ├── presence     which of the collection's nodes the tracker lists as holders (online, last seen)
+    └── worker       one cycle at a time: scan, merge the current version, apply, publish
+
+Every node syncing NAME is an owner of the collection (the first creates it,
+listing the keys it was told to ``--allow``). A cycle scans (only changed
+files are hashed; new ones are published to the tracker and served), fetches
+the current version, merges it with the index (:func:`common.sync_merge.reconcile`),
+applies what others changed (``peer/sync/apply.py``) and, if this node has
+anything new, publishes the next version on top of the current one:
+compare-and-swap on the parent root; on :class:`CollectionConflict` (another
+node published first) it fetches, merges and tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+
+import attrs
+import trio
+import watchfiles
+
+from common.capabilities import COLLECTIONS
+from common.collection import CollectionVersion, Entry, check_successor, decode_version, encode_version, sign_version
+from common.errors import ChunkswarmError, CollectionConflict, CollectionRefused, TrackerError
+from common.framing import ErrorCode
+from common.identity import node_id
+from common.manifest import ZERO_HASH
+from common.messages import Hello, Holders, WhoHas
+from common.sync_merge import Plan, expire_tombstones, reconcile
+from common.sync_rules import STATE_FOLDER
+from peer.collections import fetch_following, publish_collection, watch_collection
+from peer.node import Peer
+from peer.storage.fs import atomic_write
+from peer.storage.manifest_cache import ManifestCache
+from peer.sync.apply import Applier
+from peer.sync.fsops import is_temporary
+from peer.sync.index import Index
+from peer.sync.local import LocalSide
+from peer.tracker_client import open_query_link
+
+__all__ = ["SyncConfig", "SyncFolder", "short_node_of"]
+
+logger = logging.getLogger(__name__)
+
+#: How long one WATCH_COLLECTION waits for a change before it is asked again.
+_WATCH_TIMEOUT = 20.0
+#: Paths left untaken are tried again after this long, doubled at each failure up to _LAST_RETRY.
+_FIRST_RETRY = 0.5
+_LAST_RETRY = 10.0
+#: Tries of one publish against newer versions before the cycle is left to the next wake-up.
+_PUBLISH_TRIES = 20
+
+
+def short_node_of(public_key: bytes) -> bytes:
+    """The 8 bytes that name a node in version vectors and ``modified_by``: its node id's first bytes."""
+    return node_id(public_key)[:8]
+
+
+@attrs.frozen
+class SyncConfig:
+    root: pathlib.Path
+    collection: str
+    #: Public keys of the nodes this node makes owners of the collection (``--allow``).
+    allow: tuple[bytes, ...] = ()
+    rescan_interval: float = 60.0
+    #: Events are gathered this long before a scan (an editor's save is several events).
+    debounce: float = 0.05
+    fsync: bool = True
+    #: Seconds between the checks of which nodes are online.
+    presence_interval: float = 5.0
+
+
+@attrs.define(eq=False)
+class SyncFolder:
+    """A folder kept in step with a collection by ``peer``; see the module docstring."""
+
+    peer: Peer
+    config: SyncConfig
+    index: Index = attrs.field(init=False)
+    local: LocalSide = attrs.field(init=False)
+    applier: Applier = attrs.field(init=False)
+    me: bytes = attrs.field(init=False)
+    #: The latest version seen (by the listener, perhaps not merged yet).
+    current: CollectionVersion | None = None
+    #: The latest version merged, checked step by step from the first: the next is checked against it.
+    kept: CollectionVersion | None = None
+    _scan_due: bool = True
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+    #: The collection's nodes (short node ids) -> when last seen online (wall clock seconds; 0: never).
+    nodes: dict[bytes, float] = attrs.field(factory=dict)
+    online: set[bytes] = attrs.field(factory=set)
+    #: Cycles done, for tests and the status file.
+    cycles: int = 0
+    _nursery: trio.Nursery | None = None
+    #: True while the listener's watch is up: then it tells of every new version.
+    _listening: bool = False
+    _retry_pending: bool = False
+    _retry_delay: float = 0.5
+    #: Set when the tracker refused this node's version: it is not an owner (yet); it only takes others' changes.
+    refused: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.me = short_node_of(self.peer.config.node_key.public_key)
+        root = self.config.root
+        (root / STATE_FOLDER).mkdir(parents=True, exist_ok=True)
+        self.index = Index.load(root)
+        cache = ManifestCache(root / STATE_FOLDER / "manifests")
+        self.local = LocalSide(self.peer, root, self.index, self.me, cache)
+        self.applier = Applier(self.local, fsync=self.config.fsync)
+        try:
+            self.kept = decode_version((root / STATE_FOLDER / "version").read_bytes())
+        except FileNotFoundError:
+            pass
+        except ChunkswarmError as exc:
+            logger.warning("%s: the version kept is unreadable (%s); the chain is checked from its first version", root, exc)
+        if self.kept is not None and (self.kept.name != self.config.collection or self.kept.root != self.index.root):
+            self.kept = None  # kept for another collection, or not the one the index reflects
+        self.current = self.kept
+
+    def wake(self, *, scan: bool = False) -> None:
+        self._scan_due = self._scan_due or scan
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Keep the folder in step until cancelled."""
+        self.wake(scan=True)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watcher)
+            nursery.start_soon(self._rescanner)
+            nursery.start_soon(self._listener)
+            nursery.start_soon(self._presence)
+            await self._worker()
+
+    # -- the worker ------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                await self.cycle()
+            except ChunkswarmError as exc:
+                logger.warning("sync of %s: %s; trying again shortly", self.config.root, exc)
+                await trio.sleep(1.0)
+                self.wake(scan=True)
+
+    async def cycle(self) -> None:
+        """Scan if due, merge the current version, apply, publish."""
+        if self._scan_due:
+            self._scan_due = False
+            self.applier.changed_locally = False
+            started = trio.current_time()
+            changed = await self.local.scan()
+            if changed:
+                logger.info("%s: %d local change%s (scanned in %.2f s)", self.config.collection, changed, "" if changed == 1 else "s",
+                            trio.current_time() - started)
+        remote = await self._fetch()
+        for _ in range(_PUBLISH_TRIES):
+            entries = {entry.path: entry for entry in remote.entries} if remote is not None else {}
+            plan = reconcile(self.index.entries, self.index.dirty, entries, self.me)
+            for note in plan.conflicts:
+                logger.warning("conflict: %s", note)
+            started = trio.current_time()
+            left = await self.applier.apply(plan)
+            logger.debug("applied %d takes, %d drops in %.2f s (%d left)", len(plan.take), len(plan.drop), trio.current_time() - started, left)
+            if not left:
+                self._resolved(plan)
+            if remote is not None:
+                self._merged(remote)
+            if self.applier.changed_locally:
+                self.wake(scan=True)  # a file changed here under a remote change: scanned first, then merged again
+            self._retry(left)
+            if not self.index.dirty and remote is not None:
+                break  # (no version yet: this node creates the collection, empty or not)
+            published = await self._publish(remote, plan)
+            if published is not None:
+                self._merged(published)
+                break
+            if self.refused:
+                break
+            remote = await self._fetch()
+        self.cycles += 1
+        await trio.to_thread.run_sync(self._save)
+
+    async def _fetch(self) -> CollectionVersion | None:
+        """The current version, each step since the one kept checked (signed by an owner of the one before)."""
+        current, kept = self.current, self.kept
+        if current is not None and self._listening:
+            # The listener's version: used as it is when it is the one kept, or the next one (checked here).
+            if kept is not None and current.root == kept.root:
+                return kept
+            if (kept is None and current.sequence == 1) or (kept is not None and current.sequence == kept.sequence + 1):
+                check_successor(kept, current)
+                return current
+        return await fetch_following(self.peer.tracker, self.config.collection, kept)
+
+    def _resolved(self, plan: Plan) -> None:
+        """The entries ``plan`` publishes are what the folder holds now: recorded, to be published.
+
+        Only once the whole plan is applied: a conflict is published whole (the entry that keeps the
+        name with the copy of the other), or not yet (the next cycle resolves it again, the same way).
+        """
+        index = self.index
+        for entry in plan.publish:
+            held = index.entries.get(entry.path)
+            if held is not None and held.file_id == entry.file_id and entry.path in index.stats:
+                index.record(entry, index.stats[entry.path], dirty=True)
+
+    def _retry(self, left: int) -> None:
+        """Paths not taken (no holder online, a refusal): tried again later, each time later up to 10 s."""
+        if not left:
+            self._retry_delay = _FIRST_RETRY
+            return
+        if self._nursery is not None and not self._retry_pending:
+            self._retry_pending = True
+            delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, _LAST_RETRY)
+            self._nursery.start_soon(self._retry_later, delay)
+
+    async def _retry_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self._retry_pending = False
+        self.wake()
+
+    def _merged(self, version: CollectionVersion) -> None:
+        self.kept = version
+        self.current = version
+        self.index.root = version.root
+        self.index.sequence = version.sequence
+        for key in version.owners:
+            self.nodes.setdefault(short_node_of(key), 0.0)
+
+    async def _publish(self, remote: CollectionVersion | None, plan: Plan) -> CollectionVersion | None:
+        """The next version with this node's changes, published; None if another node published first."""
+        index = self.index
+        entries: dict[str, Entry] = {entry.path: entry for entry in remote.entries} if remote is not None else {}
+        for path in index.dirty:
+            entry = index.entries.get(path)
+            if entry is None:
+                continue
+            if entry.deleted and path not in entries:
+                continue  # a file created and deleted before it was ever published
+            entries[path] = entry
+        started = trio.current_time()
+        now = time.time_ns()
+        listed = sorted(expire_tombstones(entries.values(), now), key=lambda e: e.path)
+        key = self.peer.config.node_key
+        if remote is not None and key.public_key not in remote.owners:
+            self._refuse(f"this node (key {key.public_key.hex()}) is not an owner of {self.config.collection!r}")
+            return None
+        owners = list(remote.owners) if remote is not None else [key.public_key]
+        owners += [k for k in self.config.allow if k not in owners]
+        sequence, parent = (remote.sequence + 1, remote.root) if remote is not None else (1, ZERO_HASH)
+        version = await trio.to_thread.run_sync(lambda: sign_version(key, self.config.collection, sequence, parent, listed, owners))
+        await self.local.publish_files([])  # nothing new: files were published as they were scanned
+        try:
+            await publish_collection(self.peer.tracker, version)
+        except CollectionConflict as exc:
+            logger.info("%s: version %d was published first; merging again", self.config.collection, exc.current_sequence)
+            return None
+        except CollectionRefused as exc:
+            self._refuse(str(exc))
+            return None
+        except TrackerError as exc:
+            if exc.code != ErrorCode.NOT_AN_OWNER:
+                raise
+            self._refuse(str(exc))
+            return None
+        self.refused = ""
+        index.dirty.clear()
+        logger.info("%s: published version %d (%d entries) in %.2f s", self.config.collection, version.sequence, len(listed),
+                    trio.current_time() - started)
+        return version
+
+    def _refuse(self, why: str) -> None:
+        if not self.refused:
+            logger.error("%s: cannot publish this node's changes: %s; they are kept here, and published once an owner "
+                         "adds this node (chunkswarm collection allow, or sync --owner)", self.config.collection, why)
+        self.refused = why
+
+    # -- the watchers ------------------------------------------------------------
+    async def _watcher(self) -> None:
+        root = str(self.config.root)
+
+        def interesting(change: watchfiles.Change, path: str) -> bool:
+            relative = pathlib.Path(path).relative_to(root).as_posix() if path.startswith(root) else path
+            return not (relative == STATE_FOLDER or relative.startswith(STATE_FOLDER + "/") or is_temporary(path))
+
+        async for _changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
+                                                step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
+            self.wake(scan=True)
+
+    async def _rescanner(self) -> None:
+        while True:
+            await trio.sleep(self.config.rescan_interval)
+            self.wake(scan=True)
+
+    async def _listener(self) -> None:
+        """Long polls on a link of its own (a watch holds back the requests behind it on its link)."""
+        peer = self.peer
+        hello = Hello(peer.peer_id, listen_port=0, capabilities={COLLECTIONS: 1})
+        while True:
+            try:
+                async with open_query_link(peer.config.tracker, hello, timeout=peer.config.tracker_timeout, key=peer.config.node_key) as link:
+                    if self.current is None:  # what the tracker has now, then changes to it
+                        self.current = await fetch_following(link, self.config.collection, self.kept)
+                        self.wake()
+                    self._listening = True
+                    while True:
+                        known = self.current.root if self.current is not None else b""
+                        version = await watch_collection(link, self.config.collection, known, timeout=_WATCH_TIMEOUT)
+                        if version is not None and (self.current is None or version.sequence > self.current.sequence):
+                            self.current = version
+                            self.wake()
+            except (ChunkswarmError, OSError) as exc:
+                logger.debug("watching %s: %s", self.config.collection, exc)
+            finally:
+                self._listening = False
+            await trio.sleep(1.0)
+
+    async def _presence(self) -> None:
+        """Presence every ``presence_interval``; the status file meanwhile every half second while files are downloaded."""
+        due = 0.0
+        while True:
+            if trio.current_time() >= due:
+                due = trio.current_time() + self.config.presence_interval
+                try:
+                    await self.check_presence()
+                except ChunkswarmError as exc:
+                    logger.debug("presence: %s", exc)
+                await trio.to_thread.run_sync(self._save_status)
+            elif self.applier.transfers:
+                await trio.to_thread.run_sync(self._save_status)
+            await trio.sleep(0.5)
+
+    async def check_presence(self) -> None:
+        """Which nodes the tracker lists as holders of the collection's files now."""
+        ids = [entry.file_id for entry in self.index.entries.values() if not entry.deleted][:8]
+        online: set[bytes] = {self.me}
+        if ids:
+            replies = await self.peer.tracker.request_many([WhoHas(file_id, max_peers=50) for file_id in ids])
+            for reply in replies:
+                if isinstance(reply, Holders):
+                    online.update(holder.peer_id[:8] for holder in reply.holders)
+        now = time.time()
+        self.online = {node for node in online if node in self.nodes or node == self.me}
+        for node in self.online:
+            self.nodes[node] = now
+
+    # -- state on disk -------------------------------------------------------------
+    def _save(self) -> None:
+        self.index.save(self.config.root)
+        if self.kept is not None:
+            atomic_write(self.config.root / STATE_FOLDER / "version", encode_version(self.kept))
+        self._save_status()
+
+    def _save_status(self) -> None:
+        """``.chunkswarm/status.json``, read by ``chunkswarm sync status``."""
+        files = [
+            {"path": e.path, "size": e.size, "deleted": e.deleted, "mtime_ns": e.mtime_ns, "by": e.modified_by.hex()}
+            for e in sorted(self.index.entries.values(), key=lambda e: e.mtime_ns, reverse=True)[:1000]
+        ]
+        status = {
+            "collection": self.config.collection,
+            "me": self.me.hex(),
+            "pid": os.getpid(),
+            "written": time.time(),
+            "sequence": self.index.sequence,
+            "refused": self.refused,
+            "files_total": sum(1 for e in self.index.entries.values() if not e.deleted),
+            "nodes": [{"id": node.hex(), "online": node in self.online, "last_seen": seen} for node, seen in self.nodes.items()],
+            "files": files,
+            "transfers": [{"path": t.path, "size": t.size, "done": t.done} for t in self.applier.transfers.values()],
+        }
+        try:
+            atomic_write(self.config.root / STATE_FOLDER / "status.json", json.dumps(status).encode())
+        except OSError as exc:
+            logger.warning("%s: cannot write the status file: %s", self.config.root, exc)

@@ -1,0 +1,210 @@
+"""This node's side of a synced folder: what changed on disk since the last scan, hashed, recorded and served.
+
+A scan (``peer/sync/scan.py``) lists every file with its stat; only files
+whose size, mtime, mode or inode differ from the index are read and hashed,
+in batches per worker-thread call. A changed file gets this node's bump in
+its version vector (:func:`common.sync_merge.local_change`); a file whose
+content and mode are unchanged (touched, say) only has its stat updated; a
+file gone from disk becomes a tombstone. Every file of the folder is served
+from its path (the library), and new file ids are published to the tracker in
+one pipelined batch: a collection version may only name files the tracker lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+
+import attrs
+import trio
+
+from common.chunkset import ChunkSet
+from common.errors import StorageError
+from common.manifest import Manifest, sha256
+from common.messages import Announce, Error, Message, Publish
+from common.sync_merge import local_change, local_deletion
+from peer.node import Peer
+from peer.storage.library import HeldFile, open_published
+from peer.storage.manifest_cache import ManifestCache
+from peer.sync.fetch import SMALL_FILE, sync_chunk_size
+from peer.sync.fsops import Stat, stat_of
+from peer.sync.index import Index
+from peer.sync.scan import scan_folder
+
+__all__ = ["LocalSide", "single_chunk_manifest"]
+
+logger = logging.getLogger(__name__)
+
+#: Files hashed per worker-thread call (or fewer, up to this many bytes).
+_HASH_BATCH = 256
+_HASH_BATCH_BYTES = 64 * 1024 * 1024
+#: PUBLISH + ANNOUNCE pairs per pipelined batch to the tracker.
+_PUBLISH_BATCH = 2000
+
+
+def single_chunk_manifest(path: str, size: int, file_id: bytes) -> Manifest:
+    """The manifest of a file of one chunk: its id is its content's SHA-256 (``common/manifest.py``)."""
+    return Manifest.from_hashes(path.rpartition("/")[2], size, sync_chunk_size(size), [file_id])
+
+
+def _hash_one(cache: ManifestCache, path: pathlib.Path, stat: Stat) -> Manifest | None:
+    """The manifest of ``path`` if it is still ``stat`` after hashing; None if it changed (the next scan sees it)."""
+    try:
+        if stat.size <= SMALL_FILE:
+            with open(path, "rb") as handle:
+                data = handle.read(SMALL_FILE + 1)
+            after = stat_of(path)
+            if after is None or (after.size, after.mtime_ns) != (stat.size, stat.mtime_ns) or len(data) != stat.size:
+                return None
+            return Manifest.from_hashes(path.name, stat.size, sync_chunk_size(stat.size), [sha256(data)])
+        manifest, signature, _cached = cache.manifest_for(path, sync_chunk_size(stat.size))
+        if signature != (stat.size, stat.mtime_ns):
+            return None
+        return manifest
+    except (OSError, StorageError) as exc:
+        logger.info("%s: not hashed now (%s); the next scan tries again", path, exc)
+        return None
+
+
+def _batches(changed: list[tuple[str, Stat]]) -> list[list[tuple[str, Stat]]]:
+    out: list[list[tuple[str, Stat]]] = []
+    batch: list[tuple[str, Stat]] = []
+    size = 0
+    for item in changed:
+        batch.append(item)
+        size += item[1].size
+        if len(batch) >= _HASH_BATCH or size >= _HASH_BATCH_BYTES:
+            out.append(batch)
+            batch, size = [], 0
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _hash_batch(cache: ManifestCache, root: pathlib.Path, batch: list[tuple[str, Stat]]) -> list[Manifest | None]:
+    return [_hash_one(cache, root / path, stat) for path, stat in batch]
+
+
+@attrs.define(eq=False)
+class LocalSide:
+    """Scans, hashes, records and serves this node's files of the folder at ``root``."""
+
+    peer: Peer
+    root: pathlib.Path
+    index: Index
+    me: bytes
+    cache: ManifestCache
+    #: Problems of the last scan already told (each is logged once).
+    told: set[str] = attrs.field(factory=set)
+    #: File ids published to the tracker by this run (a new tracker connection publishes the library anyway).
+    published: set[bytes] = attrs.field(factory=set)
+    #: False until the first scan, which serves (and publishes) the files unchanged since the last run too.
+    started: bool = False
+
+    async def scan(self) -> int:
+        """Record what changed on disk since the last scan; the number of paths changed."""
+        found = await trio.to_thread.run_sync(scan_folder, self.root)
+        for problem in found.problems:
+            if problem not in self.told:
+                self.told.add(problem)
+                logger.warning("%s", problem)
+        index = self.index
+        changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
+                   or index.entries[path].deleted]  # fmt: skip
+        manifests: list[Manifest] = []
+        if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
+            self.started = True
+            for path, stat in found.files.items():
+                entry = index.entries.get(path)
+                if entry is None or entry.deleted or index.stats.get(path) != stat:
+                    continue
+                if entry.size <= SMALL_FILE:
+                    known = single_chunk_manifest(path, entry.size, entry.file_id)
+                    self.serve(path, known, stat)
+                    manifests.append(known)
+                else:
+                    changed.append((path, stat))
+        gone = [path for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
+        count = 0
+        for batch in _batches(changed):
+            results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.root, batch)
+            for (path, stat), manifest in zip(batch, results, strict=True):
+                if manifest is None:
+                    continue
+                previous = index.entries.get(path)
+                if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
+                    index.stats[path] = stat  # touched, moved back and forth ...: the same file
+                else:
+                    entry = local_change(previous, path, size=stat.size, file_id=manifest.file_id, mode=stat.mode,
+                                         mtime_ns=stat.mtime_ns, me=self.me)  # fmt: skip
+                    index.record(entry, stat, dirty=True)
+                    count += 1
+                self.serve(path, manifest, stat)
+                manifests.append(manifest)
+        now = time.time_ns()
+        for path in gone:
+            index.record(local_deletion(index.entries[path], me=self.me, now_ns=now), None, dirty=True)
+            count += 1
+        self.unserve_missing()
+        hashed = trio.current_time()
+        await self.publish_files(manifests)
+        logger.debug("scan: %d files hashed, %.2f s publishing them", len(manifests), trio.current_time() - hashed)
+        return count
+
+    def serve(self, path: str, manifest: Manifest, stat: Stat) -> None:
+        """Serve ``path``'s file (``manifest``) from the folder, unless its content is served already."""
+        library = self.peer.library
+        held = library.get(manifest.file_id)
+        if held is not None and not held.withdrawn and held.path.exists() and not held.changed():
+            return  # served from another path of the folder with the same content
+        try:
+            fd = os.open(self.root / path, os.O_RDONLY)
+        except OSError as exc:
+            logger.info("%s: cannot serve it: %s", path, exc.strerror)
+            return
+        library.add(HeldFile(manifest, self.root / path, fd, ChunkSet.full(manifest.chunk_count), (stat.size, stat.mtime_ns)))
+
+    def unserve_missing(self) -> None:
+        """Stop serving file ids no path of the folder has any more (quietly: the tracker is told by the library)."""
+        wanted = {entry.file_id for path, entry in self.index.entries.items() if not entry.deleted and path in self.index.stats}
+        for file_id in [fid for fid in self.peer.library.files if fid not in wanted]:
+            self.peer.library.remove(file_id)
+            self.published.discard(file_id)
+
+    async def publish_files(self, manifests: list[Manifest]) -> None:
+        """PUBLISH and ANNOUNCE the files the tracker does not list yet, in pipelined batches."""
+        fresh = {m.file_id: m for m in manifests if m.file_id not in self.published}
+        if not fresh or not self.peer.connected:
+            return
+        messages: list[Message] = []
+        for manifest in fresh.values():
+            messages += [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
+        for start in range(0, len(messages), 2 * _PUBLISH_BATCH):
+            batch = messages[start : start + 2 * _PUBLISH_BATCH]
+            replies = await self.peer.tracker.request_many(batch)
+            for message, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, Error):
+                    logger.warning("%s: %s refused: %s", self.peer.name, message.OPCODE.name, reply)
+        self.published.update(fresh)
+
+    async def announce_held(self, manifests: list[Manifest]) -> None:
+        """Tell the tracker this node holds files it took from others: ANNOUNCE only (their publisher sent the PUBLISH)."""
+        fresh = {m.file_id: m for m in manifests if m.file_id not in self.published}
+        if not fresh or not self.peer.connected:
+            return
+        held = list(fresh.values())
+        unlisted = []
+        for start in range(0, len(held), 2 * _PUBLISH_BATCH):
+            batch = held[start : start + 2 * _PUBLISH_BATCH]
+            replies = await self.peer.tracker.request_many([Announce(m.file_id, ChunkSet.full(m.chunk_count).ranges()) for m in batch])
+            unlisted += [m for m, reply in zip(batch, replies, strict=True) if isinstance(reply, Error)]
+        self.published.update(fresh)
+        if unlisted:  # not listed (a new tracker): published then
+            self.published.difference_update(m.file_id for m in unlisted)
+            await self.publish_files(unlisted)
+
+    def reopen(self, path: str, manifest: Manifest, stat: Stat) -> None:
+        """Serve a file just written at ``path`` from there."""
+        self.peer.library.add(open_published(self.root / path, manifest, (stat.size, stat.mtime_ns)))

@@ -1,0 +1,113 @@
+"""peer/sync/fsops.py and scan.py: safe, atomic writes into a synced folder, and scans."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from common.errors import StorageError, ValidationError
+from peer.sync.fsops import ChangedLocally, Stat, copy_atomic, remove_file, stat_of, target_path, write_atomic
+from peer.sync.scan import scan_folder
+
+
+def _write(path: pathlib.Path, data: bytes) -> Stat:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    st = stat_of(path)
+    assert st is not None
+    return st
+
+
+def test_target_path_stays_inside(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    assert target_path(root, "a/b/c.txt", create_folders=True) == root / "a/b/c.txt"
+    assert (root / "a/b").is_dir()
+    for hostile in ("../x", "/etc/passwd", "a/../../x", ".chunkswarm/index"):
+        with pytest.raises(ValidationError):
+            target_path(root, hostile)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    with pytest.raises(StorageError, match="symbolic link"):
+        target_path(root, "link/x.txt", create_folders=True)
+    (root / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="not a folder"):
+        target_path(root, "file/x.txt", create_folders=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_write_atomic_never_overwrites_a_local_change(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "f.txt"
+    st = write_atomic(target, b"one", None, mtime_ns=1_600_000_000 * 10**9, mode=0o640, fsync=True)
+    assert target.read_bytes() == b"one" and st.mtime_ns == 1_600_000_000 * 10**9 and st.mode == 0o640
+    assert write_atomic(target, b"two", st, mtime_ns=st.mtime_ns + 1, mode=0o644, fsync=False).size == 3
+    assert target.read_bytes() == b"two"
+    # Written on this node since the last scan (the recorded stat is the old one): kept, with a clear error.
+    with pytest.raises(ChangedLocally):
+        write_atomic(target, b"three", st, mtime_ns=0, mode=0o644, fsync=False)
+    assert target.read_bytes() == b"two"
+    # A file where the node believed there was none.
+    with pytest.raises(ChangedLocally):
+        write_atomic(target, b"three", None, mtime_ns=0, mode=0o644, fsync=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # no temporary file left behind
+
+
+def test_copy_and_remove(tmp_path: pathlib.Path) -> None:
+    root = tmp_path
+    source_stat = _write(root / "a.bin", b"x" * 5000)
+    target = target_path(root, "sub/deeper/b.bin", create_folders=True)
+    copied = copy_atomic(root / "a.bin", target, None, mtime_ns=source_stat.mtime_ns, mode=0o600, fsync=False)
+    assert target.read_bytes() == b"x" * 5000 and copied.mode == 0o600
+    with pytest.raises(ChangedLocally):
+        remove_file(root, target, source_stat if source_stat.mtime_ns != copied.mtime_ns else Stat(1, 1, 0))
+    remove_file(root, target, copied)
+    assert not (root / "sub").exists()  # the empty folders went with it
+    assert (root / "a.bin").exists() and root.exists()
+
+
+def test_scan(tmp_path: pathlib.Path) -> None:
+    root = tmp_path
+    _write(root / "a.txt", b"a")
+    _write(root / "sub/b.txt", b"bb")
+    _write(root / "sub/x.tmp", b"ignored")
+    _write(root / "build/out.o", b"ignored")
+    _write(root / ".chunkswarm/index", b"state")
+    _write(root / "sub/.b.txt.chunkswarm-tmp-0011", b"in progress")
+    _write(root / "CON.txt", b"windows")
+    _write(root / "Readme", b"1")
+    _write(root / "README", b"2")
+    (root / ".chunkswarmignore").write_text("*.tmp\nbuild/\n")
+    os.symlink("/etc/passwd", root / "link")
+    scan = scan_folder(root)
+    assert sorted(scan.files) == [".chunkswarmignore", "CON.txt", "README", "Readme", "a.txt", "sub/b.txt"]
+    assert scan.files["sub/b.txt"].size == 2
+    text = "\n".join(scan.problems)
+    assert "link: a symbolic link" in text and "reserved name on Windows" in text and "differ only in case" in text
+
+
+@pytest.mark.parametrize("hostile", ["../x", "/etc/passwd", "a/../../x", "a//b"])
+def test_a_signed_version_naming_a_path_outside_is_refused(hostile: str) -> None:
+    """A version properly signed by an owner, whose entry names a path outside the folder: refused when it is read."""
+    import attrs
+    import msgpack
+
+    from common.collection import Entry, decode_version, entry_leaf, signed_message
+    from common.identity import NodeKey
+    from common.manifest import ZERO_HASH, merkle_root, sha256
+
+    key = NodeKey.generate()
+    entry = Entry(path="x", size=1, file_id=sha256(b"x"), mode=0o644, mtime_ns=0, version=((b"A" * 8, 1),), modified_by=b"A" * 8)
+    forged = Entry.__new__(Entry)
+    for field in attrs.fields(Entry):
+        object.__setattr__(forged, field.name, getattr(entry, field.name))
+    object.__setattr__(forged, "path", hostile)  # past Entry's own validation, as a hostile node would write it
+    root = merkle_root([entry_leaf(forged)])
+    signature = key.sign(signed_message("shared", 1, ZERO_HASH, root, [key.public_key]))
+    data = msgpack.packb(["shared", 1, ZERO_HASH, [forged.to_fields()], [key.public_key], key.public_key, signature], use_bin_type=True)
+    with pytest.raises(ValidationError):
+        decode_version(data)
+    with pytest.raises(ValidationError):  # and were it ever taken, no write would be made there
+        target_path(pathlib.Path("/nonexistent-root"), hostile)
