@@ -50,11 +50,13 @@ Trackers = tuple[tuple[str, int], ...]
 
 def parse_trackers(ctx: click.Context, param: click.Parameter, value: Sequence[str] | str) -> Trackers:
     """Each ``--tracker``, each split at commas and spaces (as CHUNKSWARM_TRACKER may list them): the addresses in order."""
-    words = [word for text in ([value] if isinstance(value, str) else value) for word in re.split(r"[,\s]+", text) if word]
-    if not words:  # neither --tracker nor CHUNKSWARM_TRACKER: look on the LAN (mDNS)
+    if not value:  # neither --tracker nor CHUNKSWARM_TRACKER: look on the LAN (mDNS)
         from chunkswarm.discover import find_tracker
 
         return (find_tracker(private=ctx.params.get("swarm") is not None),)
+    words = [word for text in ([value] if isinstance(value, str) else value) for word in re.split(r"[,\s]+", text) if word]
+    if not words:
+        raise click.BadParameter("give a tracker address HOST[:PORT]")
     try:
         return tuple(dict.fromkeys(parse_address(word, default_port=TRACKER_PORT) for word in words))
     except ValidationError as exc:
