@@ -14,7 +14,7 @@ from common.framing import ErrorCode
 from tracker.web.openapi import openapi_document
 from tracker.web.params import BadRequest
 from tracker.web.state import WebState
-from tracker.web.views import file_view, peers_view, search_view, stats_view
+from tracker.web.views import file_view, peers_view, search_view, stats_view, torrents_page_view
 
 __all__ = ["api_routes", "error_status", "json_error"]
 
@@ -44,6 +44,9 @@ def api_routes(state: WebState) -> list[BaseRoute]:
     async def peers(request: Request) -> Response:
         return JSONResponse(peers_view(state, request))
 
+    async def torrents(request: Request) -> Response:
+        return JSONResponse(torrents_page_view(state, request))
+
     async def stats(request: Request) -> Response:
         return JSONResponse(stats_view(state))
 
@@ -54,6 +57,7 @@ def api_routes(state: WebState) -> list[BaseRoute]:
         Route("/api/v1/files", files, methods=["GET"]),
         Route("/api/v1/files/{file_id}", one_file, methods=["GET"]),
         Route("/api/v1/peers", peers, methods=["GET"]),
+        Route("/api/v1/torrents", torrents, methods=["GET"]),
         Route("/api/v1/stats", stats, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
     ]

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from common.version import __version__
 from tracker.web.queries import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, MAX_QUERY
-from tracker.web.views import DEFAULT_PEERS_PAGE, MAX_PEERS_PAGE
+from tracker.web.views import DEFAULT_PEERS_PAGE, DEFAULT_TORRENTS_PAGE, MAX_PEERS_PAGE, MAX_TORRENTS_PAGE
 
 __all__ = ["openapi_document"]
 
@@ -60,6 +60,7 @@ _FILE: Final = {
     "get_command": {**_STRING, "description": "The command that downloads it"},
     "peers": {"type": "array", "items": _ref("Holder"), "description": "Some of its holders (all up to 20 per search result, 200 on its own)"},
 }
+_BT_COUNTERS: Final = {"torrents": _INT, "peers": _INT, "seeders": _INT, "leechers": _INT, "announces": _INT, "scrapes": _INT}
 _PAGE_PARAMS: Final = [
     {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
 ]
@@ -67,7 +68,7 @@ _PAGE_PARAMS: Final = [
 _DOCUMENT: Final[dict[str, Any]] = {
     "openapi": "3.0.3",
     "info": {"title": "chunkswarm tracker API", "version": __version__,
-             "description": "The catalogue, peers and counters of one chunkswarm tracker, read live. "
+             "description": "The catalogue, peers, BitTorrent swarms and counters of one chunkswarm tracker, read live. "
                             "A private swarm's tracker wants its web token (chunkswarm swarm show) as a bearer token."},
     "components": {
         "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "A private tracker's web token"}},
@@ -80,12 +81,19 @@ _DOCUMENT: Final[dict[str, Any]] = {
             "FileDetail": _object({**_FILE, "availability": {"type": "array", "items": _ref("Cell")}}),
             "FileList": _object({"query": _STRING, "offset": _INT, "limit": _INT, "total": _INT, "files": {"type": "array", "items": _ref("File")}}),
             "PeerList": _object({"offset": _INT, "limit": _INT, "total": _INT, "peers": {"type": "array", "items": _ref("Peer")}}),
+            "Torrent": _object({
+                "info_hash": {"type": "string", "pattern": "^[0-9a-f]{40}$", "description": "The BitTorrent info-hash, hex"},
+                "seeders": _INT, "leechers": _INT, "completed": {**_INT, "description": "Peers that finished downloading it"},
+            }),
+            "TorrentList": _object({"offset": _INT, "limit": _INT, "total": _INT, "torrents": {"type": "array", "items": _ref("Torrent")}}),
             "Search": _object({"at": _NUMBER, "pattern": _STRING, "results": _INT,
                                "source": {"type": "string", "enum": ["LIST_FILES", "LOOKUP", "web", "api"]}}),
             "Stats": _object({
                 "files": _INT, "peers": _INT, "replicas": _INT, "chunk_replicas": _INT, "connections": _INT, "http_connections": _INT,
                 "requests": _INT, "requests_per_second": _NUMBER, "uptime_s": _NUMBER, "searches": _INT,
                 "recent_searches": {"type": "array", "items": _ref("Search")},
+                "bittorrent": {**_object(_BT_COUNTERS), "nullable": True,
+                               "description": "The BitTorrent swarms' counters; null while the tracker's BitTorrent side is off"},
             }),
         },
     },
@@ -115,6 +123,15 @@ _DOCUMENT: Final[dict[str, Any]] = {
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PEERS_PAGE, "default": DEFAULT_PEERS_PAGE}},
             ],
             "responses": {"200": _json(_ref("PeerList"), "A page of peers"), "400": _ERROR, "401": _ERROR},
+        }},
+        "/api/v1/torrents": {"get": {
+            "summary": "The tracker's BitTorrent swarms (--bt-http, --bt-udp), most peers first; none while its BitTorrent side is off",
+            "parameters": [
+                *_PAGE_PARAMS,
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TORRENTS_PAGE, "default": DEFAULT_TORRENTS_PAGE}},
+            ],
+            "responses": {"200": _json(_ref("TorrentList"), "A page of BitTorrent swarms"), "400": _ERROR, "401": _ERROR},
         }},
         "/api/v1/stats": {"get": {
             "summary": "The tracker's counters and its recent searches",

@@ -1,7 +1,7 @@
 """The web UI's pages: server-rendered Jinja2 templates (autoescaped: every name is shown as text), usable without JavaScript.
 
 ``/`` searches, ``/files/{id}`` shows one file and its chunk availability,
-``/stats`` the peers, counters and recent searches; the stats page reloads
+``/stats`` the peers, counters, BitTorrent swarms (when on) and recent searches; the stats page reloads
 its panel (``/stats/panel``, the same HTML) every few seconds with a few
 lines of JavaScript, so a peer that joins appears without a reload.
 """
@@ -21,7 +21,7 @@ from common.wording import format_size
 from tracker.web import access
 from tracker.web.queries import HOLDERS_PER_RESULT, MAX_QUERY
 from tracker.web.state import WebState
-from tracker.web.views import file_view, peers_view, search_view, stats_view
+from tracker.web.views import TORRENTS_SHOWN, file_view, peers_view, search_view, stats_view, torrents_view
 
 __all__ = ["Pages", "POLL_SECONDS"]
 
@@ -92,7 +92,7 @@ class Pages:
             return self.render("file.html", title=detail["name"], file=detail, most=most)
 
         def _stats_context(request: Request) -> dict[str, Any]:
-            return {"stats": stats_view(state), "peers": peers_view(state, request)}
+            return {"stats": stats_view(state), "peers": peers_view(state, request), "torrents": torrents_view(state, 0, TORRENTS_SHOWN)}
 
         async def stats_page(request: Request) -> Response:
             return self.render("stats.html", title="Stats", **_stats_context(request))

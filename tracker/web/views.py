@@ -8,17 +8,22 @@ import trio
 from starlette.requests import Request
 
 from common.address import format_address
+from tracker.bittorrent.swarms import SwarmSummary
 from tracker.web.params import file_id_param, integer_param, search_params
-from tracker.web.queries import HOLDERS_PER_RESULT, MAX_HOLDERS_SHOWN, Clock, availability, file_json, peer_json, search
+from tracker.web.queries import HOLDERS_PER_RESULT, MAX_HOLDERS_SHOWN, MAX_OFFSET, Clock, availability, file_json, peer_json, search
 from tracker.web.state import WebState
 
-__all__ = ["search_view", "file_view", "peers_view", "stats_view", "tracker_address", "MAX_PEERS_PAGE"]
+__all__ = ["search_view", "file_view", "peers_view", "stats_view", "torrents_view", "torrents_page_view", "tracker_address", "MAX_PEERS_PAGE"]
 
 #: Peers on one page of /api/v1/peers and of the stats page.
 MAX_PEERS_PAGE: Final = 1000
 DEFAULT_PEERS_PAGE: Final = 200
 #: Searches shown on the stats page and in /api/v1/stats.
 RECENT_SEARCHES: Final = 50
+#: BitTorrent swarms on one page of /api/v1/torrents; the stats page shows the first :data:`TORRENTS_SHOWN`.
+MAX_TORRENTS_PAGE: Final = 1000
+DEFAULT_TORRENTS_PAGE: Final = 50
+TORRENTS_SHOWN: Final = 50
 
 
 def tracker_address(state: WebState, request: Request) -> str:
@@ -64,6 +69,40 @@ def peers_view(state: WebState, request: Request) -> dict[str, Any]:
     return {"offset": offset, "limit": limit, "total": len(peers), "peers": [peer_json(peer, clock, timeout) for peer in chosen]}
 
 
+def _torrent_json(summary: SwarmSummary) -> dict[str, Any]:
+    return {"info_hash": summary.info_hash.hex(), "seeders": summary.seeders, "leechers": summary.leechers, "completed": summary.downloaded}
+
+
+def torrents_view(state: WebState, offset: int = 0, limit: int = DEFAULT_TORRENTS_PAGE) -> dict[str, Any]:
+    """The tracker's BitTorrent swarms, most peers first (the order of LIST_TORRENTS), paged; none while BitTorrent is off."""
+    service = state.service
+    if not service.config.bittorrent.enabled:
+        return {"offset": offset, "limit": limit, "total": 0, "torrents": []}
+    swarms = service.bittorrent.swarms
+    chosen = list(swarms.summaries(offset + limit))[offset:]
+    return {"offset": offset, "limit": limit, "total": swarms.torrent_count, "torrents": [_torrent_json(s) for s in chosen]}
+
+
+def torrents_page_view(state: WebState, request: Request) -> dict[str, Any]:
+    """/api/v1/torrents: ``offset`` and ``limit`` (at most :data:`MAX_TORRENTS_PAGE`) from the query."""
+    params = request.query_params
+    offset = integer_param(params, "offset", 0, 0, MAX_OFFSET)
+    return torrents_view(state, offset, integer_param(params, "limit", DEFAULT_TORRENTS_PAGE, 1, MAX_TORRENTS_PAGE))
+
+
+def bittorrent_view(state: WebState) -> dict[str, int] | None:
+    """The BitTorrent side's counters, or None while it is off."""
+    service = state.service
+    if not service.config.bittorrent.enabled:
+        return None
+    counts = service.bittorrent.swarms.counts()
+    peers, seeders = counts["bittorrent_peers"], counts["bittorrent_seeders"]
+    return {
+        "torrents": counts["bittorrent_torrents"], "peers": peers, "seeders": seeders, "leechers": peers - seeders,
+        "announces": counts["bittorrent_announces"], "scrapes": counts["bittorrent_scrapes"],
+    }  # fmt: skip
+
+
 def stats_view(state: WebState) -> dict[str, Any]:
     service = state.service
     counts = service.registry.counts()
@@ -78,6 +117,7 @@ def stats_view(state: WebState) -> dict[str, Any]:
         "requests_per_second": state.rate.per_second(),
         "uptime_s": round(trio.current_time() - service.started_at, 1),
         "searches": service.searches.total,
+        "bittorrent": bittorrent_view(state),
         "recent_searches": [
             {"at": round(search.at, 3), "pattern": search.pattern, "results": search.results, "source": search.source}
             for search in service.searches.recent(RECENT_SEARCHES)
