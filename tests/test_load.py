@@ -8,6 +8,7 @@ of the suite, because the issue asks for it.
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import pathlib
 import random
@@ -106,6 +107,12 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
                 with trio.fail_after(60):
                     for _ in range(PEERS):
                         await ready.acquire()
+                # The load generator's own full collections would show as the tracker's latency: this
+                # pytest process holds every collected test module (schemathesis, playwright, ...), and
+                # each full collection of it stalled all 1000 simulated peers for 360-370 ms, twice a
+                # run. Frozen, the collector no longer traverses them (unfrozen after the run).
+                gc.collect()
+                gc.freeze()
                 started = trio.current_time()
                 go.set()
 
@@ -128,6 +135,7 @@ async def test_tracker_under_1000_peers_while_a_real_download_runs(tmp_path: pat
                     download_seconds = time.monotonic() - download_started
             rss.append((trio.current_time() - started, rss_kib(tracker.process.pid)))
         procs.cancel_scope.cancel()
+    gc.unfreeze()
 
     p50, p99, worst = _percentile(latencies, 0.5), _percentile(latencies, 0.99), max(latencies)
     first_half = max(kib for t, kib in rss if 5 <= t < SECONDS / 2)
