@@ -94,10 +94,6 @@ def run(folder: pathlib.Path, collection: str, owners: tuple[bytes, ...], rescan
     folder = folder.absolute()
     folder.mkdir(parents=True, exist_ok=True)
     config = _config(**options)
-    if config.swarm is not None:
-        # Small files are fetched in bulk on connections of sync's own (peer/sync/fetch.py), which do not do a
-        # private swarm's TLS and proof of membership yet: refused rather than failing file by file.
-        raise click.ClickException("sync does not work in a private swarm (--swarm) yet")
     key = claim_node_key(config.state_dir)
     if key.public_key != load_or_create_key(config.state_dir / KEY_FILE).public_key:
         raise click.ClickException(f"another process runs as this node (state folder {config.state_dir}); "

@@ -165,6 +165,11 @@ class Peer:
         self.nursery.start_soon(withdrawals.sweep)
 
     @property
+    def private(self) -> Private | None:
+        """The private swarm this peer is in (TLS and the proof on every connection it opens), or None."""
+        return self._private
+
+    @property
     def tracker(self) -> TrackerClient:
         assert self._tracker is not None
         return self._tracker

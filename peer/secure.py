@@ -5,13 +5,17 @@ holds a node's swarm and TLS contexts; :meth:`Private.connect` wraps an
 outgoing stream in TLS and :meth:`Private.prove_client` proves membership
 after WELCOME (``peer/greeting.py`` calls both); the chunk server wraps what
 it accepts with :meth:`Private.accept` and checks the client with
-:meth:`Private.prove_server` before it serves a single chunk.
+:meth:`Private.prove_server` before it serves a single chunk. :func:`secured`
+gives any outgoing connection to a holder (a download's sessions, sync's bulk
+fetch) the same path: TLS, the proof, the holder pinned to its peer id.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -24,9 +28,10 @@ from common.messages import Error
 from common.swarm import SWARM, Membership, SwarmFile
 from common.tls import certificate_key, client_context, server_context
 from peer.connection import Connection
+from peer.greeting import Connect
 from peer.tls_stream import TLSStream
 
-__all__ = ["Private", "CAPABILITIES", "tls_handshake"]
+__all__ = ["Private", "CAPABILITIES", "tls_handshake", "secured"]
 
 #: What a plain (non-TLS) chunkswarm client is told before the close.
 PLAIN_REFUSAL = "this peer serves a private swarm, over TLS only: run with --swarm FILE (the swarm's file)"
@@ -114,6 +119,26 @@ class Private:
         identifier = membership.receive_proof(await conn.receive_within(timeout))
         await conn.send(membership.proof())
         return identifier
+
+
+def secured(
+    private: Private | None, connect: Connect, what: str, expected_id: bytes
+) -> tuple[Connect, Callable[[Connection], Awaitable[bytes]] | None]:
+    """The ``connect`` and ``prove`` of :func:`peer.greeting.open_greeted` for a connection to the holder ``expected_id``.
+
+    Open swarm (``private`` None): ``connect`` as it is, nothing proven. Private
+    swarm: TLS on the stream ``connect`` opens, and after WELCOME the proof of
+    membership, in which the holder must prove the node id whose first bytes are
+    ``expected_id`` (the peer id the tracker listed): a member at another
+    holder's address is refused too. ``what`` names the holder in errors.
+    """
+    if private is None:
+        return connect, None
+
+    async def connect_tls(address: tuple[str, int]) -> trio.abc.Stream:
+        return await private.connect(await connect(address), what)
+
+    return connect_tls, functools.partial(private.prove_client, expected_id=expected_id)
 
 
 def _refusal(message: object) -> object:

@@ -16,7 +16,6 @@ session over memory streams.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -34,7 +33,7 @@ from peer.config import PeerConfig
 from peer.connection import Connection
 from peer.greeting import Connect, open_greeted
 from peer.picker import Picker
-from peer.secure import Private
+from peer.secure import Private, secured
 from peer.status import describe_remote
 from peer.storage.chunk_io import Buffer
 from peer.tasks import open_nursery
@@ -136,14 +135,8 @@ class Session:
         # Nothing a serving peer sends is larger than one chunk: a header that claims more is
         # refused before anything is buffered (a liar could otherwise make us hold 16 MiB).
         max_receive = max(16 * 1024, context.manifest.chunk_size + 64)
-        connect, prove = context.connect, None
-        private = context.private
-        if private is not None:  # TLS, and a proven member whose node id is the peer id the tracker listed
-
-            async def connect(address: tuple[str, int]) -> trio.abc.Stream:
-                return await private.connect(await context.connect(address), self.name)
-
-            prove = functools.partial(private.prove_client, expected_id=self.peer_id)
+        # In a private swarm: TLS, and a proven member whose node id is the peer id the tracker listed.
+        connect, prove = secured(context.private, context.connect, self.name, self.peer_id)
         try:
             return await open_greeted(connect, self.address, context.hello, key=context.config.node_key, prove=prove,
                                       make_codec=lambda: Codec(max_receive_size=max_receive, allocate_body=context.buffers.take))  # fmt: skip

@@ -280,7 +280,7 @@ class Applier:
                 await trio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
                 progress: ProgressSink = transfer
                 result = await Downloader(peer.config, manifest, staging, peer.tracker, peer.library, peer.transfers, peer.hello,
-                                          peer.peer_id, save_as=first.file_id.hex(), progress=progress).run()  # fmt: skip
+                                          peer.peer_id, private=peer.private, save_as=first.file_id.hex(), progress=progress).run()  # fmt: skip
                 target = target_path(self.root, first.path, create_folders=True)
                 self._release(first.path)
                 staged = peer.library.get(first.file_id)

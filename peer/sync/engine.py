@@ -309,10 +309,12 @@ class SyncFolder:
     async def _listener(self) -> None:
         """Long polls on a link of its own (a watch holds back the requests behind it on its link)."""
         peer = self.peer
-        hello = Hello(peer.peer_id, listen_port=0, capabilities={COLLECTIONS: 1})
+        # The node's own capabilities (a private swarm's among them) and collections; TLS and the proof in a private swarm.
+        hello = Hello(peer.peer_id, listen_port=0, capabilities={**dict(peer.hello.capabilities), COLLECTIONS: 1})
         while True:
             try:
-                async with open_query_link(peer.config.tracker, hello, timeout=peer.config.tracker_timeout, key=peer.config.node_key) as link:
+                async with open_query_link(peer.tracker.address, hello, timeout=peer.config.tracker_timeout, key=peer.config.node_key,
+                                           private=peer.private) as link:  # fmt: skip
                     if self.current is None:  # what the tracker has now, then changes to it
                         self.current = await fetch_following(link, self.config.collection, self.kept)
                         self.wake()

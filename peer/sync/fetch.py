@@ -22,6 +22,7 @@ from common.manifest import MIN_CHUNK_SIZE, chunk_size_for, sha256
 from common.messages import ChunkData, ChunkError, Holders, RequestChunk, WhoHas
 from peer.greeting import connect_tcp, open_greeted
 from peer.node import Peer
+from peer.secure import secured
 from peer.tasks import open_nursery
 
 __all__ = ["SMALL_FILE", "sync_chunk_size", "fetch_small_files"]
@@ -100,13 +101,15 @@ async def _from_holder(peer: Peer, holder: tuple[bytes, str, int], file_ids: lis
 
 async def _one_connection(peer: Peer, holder: tuple[bytes, str, int], queue: list[bytes], wanted: dict[bytes, tuple[int, bytes]],
                           deliver: Deliver, failed: set[bytes]) -> None:  # fmt: skip
-    _peer_id, host, port = holder
+    peer_id, host, port = holder
     config = peer.config
     pending: set[bytes] = set()
+    # In a private swarm: TLS, the proof of membership, the holder pinned to the peer id the tracker listed.
+    connect, prove = secured(peer.private, connect_tcp, f"{host}:{port}", peer_id)
     try:
         with trio.fail_after(config.connect_timeout):
             conn, _agreement = await open_greeted(
-                connect_tcp, (host, port), peer.hello, key=config.node_key,
+                connect, (host, port), peer.hello, key=config.node_key, prove=prove,
                 make_codec=lambda: Codec(max_receive_size=SMALL_FILE + 1024))  # fmt: skip
     except (ChunkswarmError, OSError, trio.TooSlowError) as exc:
         logger.info("%s: cannot fetch from %s:%d: %s", config.name, host, port, exc)
