@@ -164,6 +164,10 @@ def _http_address(host: str, http: str | None, no_http: bool) -> tuple[str | Non
               help="HTTP connections open at once; more are closed at accept.")  # fmt: skip
 @click.option("--state", metavar="redis://HOST:PORT/N", default=None,
               help="Keep peers, replicas and the catalogue in this Redis database, shared with the other trackers given it  [default: in memory, the catalogue in --db]")  # fmt: skip
+@click.option("--collection-versions", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Versions of each collection kept (the last N; older ones are pruned unless younger than --collection-minutes).")
+@click.option("--collection-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="Also keep every version of a collection stored in the last M minutes.")
 @click.option("--mdns/--no-mdns", default=True, show_default=True,
               help="Advertise the tracker on the LAN by mDNS (_chunkswarm._tcp), so peers find it without --tracker.")  # fmt: skip
 @swarm_options
@@ -197,6 +201,8 @@ def tracker_command(
     log_level: str,
     log_file: pathlib.Path | None,
     mdns: bool,
+    collection_versions: int,
+    collection_minutes: float,
 ) -> None:
     """Run the tracker of a swarm until SIGINT or SIGTERM."""
     setup_logging(log_level, log_file)
@@ -236,6 +242,8 @@ def tracker_command(
             state=state,
             mdns=mdns,
             bittorrent=bittorrent,
+            collection_versions=collection_versions,
+            collection_history=collection_minutes * 60,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

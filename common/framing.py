@@ -110,6 +110,7 @@ class ErrorCode(enum.IntEnum):
     COLLECTION_CONFLICT = 40  # a collection version whose parent is not the current version (capability collections, §8.11)
     NOT_AN_OWNER = 41  # a collection version not signed by an owner, or whose signature does not verify (§8.11)
     UNKNOWN_COLLECTION = 42  # no collection of that name (§8.11)
+    VERSION_PRUNED = 43  # a collection version the tracker no longer keeps; the message names the oldest kept (§8.11)
 
 
 class FrameHeader:

@@ -15,14 +15,18 @@ tracker says.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Final
+
+import attrs
 
 from common.capabilities import COLLECTIONS
 from common.collection import CollectionVersion, check_signature, check_successor
 from common.collection_messages import MAX_WATCH, CollectionReply, GetCollection, PublishCollection, WatchCollection
 from common.errors import CollectionConflict, IntegrityError, NotAnOwner, TrackerError
 from common.framing import ErrorCode
+from common.identity import node_id, short_id
 from common.messages import Error, Message, Ok
 from peer.tracker_client import TrackerClient, TrackerLink, check_reply
 
@@ -36,6 +40,8 @@ __all__ = [
     "check_publish_reply",
     "DEFAULT_TIMEOUT",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 30.0
 #: Versions asked for in one pipelined write while walking a chain.
@@ -96,6 +102,13 @@ async def fetch_following(
     when a step does not follow (a version signed by a key no owner allowed, a
     gap or a fork), :class:`IntegrityError` when the current version is older
     than ``kept``. None if the tracker knows no such collection.
+
+    Where the tracker pruned the versions after the last one checked (``ERROR
+    VERSION_PRUNED``, PROTOCOL.md §8.11), the walk goes on from the first version
+    kept there that is signed by an owner of the last one checked (for a client
+    that kept nothing: by one of its own owners, as a first version is), and says
+    so in the log; a chain that never comes back to such an owner is refused
+    (:class:`~common.errors.NotAnOwner`), never taken unchecked.
     """
     current = await fetch_version(link, name, timeout=timeout)
     if current is None:
@@ -110,19 +123,73 @@ async def fetch_following(
             if current != kept:
                 raise IntegrityError(f"collection {name!r}: the tracker's version {current.sequence} is not the one kept here (a fork)")
             return kept
-    previous = kept
-    start = 1 if kept is None else kept.sequence + 1
-    for first in range(start, current.sequence, _CHAIN_BATCH):
-        numbers = range(first, min(first + _CHAIN_BATCH, current.sequence))
+    chain = _Chain(name, kept)
+    number = 1 if kept is None else kept.sequence + 1
+    while number < current.sequence:
+        numbers = range(number, min(number + _CHAIN_BATCH, current.sequence))
         replies = await _ask(link, [GetCollection(name, n) for n in numbers], timeout)
-        for number, reply in zip(numbers, replies, strict=True):
+        number = numbers.stop
+        for asked, reply in zip(numbers, replies, strict=True):
+            if isinstance(reply, Error) and reply.code == ErrorCode.VERSION_PRUNED:
+                number = chain.pruned(asked, _oldest_in(reply.message, current.sequence))
+                break
             version = _version_of(reply, name)
-            if version is None or version.sequence != number:
-                raise IntegrityError(f"collection {name!r}: the tracker does not have version {number} any more")
-            check_successor(previous, version)
-            previous = version
-    if previous is not current:
-        check_successor(previous, current)
+            if version is None or version.sequence != asked:
+                raise IntegrityError(f"collection {name!r}: the tracker does not have version {asked} any more")
+            chain.step(version)
+    chain.step(current)
+    if chain.gap is not None:
+        raise NotAnOwner(f"collection {name!r}: versions {chain.gap[0]} to {chain.gap[1]} were pruned on the tracker, and no "
+                         f"version since is signed by {chain.trusted_by()}: the current version cannot be checked")  # fmt: skip
+    return current
+
+
+@attrs.define(eq=False)
+class _Chain:
+    """The walk of :func:`fetch_following`: each version checked against the one before, or, after pruned ones, by its signer."""
+
+    name: str
+    previous: CollectionVersion | None
+    #: The versions pruned (first, last) while no version after them is trusted yet; None: the chain is whole.
+    gap: tuple[int, int] | None = None
+
+    def pruned(self, asked: int, oldest: int) -> int:
+        """Version ``asked`` is pruned, ``oldest`` is the oldest kept: where the walk goes on."""
+        if oldest <= asked:
+            raise IntegrityError(f"collection {self.name!r}: the tracker pruned version {asked} but names {oldest} as the oldest kept")
+        self.gap = (asked if self.gap is None else self.gap[0], oldest - 1)
+        return oldest
+
+    def trusted_by(self) -> str:
+        if self.previous is None:
+            return "one of its own owners"
+        return f"an owner of version {self.previous.sequence}, the last one checked here"
+
+    def step(self, version: CollectionVersion) -> None:
+        if self.gap is None:
+            check_successor(self.previous, version)
+            self.previous = version
+            return
+        check_signature(version)
+        owners = version.owners if self.previous is None else self.previous.owners
+        if version.signer not in owners:
+            return  # not trusted by itself: one signed by a trusted owner later on vouches for what follows it
+        logger.warning("collection %r: versions %d to %d were pruned on the tracker; version %d is signed by %s (%s): "
+                       "checked from it on", self.name, *self.gap, version.sequence, short_id(node_id(version.signer)),
+                       self.trusted_by())  # fmt: skip
+        self.gap = None
+        self.previous = version
+
+
+def _oldest_in(message: str, current: int) -> int:
+    # The tracker says "collection 'NAME' keeps versions from N on: ..." (tracker/collections.py); one that says it
+    # otherwise still pruned: then the current version is the only one known to be kept.
+    marker = " keeps versions from "
+    at = message.find(marker)
+    if at >= 0:
+        digits = message[at + len(marker) :].split(" ", 1)[0].strip()
+        if digits.isdigit():
+            return int(digits)
     return current
 
 

@@ -144,7 +144,7 @@ async def test_peers_refuse_a_version_the_tracker_should_not_have(tmp_path: path
     onward = sign_version(MALLORY, "set", 3, forged.root, _entries(manifests[1:]), [MALLORY.public_key])
     with sqlite3.connect(db) as raw:
         for version in (forged, onward):
-            raw.execute("INSERT INTO collection_versions VALUES (?, ?, ?)", ("set", version.sequence, encode_version(version)))
+            raw.execute("INSERT INTO collection_versions (name, sequence, data) VALUES (?, ?, ?)", ("set", version.sequence, encode_version(version)))
     async with trio.open_nursery() as nursery:
         tracker = await _tracker(nursery, db)
         link = await _link(nursery, tracker, None)

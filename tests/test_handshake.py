@@ -140,13 +140,14 @@ def test_the_lookup_vectors_are_the_encoding() -> None:
 
 
 def test_the_collections_vectors_are_the_encoding() -> None:
-    """PROTOCOL.md §8.11: HELLO/WELCOME with collections, GET/WATCH, an empty COLLECTION, a signed version, COLLECTION_CONFLICT."""
+    """PROTOCOL.md §8.11: HELLO/WELCOME with collections, GET/WATCH, an empty COLLECTION, a signed version, COLLECTION_CONFLICT, VERSION_PRUNED."""
     client_key, _ = _vector_keys()
     version = sign_version(client_key, "photos", 1, bytes(32), [Entry("a/b.txt", 3, F, 0o644, 0)], [client_key.public_key])
     assert version.root.hex().startswith("d895dec7") and client_key.public_key.hex().startswith("a7f6")
     messages: list[Message] = [
         GetCollection("photos"), WatchCollection("photos", F, 25), CollectionReply(None), PublishCollection(version),
-        Error(ErrorCode.COLLECTION_CONFLICT, "collection 'photos' is at version 2"),
+        Error(ErrorCode.COLLECTION_CONFLICT, "collection 'photos' is at version 2"), GetCollection("photos", 3),
+        Error(ErrorCode.VERSION_PRUNED, "collection 'photos' keeps versions from 8 on: version 3 was pruned"),
     ]
     _check_capability_vectors("8.11", COLLECTIONS, messages)
     check_successor(None, version)

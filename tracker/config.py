@@ -117,6 +117,10 @@ class TrackerConfig:
     mdns: bool = False
     #: BitTorrent's tracker protocol beside the native one (``tracker.bittorrent``): off unless an address is set.
     bittorrent: BitTorrentConfig = attrs.field(factory=BitTorrentConfig)
+    #: Versions of each collection kept (``tracker.collections.History``): the last ``collection_versions``, and all
+    #: stored in the last ``collection_history`` seconds; older ones are pruned.
+    collection_versions: int = attrs.field(default=100, validator=_at_least_one)
+    collection_history: float = attrs.field(default=900.0, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.heartbeat_interval:

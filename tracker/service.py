@@ -23,7 +23,7 @@ from common.wording import plural
 from tracker.bittorrent.front import BtFront
 from tracker.bittorrent.service import BtAddresses, serve_bittorrent
 from tracker.bittorrent.settings import BitTorrentConfig
-from tracker.collections import CollectionBook
+from tracker.collections import CollectionBook, History
 from tracker.config import TrackerConfig
 from tracker.connection import Connection, observed_host, serve_connection
 from tracker.hub import HubConnection, ReadinessHub
@@ -210,7 +210,8 @@ async def serve_tracker(
             replicator = Replicator(service, shared, position)
             await replicator.load()
         service.collections.close()
-        service.collections = await trio.to_thread.run_sync(CollectionBook.open, config.db_path)
+        history = History(config.collection_versions, config.collection_history)
+        service.collections = await trio.to_thread.run_sync(CollectionBook.open, config.db_path, history)
         if service.registry.file_count:
             log.info("catalogue of %d files loaded from %s", service.registry.file_count, config.state or config.db_path)
         bind_host = None if config.host in ("", "*") else config.host
