@@ -107,8 +107,9 @@ async def _sync(config: PeerConfig, sync_config: SyncConfig) -> None:
     async with open_peer(config) as peer:
         key = config.node_key
         logger.info("node %s (key %s) serving on %s", format_node_id(key.node_id), key.public_key.hex(), format_address(*peer.listen_address))
-        logger.info("syncing %s with collection %s; another node joins with: chunkswarm sync DIR --collection %s "
-                    "(and an owner adds it with --owner ITS-KEY)", sync_config.root, sync_config.collection, sync_config.collection)  # fmt: skip
+        swarm = " --swarm FILE (this swarm's file)" if config.swarm is not None else ""
+        logger.info("syncing %s with collection %s; another node joins with: chunkswarm sync DIR --collection %s%s "
+                    "(and an owner adds it with --owner ITS-KEY)", sync_config.root, sync_config.collection, sync_config.collection, swarm)  # fmt: skip
         await peer.connect(retry=True)
         folder = SyncFolder(peer, sync_config)
         async with trio.open_nursery() as nursery:

@@ -60,7 +60,8 @@ async def test_members_converge_and_outsiders_get_nothing(tmp_path: pathlib.Path
     big = os.urandom(3 * 1024 * 1024)  # above sync's small-file size: through the general download
     async with start_tracker(nursery, tmp_path / "t.db", "--swarm", str(office)) as (tracker, port):
         key_b = key_of(tmp_path / "state-b")
-        async with sync_node(nursery, port, tmp_path, "a", office, key_b, ready=r"published version"):
+        async with sync_node(nursery, port, tmp_path, "a", office, key_b, ready=r"published version") as node_a:
+            assert "another node joins with: chunkswarm sync DIR --collection shared --swarm FILE" in node_a.text
             async with sync_node(nursery, port, tmp_path, "b", office) as node_b:
                 (a / "sub").mkdir(parents=True, exist_ok=True)
                 for i in range(20):  # small files: sync's bulk fetch, on connections of its own
