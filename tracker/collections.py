@@ -59,15 +59,15 @@ _OK_FRAME: Final = encode_message(Ok())
 class History:
     """How many versions of each collection the tracker keeps: the last ``versions``, and every one stored in the last ``seconds``.
 
-    The defaults: a peer that missed up to 100 versions, or was away 15 minutes during a burst
-    of more, checks every step; one away longer walks on from the oldest kept by its signer
-    (``peer.collections.fetch_following``). A version lists every entry (about 1 MB for 10,000
-    files), so 100 bound a collection's history at about 100 MB, plus a quarter hour's versions.
-
     What is kept is always a run of versions up to the current one (older ones go
     first), so a peer walks from the oldest kept one. Pruning happens as a version
     is stored, in its transaction: a collection holds at most ``versions`` rows plus
     those stored within ``seconds`` before its latest publish.
+
+    The defaults: a peer that missed up to 100 versions, or was away 15 minutes during a burst
+    of more, checks every step; one away longer walks on from the oldest kept by its signer
+    (``peer.collections.fetch_following``). A version lists every entry (about 1 MB for 10,000
+    files), so 100 bound a collection's history at about 100 MB, plus a quarter hour's versions.
     """
 
     versions: int = attrs.field(default=100, validator=attrs.validators.ge(1))
@@ -77,7 +77,7 @@ class History:
 
 
 class CollectionStore:
-    """Every collection version, in the tracker's database (its own connection; blocking: call through a thread)."""
+    """The collection versions kept (:class:`History`), in the tracker's database (its own connection; blocking: call through a thread)."""
 
     def __init__(self, path: str | os.PathLike[str] | None, history: History | None = None) -> None:
         self._lock = threading.Lock()
