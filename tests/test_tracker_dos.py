@@ -337,4 +337,5 @@ async def test_the_largest_publish_is_decoded_off_the_event_loop(running: Runnin
             trio.lowlevel.remove_instrument(steps)
     print(f"\n[a PUBLISH of {MAX_CHUNKS} chunks] longest step of any task {steps.longest * 1000:.1f} ms")
     assert running.service.registry.has_file(manifest.file_id)
-    assert steps.longest < 0.1  # ~20 ms; decoded on the loop, 0.2-1 s
+    # ~20 ms alone (0.11 s seen on a machine loaded 4-13); decoded on the loop it took 0.7 s (0.2 at best).
+    assert steps.longest < 0.15
