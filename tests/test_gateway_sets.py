@@ -240,3 +240,32 @@ async def _write(tmp_path: pathlib.Path, nursery: trio.Nursery, api: str, base: 
     assert got.returncode == 0 and "version 8" in got.stdout, got.stderr
     assert (out / "new" / "n.txt").read_bytes() == b"posted over HTTP\n" and (out / "a.txt").read_bytes() == b"hello again\n"
     assert sorted(p.name for p in (out / "x").iterdir()) == ["0.txt", "1.txt", "2.txt"] and not (out / "gone.txt").exists()
+
+
+async def test_a_post_starts_a_set_and_its_files_are_served_after_a_restart(tmp_path: pathlib.Path) -> None:
+    empty, gw_state = tmp_path / "empty", tmp_path / "gw"
+    empty.mkdir()
+    gateway = ("-m", "chunkswarm", "seed", str(empty), "--no-watch", "--http", "127.0.0.1:0", "--state-dir", str(gw_state), "--label", "gw")
+    async with trio.open_nursery() as nursery:
+        async with start_tracker(nursery, tmp_path / "t.db") as (_, port):
+            tracker = ["--tracker", f"127.0.0.1:{port}"]
+            with trio.fail_after(90):
+                async with spawn(nursery, *gateway, *tracker, name="gw") as gw:
+                    api = (await gw.wait_for(r"HTTP gateway on (http://127\.0\.0\.1:\d+)/files/")).group(1) + "/api/v1/sets/notes"
+                    token = (await _run("collection", "token", "--state-dir", str(gw_state), cwd=tmp_path)).stdout.strip()
+                    (tmp_path / "n.txt").write_bytes(b"a note\n")
+                    status, added = await _json(api + "/files/0?path=n.txt&sequence=0", "-X", "POST", "--data-binary",
+                                                f"@{tmp_path / 'n.txt'}", "-H", f"Authorization: Bearer {token}")  # fmt: skip
+                    assert status == 201 and (added["sequence"], added["index"]) == (1, 0), added
+                    status, shown = await _json(api)
+                    key = re.search(r"public key ([0-9a-f]{64})", (await _run("id", "--state-dir", str(gw_state), cwd=tmp_path)).stdout)
+                    assert status == 200 and key and [o["public_key"] for o in shown["owners"]] == [key.group(1)]  # type: ignore[union-attr]
+                    gw.signal(2)
+                    await gw.wait_exit()
+                async with spawn(nursery, *gateway, *tracker, name="gw again") as gw:
+                    await gw.wait_for(r"HTTP gateway on")
+                    await gw.wait_for(r"connected to the tracker")
+                    out = tmp_path / "out"
+                    got = await _run("get", "--collection", "notes", "-o", str(out), *tracker, "--state-dir", str(tmp_path / "g"), cwd=tmp_path)
+                    assert got.returncode == 0 and (out / "n.txt").read_bytes() == b"a note\n", got.stderr
+        nursery.cancel_scope.cancel()
