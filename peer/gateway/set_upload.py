@@ -219,22 +219,34 @@ class Uploads:
         self.peer.library.add(ours)
         return ours
 
-    async def _publish(self, name: str, path: str, manifest: Manifest, mtime_ns: int, index: int | None, sequence: int | None) -> Added:
-        peer, key = self.peer, self.peer.config.node_key
-        current = await self.versions.current(name, missing_ok=True)
+    async def precheck(self, name: str, path: str, index: int | None, sequence: int | None) -> None:
+        """The checks of a POST that need no body (owner, sequence, index), before a byte of it is read; made again under the lock."""
+        self._plan(await self.versions.current(name, missing_ok=True), name, path, index, sequence)
+
+    def _plan(self, current: CollectionVersion | None, name: str, path: str, index: int | None,
+              sequence: int | None) -> tuple[int, Entry | None]:  # fmt: skip
+        """PATH's index in the next version and the entry it replaces; NotAnOwner, CollectionConflict or IndexConflict."""
+        key = self.peer.config.node_key
         at = current.sequence if current is not None else 0
         if current is not None and key.public_key not in current.owners:
             raise NotAnOwner(f"this node ({short_id(key.node_id)}) is not an owner of set {name!r}: an owner can add it with: "
                              f"chunkswarm collection allow {name} {key.public_key.hex()}")  # fmt: skip
         if sequence is not None and sequence != at:
             raise CollectionConflict(f"set {name!r} is at version {at}, not {sequence}: look at it again", at)
-        entries = list(current.entries) if current is not None else []
         found = current.entry(path) if current is not None else None
+        entries = current.entries if current is not None else ()
         position = found[0] if found is not None else bisect.bisect_left([entry.path for entry in entries], path)
         if index is not None and index != position:
             what = "is" if found is not None else "would be"
             raise IndexConflict(f"{path!r} {what} entry {position} of set {name!r} version {at}, not {index}", position, at)
-        before = found[1] if found is not None else None
+        return position, found[1] if found is not None else None
+
+    async def _publish(self, name: str, path: str, manifest: Manifest, mtime_ns: int, index: int | None, sequence: int | None) -> Added:
+        peer, key = self.peer, self.peer.config.node_key
+        current = await self.versions.current(name, missing_ok=True)
+        at = current.sequence if current is not None else 0
+        position, before = self._plan(current, name, path, index, sequence)
+        entries = list(current.entries) if current is not None else []
         node = key.node_id[:8]
         changed = before is None or before.deleted or (before.file_id, before.size) != (manifest.file_id, manifest.size)
         messages: list[Message] = [Publish(manifest), Announce(manifest.file_id, ChunkSet.full(manifest.chunk_count).ranges())]
@@ -242,7 +254,7 @@ class Uploads:
         if changed:
             entry = Entry(path, manifest.size, manifest.file_id, _MODE, mtime_ns or time.time_ns(),
                           version=vv_bump(before.version if before is not None else (), node), modified_by=node)  # fmt: skip
-            if found is not None:
+            if before is not None:
                 entries[position] = entry
             else:
                 entries.insert(position, entry)

@@ -1,7 +1,8 @@
 """The versions of a set (a collection, PROTOCOL.md §8.11) the gateway serves, each checked as a peer checks them.
 
-The current version is fetched from the tracker at every request and checked
-step by step from the one this gateway checked last
+The current version is fetched from the tracker at every request (a watch
+would not do: a new version with the same entries, another owner say, has the
+same root) and checked step by step from the one this gateway checked last
 (:func:`peer.collections.fetch_following`): a version signed by a key no owner
 allowed, a gap or a fork is never served. An older version (``?sequence=`` or
 ``?root=``) is checked backwards from the current one: each version must be the
@@ -47,7 +48,8 @@ class SetVersions:
 
     async def current(self, name: str, *, missing_ok: bool = False) -> CollectionVersion | None:
         """The current version of ``name``, checked from the one kept; UnknownSet (None with ``missing_ok``) if there is none."""
-        version = await fetch_following(self.peer.tracker, name, self._kept.get(name))
+        link = await self.peer.tracker.link()  # waits for the connection: before it, the link speaks no collections
+        version = await fetch_following(link, name, self._kept.get(name))
         if version is None:
             if missing_ok:
                 return None
@@ -77,7 +79,8 @@ class SetVersions:
         later = current
         while later.sequence > lowest:
             numbers = range(later.sequence - 1, max(lowest, later.sequence - _BATCH) - 1, -1)
-            replies = await self.peer.tracker.request_many([GetCollection(name, n) for n in numbers])
+            replies = await (await self.peer.tracker.link()).request_many([GetCollection(name, n) for n in numbers],
+                                                                          timeout=self.peer.config.tracker_timeout)
             for number, reply in zip(numbers, replies, strict=True):
                 if isinstance(reply, Error) and reply.code == ErrorCode.UNKNOWN_COLLECTION:
                     raise UnknownSet(f"set {name!r}: the tracker does not keep version {number} (looking for {wanted})")

@@ -137,6 +137,7 @@ def set_routes(gateway: Gateway) -> list[Route]:
         sequence = _number(request.query_params.get("sequence"), "sequence", 0)
         length = request.headers.get("content-length")
         uploads.check_length(int(length) if length is not None and length.isdigit() else None)
+        await uploads.precheck(name, path, index, sequence)  # a refusal that needs no body comes before it is sent
         try:
             incoming = await uploads.receive(path, request.stream())
         except ClientDisconnect:
