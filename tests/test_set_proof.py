@@ -94,7 +94,7 @@ def test_json_and_header_forms_round_trip_and_garbage_is_refused() -> None:
     good = json.loads(proof.to_json())
     for key, value in (("index", -1), ("index", 7), ("count", 0), ("sequence", 0), ("chunk_size", 5), ("root", "ab"), ("proof", ["00"]),
                        ("collection", 3), ("entry", {"path": "../x"}), ("index", True)):  # fmt: skip
-        with pytest.raises(ValidationError, match="proof|path|integer"):
+        with pytest.raises(ValidationError, match=r"proof|path|integer"):
             FileProof.from_json(json.dumps({**good, key: value}))
     for header in ("", "not base64!", base64.b64encode(b"{}").decode(), base64.b64encode(b"\xff").decode(), "A" * (MAX_HEADER + 1)):
         with pytest.raises(ValidationError):
