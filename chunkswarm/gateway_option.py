@@ -3,8 +3,6 @@ long-lived peer (``seed``, ``demo_peer.py``), and the gateway's write token, kep
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
 import secrets
 from collections.abc import Callable
@@ -12,9 +10,11 @@ from typing import Any
 
 import click
 
+from chunkswarm.node_key import write_private_once
 from common.address import parse_address
 from common.errors import ValidationError
 from peer.gateway import GatewayConfig, SetWrites
+from peer.gateway.set_upload import MIN_TOKEN
 
 __all__ = ["http_options", "gateway_config", "load_or_create_token", "TOKEN_FILE", "POSTS_DIR"]
 
@@ -66,24 +66,11 @@ def load_or_create_token(state_dir: pathlib.Path) -> str:
         token = ""
     except OSError as exc:
         raise click.ClickException(f"cannot read the gateway's write token {path}: {exc.strerror or exc}") from None
-    if token:
-        return token
-    token = secrets.token_urlsafe(32)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, token.encode() + b"\n")
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)  # never replaces a token another process has just made
-        except FileExistsError:
-            return path.read_text().strip()
-    except OSError as exc:
-        raise click.ClickException(f"cannot make the gateway's write token {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        if not write_private_once(path, token.encode() + b"\n", "the gateway's write token"):
+            token = path.read_text().strip()  # another process has just made it
+    if len(token) < MIN_TOKEN or not token.isascii() or not token.isprintable() or " " in token:
+        raise click.ClickException(f"{path} holds no usable write token (at least {MIN_TOKEN} printable ASCII characters): "
+                                   "remove it and a new one is made")  # fmt: skip
     return token
