@@ -50,7 +50,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True)
 def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path, port: int, host: str, label: str,
          chunk_size: int | None, state_dir: pathlib.Path | None, swarm: SwarmFile | None, allow: AllowList, log_level: str,
-         http: tuple[str, int] | None, http_dir: pathlib.Path | None) -> None:  # fmt: skip
+         http: tuple[str, int] | None, http_dir: pathlib.Path | None, http_max_upload: int) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
     peer = PeerConfig(**tracker_settings(tracker), listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
@@ -60,7 +60,8 @@ def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path,
     # The node's key: what u publishes, r can take back later (and from chunkswarm unpublish).
     peer = attrs.evolve(peer, node_key=claim_node_key(peer.state_dir))
     # The gateway keeps what it fetches where d saves downloads, unless --http-dir says otherwise.
-    config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty(), gateway=gateway_config(http, http_dir or download_dir, peer.state_dir))
+    gateway = gateway_config(http, http_dir or download_dir, peer.state_dir, http_max_upload)
+    config = ShellConfig(peer, share_dir, download_dir, prompt=sys.stdin.isatty(), gateway=gateway)
     try:
         trio.run(run_shell, config, Console(), console)
     except ChunkswarmError as exc:

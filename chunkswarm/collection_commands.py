@@ -1,5 +1,5 @@
 """Collections on the command line (PROTOCOL.md §8.11): ``publish DIR --collection NAME``, ``get --collection`` (from
-``chunkswarm.get_command``), and ``collection allow | show | proof | verify``."""
+``chunkswarm.get_command``), and ``collection allow | show | proof | verify`` (and ``token | fetch``, from ``chunkswarm.set_commands``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from chunkswarm.console import setup_logging
 from chunkswarm.node_commands import _STATE_DIR_OPTION, _node_key
 from chunkswarm.node_key import KEY_FILE, claim_node_key, load_or_create_key
 from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _config, _peer_options, _run, _serve_until_signalled, tracker_settings
+from chunkswarm.set_commands import fetch_command, token_command
 from common.address import format_address
 from common.collection import CollectionVersion, sign_version
 from common.errors import ChunkswarmError, NotAnOwner, TrackerError, ValidationError
@@ -104,6 +105,10 @@ async def _get(config: PeerConfig, name: str, folder: pathlib.Path, force: bool,
 @click.group()
 def collection() -> None:
     """Look at, prove and change collections: who owns one, what it holds, whether a file belongs to it."""
+
+
+collection.add_command(token_command)
+collection.add_command(fetch_command)
 
 
 def _public_key(text: str) -> bytes:

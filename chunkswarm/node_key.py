@@ -21,7 +21,7 @@ import click
 from common.errors import ValidationError
 from common.identity import NodeKey, short_id
 
-__all__ = ["KEY_FILE", "load_or_create_key", "claim_node_key"]
+__all__ = ["KEY_FILE", "load_or_create_key", "claim_node_key", "write_private_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +82,29 @@ def load_or_create_key(path: pathlib.Path) -> NodeKey:
 
 def _create(path: pathlib.Path) -> NodeKey:
     key = NodeKey.generate()
+    if not write_private_once(path, key.to_pem(), "the node key"):
+        return load_or_create_key(path)  # another process has just made it
+    return key
+
+
+def write_private_once(path: pathlib.Path, data: bytes, what: str) -> bool:
+    """Write ``data`` to ``path`` (mode 0600, complete or not at all) unless it exists; False if it did. A click error naming ``what``."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, key.to_pem())
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         try:
-            os.link(temporary, path)  # never replaces a key another process has just written
+            os.link(temporary, path)  # never replaces what another process has just written
         except FileExistsError:
-            return load_or_create_key(path)
+            return False
     except OSError as exc:
-        raise click.ClickException(f"cannot create the node key {path}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-    return key
+    return True

@@ -157,7 +157,8 @@ async def _serve_until_signalled(peer: Peer, ready: str = "") -> None:
 @http_options
 @log_file_option
 def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_connections: int, watch: bool, log_level: str,
-         log_file: pathlib.Path | None, http: tuple[str, int] | None, http_dir: pathlib.Path | None, **options: Any) -> None:  # fmt: skip
+         log_file: pathlib.Path | None, http: tuple[str, int] | None, http_dir: pathlib.Path | None, http_max_upload: int,
+         **options: Any) -> None:  # fmt: skip
     """Publish files (directories: every file inside) and serve them until interrupted.
 
     The tracker need not be up yet: it is tried until it answers.
@@ -167,7 +168,7 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
     # The node's own key (its identity: what it publishes is its to unpublish); get, which publishes
     # nothing, proves a key of its own for the run, so it can run beside this node's seeder.
     config = attrs.evolve(config, node_key=claim_node_key(config.state_dir))
-    _run(_seed, config, paths, watch, gateway_config(http, http_dir, config.state_dir))
+    _run(_seed, config, paths, watch, gateway_config(http, http_dir, config.state_dir, http_max_upload))
 
 
 async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool, gateway: GatewayConfig | None) -> None:

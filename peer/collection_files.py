@@ -10,7 +10,7 @@ version it holds (``NAME.version``, its encoded bytes) and a summary
 (``NAME.json``: collection, root, sequence, file count). A later get checks
 that the new version follows the kept one.
 
-Proofs: :class:`FileProof` is what ``chunkswarm collection proof`` writes and
+Proofs: :class:`FileProof` (``common.set_proof``) is what ``chunkswarm collection proof`` writes and
 ``chunkswarm collection verify`` (and :func:`verify_file`) checks: one entry,
 its index, the version's entry count, the inclusion proof and the chunk size
 the file id was computed with. Blocking functions: call them through a thread.
@@ -21,18 +21,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Final
+from typing import Final
 
-import attrs
-
-from common.collection import CollectionVersion, Entry, check_path, decode_version, encode_version, entry_proof, verify_entry
+from common.collection import CollectionVersion, Entry, check_path, decode_version, encode_version
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import HASH_SIZE, hash_file, merkle_root
+from common.set_proof import FileCheck, FileProof, make_proof
 
 __all__ = ["STATE_DIR", "safe_target", "load_kept", "save_kept", "FileProof", "make_proof", "verify_file"]
 
 #: The folder, inside a collection's folder, where ``get`` keeps what it holds; never part of a collection.
 STATE_DIR: Final = ".chunkswarm-collection"
+#: Bytes read at once while checking a file against its proof.
+_READ: Final = 1024 * 1024
 
 
 def safe_target(folder: pathlib.Path, path: str) -> pathlib.Path:
@@ -104,70 +104,22 @@ def save_kept(folder: pathlib.Path, version: CollectionVersion) -> None:
         raise StorageError(f"cannot keep the state of {version.name!r} in {folder}: {exc.strerror or exc}") from None
 
 
-@attrs.frozen
-class FileProof:
-    """That one file belongs to one version of a collection: its entry, position, the proof, and its chunk size."""
-
-    collection: str
-    sequence: int
-    root: bytes
-    index: int
-    count: int
-    entry: Entry
-    proof: tuple[bytes, ...]
-    chunk_size: int
-
-    def to_json(self) -> str:
-        e = self.entry
-        return json.dumps({
-            "collection": self.collection, "sequence": self.sequence, "root": self.root.hex(), "index": self.index,
-            "count": self.count, "chunk_size": self.chunk_size, "proof": [p.hex() for p in self.proof],
-            "entry": {"path": e.path, "size": e.size, "file_id": e.file_id.hex(), "mode": e.mode, "mtime_ns": e.mtime_ns,
-                      "deleted": e.deleted, "version": [[n.hex(), c] for n, c in e.version], "modified_by": e.modified_by.hex()},
-        }, indent=1)  # fmt: skip
-
-    @classmethod
-    def from_json(cls, text: str) -> FileProof:
-        try:
-            data: Any = json.loads(text)
-            e = data["entry"]
-            entry = Entry(e["path"], e["size"], bytes.fromhex(e["file_id"]), e["mode"], e["mtime_ns"], e["deleted"],
-                          tuple((bytes.fromhex(n), c) for n, c in e["version"]), bytes.fromhex(e["modified_by"]))  # fmt: skip
-            proof = tuple(bytes.fromhex(p) for p in data["proof"])
-            return cls(data["collection"], data["sequence"], bytes.fromhex(data["root"]), data["index"], data["count"], entry, proof,
-                       data["chunk_size"])  # fmt: skip
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValidationError(f"not a collection proof: {exc}") from None
-
-
-def make_proof(version: CollectionVersion, path: str, chunk_size: int) -> FileProof:
-    """The proof that the file at ``path`` belongs to ``version`` (``chunk_size``: its manifest's)."""
-    found = version.entry(path)
-    if found is None:
-        raise ValidationError(f"collection {version.name!r} version {version.sequence} has no {path!r}")
-    index, entry = found
-    return FileProof(version.name, version.sequence, version.root, index, len(version.entries), entry,
-                     entry_proof(version, index), chunk_size)  # fmt: skip
-
-
 def verify_file(file: os.PathLike[str] | str, proof: FileProof, root: bytes) -> Entry:
     """Check that ``file`` is the file ``proof`` names, and that its entry belongs to the version whose root is ``root``.
 
     ``root`` is the one the user kept (not the proof's own). Returns the entry;
-    raises :class:`IntegrityError` saying which check failed.
+    raises :class:`IntegrityError` saying which check failed (:class:`common.set_proof.FileCheck`).
     """
-    if len(root) != HASH_SIZE:
-        raise ValidationError(f"a root is {HASH_SIZE} bytes (64 hexadecimal digits)")
-    if not verify_entry(proof.entry, proof.index, proof.count, proof.proof, root):
-        raise IntegrityError(f"the proof does not place {proof.entry.path!r} in the version with root {root.hex()}")
-    entry = proof.entry
-    if entry.deleted:
-        raise IntegrityError(f"{entry.path!r} is deleted in that version")
+    check = FileCheck(proof, root)
     try:
-        size, hashes = hash_file(file, proof.chunk_size)
+        with open(file, "rb") as handle:
+            while block := handle.read(_READ):
+                check.receive_data(block)
     except OSError as exc:
         raise StorageError(f"cannot read {file}: {exc.strerror or exc}") from None
-    file_id = merkle_root(hashes)  # a file's id (PROTOCOL.md §4.2)
-    if size != entry.size or file_id != entry.file_id:
-        raise IntegrityError(f"{file} is not {entry.path!r} of that version (its content differs)")
-    return entry
+    except IntegrityError as exc:
+        raise IntegrityError(f"{file}: {exc}") from None
+    try:
+        return check.finish()
+    except IntegrityError as exc:
+        raise IntegrityError(f"{file}: {exc}") from None

@@ -25,6 +25,8 @@ from common.address import format_address
 from common.errors import StorageError, ValidationError
 from peer.gateway.app import Gateway, build_app
 from peer.gateway.fetches import Fetches
+from peer.gateway.set_upload import SetWrites, Uploads
+from peer.gateway.set_versions import SetVersions
 from peer.node import Peer
 
 __all__ = ["GatewayConfig", "serve_gateway"]
@@ -48,6 +50,8 @@ class GatewayConfig:
     send_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     #: An idle keep-alive connection is closed after this long.
     keep_alive_timeout: float = 5.0
+    #: Who may POST files into sets, and where they go; None: the gateway takes no files.
+    writes: SetWrites | None = None
 
 
 def _loopback(host: str) -> bool:
@@ -91,8 +95,12 @@ async def serve_gateway(peer: Peer, config: GatewayConfig, *, task_status: trio.
     hyper.backlog = 128
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("peer.gateway.http")  # its own: hypercorn's "Running on" line is said above, once
+    versions = SetVersions(peer)
+    uploads = Uploads(peer, versions, config.writes) if config.writes is not None else None
+    if uploads is not None:
+        await uploads.restore()
     async with trio.open_nursery() as nursery:
-        gateway = Gateway(peer, Fetches(peer, config.folder, nursery), max_requests=config.max_requests,
+        gateway = Gateway(peer, Fetches(peer, config.folder, nursery), versions, uploads, max_requests=config.max_requests,
                           max_header_bytes=config.max_header_bytes)  # fmt: skip
         await nursery.start(serve, build_app(gateway), hyper)
         logger.info("%s: HTTP gateway on http://%s/files/", peer.name, format_address(host, port))
