@@ -14,7 +14,7 @@ import trio
 from common.collection import CollectionVersion
 from common.errors import CollectionConflict
 from peer.gateway.set_upload import Added, SetWrites, Uploads
-from peer.gateway.set_versions import SetVersions
+from peer.gateway.set_versions import SetVersions, UnknownSet
 from tests.test_peer_swarm import Swarm
 from tracker.config import TrackerConfig
 from tracker.service import RunningTracker, serve_tracker
@@ -70,3 +70,19 @@ async def test_posts_to_one_set_are_serialized_and_a_second_writer_conflicts(tmp
             assert kept == ["f0.txt", "f1.txt", "f10.txt", "f2.txt", "f3.txt"]  # the refused one is not kept
             assert not list((tmp_path / "posts" / "incoming").iterdir())
             assert all(held.path.name != "f11.txt" for held in node.library.files.values())  # nor served
+
+
+async def test_an_older_version_the_tracker_pruned_is_unknown_with_the_reason(tmp_path: pathlib.Path, nursery: trio.Nursery) -> None:
+    """``?sequence=`` of a version the tracker no longer keeps (PROTOCOL.md §8.11, VERSION_PRUNED) is a 404, not a 502."""
+    config = TrackerConfig(port=0, db_path=None, heartbeat_interval=1.0, peer_timeout=3.0, collection_versions=2, collection_history=0)
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    swarm = Swarm((running.host, running.port), tmp_path)
+    with trio.fail_after(30):
+        async with swarm.peer() as node:
+            uploads = Uploads(node, SetVersions(node), SetWrites("t" * 32, tmp_path / "posts"))
+            for number in range(4):  # versions 1-4; the tracker keeps 3 and 4
+                await uploads.add("notes", f"f{number}.txt", await uploads.receive(f"f{number}.txt", _body(b"%d" % number)))
+            versions = SetVersions(node)
+            assert (await versions.version("notes", 3)).sequence == 3
+            with pytest.raises(UnknownSet, match="does not keep version 2 any more"):
+                await versions.version("notes", 1)

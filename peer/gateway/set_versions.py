@@ -82,8 +82,8 @@ class SetVersions:
             replies = await (await self.peer.tracker.link()).request_many([GetCollection(name, n) for n in numbers],
                                                                           timeout=self.peer.config.tracker_timeout)
             for number, reply in zip(numbers, replies, strict=True):
-                if isinstance(reply, Error) and reply.code == ErrorCode.UNKNOWN_COLLECTION:
-                    raise UnknownSet(f"set {name!r}: the tracker does not keep version {number} (looking for {wanted})")
+                if isinstance(reply, Error) and reply.code in (ErrorCode.UNKNOWN_COLLECTION, ErrorCode.VERSION_PRUNED):
+                    raise UnknownSet(f"set {name!r}: the tracker does not keep version {number} any more (looking for {wanted})")
                 older = check_reply(reply, CollectionReply).version
                 if older is None or older.name != name or older.sequence != number:
                     raise IntegrityError(f"set {name!r}: asked the tracker for version {number}, it sent another")
