@@ -68,6 +68,10 @@ class PeerConfig:
     max_queued_requests: int = 16
     #: Bytes a second served at most, over all connections (None: as fast as the network takes them).
     max_upload_rate: float | None = None
+    #: Downloaders served at once before the choker picks who keeps a slot (``peer/slots.py``): peers that
+    #: upload to us first, then those that have least; one more gets in every ``optimistic_interval``.
+    upload_slots: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    optimistic_interval: float = attrs.field(default=2.0, validator=_positive)
 
     # -- downloading ----------------------------------------------------------
     #: Peers downloaded from at once. A peer that has not delivered a chunk within its first

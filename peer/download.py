@@ -9,15 +9,12 @@
     ├── session x N   one connection per holder (peer/session.py): requester and receiver
     └── verifier x M  SHA-256 + pwrite in a worker thread; then announce, serve, log, cancel endgame duplicates
 
-Scheduling decisions are the pure :class:`~peer.picker.Picker`'s, the disk
-work :class:`~peer.download_file.DownloadFile`'s, the conversation with each
-holder its :class:`~peer.session.Session`'s; this module ties them together
-in time. Every verified chunk is added to the library's ``HeldFile`` at once,
-so the chunk server serves it to other downloaders while this goes on.
+Scheduling decisions are the pure :class:`~peer.picker.Picker`'s, the disk work :class:`~peer.download_file.DownloadFile`'s,
+the conversation with each holder its :class:`~peer.session.Session`'s; this module ties them together in time. Every
+verified chunk is added to the library's ``HeldFile`` at once, so the chunk server serves it to other downloaders meanwhile.
 
-Two seams make it testable without sockets or a tracker: ``connect`` opens
-the stream to a holder (memory streams in tests), and ``tracker`` is anything
-with the two requests a download makes (:class:`Tracker`).
+Two seams make it testable without sockets or a tracker: ``connect`` opens the stream to a holder (memory streams in
+tests), and ``tracker`` is anything with the two requests a download makes (:class:`Tracker`).
 """
 
 from __future__ import annotations
@@ -55,6 +52,7 @@ from peer.picker import Picker
 from peer.progress import DownloadResult, ProgressSink, completion_notes
 from peer.secure import Private
 from peer.session import DownloadContext, Session
+from peer.slots import Reciprocity
 from peer.sources import Sources, pool_by_address
 from peer.status import TransferCount, Transfers, describe_remote
 from peer.storage.chunk_io import Buffer
@@ -104,6 +102,7 @@ class Downloader:
     save_as: str = ""  # the output file's name in out_dir, if not the manifest's
     #: A private swarm: holders are reached over TLS, proven members, pinned by peer id (``peer/secure.py``).
     private: Private | None = None
+    reciprocity: Reciprocity = attrs.field(factory=Reciprocity)  # what holders upload to us: the chunk server's slots favour them
 
     _picker: Picker[bytes] = attrs.field(init=False)
     _file: DownloadFile = attrs.field(init=False)
@@ -386,6 +385,7 @@ class Downloader:
         self._state_due.set()
         self._received.setdefault(session.name, TransferCount()).add(nbytes)
         self.transfers.record_download(session.name, nbytes)
+        self.reciprocity.record(Reciprocity.key(session.address[0], key), nbytes, self._progress_at)
         logger.log(self.config.chunk_log_level, "%s <- chunk %d/%d of %s from %s",
                    self._label, index + 1, manifest.chunk_count, manifest.name, session.name)
         if self.progress is not None:

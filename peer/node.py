@@ -51,6 +51,7 @@ from peer.download import Downloader
 from peer.progress import DownloadResult, ProgressSink
 from peer.secure import CAPABILITIES, Private
 from peer.server import ChunkServer
+from peer.slots import Choker, Reciprocity
 from peer.status import PeerStatus, Transfers
 from peer.storage.library import Library, expand_paths, open_published
 from peer.storage.manifest_cache import ManifestCache
@@ -140,6 +141,7 @@ class Peer:
             transfers=self.transfers,
             upload_rate=config.max_upload_rate,
             key=config.node_key,
+            choker=Choker(config.upload_slots, config.optimistic_interval),
         )
         self.listen_address = await self.nursery.start(self._server.serve, config.listen_host, config.listen_port)
         self._tracker = TrackerClient(
@@ -337,6 +339,7 @@ class Peer:
             force=force,
             progress=progress,
             save_as=save_as,
+            reciprocity=self._server.choker.reciprocity if self._server is not None else Reciprocity(),
         )
         self._downloads.append(manifest.name)
         try:

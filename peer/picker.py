@@ -12,10 +12,12 @@ Policies, as in BitTorrent clients:
   downloaders spread over different chunks and the swarm gets every chunk
   quickly);
 * **pipelining**: at most ``max_in_flight`` outstanding requests per peer;
-* **endgame**: once every missing chunk is requested somewhere, an idle peer
-  duplicates requests still outstanding elsewhere (at most ``endgame_copies``
-  requests per chunk); the first verified copy wins and the rest are returned
-  as cancellations;
+* **endgame**: once every missing chunk some peer holds is requested, a peer
+  may duplicate a request outstanding at another peer (at most
+  ``endgame_copies`` per chunk) if it would deliver it clearly sooner
+  (``peer/endgame.py``: libtorrent's rule, a second peer only when the first is
+  slow); the first verified copy wins and the rest are returned as
+  cancellations;
 * **banning**: a peer whose data fails verification ``ban_threshold`` times is
   banned for the rest of the download and its requests are reassigned.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
@@ -40,6 +43,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from common.chunkset import ChunkSet
+from peer.endgame import duplicate_for, recheck_after, record_answer
 
 __all__ = ["Picker", "PeerKey"]
 
@@ -53,6 +57,7 @@ _BITS = bytes.maketrans(b"01", b"\0\1")
 #: ``_settled`` values: missing (0), done, being verified.
 _DONE, _VERIFYING = 1, 2
 _DONE_DIGITS = bytes.maketrans(b"\0\1\2", b"010")
+
 
 
 def _flags(mask: int, count: int) -> bytearray:
@@ -74,7 +79,13 @@ def _indexes(mask: int) -> list[int]:
 class _PeerState:
     holds: bytearray  # one byte per chunk: 1 if the peer is believed to hold it
     chunks: int = 0  # the same as a bitmask
-    in_flight: set[int] = attrs.field(factory=set)
+    #: Requests outstanding, in the order asked (the order the peer answers them), with when each was asked.
+    in_flight: dict[int, float] = attrs.field(factory=dict)
+    #: Its time per chunk (moving average; None until its first answer), and when its last answer came.
+    chunk_time: float | None = None
+    answered_at: float = -math.inf
+    #: The last endgame pick found requests to duplicate later (when they are late enough): see ``recheck_after``.
+    deferred: bool = False
     failures: int = 0
     #: Idle chunks it holds as (availability, rank, index), rarest first. Entries go
     #: stale (chunk no longer idle or held, availability changed) and are skipped when
@@ -207,8 +218,8 @@ class Picker(Generic[PeerKey]):
         return _indexes(self._missing_mask() & ~held)
 
     # -- picking -----------------------------------------------------------
-    def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True) -> int | None:
-        """The next chunk to request from ``key``, recorded as in flight; None if none now.
+    def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True, now: float = 0.0) -> int | None:
+        """The next chunk to request from ``key`` at time ``now``, recorded as in flight; None if none now.
 
         ``limit``: fewer than ``max_in_flight`` in flight for this peer; ``endgame=False``:
         no duplicate requests (a peer on trial must not hold the last chunks hostage).
@@ -216,27 +227,37 @@ class Picker(Generic[PeerKey]):
         state = self._peers.get(key)
         if state is None or len(state.in_flight) >= (self.max_in_flight if limit is None else min(limit, self.max_in_flight)):
             return None
+        state.deferred = False
         index = self._pick_idle(state)
         if index is None:
             if not endgame:
                 return None
-            index = self._pick_endgame(key, state)
+            index = self._pick_endgame(key, state, now)
             if index is None:
                 return None
             self.duplicates += 1
         elif self._ever_requested[index]:
             self.refetched += 1
         self._ever_requested[index] = 1
-        state.in_flight.add(index)
+        state.in_flight[index] = now
         self._requested.setdefault(index, set()).add(key)
         return index
 
-    def pick_many(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True) -> list[int]:
-        """Fill ``key``'s pipeline: every chunk to request from it now (``limit``, ``endgame``: see :meth:`pick`)."""
+    def pick_many(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True, now: float = 0.0) -> list[int]:
+        """Fill ``key``'s pipeline: every chunk to request from it now (``limit``, ``endgame``, ``now``: see :meth:`pick`)."""
         picked: list[int] = []
-        while (index := self.pick(key, limit=limit, endgame=endgame)) is not None:
+        while (index := self.pick(key, limit=limit, endgame=endgame, now=now)) is not None:
             picked.append(index)
         return picked
+
+    def recheck_after(self, key: PeerKey) -> float:
+        """How soon ``key``, having picked nothing, should pick again without being woken (``inf``: only once woken).
+
+        Set when its last endgame pick passed over requests that may yet turn
+        late (``peer/endgame.py``): nothing else wakes it then.
+        """
+        state = self._peers.get(key)
+        return math.inf if state is None else recheck_after(state)
 
     def _pick_idle(self, state: _PeerState) -> int | None:
         if state.heap_dirty:
@@ -249,17 +270,17 @@ class Picker(Generic[PeerKey]):
                 return index
         return None
 
-    def _pick_endgame(self, key: PeerKey, state: _PeerState) -> int | None:
-        # Duplicate the outstanding request with the fewest copies (rarest rank breaks ties).
-        best: int | None = None
-        best_copies = 0
-        for index, requesters in self._requested.items():
-            copies = len(requesters)
-            if copies >= self.endgame_copies or key in requesters or not state.holds[index] or self._settled[index]:
-                continue
-            if best is None or (copies, self._rank[index]) < (best_copies, self._rank[best]):
-                best, best_copies = index, copies
-        return best
+    def _pick_endgame(self, key: PeerKey, state: _PeerState, now: float) -> int | None:
+        return duplicate_for(state, self._peers.values(), now, tail=self._in_endgame(), requested=self._requested,
+                             settled=self._settled, rank=self._rank, copies=self.endgame_copies)  # fmt: skip
+
+    def _in_endgame(self) -> bool:
+        """True if every missing chunk some peer holds is requested (or being verified)."""
+        idle = self._idle_mask()
+        held = 0
+        for state in self._peers.values():
+            held |= state.chunks
+        return not idle & held
 
     def _rebuild_heap(self, state: _PeerState) -> None:
         availability, rank = self._availability, self._rank
@@ -268,8 +289,8 @@ class Picker(Generic[PeerKey]):
         state.heap_dirty = False
 
     # -- outcomes ----------------------------------------------------------
-    def on_data(self, key: PeerKey, index: int) -> bool:
-        """Data for ``index`` arrived from ``key``: True if it should be verified, False to discard it.
+    def on_data(self, key: PeerKey, index: int, now: float = 0.0) -> bool:
+        """Data for ``index`` arrived from ``key`` at time ``now``: True if it should be verified, False to discard it.
 
         Data nobody asked for is still welcome while the chunk is missing and
         no other copy is being verified (a cancelled endgame request that the
@@ -277,7 +298,9 @@ class Picker(Generic[PeerKey]):
         """
         state = self._peers.get(key)
         if state is not None:
-            state.in_flight.discard(index)
+            asked = state.in_flight.pop(index, None)
+            if asked is not None:
+                record_answer(state, asked, now)
         self._drop_request(key, index)
         if not 0 <= index < self.chunk_count:
             return False
@@ -297,7 +320,7 @@ class Picker(Generic[PeerKey]):
         for other in self._requested.pop(index, set()):
             other_state = self._peers.get(other)
             if other_state is not None:
-                other_state.in_flight.discard(index)
+                other_state.in_flight.pop(index, None)
                 cancels.append((other, index))
         return cancels
 
@@ -323,7 +346,7 @@ class Picker(Generic[PeerKey]):
         """
         state = self._peers.get(key)
         if state is not None:
-            state.in_flight.discard(index)
+            state.in_flight.pop(index, None)
             if not_held:
                 self._forget(state, index)
         self._unrequest(key, index)

@@ -7,9 +7,13 @@ answers the queue in order with CHUNK_DATA (file bytes by ``os.sendfile``) or
 CHUNK_ERROR. Connections above the cap get an ERROR(BUSY) and are closed;
 so are those above the cap per IP (per IPv6 /64). Slots are shared fairly
 across addresses: when all are taken, a newcomer from an address holding
-fewer of them than another by two or more takes the slot of that other's
-oldest connection (issue 12, finding 6: one client with dozens of chatty
-connections must not lock everyone else out).
+fewer of them than another by two or more takes the slot of one of that
+other's connections (issue 12, finding 6: one client with dozens of chatty
+connections must not lock everyone else out). Past ``upload_slots``
+connections, who keeps a slot is the choker's call (``peer/slots.py``:
+peers that upload to us, then those that have least, and an optimistic slot
+that rotates); a connection made to leave first finishes the chunk it is
+sending.
 Each handler catches, logs and closes its own connection: neither one bad peer
 nor a bug met while serving one takes the server down.
 """
@@ -31,9 +35,10 @@ from common.errors import ChunkswarmError, ConnectionClosed, PeerTimeout, Remote
 from common.framing import ErrorCode
 from common.handshake import HandshakeState, ServerHandshake
 from common.identity import NodeKey
-from common.messages import CancelChunk, ChunkError, Error, Message, RequestChunk, Welcome
+from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
 from peer.secure import CAPABILITIES, Private
+from peer.slots import Choker, Claim, Reciprocity
 from peer.status import Transfers, describe_remote
 from peer.storage.library import Library
 from peer.tasks import open_nursery
@@ -60,8 +65,12 @@ class _Slot:
     """One connection's claim on an upload slot: its address group, and the scope that ends it to make room."""
 
     group: str
+    claim: Claim
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     held: bool = False
+    #: A chunk is being sent; and the slot went to another peer (the connection ends once that chunk is sent).
+    sending: bool = False
+    evicted: bool = False
 
 
 class _RequestQueue:
@@ -131,6 +140,9 @@ class ChunkServer:
     transfers: Transfers = attrs.field(factory=Transfers)
     #: Bytes a second sent at most, over all connections (None: no limit): a seeder with little upload capacity.
     upload_rate: float | None = None
+    #: Who keeps a slot past ``choker.slots`` connections (``peer/slots.py``); its reciprocity is the node's record
+    #: of what each peer uploaded to us.
+    choker: Choker = attrs.field(factory=lambda: Choker(slots=8))
     active: int = attrs.field(init=False, default=0)
     #: When the next chunk may start under ``upload_rate``.
     _next_send: float = attrs.field(init=False, default=0.0)
@@ -187,7 +199,7 @@ class ChunkServer:
 
     async def _serve(self, conn: Connection) -> None:
         host, port = _observed_address(conn)
-        slot = _Slot(ip_group(host))
+        slot = _Slot(ip_group(host), Claim(None, trio.current_time()))
         handshake = await self._handshake(conn, slot)
         if handshake is None:
             return
@@ -206,12 +218,12 @@ class ChunkServer:
                     logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
                 queue = _RequestQueue()
                 async with open_nursery() as nursery:
-                    nursery.start_soon(self._sender, conn, queue, remote)
-                    if await self._reader(conn, queue):
+                    nursery.start_soon(self._sender, conn, queue, remote, slot)
+                    if await self._reader(conn, queue, slot.claim):
                         await queue.drained()
                     nursery.cancel_scope.cancel()
             if slot.scope.cancelled_caught:
-                logger.info("closing the connection of %s: its slot goes to another address (%d of %d slots held from %s)",
+                logger.info("closing the connection of %s: its slot goes to another peer (%d of %d slots held from %s)",
                             remote, len(self._slots.get(slot.group, ())), self.max_connections, slot.group)  # fmt: skip
         finally:
             self._release(slot)
@@ -221,17 +233,33 @@ class ChunkServer:
         mine = self._slots.get(slot.group, {})
         if len(mine) >= self.max_connections_per_ip:
             return f"serving {len(mine)} connections from your address already; try later"
+        crowded = max(self._slots.values(), key=len, default={})
+        fair_share = len(crowded) >= len(mine) + 2  # it may take the slot of a connection from a more crowded address
         if self.active >= self.max_connections:
-            crowded = max(self._slots.values(), key=len)
-            if len(crowded) < len(mine) + 2:
+            if not fair_share:
                 return f"serving {self.active} peers already; try later"
-            victim = next(iter(crowded))  # its oldest connection
-            self._release(victim)
-            victim.scope.cancel()
+            self._evict(next(iter(crowded)))  # its oldest connection
+        elif self.choker.contended(self.active):
+            now = trio.current_time()
+            by_claim = {other.claim: other for other in (crowded if fair_share else (s for group in self._slots.values() for s in group))}
+            victim = self.choker.victim(list(by_claim), now)
+            if fair_share:  # the address's fair share first, whatever the choker would say
+                self._evict(next(iter(crowded)) if victim is None else by_claim[victim])
+            elif victim is None or not self.choker.admits(slot.claim, victim, now):
+                return f"serving {self.active} peers already; try later"
+            else:
+                self._evict(by_claim[victim])
         self._slots.setdefault(slot.group, {})[slot] = None
         slot.held = True
         self.active += 1
         return None
+
+    def _evict(self, slot: _Slot) -> None:
+        """Give ``slot`` to a newcomer: its connection ends now, or once the chunk it is sending is sent."""
+        self._release(slot)
+        slot.evicted = True
+        if not slot.sending:
+            slot.scope.cancel()
 
     def _release(self, slot: _Slot) -> None:
         if not slot.held:
@@ -260,6 +288,8 @@ class ChunkServer:
             logger.info("closing a peer connection that has not said HELLO: %d newer ones are waiting", self.max_handshakes)
             return None
         host, port = _observed_address(conn)
+        if isinstance(first, Hello):
+            slot.claim.peer = Reciprocity.key(host, first.peer_id)
         private = self.private is not None  # PROTOCOL.md §8.8: swarm required, then proven before anything is served
         supported = {**SUPPORTED, **CAPABILITIES} if private else SUPPORTED
         handshake = ServerHandshake(supported=supported, required=frozenset(CAPABILITIES if private else ()), key=self.key)
@@ -280,7 +310,7 @@ class ChunkServer:
             raise
         return handshake
 
-    async def _reader(self, conn: Connection, queue: _RequestQueue) -> bool:
+    async def _reader(self, conn: Connection, queue: _RequestQueue, claim: Claim) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).
 
         A downloader may close its sending side after its last requests: they
@@ -301,6 +331,7 @@ class ChunkServer:
                 await self._try_send_error(conn, ErrorCode.TIMEOUT, reason)
                 raise PeerTimeout(reason)
             if isinstance(message, RequestChunk):
+                claim.last_request = trio.current_time()
                 if len(queue) >= self.max_queued:
                     await self._send(conn, ChunkError(message.file_id, message.index, ErrorCode.BUSY, "request queue full"))
                 else:
@@ -315,9 +346,13 @@ class ChunkServer:
                 await self._send(conn, Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
                 return False
 
-    async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str) -> None:
+    async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str, slot: _Slot) -> None:
         while True:
+            slot.sending = slot.claim.asking = False
+            if slot.evicted:
+                slot.scope.cancel()  # its slot went to another peer while a chunk was on its way
             file_id, index = await queue.get()
+            slot.sending = slot.claim.asking = True
             held = self.library.get(file_id)
             if held is None:
                 await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))
@@ -344,6 +379,7 @@ class ChunkServer:
             finally:
                 os.close(fd)
             self.transfers.record_upload(remote, length)
+            slot.claim.sent += length
 
     async def _pace(self, nbytes: int) -> None:
         """Wait for this chunk's turn under ``upload_rate``: chunks leave one after another, each taking ``nbytes / rate`` seconds.

@@ -178,7 +178,8 @@ class Session:
                 await self.wakeup.wait()
                 continue
             waiting = bool(picker.in_flight(key))
-            indexes = picker.pick_many(key) if self.delivered else picker.pick_many(key, limit=TRIAL_DEPTH, endgame=False)
+            now = trio.current_time()
+            indexes = picker.pick_many(key, now=now) if self.delivered else picker.pick_many(key, limit=TRIAL_DEPTH, endgame=False, now=now)
             if indexes:
                 try:
                     with trio.fail_after(timeout):  # a peer that takes no requests is dropped
@@ -190,7 +191,8 @@ class Session:
                 continue
             if not picker.in_flight(key) and key not in picker.useful_peers():
                 context.refresh()
-            await self.wakeup.wait()
+            with trio.move_on_after(picker.recheck_after(key)):  # endgame: requests of others may turn late meanwhile
+                await self.wakeup.wait()
 
     async def _receiver(self, conn: Connection) -> None:
         context = self.context
@@ -224,7 +226,7 @@ class Session:
                 # Wait for a verification slot first (backpressure on this peer), so that
                 # nothing can cancel us between accepting the data and starting its check.
                 await verify_slots.acquire()
-                accepted = message.file_id == file_id and picker.on_data(key, message.index)
+                accepted = message.file_id == file_id and picker.on_data(key, message.index, trio.current_time())
                 self.wake()  # a pipeline slot is free
                 if not accepted:
                     verify_slots.release()

@@ -9,6 +9,7 @@ take a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -110,11 +111,17 @@ def holder(number: int, chunks: ChunkSet) -> Holder:
     return Holder(bytes([number]) * 20, *address(number), chunks.bitfield())
 
 
+def serving_server(source: pathlib.Path, manifest: Manifest, label: str, indexes: range | None = None) -> ChunkServer:
+    """A chunk server holding ``indexes`` of ``manifest`` (all of them by default)."""
+    library = Library()
+    held = ChunkSet.full(manifest.chunk_count) if indexes is None else ChunkSet.from_indexes(manifest.chunk_count, indexes)
+    library.add(HeldFile(manifest, source, os.open(source, os.O_RDONLY), held))
+    return ChunkServer(library, b"s" * 20, label=label)
+
+
 def serving(source: pathlib.Path, manifest: Manifest, indexes: range, label: str) -> Handler:
     """A chunk server holding ``indexes`` of ``manifest``."""
-    library = Library()
-    library.add(HeldFile(manifest, source, os.open(source, os.O_RDONLY), ChunkSet.from_indexes(manifest.chunk_count, indexes)))
-    return ChunkServer(library, b"s" * 20, label=label).handle_stream
+    return serving_server(source, manifest, label, indexes).handle_stream
 
 
 @attrs.define(eq=False)
@@ -275,3 +282,56 @@ async def test_refreshes_keep_the_minimum_gap_while_holders_keep_failing(clock: 
     refreshes = harness.tracker.who_has_at
     assert min(gaps(refreshes)) >= 0.1 - 1e-9, gaps(refreshes)
     assert len(refreshes) >= 20  # the failures drive the refreshes, not refresh_interval
+
+
+
+def slow_link(handler: Handler, seconds_per_chunk: float) -> Handler:
+    """``handler`` behind a link that carries a chunk every ``seconds_per_chunk`` towards the downloader.
+
+    As a socket's buffers do, it takes all the server sends at once: the server
+    has sent its queued chunks long before they arrive, and a cancel comes too
+    late for all of them.
+    """
+
+    async def behind_the_link(downloader_side: trio.abc.Stream) -> None:
+        to_server_send, to_server_receive = trio.testing.memory_stream_one_way_pair()
+        sent, delivered = trio.testing.MemorySendStream(), trio.testing.MemoryReceiveStream()
+        pumped = trio.StapledStream(to_server_send, delivered)  # the downloader's ends, pumped below
+
+        async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while data := await source.receive_some():
+                    await sink.send_all(data)
+
+        async def carry() -> None:
+            while data := await sent.get_data(CHUNK):
+                await trio.sleep(len(data) / CHUNK * seconds_per_chunk)
+                delivered.put_data(data)
+            delivered.put_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(carry)
+            nursery.start_soon(pump, downloader_side, pumped)
+            nursery.start_soon(pump, pumped, downloader_side)
+            await handler(trio.StapledStream(sent, to_server_receive))
+            nursery.cancel_scope.cancel()
+
+    return behind_the_link
+
+
+@pytest.mark.parametrize("slow", [0.05, 0.1, 0.2], ids=["twice as slow", "four times as slow", "eight times as slow"])
+async def test_the_endgame_sends_few_chunks_twice_and_takes_the_slow_holders_last_chunks(
+    clock: trio.testing.MockClock, harness: Harness, source: pathlib.Path, manifest: Manifest, slow: float
+) -> None:
+    # Issue 16: every source that ran out of chunks to ask for duplicated a whole pipeline of requests
+    # outstanding elsewhere, and most of them were sent twice (cancels came too late).
+    servers = [serving_server(source, manifest, "fast"), serving_server(source, manifest, "slow")]
+    for number, (server, pace) in enumerate(zip(servers, (0.025, slow), strict=True), 1):
+        harness.tracker.holders.append(holder(number, ChunkSet.full(CHUNKS)))
+        harness.network.handlers[address(number)] = slow_link(server.handle_stream, pace)
+    result = await harness.download(pipeline_depth=8)
+    assert result.path.read_bytes() == source.read_bytes()
+    sent = [sum(count.chunks for count in server.transfers.uploaded.values()) for server in servers]
+    assert sum(sent) <= CHUNKS + 8, sent  # the old rule: 46-47 (whole pipelines duplicated)
+    # The fast holder took the slow one's last chunks rather than wait for them.
+    assert sent[1] - 8 < CHUNKS * 0.025 / (0.025 + slow), sent
