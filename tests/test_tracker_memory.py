@@ -26,7 +26,7 @@ from tracker.registry import Registry
 PEERS: Final = 100
 FILES: Final = 100
 CHUNKS: Final = 1000
-#: The registry's share of an idle peer: ~15.0 KB measured (100 complete files
+#: The registry's share of an idle peer: ~15.9 KB measured (100 complete files
 #: share their file's bits; 50 partial bitfields of 125 bytes are 8 KB of it), was
 #: 47.7 KB (a Replica, a ChunkSet, a mask, a slot int and a cached wire entry each).
 #: Its connection (trio task, socket, codec) takes ~4 KB more.

@@ -269,12 +269,13 @@ def test_holders_join_at_random_slots(registry: Registry) -> None:
 def _consistent(record: FileRecord) -> bool:
     """Every holder's slot names it, and the counts match the bits."""
     file_id = record.manifest.file_id
-    complete = sum(bits is record.full_bits for bits in record.bits)
+    heads, bits = record.parts[::2], record.parts[1::2]
+    complete = sum(b is record.full_bits for b in bits)
     return (
-        len(record.holders) == len(record.bits)
-        and all(peer.slots[file_id] == slot for slot, peer in enumerate(record.holders))
+        len(record.holders) == len(heads) == len(bits)
+        and all(peer.slots[file_id] == slot and heads[slot] is peer.head for slot, peer in enumerate(record.holders))
         and complete == record.complete_copies
-        and all(bits is record.full_bits or 0 < bits_mask(bits) < record.full_mask for bits in record.bits)  # every full one shared
+        and all(b is record.full_bits or 0 < bits_mask(b) < record.full_mask for b in bits)  # every full one shared
     )
 
 

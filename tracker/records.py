@@ -64,7 +64,7 @@ class Replica:
     @property
     def bits(self) -> bytes:
         """Its chunks as a ``Holder``'s bitfield field on the wire (:func:`wire_bits`)."""
-        return self.file.bits[self.slot]
+        return self.file.parts[2 * self.slot + 1]
 
     @property
     def mask(self) -> int:
@@ -100,7 +100,7 @@ class Peer:
     #: The node id proven by the connection that registered it (capability identity, PROTOCOL.md §8.6): then
     #: only a connection proving the same key may act as this peer. None: registered without identity.
     node: bytes | None = None
-    #: File id -> its slot in that file's ``holders`` and ``bits``: the files it holds chunks of.
+    #: File id -> its slot in that file's ``holders`` and ``parts``: the files it holds chunks of.
     slots: dict[bytes, int] = attrs.field(factory=dict, repr=False)
     #: The port of its HTTP gateway at ``host`` (capability gateway, PROTOCOL.md §8.10); None: none known.
     http_port: int | None = None
@@ -123,11 +123,12 @@ class Peer:
 
 @attrs.define(eq=False)
 class FileRecord:
-    """A published file and its live replicas: who holds it (``holders``) and what (``bits``), slot for slot.
+    """A published file and its live replicas: who holds it (``holders``) and their HOLDERS entries (``parts``).
 
-    ``bits`` keeps each holder's chunks in their wire form (:func:`wire_bits`), so a
-    HOLDERS reply is each holder's ``head`` and its ``bits`` joined, with nothing to
-    encode or cache per replica; every complete replica shares the one ``full_bits``.
+    ``parts`` holds two byte strings per slot, each holder's ``head`` then its chunks
+    in wire form (:func:`wire_bits`), so a HOLDERS reply is a slice of it joined, with
+    nothing to encode or cache per replica; every complete replica shares the one
+    ``full_bits``, every slot its peer's one ``head``.
     """
 
     manifest: Manifest
@@ -136,7 +137,8 @@ class FileRecord:
     seq: int = 0
     #: The peers holding chunks of it, in random order (see ``Registry._link``).
     holders: list[Peer] = attrs.field(factory=list, repr=False)
-    bits: list[bytes] = attrs.field(factory=list, repr=False)
+    #: ``parts[2 * slot]`` is ``holders[slot].head``, ``parts[2 * slot + 1]`` its chunks (:func:`wire_bits`).
+    parts: list[bytes] = attrs.field(factory=list, repr=False)
     complete_copies: int = 0
     #: An opaque cache of the manifest's wire encoding, filled by the server.
     manifest_reply: bytes | None = attrs.field(default=None, repr=False)

@@ -23,7 +23,7 @@ peers x 100 files answers tens of thousands of requests a second:
 * no object per replica (issue 16): a file keeps its holders and their chunks (in wire
   form, complete ones sharing one object) in two lists, slot for slot, and each peer
   the slot of each file it holds: ~70 bytes a replica, plus its bitfield when partial.
-  A WHO_HAS joins each holder's head (made once per peer) and bits, encoding nothing;
+  A WHO_HAS joins a slice of the file's heads and bits, interleaved, encoding nothing;
 * a look-up is O(log files + matches) (``tracker/index.py``); peers are counted per
   network and address in O(1) (``tracker/limits.py``).
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -103,6 +103,8 @@ class Registry:
                 self.addresses.leave(peer.host, peer.port)
                 self.addresses.join(host, port)
                 peer.move(host, port)
+                for file_id, slot in peer.slots.items():
+                    self._files[file_id].parts[2 * slot] = peer.head
             peer.connection = connection  # the latest registration decides
             peer.http_port = http_port
             self._touch(peer, now)
@@ -242,8 +244,7 @@ class Registry:
 
     def record(self, file_id: bytes) -> FileRecord:
         """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""
-        record = self._files.get(file_id)
-        if record is None:
+        if (record := self._files.get(file_id)) is None:
             raise TrackerError(f"no file with id {file_id.hex()[:16]}", code=ErrorCode.UNKNOWN_FILE)
         return record
 
@@ -284,13 +285,13 @@ class Registry:
             if not mask and record.manifest.chunk_count:
                 return None
             return Replica(peer, record, self._link(peer, record, mask))
-        bits = record.bits[slot]
+        bits = record.parts[2 * slot + 1]
         if bits is not record.full_bits:  # a complete one has nothing to add
             held = bits_mask(bits)
             merged = held | mask
             if merged != held:
                 self.chunk_replica_count += merged.bit_count() - held.bit_count()
-                record.bits[slot] = merged_bits = record.wire(merged)
+                record.parts[2 * slot + 1] = merged_bits = record.wire(merged)
                 if merged_bits is record.full_bits:
                     record.complete_copies += 1
         return Replica(peer, record, slot)
@@ -307,7 +308,7 @@ class Registry:
         slot = peer.slots.get(file_id)
         if slot is None:
             return None
-        bits = record.bits[slot]
+        bits = record.parts[2 * slot + 1]
         held = bits_mask(bits)
         left = held & ~mask
         if not left:
@@ -318,26 +319,20 @@ class Registry:
             if bits is record.full_bits:
                 record.complete_copies -= 1
             self.chunk_replica_count -= held.bit_count() - left.bit_count()
-            record.bits[slot] = record.wire(left)
+            record.parts[2 * slot + 1] = record.wire(left)
         return Replica(peer, record, slot)
 
     def holders(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[Manifest, list[Replica]]:
-        """The manifest and up to ``limit`` replicas of ``file_id``, chosen at random when there are more.
-
-        ``exclude`` (the asking peer's id) is never among them.
-        """
+        """The manifest and up to ``limit`` replicas of ``file_id`` (at random when more), never ``exclude``'s (the asker's)."""
         record, slots = self.holder_slots(file_id, limit=limit, exclude=exclude)
         return record.manifest, [Replica(record.holders[i], record, i) for i in slots]
 
-    def holder_slots(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[FileRecord, Collection[int]]:
-        """As :meth:`holders`, as the file's record and the chosen slots in its ``holders``/``bits``."""
+    def holder_slots(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[FileRecord, Sequence[int]]:
+        """As :meth:`holders`, as the file's record and the chosen slots in its ``holders``/``parts``."""
         record = self.record(file_id)
         count = len(record.holders)
-        mine = -1
-        if exclude is not None:
-            peer = self._peers.get(exclude)
-            if peer is not None:
-                mine = peer.slots.get(file_id, -1)
+        asker = self._peers.get(exclude) if exclude is not None else None
+        mine = -1 if asker is None else asker.slots.get(file_id, -1)
         others = count - (mine >= 0)
         if self.addresses.crowded and others:
             # Some address is claimed by several peer ids: hand each address out once.
@@ -355,9 +350,9 @@ class Registry:
         # largest part of a WHO_HAS). One slot more is taken in case the asker is in it.
         start = self.rng.randrange(count)
         stop = start + limit + (mine >= 0)
-        window = list(range(start, min(stop, count)))
-        if stop > count:
-            window += range(stop - count)
+        if stop <= count and not start < mine < stop - 1:  # one run of slots (WHO_HAS: one slice)
+            return record, range(start + (mine == start), stop - (mine >= 0 and mine != start))
+        window = [*range(start, min(stop, count)), *range(max(0, stop - count))]
         if mine >= 0:
             if mine in window:
                 window.remove(mine)
@@ -368,7 +363,7 @@ class Registry:
     def _link(self, peer: Peer, record: FileRecord, mask: int) -> int:
         # Returns its slot, a random one (its occupant moves to the end): the holder list
         # stays a random permutation, which the windows of holder_slots rely on.
-        holders, bits, ints = record.holders, record.bits, self._ints
+        holders, parts, ints = record.holders, record.parts, self._ints
         count = len(holders)
         if count >= len(ints) - 1:
             ints.extend(range(len(ints), 2 * count + 16))
@@ -378,12 +373,12 @@ class Registry:
             moved = holders[slot]
             moved.slots[record.manifest.file_id] = ints[count]
             holders.append(moved)
-            bits.append(bits[slot])
+            parts += parts[2 * slot : 2 * slot + 2]
             holders[slot] = peer
-            bits[slot] = wire
+            parts[2 * slot : 2 * slot + 2] = peer.head, wire
         else:
             holders.append(peer)
-            bits.append(wire)
+            parts += (peer.head, wire)
         peer.slots[record.manifest.file_id] = slot
         if wire is record.full_bits:
             record.complete_copies += 1
@@ -393,11 +388,13 @@ class Registry:
 
     def _unlink(self, record: FileRecord, slot: int) -> None:
         # Swap-remove from the file's lists; the peer's ``slots`` is the caller's to update.
-        holders, bits = record.holders, record.bits
-        gone = bits[slot]
-        last, last_bits = holders.pop(), bits.pop()
+        holders, parts = record.holders, record.parts
+        gone = parts[2 * slot + 1]
+        last, last_parts = holders.pop(), parts[-2:]
+        del parts[-2:]
         if slot < len(holders):
-            holders[slot], bits[slot] = last, last_bits
+            holders[slot] = last
+            parts[2 * slot : 2 * slot + 2] = last_parts
             last.slots[record.manifest.file_id] = self._ints[slot]
         if gone is record.full_bits:
             record.complete_copies -= 1

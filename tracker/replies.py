@@ -41,16 +41,13 @@ def holder_entry(replica: Replica) -> bytes:
     return replica.peer.head + replica.bits
 
 
-def encode_holders(file_id: bytes, heads: Sequence[bytes], bits: Sequence[bytes], *, max_frame_size: int) -> bytes:
-    """The HOLDERS frame of the holders whose entries are ``heads[i] + bits[i]`` (``Peer.head``, ``FileRecord.bits``).
+def encode_holders(file_id: bytes, parts: Sequence[bytes], *, max_frame_size: int) -> bytes:
+    """The HOLDERS frame of the holders whose entries are ``parts[2 * i] + parts[2 * i + 1]`` (``FileRecord.parts``).
 
     Those that would pass ``max_frame_size`` are left out.
     """
     head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
-    count = len(heads)
-    parts: list[bytes] = [b""] * (2 * count)
-    parts[::2] = heads
-    parts[1::2] = bits
+    count = len(parts) // 2
     body = b"".join(parts)
     if len(head) + _ARRAY_HEADER_MAX + len(body) > max_frame_size:
         size = len(body)

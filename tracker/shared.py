@@ -288,7 +288,7 @@ class Replicator:
         count = record.manifest.chunk_count
         wanted = -1 if mask_bytes is None else int.from_bytes(mask_bytes, "little")
         slot = peer.slots.get(file_id)
-        held = -1 if slot is None else bits_mask(record.bits[slot])
+        held = -1 if slot is None else bits_mask(record.parts[2 * slot + 1])
         if wanted == held:
             return
         if wanted < 0:  # no replica: withdraw all it holds
