@@ -14,7 +14,7 @@ from typing import Final
 
 from common.errors import ValidationError
 
-__all__ = ["ChunkSet", "Ranges"]
+__all__ = ["ChunkSet", "Ranges", "mask_to_bitfield", "bitfield_to_mask"]
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -24,6 +24,16 @@ _REVERSE: Final = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 #: Above this many ranges a set is built through a byte buffer rather than by
 #: OR-ing big ints, which copies the whole mask per range (quadratic in the file size).
 _MANY_RANGES: Final = 64
+
+
+def mask_to_bitfield(mask: int, count: int) -> bytes:
+    """The MSB-first bitfield of ``count`` chunks whose set bits are ``mask``'s (no checks: see :meth:`ChunkSet.from_bitfield`)."""
+    return mask.to_bytes((count + 7) // 8, "little").translate(_REVERSE)
+
+
+def bitfield_to_mask(bitfield: bytes) -> int:
+    """The mask of an MSB-first bitfield, the inverse of :func:`mask_to_bitfield` (no checks)."""
+    return int.from_bytes(bitfield.translate(_REVERSE), "little")
 
 
 def _mask_through_bytes(count: int, ranges: Ranges) -> int:
@@ -85,7 +95,7 @@ class ChunkSet:
     def from_bitfield(cls, count: int, bitfield: bytes) -> ChunkSet:
         if len(bitfield) != (count + 7) // 8:
             raise ValidationError(f"bitfield of {len(bitfield)} bytes does not fit {count} chunks")
-        mask = int.from_bytes(bitfield.translate(_REVERSE), "little")
+        mask = bitfield_to_mask(bitfield)
         if mask.bit_length() > count:
             raise ValidationError("bitfield has spare bits set")
         return cls(count, mask)
@@ -155,4 +165,4 @@ class ChunkSet:
         return tuple(out)
 
     def bitfield(self) -> bytes:
-        return self.mask.to_bytes((self.count + 7) // 8, "little").translate(_REVERSE)
+        return mask_to_bitfield(self.mask, self.count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import attrs
+import msgpack
 import pytest
 
 from common.chunkset import ChunkSet
@@ -12,6 +13,7 @@ from common.errors import TrackerError, ValidationError
 from common.framing import ErrorCode
 from common.manifest import Manifest
 from tests.tracker_client_helper import make_manifest
+from tracker.records import FileRecord, bits_mask, wire_bits
 from tracker.registry import Registry, check_manifest
 
 A, B, C = b"A" * 20, b"B" * 20, b"C" * 20
@@ -261,7 +263,20 @@ def test_holders_join_at_random_slots(registry: Registry) -> None:
     record = holders[0].file
     ports = [r.peer.port for r in record.replicas]
     assert sorted(ports) == list(range(1000, 1200)) and ports != sorted(ports)
-    assert all(record.replicas[r.slot] is r for r in record.replicas)
+    assert _consistent(record)
+
+
+def _consistent(record: FileRecord) -> bool:
+    """Every holder's slot names it, and the counts match the bits."""
+    file_id = record.manifest.file_id
+    heads, bits = record.parts[::2], record.parts[1::2]
+    complete = sum(b is record.full_bits for b in bits)
+    return (
+        len(record.holders) == len(heads) == len(bits)
+        and all(peer.slots[file_id] == slot and heads[slot] is peer.head for slot, peer in enumerate(record.holders))
+        and complete == record.complete_copies
+        and all(b is record.full_bits or 0 < bits_mask(b) < record.full_mask for b in bits)  # every full one shared
+    )
 
 
 def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: FakeClock) -> None:
@@ -272,8 +287,8 @@ def test_holder_list_stays_consistent_through_churn(registry: Registry, clock: F
     _, holders = registry.holders(manifest.file_id, limit=100)
     assert len(holders) == 10 == registry.counts()["replicas"]
     record = holders[0].file
-    assert len(record.entries) == len(record.replicas) == 10
-    assert all(record.replicas[r.slot] is r for r in holders)
+    assert len(record.holders) == 10 and _consistent(record)
+    assert all(record.holders[r.slot] is r.peer for r in holders)
     with pytest.raises(TrackerError) as excinfo:
         registry.holders(bytes(32), limit=5)
     assert code_of(excinfo) is ErrorCode.UNKNOWN_FILE
@@ -293,21 +308,20 @@ def test_withdrawing_part_then_all_of_a_replica(registry: Registry, clock: FakeC
     registry.announce(b, manifest.file_id, ((0, 4),))
     assert _counts(registry) == (2, 1, 2, 14)
     record = registry.record(manifest.file_id)
-    record.entries[a.replicas[manifest.file_id].slot] = b"the server's cached wire entry"
     replica = registry.withdraw(a, manifest.file_id, ((2, 5), (9, 10)))
     assert replica is not None and list(replica.chunks) == [0, 1, 5, 6, 7, 8]
-    assert record.entries[replica.slot] is None  # stale now: the server makes it again
+    assert replica.bits == msgpack.packb(ChunkSet(10, replica.mask).bitfield()) and not replica.complete  # the wire form
     assert _counts(registry) == (2, 0, 2, 10)  # no longer a complete copy
-    assert registry.withdraw(a, manifest.file_id, ((2, 5),)) is replica  # chunks no longer held: nothing changes
+    assert registry.withdraw(a, manifest.file_id, ((2, 5),)).bits is replica.bits  # type: ignore[union-attr]  # not held: nothing changes
     assert _counts(registry) == (2, 0, 2, 10)
     assert registry.withdraw(a, manifest.file_id, ((0, 10),)) is None  # nothing left: the replica goes
     assert _counts(registry) == (1, 0, 1, 4)
     assert [r.peer.peer_id for r in registry.holders(manifest.file_id, limit=50)[1]] == [B]
-    assert a.replicas == {} and registry.get_peer(A) is a  # still registered, holding nothing
+    assert a.slots == {} and registry.get_peer(A) is a  # still registered, holding nothing
     assert registry.withdraw(a, manifest.file_id, ((0, 1),)) is None  # withdrawing again is harmless
     registry.announce(a, manifest.file_id, ((3, 4),))  # and it may hold chunks again later
     assert _counts(registry) == (2, 0, 2, 5)
-    assert all(record.replicas[r.slot] is r for r in record.replicas)
+    assert _consistent(record)
 
 
 def test_withdrawing_a_whole_copy_keeps_the_other_counts(registry: Registry) -> None:
@@ -318,7 +332,7 @@ def test_withdrawing_a_whole_copy_keeps_the_other_counts(registry: Registry) -> 
     registry.withdraw(peers[1], manifest.file_id, ((0, 3),))
     assert _counts(registry) == (2, 2, 2, 6)
     record = registry.record(manifest.file_id)
-    assert len(record.entries) == len(record.replicas) == 2 and all(record.replicas[r.slot] is r for r in record.replicas)
+    assert len(record.holders) == 2 and _consistent(record)
 
 
 def test_withdrawals_of_unknown_files_or_chunks_are_refused(registry: Registry) -> None:
@@ -397,16 +411,16 @@ def test_a_holder_alone_at_its_address_is_named_as_often_as_a_crowded_address() 
 
     from tracker.limits import distinct_window
 
-    replicas = [SimpleNamespace(peer=SimpleNamespace(host=f"10.0.0.{n % 60}", port=1)) for n in range(300)]
-    replicas.append(SimpleNamespace(peer=SimpleNamespace(host="10.0.1.1", port=1)))
-    ids = collections.Counter((r.peer.host, r.peer.port) for r in replicas)
+    holders = [SimpleNamespace(host=f"10.0.0.{n % 60}", port=1) for n in range(300)]
+    holders.append(SimpleNamespace(host="10.0.1.1", port=1))
+    ids = collections.Counter((peer.host, peer.port) for peer in holders)
     rng = random.Random(7)
     named = 0
     rounds = 2000
     for _ in range(rounds):
-        rng.shuffle(replicas)
-        window = distinct_window(replicas, rng.randrange(len(replicas)), 50, -1, ids.__getitem__, rng)  # type: ignore[arg-type]
-        addresses = [(replicas[slot].peer.host, replicas[slot].peer.port) for slot in window]
+        rng.shuffle(holders)
+        window = distinct_window(holders, rng.randrange(len(holders)), 50, -1, ids.__getitem__, rng)  # type: ignore[arg-type]
+        addresses = [(holders[slot].host, holders[slot].port) for slot in window]
         assert len(addresses) == len(set(addresses)) == 50
         named += ("10.0.1.1", 1) in addresses
     assert named / rounds > 50 / 61 - 0.06, named / rounds  # as likely as any of the 61 addresses
@@ -435,3 +449,14 @@ def test_few_holders_come_in_an_order_of_their_own_for_each_asker(registry: Regi
         firsts.update(ids[:4])
     # Every asker's first four are four of the 16 others; in one fixed order they would be 4 or 5 holders in all.
     assert len(firsts) >= 12
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536])
+def test_replica_bits_are_the_wire_form_msgpack_makes_of_the_bitfield(size: int) -> None:
+    """``wire_bits`` picks bin 8, 16 or 32 as MessagePack does, and ``bits_mask`` undoes it."""
+    rng = random.Random(size)
+    bitfield = bytes(rng.randrange(256) for _ in range(size))
+    mask = ChunkSet.from_bitfield(size * 8, bitfield).mask
+    bits = wire_bits(mask, size * 8)
+    assert bits == msgpack.packb(bitfield, use_bin_type=True)
+    assert bits_mask(bits) == mask

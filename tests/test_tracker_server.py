@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import attrs
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -511,8 +512,9 @@ def test_encode_holders_matches_the_codec(count: int) -> None:
         registry.announce(peer, manifest.file_id, ((i % 20, 20),))
     _, replicas = registry.holders(manifest.file_id, limit=1000)
     expected = Holders(manifest.file_id, [Holder(r.peer.peer_id, r.peer.host, r.peer.port, r.bitfield()) for r in replicas])
-    frame = encode_holders(manifest.file_id, [holder_entry(r) for r in replicas], max_frame_size=1 << 20)
+    frame = encode_holders(manifest.file_id, [p for r in replicas for p in (r.peer.head, r.bits)], max_frame_size=1 << 20)
     assert frame == Codec().send(expected)
+    assert all(holder_entry(r) == msgpack.packb(h.to_fields(), use_bin_type=True) for r, h in zip(replicas, expected.holders, strict=True))
     codec = Codec()
     codec.receive_data(frame)
     assert codec.next_event() == expected
@@ -526,7 +528,7 @@ def test_encode_holders_leaves_out_what_does_not_fit() -> None:
         peer, _ = registry.register(i.to_bytes(20, "big"), "10.0.0.1", 1 + i)
         registry.announce(peer, manifest.file_id, ((0, 8),))
     _, replicas = registry.holders(manifest.file_id, limit=100)
-    frame = encode_holders(manifest.file_id, [holder_entry(r) for r in replicas], max_frame_size=1000)
+    frame = encode_holders(manifest.file_id, [p for r in replicas for p in (r.peer.head, r.bits)], max_frame_size=1000)
     codec = Codec(max_frame_size=1000)
     codec.receive_data(frame)
     message = codec.next_event()

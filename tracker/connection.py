@@ -198,20 +198,30 @@ class Connection:
     async def run(self) -> None:
         """Serve requests until the client closes; raises on violations, idleness and lost connections."""
         idle = self.service.config.idle_timeout
+        codec = self.codec
         # One scope for the connection's life whose deadline moves on with every
         # answered request: cheaper than a fresh scope around every read.
         self._idle_scope.deadline = trio.current_time() + idle
-        with self._idle_scope:
-            await self._serve()
+        # The loop is here, not in a coroutine of its own, and a subclass hooks in
+        # through _opened/_closed rather than wrapping run: each coroutine waiting
+        # is a frame that every idle connection keeps (issue 16).
+        self._opened()
+        try:
+            with self._idle_scope:
+                while not await self._answer_all():
+                    data = await self._receive()
+                    if data is not None:  # None: the hub's fast path has fed the codec
+                        codec.receive_data(data)
+        finally:
+            self._closed()
         if self._idle_scope.cancelled_caught:
             raise PeerTimeout(f"no request for {idle:g}s")
 
-    async def _serve(self) -> None:
-        codec = self.codec
-        while not await self._answer_all():
-            data = await self._receive()
-            if data is not None:  # None: the hub's fast path has fed the codec
-                codec.receive_data(data)
+    def _opened(self) -> None:
+        """Before the first read (a subclass's I/O set-up)."""
+
+    def _closed(self) -> None:
+        """Once :meth:`run` ends, however it ends, before the stream is closed."""
 
     async def _answer_all(self) -> bool:
         """Answer every whole request the codec holds, replies sent in batches; True once the client has closed.

@@ -199,12 +199,11 @@ class HubConnection(Connection):
         self._fd = self.stream.socket.fileno()
         self._hub = self.service.hub
 
-    async def run(self) -> None:
+    def _opened(self) -> None:
         self._hub.register(self._fd, self._serve_ready)
-        try:
-            await super().run()
-        finally:
-            self._hub.unregister(self._fd)
+
+    def _closed(self) -> None:
+        self._hub.unregister(self._fd)
 
     def _serve_ready(self) -> object:
         """The hub's fast path: read what arrived, answer it and write the replies, without the task.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from common.address import ip_group
 from common.errors import TrackerError
 from common.framing import ErrorCode
-from tracker.records import Replica
+from tracker.records import Peer
 
 __all__ = ["Tally", "AddressBook", "distinct_window"]
 
@@ -94,9 +94,9 @@ class AddressBook:
 
 
 def distinct_window(
-    replicas: Sequence[Replica], start: int, limit: int, mine: int, ids_at: Callable[[tuple[str, int]], int], rng: random.Random
+    holders: Sequence[Peer], start: int, limit: int, mine: int, ids_at: Callable[[tuple[str, int]], int], rng: random.Random
 ) -> list[int]:
-    """Up to ``limit`` slots of ``replicas`` from ``start`` on (wrapping), one per (host, port), never ``mine``.
+    """Up to ``limit`` slots of ``holders`` from ``start`` on (wrapping), one per (host, port), never ``mine``.
 
     Peer ids that point at one address are one holder to a downloader (a
     tarpit registering 300 ids at one port must not fill the answer), and one
@@ -108,7 +108,7 @@ def distinct_window(
     slot at most twice; with at most ``c`` ids per address the first pass
     stops after about ``limit * c`` slots.
     """
-    count = len(replicas)
+    count = len(holders)
     seen: set[tuple[str, int]] = set()
     window: list[int] = []
     for fair in (True, False):
@@ -116,7 +116,7 @@ def distinct_window(
             slot = (start + offset) % count
             if slot == mine:
                 continue
-            peer = replicas[slot].peer
+            peer = holders[slot]
             address = (peer.host, peer.port)
             if address in seen or (fair and rng.random() * ids_at(address) >= 1.0):
                 continue

@@ -20,8 +20,10 @@ peers x 100 files answers tens of thousands of requests a second:
   file's chunks), plus O(1) to remove the replica when nothing is left;
 * a peer bound to its connection (capability ``withdraw``) keeps that connection's
   token, so releasing it when the connection closes is one look-up;
-* each file caches its replicas' wire entries (address and bitfield) until a replica
-  changes, so a WHO_HAS touches 50 small byte strings rather than 50 objects;
+* no object per replica (issue 16): a file keeps its holders and their chunks (in wire
+  form, complete ones sharing one object) in two lists, slot for slot, and each peer
+  the slot of each file it holds: ~70 bytes a replica, plus its bitfield when partial.
+  A WHO_HAS joins a slice of the file's heads and bits, interleaved, encoding nothing;
 * a look-up is O(log files + matches) (``tracker/index.py``); peers are counted per
   network and address in O(1) (``tracker/limits.py``).
 """
@@ -31,17 +33,17 @@ from __future__ import annotations
 import itertools
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
-from common.chunkset import ChunkSet, Ranges
+from common.chunkset import Ranges
 from common.errors import TrackerError
 from common.framing import ErrorCode
 from common.manifest import Manifest
 from tracker.index import CatalogueIndex
 from tracker.limits import AddressBook, distinct_window
-from tracker.records import FileRecord, FileSummary, Peer, Replica, check_manifest, chunk_mask, conflict_message
+from tracker.records import FileRecord, FileSummary, Peer, Replica, bits_mask, check_manifest, chunk_mask, conflict_message
 
 __all__ = ["Registry", "check_manifest"]
 
@@ -72,6 +74,8 @@ class Registry:
     _files: dict[bytes, FileRecord] = attrs.field(init=False, factory=dict)  # publish order
     replica_count: int = attrs.field(init=False, default=0)
     chunk_replica_count: int = attrs.field(init=False, default=0)
+    #: ``_ints[i] == i``: slot numbers stored as these shared objects rather than one int object per replica.
+    _ints: list[int] = attrs.field(init=False, factory=list, repr=False)
 
     # -- peers -----------------------------------------------------------------
     def register(
@@ -98,9 +102,9 @@ class Registry:
                     self.addresses.check_room(host, self.max_peers_per_ip)
                 self.addresses.leave(peer.host, peer.port)
                 self.addresses.join(host, port)
-                peer.host, peer.port = host, port
-                for replica in peer.replicas.values():
-                    replica.file.entries[replica.slot] = None
+                peer.move(host, port)
+                for file_id, slot in peer.slots.items():
+                    self._files[file_id].parts[2 * slot] = peer.head
             peer.connection = connection  # the latest registration decides
             peer.http_port = http_port
             self._touch(peer, now)
@@ -188,9 +192,9 @@ class Registry:
     def _remove_peer(self, peer: Peer) -> None:
         del self._peers[peer.peer_id]
         self.addresses.leave(peer.host, peer.port)
-        for replica in peer.replicas.values():
-            self._unlink(replica)
-        peer.replicas.clear()
+        for file_id, slot in peer.slots.items():
+            self._unlink(self._files[file_id], slot)
+        peer.slots.clear()
 
     # -- files -----------------------------------------------------------------
     def publish(self, manifest: Manifest, *, checked: bool = False) -> bool:
@@ -214,14 +218,14 @@ class Registry:
 
     def held_files(self) -> list[bytes]:
         """The files some live peer holds chunks of. O(files)."""
-        return [file_id for file_id, record in self._files.items() if record.replicas]
+        return [file_id for file_id, record in self._files.items() if record.holders]
 
     def drop_unheld(self, file_ids: Iterable[bytes]) -> list[Manifest]:
         """Unlist those of ``file_ids`` no peer holds (retention: ``tracker/retention.py``); their manifests."""
         dropped = []
         for file_id in file_ids:
             record = self._files.get(file_id)
-            if record is not None and not record.replicas:
+            if record is not None and not record.holders:
                 del self._files[file_id]
                 self.index.remove(record)
                 dropped.append(record.manifest)
@@ -233,15 +237,14 @@ class Registry:
         if record is None:
             return None
         self.index.remove(record)
-        for replica in list(record.replicas):
-            del replica.peer.replicas[file_id]
-            self._unlink(replica)
+        for slot in reversed(range(len(record.holders))):  # from the last: nothing moves
+            del record.holders[slot].slots[file_id]
+            self._unlink(record, slot)
         return record.manifest
 
     def record(self, file_id: bytes) -> FileRecord:
         """The record of ``file_id``; ``TrackerError(UNKNOWN_FILE)`` if it is not published."""
-        record = self._files.get(file_id)
-        if record is None:
+        if (record := self._files.get(file_id)) is None:
             raise TrackerError(f"no file with id {file_id.hex()[:16]}", code=ErrorCode.UNKNOWN_FILE)
         return record
 
@@ -276,25 +279,22 @@ class Registry:
         announcement of a file with chunks).
         """
         record = self.record(file_id)
-        count = record.manifest.chunk_count
         mask = chunk_mask(record, ranges, "announcement")
-        replica = peer.replicas.get(file_id)
-        if replica is None:
-            if not mask and count:
+        slot = peer.slots.get(file_id)
+        if slot is None:
+            if not mask and record.manifest.chunk_count:
                 return None
-            replica = Replica(peer, record, ChunkSet(count, record.shared(mask)))
-            self._link(replica)
-            return replica
-        chunks = replica.chunks
-        merged = chunks.mask | mask
-        if merged != chunks.mask:
-            was_complete = chunks.complete
-            self.chunk_replica_count += merged.bit_count() - chunks.mask.bit_count()
-            chunks.mask = record.shared(merged)
-            record.entries[replica.slot] = None
-            if chunks.complete and not was_complete:
-                record.complete_copies += 1
-        return replica
+            return Replica(peer, record, self._link(peer, record, mask))
+        bits = record.parts[2 * slot + 1]
+        if bits is not record.full_bits:  # a complete one has nothing to add
+            held = bits_mask(bits)
+            merged = held | mask
+            if merged != held:
+                self.chunk_replica_count += merged.bit_count() - held.bit_count()
+                record.parts[2 * slot + 1] = merged_bits = record.wire(merged)
+                if merged_bits is record.full_bits:
+                    record.complete_copies += 1
+        return Replica(peer, record, slot)
 
     def withdraw(self, peer: Peer, file_id: bytes, ranges: Ranges) -> Replica | None:
         """Forget that ``peer`` holds the chunks in ``ranges`` of ``file_id``; its replica goes once none is left.
@@ -305,45 +305,38 @@ class Registry:
         """
         record = self.record(file_id)
         mask = chunk_mask(record, ranges, "withdrawal")
-        replica = peer.replicas.get(file_id)
-        if replica is None:
+        slot = peer.slots.get(file_id)
+        if slot is None:
             return None
-        chunks = replica.chunks
-        left = chunks.mask & ~mask
+        bits = record.parts[2 * slot + 1]
+        held = bits_mask(bits)
+        left = held & ~mask
         if not left:
-            del peer.replicas[file_id]
-            self._unlink(replica)
+            del peer.slots[file_id]
+            self._unlink(record, slot)
             return None
-        if left != chunks.mask:
-            if chunks.complete:
+        if left != held:
+            if bits is record.full_bits:
                 record.complete_copies -= 1
-            self.chunk_replica_count -= chunks.mask.bit_count() - left.bit_count()
-            chunks.mask = left
-            record.entries[replica.slot] = None
-        return replica
+            self.chunk_replica_count -= held.bit_count() - left.bit_count()
+            record.parts[2 * slot + 1] = record.wire(left)
+        return Replica(peer, record, slot)
 
     def holders(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[Manifest, list[Replica]]:
-        """The manifest and up to ``limit`` replicas of ``file_id``, chosen at random when there are more.
-
-        ``exclude`` (the asking peer's id) is never among them.
-        """
+        """The manifest and up to ``limit`` replicas of ``file_id`` (at random when more), never ``exclude``'s (the asker's)."""
         record, slots = self.holder_slots(file_id, limit=limit, exclude=exclude)
-        return record.manifest, [record.replicas[i] for i in slots]
+        return record.manifest, [Replica(record.holders[i], record, i) for i in slots]
 
-    def holder_slots(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[FileRecord, Collection[int]]:
-        """As :meth:`holders`, as the file's record and the chosen slots in its ``replicas``/``entries``."""
+    def holder_slots(self, file_id: bytes, *, limit: int, exclude: bytes | None = None) -> tuple[FileRecord, Sequence[int]]:
+        """As :meth:`holders`, as the file's record and the chosen slots in its ``holders``/``parts``."""
         record = self.record(file_id)
-        count = len(record.replicas)
-        mine = -1
-        if exclude is not None:
-            peer = self._peers.get(exclude)
-            replica = peer.replicas.get(file_id) if peer is not None else None
-            if replica is not None:
-                mine = replica.slot
+        count = len(record.holders)
+        asker = self._peers.get(exclude) if exclude is not None else None
+        mine = -1 if asker is None else asker.slots.get(file_id, -1)
         others = count - (mine >= 0)
         if self.addresses.crowded and others:
             # Some address is claimed by several peer ids: hand each address out once.
-            return record, distinct_window(record.replicas, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
+            return record, distinct_window(record.holders, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
         if others <= limit:
             # All of them, rotated from a random start: every downloader sees its own
             # first holders, so a swarm of a few dozen does not all pick the same few
@@ -357,9 +350,9 @@ class Registry:
         # largest part of a WHO_HAS). One slot more is taken in case the asker is in it.
         start = self.rng.randrange(count)
         stop = start + limit + (mine >= 0)
-        window = list(range(start, min(stop, count)))
-        if stop > count:
-            window += range(stop - count)
+        if stop <= count and not start < mine < stop - 1:  # one run of slots (WHO_HAS: one slice)
+            return record, range(start + (mine == start), stop - (mine >= 0 and mine != start))
+        window = [*range(start, min(stop, count)), *range(max(0, stop - count))]
         if mine >= 0:
             if mine in window:
                 window.remove(mine)
@@ -367,43 +360,48 @@ class Registry:
                 window.pop()
         return record, window
 
-    def _link(self, replica: Replica) -> None:
-        # At a random slot (its occupant moves to the end): the replica list stays a random
-        # permutation, which the windows of holder_slots rely on.
-        record = replica.file
-        count = len(record.replicas)
-        slot = self.rng.randrange(count + 1)
+    def _link(self, peer: Peer, record: FileRecord, mask: int) -> int:
+        # Returns its slot, a random one (its occupant moves to the end): the holder list
+        # stays a random permutation, which the windows of holder_slots rely on.
+        holders, parts, ints = record.holders, record.parts, self._ints
+        count = len(holders)
+        if count >= len(ints) - 1:
+            ints.extend(range(len(ints), 2 * count + 16))
+        slot = ints[self.rng.randrange(count + 1)]
+        wire = record.wire(mask)
         if slot < count:
-            moved = record.replicas[slot]
-            moved.slot = count
-            record.replicas.append(moved)
-            record.entries.append(record.entries[slot])
-            record.replicas[slot] = replica
-            record.entries[slot] = None
+            moved = holders[slot]
+            moved.slots[record.manifest.file_id] = ints[count]
+            holders.append(moved)
+            parts += parts[2 * slot : 2 * slot + 2]
+            holders[slot] = peer
+            parts[2 * slot : 2 * slot + 2] = peer.head, wire
         else:
-            record.replicas.append(replica)
-            record.entries.append(None)
-        replica.slot = slot
-        replica.peer.replicas[record.manifest.file_id] = replica
-        if replica.complete:
+            holders.append(peer)
+            parts += (peer.head, wire)
+        peer.slots[record.manifest.file_id] = slot
+        if wire is record.full_bits:
             record.complete_copies += 1
         self.replica_count += 1
-        self.chunk_replica_count += len(replica.chunks)
+        self.chunk_replica_count += mask.bit_count()
+        return slot
 
-    def _unlink(self, replica: Replica) -> None:
-        # Swap-remove from the file's lists; the peer's dict is cleared by the caller.
-        record = replica.file
-        last = record.replicas.pop()
-        last_entry = record.entries.pop()
-        if last is not replica:
-            record.replicas[replica.slot] = last
-            record.entries[replica.slot] = last_entry
-            last.slot = replica.slot
-        replica.slot = -1
-        if replica.complete:
+    def _unlink(self, record: FileRecord, slot: int) -> None:
+        # Swap-remove from the file's lists; the peer's ``slots`` is the caller's to update.
+        holders, parts = record.holders, record.parts
+        gone = parts[2 * slot + 1]
+        last, last_parts = holders.pop(), parts[-2:]
+        del parts[-2:]
+        if slot < len(holders):
+            holders[slot] = last
+            parts[2 * slot : 2 * slot + 2] = last_parts
+            last.slots[record.manifest.file_id] = self._ints[slot]
+        if gone is record.full_bits:
             record.complete_copies -= 1
+            self.chunk_replica_count -= record.manifest.chunk_count
+        else:
+            self.chunk_replica_count -= bits_mask(gone).bit_count()
         self.replica_count -= 1
-        self.chunk_replica_count -= len(replica.chunks)
 
     # -- counters --------------------------------------------------------------
     @property

@@ -38,21 +38,24 @@ def _array_header(length: int) -> bytes:
 
 def holder_entry(replica: Replica) -> bytes:
     """The MessagePack of one ``Holder``'s fields: peer id, host, port, bitfield."""
-    peer = replica.peer
-    return msgpack.packb([peer.peer_id, peer.host, peer.port, replica.bitfield()], use_bin_type=True)  # type: ignore[no-any-return]
+    return replica.peer.head + replica.bits
 
 
-def encode_holders(file_id: bytes, entries: Sequence[bytes], *, max_frame_size: int) -> bytes:
-    """The HOLDERS frame of holder ``entries`` (:func:`holder_entry`); those that would pass ``max_frame_size`` are left out."""
+def encode_holders(file_id: bytes, parts: Sequence[bytes], *, max_frame_size: int) -> bytes:
+    """The HOLDERS frame of the holders whose entries are ``parts[2 * i] + parts[2 * i + 1]`` (``FileRecord.parts``).
+
+    Those that would pass ``max_frame_size`` are left out.
+    """
     head = b"\x92\xc4\x20" + file_id  # [file id (bin 8, 32 bytes), [entries ...]]
-    body = b"".join(entries)
+    count = len(parts) // 2
+    body = b"".join(parts)
     if len(head) + _ARRAY_HEADER_MAX + len(body) > max_frame_size:
-        entries = list(entries)
         size = len(body)
-        while len(head) + _ARRAY_HEADER_MAX + size > max_frame_size and entries:
-            size -= len(entries.pop())
-        body = b"".join(entries)
-    array_header = _array_header(len(entries))
+        while len(head) + _ARRAY_HEADER_MAX + size > max_frame_size and count:
+            count -= 1
+            size -= len(parts[2 * count]) + len(parts[2 * count + 1])
+        body = b"".join(parts[: 2 * count])
+    array_header = _array_header(count)
     length = len(head) + len(array_header) + len(body)
     return b"".join((encode_header(Opcode.HOLDERS, length, max_frame_size=max_frame_size), head, array_header, body))
 

@@ -124,8 +124,8 @@ class TrackerService:
             log.warning("refusing %s: outside the allowed address ranges (%s)", where, self.config.allow)
             await trio.aclose_forcefully(stream)
             return
-        if self.private is None:
-            await self.handle_stream(stream, (remote[0], remote[1]))
+        if self.private is None:  # not through handle_stream: one frame less kept by every idle connection
+            await serve_connection(self, stream, (remote[0], remote[1]), Connection if self.hub is None else HubConnection)
             return
         served = await self.private.accept(stream, where)  # TLS streams take the generic path, not the hub's
         if served is None:

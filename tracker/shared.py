@@ -48,7 +48,7 @@ import trio
 from common.chunkset import ChunkSet, Ranges
 from common.errors import StorageError, TrackerError, ValidationError
 from common.manifest import Manifest
-from tracker.records import Peer, Replica
+from tracker.records import Peer, Replica, bits_mask
 from tracker.registry import Registry
 from tracker.shared_store import SharedStore, parse_state_url
 
@@ -73,7 +73,7 @@ _ERRORS: Final = (coredis.exceptions.RedisError, OSError, StorageError)
 def _mask_bytes(replica: Replica | None) -> bytes | None:
     if replica is None:
         return None
-    mask = replica.chunks.mask
+    mask = replica.mask
     return mask.to_bytes((mask.bit_length() + 7) // 8, "little")
 
 
@@ -284,10 +284,11 @@ class Replicator:
         peer = registry.get_peer(peer_id)
         if peer is None or not registry.has_file(file_id):
             return
-        count = registry.record(file_id).manifest.chunk_count
+        record = registry.record(file_id)
+        count = record.manifest.chunk_count
         wanted = -1 if mask_bytes is None else int.from_bytes(mask_bytes, "little")
-        replica = peer.replicas.get(file_id)
-        held = -1 if replica is None else replica.chunks.mask
+        slot = peer.slots.get(file_id)
+        held = -1 if slot is None else bits_mask(record.parts[2 * slot + 1])
         if wanted == held:
             return
         if wanted < 0:  # no replica: withdraw all it holds

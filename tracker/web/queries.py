@@ -96,7 +96,7 @@ def peer_json(peer: Peer, clock: Clock, timeout: float) -> dict[str, Any]:
         "last_heartbeat": round(clock.wall_of(peer.last_seen), 3),
         "seconds_since_heartbeat": round(silent, 1),
         "online": silent <= timeout,
-        "files": len(peer.replicas),
+        "files": len(peer.slots),
         "http_port": peer.http_port,
     }
 
@@ -118,7 +118,7 @@ def holder_json(replica: Replica, clock: Clock, timeout: float) -> dict[str, Any
 def file_json(record: FileRecord, clock: Clock, timeout: float, holders: int, tracker: str, private: bool) -> dict[str, Any]:
     """One file: its manifest summary, its counts, and up to ``holders`` of its holders, complete copies first."""
     manifest = record.manifest
-    replicas = record.replicas
+    replicas = record.replicas  # views: O(holders), as the sort of the first ``holders`` below
     # Beyond ``holders``, the first slots are a random choice: the list is a random permutation (Registry._link).
     shown = replicas[:holders] if len(replicas) > holders else list(replicas)
     shown.sort(key=lambda replica: (not replica.complete, replica.peer.host, replica.peer.port))
@@ -148,7 +148,7 @@ async def availability(record: FileRecord) -> list[dict[str, Any]]:
     partial = [replica for replica in record.replicas if not replica.complete]
     complete = len(record.replicas) - len(partial)
     for done, replica in enumerate(partial, 1):
-        mask = replica.chunks.mask
+        mask = replica.mask
         if width == 1:
             for cell in range(cells):
                 sums[cell] += mask >> cell & 1
