@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from common.address import parse_address
 from common.errors import ValidationError
-from peer.gateway import GatewayConfig
+
+if TYPE_CHECKING:  # peer.gateway loads hypercorn and starlette: only when --http is given
+    from peer.gateway import GatewayConfig
 
 __all__ = ["http_options", "gateway_config"]
 
@@ -40,4 +42,6 @@ def gateway_config(http: tuple[str, int] | None, http_dir: pathlib.Path | None, 
     """The gateway's settings from the options; None without ``--http``."""
     if http is None:
         return None
+    from peer.gateway import GatewayConfig
+
     return GatewayConfig(folder=http_dir if http_dir is not None else state_dir / "gateway", host=http[0], port=http[1])

@@ -25,10 +25,9 @@ from typing import Any
 import attrs
 import click
 
-from chunkswarm.collection_commands import COLLECTION_OPTION, get_collection_into
-from chunkswarm.console import console, setup_logging
-from chunkswarm.peer_commands import _config, _peer_options, _run, _serve_until_signalled
-from chunkswarm.ui import progress_display
+from chunkswarm.console import setup_logging, stderr_console, terminal_console
+from chunkswarm.log_progress import progress_display
+from chunkswarm.peer_options import COLLECTION_OPTION, _config, _peer_options, _run, _serve_until_signalled
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.wording import format_rate, format_size, plural
@@ -197,6 +196,8 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout,
                      direct_io=direct_io, **options)  # fmt: skip
     if collection_name:  # every file of the collection's current version, into -o DIR (chunkswarm/collection_commands.py)
+        from chunkswarm.collection_commands import get_collection_into
+
         get_collection_into(config, collection_name, pathlib.Path(output or "."), force=force, keep_seeding=keep_seeding)
         return
     out_dir, save_as = output_target(output, names)
@@ -206,7 +207,7 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     except click.exceptions.Exit as stop:
         if stop.exit_code == 130:
             resume = f"{ctx.command_path} {shlex.join(ctx.meta.get('get.args', names))}"
-            console.print(run.interrupted(resume), markup=False, highlight=False, soft_wrap=True)
+            stderr_console().print(run.interrupted(resume), markup=False, highlight=False, soft_wrap=True)
         raise
     if run.failed:
         if len(run.failed) == 1 and not run.finished:
@@ -225,7 +226,7 @@ async def _get(config: PeerConfig, names: tuple[str, ...], run: _GetRun, keep_se
                 run.failed.append((item.shown, item.error))
                 continue
             try:
-                with progress_display(console) as progress:
+                with progress_display(terminal_console()) as progress:
                     run.current = _Tally(progress, run.out_dir, run.save_as)
                     result = await peer.download(item.query, run.out_dir, force=force, progress=run.current, save_as=run.save_as)
             except ChunkswarmError as exc:
