@@ -128,8 +128,7 @@ def main() -> None:
                         "python": [*python, "-c", "pass"],
                         "get_help": [*python, "-m", "chunkswarm", "get", "--help"],
                         "seed_help": [*python, "-m", "chunkswarm", "seed", "--help"],
-                        "get_tiny": [*python, "-m", "chunkswarm", "get", data.name, "-o", f"{out}/", "--tracker", address,
-                                     "--state-dir", str(out / "state")],  # fmt: skip
+                        "get_tiny": [*python, "-m", "chunkswarm", "get", data.name, "-o", f"{out}/", "--tracker", address, "--state-dir", str(out / "state")],
                     }
                     for case, args in cases.items():
                         cpu = rusage_cpu(args, root)

@@ -175,12 +175,14 @@ class _RememberArgs(click.Command):
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().request_timeout, show_default=True,
               help="Drop a peer that leaves requests unanswered for this many seconds.")
 @click.option("--direct-io", is_flag=True,
-              help="Write and read back chunks past the page cache (O_DIRECT); every write then waits for the disk.")
+              help="Write (and with --verify-writes read back) chunks past the page cache (O_DIRECT); every write then waits for the disk.")
+@click.option("--verify-writes", is_flag=True,
+              help="Read every chunk back after its write and check it (each is hashed before it is written in any case); costs CPU, and memory for the bytes compared.")
 @COLLECTION_OPTION
 @_peer_options
 @click.pass_context
 def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_seeding: bool, force: bool, pipeline_depth: int,
-        stall_timeout: float, request_timeout: float, direct_io: bool, collection_name: str | None, log_level: str,
+        stall_timeout: float, request_timeout: float, direct_io: bool, verify_writes: bool, collection_name: str | None, log_level: str,
         **options: Any) -> None:  # fmt: skip
     """Download each NAME from the swarm, one after the other (or, with --collection NAME, every file of a collection into -o DIR).
 
@@ -194,7 +196,7 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     if bool(names) == bool(collection_name):
         raise click.UsageError("give NAME... or --collection NAME (with -o DIR), not both" if names else "give NAME... or --collection NAME")
     config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout,
-                     direct_io=direct_io, **options)  # fmt: skip
+                     direct_io=direct_io, verify_writes=verify_writes, **options)  # fmt: skip
     if collection_name:  # every file of the collection's current version, into -o DIR (chunkswarm/collection_commands.py)
         from chunkswarm.collection_commands import get_collection_into
 
