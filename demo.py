@@ -15,7 +15,7 @@ import sys
 import click
 import trio
 
-from chunkswarm.console import LOG_LEVELS, console, setup_logging
+from chunkswarm.console import LOG_LEVELS, setup_logging, stderr_console
 from chunkswarm.demo import DemoConfig, run_demo
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from common.wording import plural
@@ -37,6 +37,7 @@ SAMPLE = HERE / "sample_files" / "dir1" / "file1_dir1.txt"
 def main(peers: int, source: pathlib.Path, chunk_size: int | None, keep: bool, keep_running: bool, log_level: str) -> None:
     """Start a tracker and PEERS peers on 127.0.0.1 and watch them swarm a file."""
     setup_logging(log_level)
+    console = stderr_console()
     config = DemoConfig(
         source=source,
         peers=peers,

@@ -15,10 +15,10 @@ import click
 import trio
 from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, create_state_dir, setup_logging
+from chunkswarm.console import LOG_LEVELS, create_state_dir, setup_logging, stderr_console
 from chunkswarm.gateway_option import gateway_config, http_options
 from chunkswarm.node_key import claim_node_key
-from chunkswarm.peer_commands import Trackers, parse_trackers, tracker_settings
+from chunkswarm.peer_options import Trackers, parse_trackers, tracker_settings
 from chunkswarm.shell import ShellConfig, run_shell
 from chunkswarm.swarm_command import swarm_options
 from common.address import TRACKER_PORT
@@ -53,6 +53,7 @@ def main(tracker: Trackers, share_dir: pathlib.Path, download_dir: pathlib.Path,
          http: tuple[str, int] | None, http_dir: pathlib.Path | None, http_max_upload: int) -> None:  # fmt: skip
     """Start one peer and an interactive shell (h lists the commands)."""
     setup_logging(log_level)
+    console = stderr_console()
     peer = PeerConfig(**tracker_settings(tracker), listen_host=host, listen_port=port, label=label, chunk_size=chunk_size, swarm=swarm, allow=allow,
                       **({"state_dir": state_dir} if state_dir is not None else {}))  # fmt: skip
     if create_state_dir(peer.state_dir):

@@ -40,6 +40,9 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: Every checkout's compiled modules, kept apart from it: an installed chunkswarm has its .pyc files, and a shell
+#: with PYTHONDONTWRITEBYTECODE would otherwise have each peer process compile every module it imports (0.3-0.5 CPU-s).
+PYC_ENV = {"PYTHONPYCACHEPREFIX": str(pathlib.Path(tempfile.gettempdir()) / "chunkswarm-bench-pycache")}
 sys.path.insert(0, str(ROOT))
 
 from peer.config import PeerConfig  # noqa: E402
@@ -52,7 +55,8 @@ class Proc:
         self.label = label
         self.lines: list[tuple[float, str]] = []
         self.started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250", **PYC_ENV}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled once, not by every process (see PYC_ENV)
         self.popen = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, text=True)
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._read, daemon=True)

@@ -1,5 +1,5 @@
 """``python -m chunkswarm``: the ``chunkswarm`` command (subprocess tests and benchmarks use it)."""
 
-from chunkswarm.cli import cli
+from chunkswarm.entry import main
 
-cli(prog_name="python -m chunkswarm")
+main(prog_name="python -m chunkswarm")

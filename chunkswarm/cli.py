@@ -15,9 +15,6 @@ import pathlib
 from collections.abc import Iterator, Mapping
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from chunkswarm import __version__
 from chunkswarm.settings import CONFIG_ENVVAR, Settings, default_config_path, load_settings
@@ -100,6 +97,10 @@ def cli(ctx: click.Context, config_path: pathlib.Path | None) -> None:
 @click.pass_context
 def config_command(ctx: click.Context, command: str | None) -> None:
     """Show the effective settings of COMMAND (or of every command) and where each comes from."""
+    from rich.console import Console  # here: only this command prints through rich
+    from rich.table import Table
+    from rich.text import Text
+
     settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]  # set by the group
     group = ctx.parent.command if ctx.parent is not None else None
     assert isinstance(group, click.Group)

@@ -16,13 +16,12 @@ from rich.text import Text
 from chunkswarm.console import setup_logging
 from chunkswarm.node_commands import _STATE_DIR_OPTION, _node_key
 from chunkswarm.node_key import KEY_FILE, claim_node_key, load_or_create_key
-from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _config, _peer_options, _run, _serve_until_signalled, tracker_settings
+from chunkswarm.peer_options import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _config, _name, _peer_options, _run, _serve_until_signalled, tracker_settings
 from chunkswarm.set_commands import fetch_command, token_command
 from common.address import format_address
 from common.collection import CollectionVersion, sign_version
 from common.errors import ChunkswarmError, NotAnOwner, TrackerError, ValidationError
 from common.identity import PUBLIC_KEY_SIZE, NodeKey, format_node_id, node_id, parse_node_id, short_id
-from common.manifest import check_publishable_name
 from common.messages import GetManifest, ManifestReply
 from common.wording import format_size, plural
 from peer.catalogue import open_catalogue
@@ -35,19 +34,6 @@ from peer.node import open_peer
 __all__ = ["publish", "collection", "get_collection_into"]
 
 logger = logging.getLogger("peer")
-
-
-def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_publishable_name(value)
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-COLLECTION_OPTION = click.option("--collection", "collection_name", metavar="NAME", callback=_name, default=None,
-                                 help="The collection (a named, signed set of files) to publish or get.")  # fmt: skip
 
 
 # -- publish ---------------------------------------------------------------------------

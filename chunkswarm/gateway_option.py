@@ -6,15 +6,16 @@ from __future__ import annotations
 import pathlib
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from chunkswarm.node_key import write_private_once
 from common.address import parse_address
 from common.errors import ValidationError
-from peer.gateway import GatewayConfig, SetWrites
-from peer.gateway.set_upload import MIN_TOKEN
+
+if TYPE_CHECKING:  # peer.gateway loads hypercorn and starlette: only when --http is given
+    from peer.gateway import GatewayConfig
 
 __all__ = ["http_options", "gateway_config", "load_or_create_token", "TOKEN_FILE", "POSTS_DIR"]
 
@@ -53,12 +54,16 @@ def gateway_config(http: tuple[str, int] | None, http_dir: pathlib.Path | None, 
     """The gateway's settings from the options; None without ``--http``. POSTs need the token in the state folder (made now if none)."""
     if http is None:
         return None
+    from peer.gateway import GatewayConfig, SetWrites
+
     writes = SetWrites(load_or_create_token(state_dir), state_dir / POSTS_DIR, max_upload)
     return GatewayConfig(folder=http_dir if http_dir is not None else state_dir / "gateway", host=http[0], port=http[1], writes=writes)
 
 
 def load_or_create_token(state_dir: pathlib.Path) -> str:
     """The gateway's write token in ``state_dir``, made (256 random bits, mode 0600, atomically) if there is none."""
+    from peer.gateway.set_upload import MIN_TOKEN
+
     path = state_dir / TOKEN_FILE
     try:
         token = path.read_text().strip()

@@ -25,10 +25,9 @@ from typing import Any
 import attrs
 import click
 
-from chunkswarm.collection_commands import COLLECTION_OPTION, get_collection_into
-from chunkswarm.console import console, setup_logging
-from chunkswarm.peer_commands import _config, _peer_options, _run, _serve_until_signalled
-from chunkswarm.ui import progress_display
+from chunkswarm.console import setup_logging, stderr_console, terminal_console
+from chunkswarm.log_progress import progress_display
+from chunkswarm.peer_options import COLLECTION_OPTION, _config, _peer_options, _run, _serve_until_signalled
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.wording import format_rate, format_size, plural
@@ -176,12 +175,14 @@ class _RememberArgs(click.Command):
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=PeerConfig().request_timeout, show_default=True,
               help="Drop a peer that leaves requests unanswered for this many seconds.")
 @click.option("--direct-io", is_flag=True,
-              help="Write and read back chunks past the page cache (O_DIRECT); every write then waits for the disk.")
+              help="Write (and with --verify-writes read back) chunks past the page cache (O_DIRECT); every write then waits for the disk.")
+@click.option("--verify-writes", is_flag=True,
+              help="Read every chunk back after its write and check it (each is hashed before it is written in any case); costs CPU, and memory for the bytes compared.")
 @COLLECTION_OPTION
 @_peer_options
 @click.pass_context
 def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_seeding: bool, force: bool, pipeline_depth: int,
-        stall_timeout: float, request_timeout: float, direct_io: bool, collection_name: str | None, log_level: str,
+        stall_timeout: float, request_timeout: float, direct_io: bool, verify_writes: bool, collection_name: str | None, log_level: str,
         **options: Any) -> None:  # fmt: skip
     """Download each NAME from the swarm, one after the other (or, with --collection NAME, every file of a collection into -o DIR).
 
@@ -195,8 +196,10 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     if bool(names) == bool(collection_name):
         raise click.UsageError("give NAME... or --collection NAME (with -o DIR), not both" if names else "give NAME... or --collection NAME")
     config = _config(pipeline_depth=pipeline_depth, stall_timeout=stall_timeout, request_timeout=request_timeout,
-                     direct_io=direct_io, **options)  # fmt: skip
+                     direct_io=direct_io, verify_writes=verify_writes, **options)  # fmt: skip
     if collection_name:  # every file of the collection's current version, into -o DIR (chunkswarm/collection_commands.py)
+        from chunkswarm.collection_commands import get_collection_into
+
         get_collection_into(config, collection_name, pathlib.Path(output or "."), force=force, keep_seeding=keep_seeding)
         return
     out_dir, save_as = output_target(output, names)
@@ -206,7 +209,7 @@ def get(ctx: click.Context, /, names: tuple[str, ...], output: str | None, keep_
     except click.exceptions.Exit as stop:
         if stop.exit_code == 130:
             resume = f"{ctx.command_path} {shlex.join(ctx.meta.get('get.args', names))}"
-            console.print(run.interrupted(resume), markup=False, highlight=False, soft_wrap=True)
+            stderr_console().print(run.interrupted(resume), markup=False, highlight=False, soft_wrap=True)
         raise
     if run.failed:
         if len(run.failed) == 1 and not run.finished:
@@ -225,7 +228,7 @@ async def _get(config: PeerConfig, names: tuple[str, ...], run: _GetRun, keep_se
                 run.failed.append((item.shown, item.error))
                 continue
             try:
-                with progress_display(console) as progress:
+                with progress_display(terminal_console()) as progress:
                     run.current = _Tally(progress, run.out_dir, run.save_as)
                     result = await peer.download(item.query, run.out_dir, force=force, progress=run.current, save_as=run.save_as)
             except ChunkswarmError as exc:

@@ -8,7 +8,7 @@ import click
 
 from chunkswarm.console import create_state_dir, setup_logging
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
-from chunkswarm.peer_commands import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _run, tracker_settings
+from chunkswarm.peer_options import _LOG_LEVEL_OPTION, _TRACKER_OPTION, Trackers, _run, tracker_settings
 from common.address import format_address
 from common.errors import ChunkswarmError
 from common.identity import NodeKey, short_id

@@ -5,142 +5,46 @@ Exported as ``peer_commands`` for the ``chunkswarm`` group (``chunkswarm.cli``);
 
 from __future__ import annotations
 
-import gc
 import logging
 import pathlib
-import re
-import signal
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
 import trio
-from rich.console import Console
 
-from chunkswarm.console import LOG_LEVELS, console, create_state_dir, log_file_option, setup_logging
+from chunkswarm.console import log_file_option, setup_logging, terminal_console
 from chunkswarm.gateway_option import gateway_config, http_options
+from chunkswarm.log_progress import progress_display
 from chunkswarm.node_key import claim_node_key
-from chunkswarm.swarm_command import ALLOW_OPTION, SWARM_OPTION
-from chunkswarm.ui import file_table, progress_display, stats_table, torrent_table
-from common.address import TRACKER_PORT, format_address, parse_address
-from common.errors import ChunkswarmError, ValidationError
+from chunkswarm.peer_options import (
+    Trackers,
+    _config,
+    _peer_options,
+    _query_options,
+    _run,
+    _serve_until_signalled,
+    tracker_settings,
+)
+from common.address import format_address
 from common.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from common.messages import FileList, TorrentList
 from common.swarm import SwarmFile
 from common.torrent_messages import MAX_TORRENTS_LISTED
 from common.wording import format_size, plural
 from peer.catalogue import LIST_LIMIT, open_catalogue
-from peer.config import PeerConfig, default_state_dir
-from peer.gateway import GatewayConfig, serve_gateway
-from peer.node import Peer, open_peer
+from peer.config import PeerConfig
+from peer.node import open_peer
+
+if TYPE_CHECKING:
+    from peer.gateway import GatewayConfig
 
 __all__ = ["peer_commands", "seed", "ls", "stats"]
 
 logger = logging.getLogger("peer")
 
-DEFAULT_TRACKER = f"127.0.0.1:{TRACKER_PORT}"
 #: Files ``ls`` shows unless told otherwise: a catalogue of 200,000 is not read on a terminal.
 LS_LIMIT = 1000
-
-
-#: Several trackers of one swarm, in the order a peer tries them (``--tracker A --tracker B``).
-Trackers = tuple[tuple[str, int], ...]
-
-
-def parse_trackers(ctx: click.Context, param: click.Parameter, value: Sequence[str] | str) -> Trackers:
-    """Each ``--tracker``, each split at commas and spaces (as CHUNKSWARM_TRACKER may list them): the addresses in order."""
-    if not value:  # neither --tracker nor CHUNKSWARM_TRACKER: look on the LAN (mDNS)
-        from chunkswarm.discover import find_tracker
-
-        return (find_tracker(private=ctx.params.get("swarm") is not None),)
-    words = [word for text in ([value] if isinstance(value, str) else value) for word in re.split(r"[,\s]+", text) if word]
-    if not words:
-        raise click.BadParameter("give a tracker address HOST[:PORT]")
-    try:
-        return tuple(dict.fromkeys(parse_address(word, default_port=TRACKER_PORT) for word in words))
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def tracker_settings(trackers: Trackers) -> dict[str, Any]:
-    """The PeerConfig fields of ``trackers``: the first is used, the others when it fails."""
-    return {"tracker": trackers[0], "fallback_trackers": trackers[1:]}
-
-
-def _options(func: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-_TRACKER_OPTION = click.option("--tracker", multiple=True, envvar="CHUNKSWARM_TRACKER", show_envvar=True, callback=parse_trackers,
-                               help=f"Tracker address HOST[:PORT] (port {TRACKER_PORT} if left out); given again (or a list, comma- or "
-                                    "space-separated), trackers sharing the swarm, tried in turn when the one in use fails  [default: the "
-                                    f"tracker found on the LAN by mDNS, else {DEFAULT_TRACKER}]")  # fmt: skip
-_LOG_LEVEL_OPTION = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
-
-
-def _query_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of a command that only asks the tracker (ls, stats): it serves nothing and keeps no state."""
-    return _options(func, [_TRACKER_OPTION, SWARM_OPTION, _LOG_LEVEL_OPTION])
-
-
-def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of a command that runs a peer (seed, get): it serves chunks and keeps state."""
-    return _options(func, [
-        _TRACKER_OPTION,
-        click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
-                     help=f"Where this peer keeps its state (manifest cache)  [default: {default_state_dir()}]"),
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve chunks on."),
-        click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to serve chunks on (0: any free port)."),
-        click.option("--label", default="", help="A name for this peer in logs and in other peers' logs."),
-        SWARM_OPTION,
-        ALLOW_OPTION,
-        _LOG_LEVEL_OPTION,
-    ])  # fmt: skip
-
-
-def _config(tracker: Trackers, state_dir: pathlib.Path | None, host: str, port: int, label: str, **extra: Any) -> PeerConfig:
-    kwargs: dict[str, Any] = {**tracker_settings(tracker), "listen_host": host, "listen_port": port, "label": label, **extra}
-    if state_dir is not None:
-        kwargs["state_dir"] = state_dir
-    config = PeerConfig(**kwargs)
-    _announce_state_dir(config.state_dir)
-    return config
-
-
-def _announce_state_dir(state_dir: pathlib.Path) -> None:
-    if create_state_dir(state_dir):
-        logger.info("created %s: chunkswarm keeps this peer's state there (--state-dir picks another folder)", state_dir)
-
-
-def _run(async_fn: Callable[..., Any], *args: Any) -> Any:
-    """trio.run, with chunkswarm's errors as click errors and Ctrl-C as a quiet exit."""
-    # Everything imported so far lives as long as the process: keep it out of the
-    # cyclic garbage collector's scans (they showed up at a few % of CPU while swarming).
-    gc.freeze()
-    try:
-        return trio.run(async_fn, *args)
-    except ChunkswarmError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        raise click.exceptions.Exit(130) from None
-
-
-async def _serve_until_signalled(peer: Peer, ready: str = "") -> None:
-    """Serve until SIGINT or SIGTERM, then log what was uploaded; ``ready`` is logged once a signal is sure to be caught."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        if ready:
-            logger.info("%s", ready)
-        async for signum in signals:
-            logger.info("%s: %s received, leaving", peer.name, signal.Signals(signum).name)
-            break
-    uploaded = peer.transfers.uploaded
-    detail = ", ".join(f"{name}: {count.chunks}" for name, count in uploaded.items())
-    logger.info("%s uploaded %s (%s, %d bytes) to %s%s", peer.name, plural(sum(c.chunks for c in uploaded.values()), "chunk"),
-                format_size(peer.transfers.bytes_uploaded), peer.transfers.bytes_uploaded, plural(len(uploaded), "peer"),
-                f" ({detail})" if detail else "")
 
 
 # -- seed --------------------------------------------------------------------------
@@ -172,11 +76,13 @@ def seed(paths: tuple[pathlib.Path, ...], chunk_size: int | None, max_upload_con
 
 
 async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool, gateway: GatewayConfig | None) -> None:
-    from peer.seeder import Seeder  # here: it loads watchfiles, which get (this module's other user) never needs
+    from peer.seeder import Seeder  # here: get (this module's other user) never publishes
 
     async with open_peer(config) as peer, trio.open_nursery() as services:
         logger.info("serving on %s", format_address(*peer.listen_address))
         if gateway is not None:  # before REGISTER, which tells the tracker its port
+            from peer.gateway import serve_gateway  # here: hypercorn and starlette, only for --http
+
             await services.start(serve_gateway, peer, gateway)
         # A service may start before its tracker: it is tried until it answers, and
         # everything seeded is published then (and again after every reconnection).
@@ -184,7 +90,7 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
         if peer.connected:
             logger.info("connected to the tracker at %s", format_address(*config.tracker))
         seeder = Seeder(peer, paths)
-        with progress_display(console) as progress:
+        with progress_display(terminal_console()) as progress:
             manifests = await seeder.publish_all(progress=progress)
         for manifest in manifests:
             logger.info("seeding %s (%s, %s, %s)", manifest.name, manifest.hex_id[:16], format_size(manifest.size),
@@ -205,6 +111,10 @@ async def _seed(config: PeerConfig, paths: tuple[pathlib.Path, ...], watch: bool
 @_query_options
 def ls(pattern: str, limit: int, tracker: Trackers, swarm: SwarmFile | None, log_level: str) -> None:
     """List the tracker's files whose name contains PATTERN, newest first."""
+    from rich.console import Console
+
+    from chunkswarm.ui import file_table, torrent_table
+
     setup_logging(log_level)
     config = PeerConfig(**tracker_settings(tracker), swarm=swarm)
     listing, counted, torrents = _run(_ls, config, pattern, limit)
@@ -235,6 +145,10 @@ async def _ls(config: PeerConfig, pattern: str, limit: int) -> tuple[FileList, b
 @_query_options
 def stats(tracker: Trackers, swarm: SwarmFile | None, log_level: str) -> None:
     """Show the tracker's counters: peers online, files, replicas, connections, requests served."""
+    from rich.console import Console
+
+    from chunkswarm.ui import stats_table
+
     setup_logging(log_level)
     config = PeerConfig(**tracker_settings(tracker), swarm=swarm)
     counters = _run(_stats, config)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tomllib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -78,6 +77,8 @@ def load_settings(path: pathlib.Path, commands: Mapping[str, click.Command], *, 
         return Settings(path)
     except OSError as exc:
         raise click.ClickException(f"cannot read the configuration file {path}: {exc.strerror or exc}") from None
+    import tomllib  # here: most runs have no file to parse
+
     try:
         document = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

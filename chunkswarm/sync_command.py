@@ -24,7 +24,7 @@ from rich.text import Text
 
 from chunkswarm.console import setup_logging
 from chunkswarm.node_key import KEY_FILE, claim_node_key, load_or_create_key
-from chunkswarm.peer_commands import _config, _peer_options, _run, _serve_until_signalled
+from chunkswarm.peer_options import _config, _peer_options, _run, _serve_until_signalled
 from common.address import format_address
 from common.identity import format_node_id
 from common.manifest import validate_name

@@ -6,14 +6,10 @@ and this module shows what it is told.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Final
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -26,19 +22,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from chunkswarm.log_progress import LogProgress, progress_display, short_source
 from common.manifest import shown_name
 from common.messages import FileEntry, TorrentEntry
 from common.wording import format_rate, format_size, plural
-from peer.progress import ProgressSink
 
 __all__ = ["RichProgress", "LogProgress", "RateColumn", "BytesColumn", "progress_columns", "progress_display", "format_size", "file_table",
            "chunk_size_text", "markup_safe", "STALLED_AFTER"]  # fmt: skip
-
-logger = logging.getLogger(__name__)
-
-
-def _short(source: str) -> str:
-    return source.split(" (")[0] if " (" in source else source
 
 
 def markup_safe(text: str) -> str:
@@ -73,7 +63,7 @@ class RichProgress:
         self._progress.update(self._task, completed=hashed_bytes, moved_at=self._progress.get_time())
 
     def chunk(self, index: int, nbytes: int, source_label: str) -> None:
-        self._sources[_short(source_label)] += 1
+        self._sources[short_source(source_label)] += 1
         if self._task is not None:
             self._progress.update(self._task, advance=nbytes, moved_at=self._progress.get_time(), **self._fields())
 
@@ -92,62 +82,6 @@ class RichProgress:
                 self._peers = len(self._sources)
                 self._progress.update(self._task, **self._fields())
         self._hashing = None
-
-
-class LogProgress:
-    """Plain log lines (at most one a second) when stderr is not a terminal."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self._interval = interval
-        self._name = ""
-        self._total = 0
-        self._done = 0
-        self._start = 0.0
-        self._last = 0.0
-        self._peers = 0
-        self._sources: Counter[str] = Counter()
-        self._hashing = False
-
-    def started(self, name: str, total_bytes: int, already_have_bytes: int) -> None:
-        name = shown_name(name)
-        self._name, self._total, self._done, self._hashing = name, total_bytes, already_have_bytes, False
-        self._start = self._last = time.monotonic()
-        logger.info("%s: %s, %s already here", name, format_size(total_bytes), format_size(already_have_bytes))
-
-    def hashing(self, name: str, total_bytes: int, hashed_bytes: int) -> None:
-        name = shown_name(name)
-        now = time.monotonic()
-        if not self._hashing or name != self._name:
-            self._name, self._total, self._hashing = name, total_bytes, True
-            self._start = self._last = now
-            logger.info("hashing %s (%s)", name, format_size(total_bytes))
-        elif now - self._last >= self._interval:
-            self._last = now
-            rate = hashed_bytes / max(now - self._start, 1e-9)
-            percent = 100 * hashed_bytes / total_bytes if total_bytes else 100
-            logger.info("hashing %s: %.0f%% (%s)", name, percent, format_rate(rate))
-
-    def chunk(self, index: int, nbytes: int, source_label: str) -> None:
-        self._done += nbytes
-        self._sources[_short(source_label)] += 1
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            rate = self._done / max(now - self._start, 1e-9)
-            percent = 100 * self._done / self._total if self._total else 100
-            logger.info("%s: %.0f%% (%s, %s)", self._name, percent, format_rate(rate), plural(self._peers, "peer"))
-
-    def peers(self, count: int) -> None:
-        self._peers = count
-
-    def finished(self) -> None:
-        elapsed = time.monotonic() - self._start
-        if self._hashing:
-            self._hashing = False
-            logger.info("hashed %s in %.1f s", self._name, elapsed)
-            return
-        sources = ", ".join(f"{name}: {count}" for name, count in self._sources.most_common())
-        logger.info("%s: done in %.1f s (%s)", self._name, elapsed, f"chunks from {sources}" if sources else "already complete, nothing downloaded")
 
 
 #: Seconds without a byte after which a bar says "stalled" rather than a speed and time left that no longer hold.
@@ -200,16 +134,6 @@ def progress_columns(detail_field: str = "detail") -> tuple[ProgressColumn | str
         RateColumn(),
         TextColumn(f"{{task.fields[{detail_field}]}}"),
     )
-
-
-@contextmanager
-def progress_display(console: Console) -> Iterator[ProgressSink]:
-    """A rich progress display on a terminal, log lines otherwise."""
-    if not console.is_terminal:
-        yield LogProgress()
-        return
-    with Progress(*progress_columns(), console=console, transient=False) as progress:
-        yield RichProgress(progress)
 
 
 #: The tracker's counters in the order a reader wants them; others follow by name.

@@ -25,7 +25,6 @@ from typing import Final
 
 import attrs
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.errors import ValidationError
@@ -145,7 +144,7 @@ class NodeKey:
     node_id: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = self.private.public_key().public_bytes_raw()
         object.__setattr__(self, "public_key", raw)
         object.__setattr__(self, "node_id", node_id(raw))
 
@@ -159,6 +158,8 @@ class NodeKey:
     @classmethod
     def from_pem(cls, data: bytes) -> NodeKey:
         """A key written by :meth:`to_pem`; :class:`ValidationError` for anything else."""
+        from cryptography.hazmat.primitives import serialization  # here: 15-25 ms to import, and a get proves a fresh key
+
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -169,6 +170,8 @@ class NodeKey:
 
     def to_pem(self) -> bytes:
         """PKCS #8 PEM, unencrypted: the key file's own permissions protect it (0600)."""
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
     @property

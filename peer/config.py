@@ -97,10 +97,18 @@ class PeerConfig:
     #: system allows it. Off by default: every chunk write waits for the device and chunks
     #: served to other peers must be read back from it (see ``peer.storage.chunk_io``).
     direct_io: bool = False
-    #: A written chunk is read back from disk and checked once this many more bytes have
-    #: been written; through the page cache its verified bytes are kept until then, to compare
-    #: (private memory: 64 MiB made a downloader's 100 MiB; the read-back checks the same
-    #: cached pages however late it comes). See ``peer.storage.read_back.ReadBack``.
+    #: Read each written chunk back and check it (``get --verify-writes``). Off by default: every
+    #: chunk is hashed before its write and a failed or short write fails the download, as
+    #: libtorrent and aria2 trust; the read-back through the page cache (a copy and a compare)
+    #: catches a write at a wrong offset or the part file changed behind the download, not a
+    #: failing device (its pages are the ones just written), and costs CPU per GiB and up to
+    #: ``read_back_window`` of kept bytes (figures in README "Checking what is written").
+    verify_writes: bool = False
+    #: A written chunk is read back from disk and checked (``verify_writes``) once this many more
+    #: bytes have been written; through the page cache its verified bytes are kept until then, to
+    #: compare (private memory: 64 MiB made a downloader's 100 MiB; the read-back checks the same
+    #: cached pages however late it comes). The window also paces the page cache's writeback and
+    #: drops (``cache_window``). See ``peer.storage.read_back.ReadBack``.
     read_back_window: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.ge(0))
     #: The page cache a download keeps of its file, about (the last bytes written): older
     #: chunks are written back and dropped, so a download does not fill memory with its file.

@@ -102,7 +102,8 @@ class DownloadFile:
         part = self._part
         self.held = HeldFile(manifest, part.path, part.fd, ChunkSet.from_indexes(manifest.chunk_count, resumed), direct_fd=part.direct_fd)
         part.fd = part.direct_fd = -1  # the library's HeldFile owns the descriptors now
-        self._read_back = ReadBack(manifest, self.held.fd, self.config.read_back_window, self.held.direct_fd, self.config.cache_window, self.release)
+        self._read_back = ReadBack(manifest, self.held.fd, self.config.read_back_window, self.held.direct_fd, self.config.cache_window, self.release,
+                                   verify=self.config.verify_writes)  # fmt: skip
         self.keeps_data = self._read_back.keeps_data
         self.library.add(self.held)
         return resumed
@@ -125,9 +126,12 @@ class DownloadFile:
         """Check that every chunk on disk matches the manifest, then move the file into place and serve it from there.
 
         Chunks resumed were hashed from disk when the download started, and
-        the others read back as the download went on (:class:`ReadBack`):
-        only the last few are left to read back here. Chunks that fail are no
-        longer held, and the download fails with :class:`IntegrityError`.
+        the others were hashed before their write; with ``verify_writes`` they
+        were read back as the download went on (:class:`ReadBack`), and only
+        the last few are left to read back here. Chunks that fail are no
+        longer held, and the download fails with :class:`IntegrityError`; so
+        does a part file whose size is no longer the file's (cut or extended
+        behind the download's back: a check that costs one ``fstat``).
         """
         manifest = self.manifest
         checking = trio.current_time()
@@ -136,9 +140,13 @@ class DownloadFile:
         async def one(part: int, parts: int) -> None:
             bad.extend(await trio.to_thread.run_sync(self._read_back.finish, part, parts))
 
-        await self._in_parallel(one)
+        if self.config.verify_writes:
+            await self._in_parallel(one)
         self._read_back.close()
         logger.debug("%s: final read-back of %s took %.2f s", self.config.name, manifest.name, trio.current_time() - checking)
+        size = os.fstat(self.held.fd).st_size
+        if size != manifest.size:
+            raise IntegrityError(f"{manifest.name}: the part file {self._part.path} is {size} bytes, not {manifest.size}: changed behind the download; run get again")
         if bad:
             for index in bad:
                 self.held.have.discard(index)

@@ -26,7 +26,6 @@ from common.framing import MAGIC, ErrorCode
 from common.identity import NodeKey
 from common.messages import Error
 from common.swarm import SWARM, Membership, SwarmFile
-from common.tls import certificate_key, client_context, server_context
 from peer.connection import Connection
 from peer.greeting import Connect
 from peer.tls_stream import TLSStream
@@ -66,6 +65,9 @@ class Private:
 
     @classmethod
     def create(cls, swarm: SwarmFile, key: NodeKey) -> Private:
+        # Here, not at the top: x509 costs 50-75 ms to import, and only a private swarm's nodes need it.
+        from common.tls import client_context, server_context
+
         return cls(swarm, key, server_context(key), client_context())
 
     async def connect(self, stream: trio.abc.Stream, what: str) -> TLSStream:
@@ -94,6 +96,8 @@ class Private:
         :class:`Refused` (NOT_A_MEMBER) if the server refuses us, :class:`RemoteProtocolError`
         if its own proof fails (another swarm, a relay, not the node id expected).
         """
+        from common.tls import certificate_key  # loaded by create() already
+
         stream = conn.stream
         if not isinstance(stream, TLSStream | trio.SSLStream):
             raise ValidationError("a proof of membership needs a TLS connection")

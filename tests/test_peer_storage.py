@@ -279,3 +279,27 @@ def test_written_chunks_are_read_back_once_out_of_the_window(tmp_path: pathlib.P
         assert sorted(read_back.finish(0, 2) + read_back.finish(1, 2)) == [2]
     finally:
         part.close()
+
+
+def test_without_verify_nothing_is_read_back_nor_kept(tmp_path: pathlib.Path) -> None:
+    chunk = 4096
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(6 * chunk))
+    manifest = build_manifest(source, chunk)
+    data = source.read_bytes()
+    part = PartFile(manifest, tmp_path / "out" / manifest.name)
+    part.open()
+    released: list[object] = []
+    try:
+        read_back = ReadBack(manifest, part.fd, 2 * chunk, part.direct_fd, release=released.append, verify=False)
+        assert not read_back.keeps_data  # the writer gives each buffer back at once
+        for index in range(6):
+            piece = memoryview(data)[index * chunk : (index + 1) * chunk]
+            verify_and_write(manifest, part.fd, index, piece)
+            os.pwrite(part.fd, b"\xff", index * chunk)  # changed after its write: not looked at
+            assert read_back.wrote(index, piece) == []
+        assert read_back.finish() == []
+        read_back.close()
+        assert all(len(buffer) == 0 for buffer in released)  # type: ignore[arg-type]  # no chunk's bytes were held
+    finally:
+        part.close()

@@ -14,7 +14,7 @@ import trio
 
 import peer.download_file
 from common.chunkset import ChunkSet
-from common.errors import AmbiguousFile, NoHolders, StorageError, TrackerUnavailable, UnknownFile
+from common.errors import AmbiguousFile, IntegrityError, NoHolders, StorageError, TrackerUnavailable, UnknownFile
 from common.manifest import Manifest, build_manifest
 from common.messages import Announce, CancelChunk, Hello, Holders, Message, Publish, WhoHas
 from peer.config import PeerConfig
@@ -452,7 +452,7 @@ async def test_a_minimal_progress_sink_is_enough(swarm: Swarm, source: pathlib.P
 
 async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The read-back of written chunks catches a device that loses a write; the chunk is downloaded again."""
+    """With verify_writes, the read-back of written chunks catches a chunk changed on disk after its write; it is downloaded again."""
     written = peer.download_file.verify_and_write
     spoiled: list[int] = []
 
@@ -464,12 +464,31 @@ async def test_a_chunk_that_goes_bad_on_disk_is_fetched_again(swarm: Swarm, sour
 
     monkeypatch.setattr(peer.download_file, "verify_and_write", bad_device)
     with trio.fail_after(20):
-        async with swarm.peer() as seeder, swarm.peer(read_back_window=4 * CHUNK) as getter:
+        async with swarm.peer() as seeder, swarm.peer(read_back_window=4 * CHUNK, verify_writes=True) as getter:
             (manifest,) = await seeder.publish([source.parent])
             result = await getter.download("data.bin", tmp_path / "out")
             assert result.path.read_bytes() == source.read_bytes()
             assert result.bad_chunks == 1 and result.chunks_refetched == 1
             assert result.chunks_received == manifest.chunk_count + 1
+
+
+async def test_a_part_file_cut_behind_the_download_fails_it(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without verify_writes (the default), a part file whose size changed after the writes is still caught, by its size."""
+    written = peer.download_file.verify_and_write
+
+    def cutting(manifest: Manifest, fd: int, index: int, data: bytes | bytearray | memoryview) -> None:
+        written(manifest, fd, index, data)
+        if index == manifest.chunk_count - 1:  # no later write reaches this far
+            os.ftruncate(fd, manifest.chunk_offset(index) + 1)
+
+    monkeypatch.setattr(peer.download_file, "verify_and_write", cutting)
+    with trio.fail_after(20):
+        async with swarm.peer() as seeder, swarm.peer() as getter:
+            await seeder.publish([source.parent])
+            with pytest.raises(IntegrityError, match="changed behind the download"):
+                await getter.download("data.bin", tmp_path / "out")
+    assert not (tmp_path / "out" / "data.bin").exists()
 
 
 async def test_sources_rotate_without_losing_a_chunk(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:

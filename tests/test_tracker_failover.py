@@ -11,7 +11,7 @@ import click
 import pytest
 import trio
 
-from chunkswarm.peer_commands import parse_trackers, tracker_settings
+from chunkswarm.peer_options import parse_trackers, tracker_settings
 from common.manifest import build_manifest
 from common.messages import Holders, WhoHas
 from tests.procs import spawn, start_tracker

@@ -1,4 +1,4 @@
-"""Each chunk of a download read back from disk and checked, soon after it is written (:class:`ReadBack`)."""
+"""The page cache a download fills, kept small, and (``verify``) each chunk read back and checked soon after its write (:class:`ReadBack`)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,16 @@ def _compare_buffer(size: int) -> bytearray:
 
 @attrs.define(eq=False)
 class ReadBack:
-    """Reads each chunk of a download back from disk and checks it, soon after it is written.
+    """Bounds the page cache a download fills and, with ``verify``, reads each chunk back from disk and checks it.
 
-    Through the page cache the chunk is compared with the verified bytes it was
-    written from (kept until then); through ``direct_fd`` (which keeps nothing)
-    it is hashed against the manifest.
+    Every chunk has been hashed against the manifest before its write, and a
+    ``pwrite`` that fails or falls short fails the download (as libtorrent and
+    aria2 trust the hash checked before the write). ``verify``
+    (``get --verify-writes``) adds the read-back below, at a cost
+    (``bench/read_back.py``): through the page cache each chunk is read again
+    and compared with the verified bytes it was written from (kept until then,
+    up to ``window`` bytes of private memory); through ``direct_fd`` (which
+    keeps nothing) it is hashed against the manifest.
 
     The file is placed only once every chunk has passed this check, so a bad
     write (a wrong offset, a failing device) is caught, and here it is caught
@@ -66,6 +71,8 @@ class ReadBack:
     cache_window: int | None = None
     #: Called with each chunk's bytes once it has been read back (a receive-buffer pool's ``give_back``).
     release: Callable[[Buffer], None] | None = None
+    #: Read each chunk back and check it (else the window only paces the page cache's writeback and drops).
+    verify: bool = True
     #: Chunks written and not read back yet, each with the verified bytes that were written.
     _young: deque[tuple[int, Buffer]] = attrs.field(factory=deque)
     _young_bytes: int = 0
@@ -76,6 +83,11 @@ class ReadBack:
     @property
     def keeps_data(self) -> bool:
         """True if :meth:`wrote` keeps the chunk's bytes until its read-back (then hands them to ``release``)."""
+        return self.verify and self.buffered
+
+    @property
+    def buffered(self) -> bool:
+        """True if the chunks are written through the page cache (which this then keeps small)."""
         return self.direct_fd < 0
 
     @property
@@ -88,14 +100,14 @@ class ReadBack:
         check: list[tuple[int, Buffer]] = []
         drop: list[int] = []
         with self._lock:
-            # Through O_DIRECT the read-back is hashed (the bytes are not kept).
+            # Through O_DIRECT the read-back is hashed (the bytes are not kept); without verify nothing is read back.
             self._young.append((index, data if self.keeps_data else b""))
             self._young_bytes += length(index)
             while self._young_bytes > self.window:
                 old = self._young.popleft()
                 self._young_bytes -= length(old[0])
                 check.append(old)
-            if self.keeps_data:  # through the page cache: bound what it holds (see above)
+            if self.buffered:  # through the page cache: bound what it holds (see above)
                 self._flushing.extend(i for i, _ in check)
                 self._flushing_bytes += sum(length(i) for i, _ in check)
                 while self._flushing_bytes > self._flush_window:
@@ -104,7 +116,7 @@ class ReadBack:
                     drop.append(flushed)
         bad = self._read_back(check)
         self._release(check)
-        if self.keeps_data:
+        if self.buffered:
             for done in (*(i for i, _ in check), *drop):
                 advise(self.fd, self.manifest.chunk_offset(done), length(done), os.POSIX_FADV_DONTNEED)
         return bad
@@ -129,7 +141,9 @@ class ReadBack:
                 self.release(data)
 
     def _read_back(self, chunks: list[tuple[int, Buffer]]) -> list[int]:
-        """The chunks whose bytes on disk differ from what was written."""
+        """The chunks whose bytes on disk differ from what was written (none looked at without ``verify``)."""
+        if not self.verify or not chunks:
+            return []
         if not self.keeps_data:
             indexes = [i for i, _ in chunks]
             good = set(hash_chunks(self.manifest, self.fd, indexes, self.direct_fd))
