@@ -22,6 +22,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal
 
@@ -64,6 +65,8 @@ MAX_ENTRIES: Final = 100_000
 MAX_OWNERS: Final = 64
 #: An encoded version fits a frame (16 MiB) with room for the frame's own fields.
 MAX_VERSION_BYTES: Final = 16 * 1024 * 1024 - 4096
+#: Paths whose check is remembered (``check_path``): a few MiB at most.
+_CHECKED_PATHS: Final = 1 << 16
 _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 _ENTRY_TAG: Final = b"chunkswarm-entry\x00"
@@ -92,6 +95,13 @@ def check_path(path: object) -> str:
     """Check a relative POSIX path of an entry; return it. Never absolute, never '..', each segment a publishable name."""
     if type(path) is not str:
         raise ValidationError(f"an entry's path must be text, got {type(path).__name__}")
+    return _check_text_path(path)
+
+
+@functools.lru_cache(maxsize=_CHECKED_PATHS)
+def _check_text_path(path: str) -> str:
+    # Remembered: each version lists every path of the collection again, and a name is checked
+    # character by character (~30 us); a path seen before costs a look-up.
     if not path:
         raise ValidationError("an entry's path is empty")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
@@ -255,9 +265,10 @@ def sign_version(
     """A version signed by ``key``; the entries are sorted by path here."""
     ordered = tuple(sorted(entries, key=lambda entry: entry.path))
     owners = tuple(owners)
-    unsigned = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
-    signature = key.sign(signed_message(name, sequence, parent, unsigned.root, owners))
-    return attrs.evolve(unsigned, signature=signature)
+    version = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
+    signature = _bytes(key.sign(signed_message(name, sequence, parent, version.root, owners)), "a collection's signature", SIGNATURE_SIZE)
+    object.__setattr__(version, "signature", signature)  # not attrs.evolve: the leaves and root stand (the signature is in neither)
+    return version
 
 
 def check_signature(version: CollectionVersion) -> None:
