@@ -34,29 +34,10 @@ from common.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, verify_sig
 from common.manifest import HASH_SIZE, ZERO_HASH, check_publishable_name, merkle_proof, merkle_root, sha256, verify_proof
 
 __all__ = [
-    "SHORT_NODE_SIZE",
-    "MAX_PATH_BYTES",
-    "MAX_ENTRIES",
-    "MAX_OWNERS",
-    "MAX_VERSION_BYTES",
-    "VersionVector",
-    "Entry",
-    "CollectionVersion",
-    "check_path",
-    "entry_leaf",
-    "signed_message",
-    "sign_version",
-    "check_signature",
-    "check_successor",
-    "entry_proof",
-    "entry_proofs",
-    "verify_entry",
-    "vv_bump",
-    "vv_merge",
-    "vv_compare",
-    "encode_version",
-    "decode_version",
-]
+    "SHORT_NODE_SIZE", "MAX_PATH_BYTES", "MAX_ENTRIES", "MAX_OWNERS", "MAX_VERSION_BYTES", "VersionVector", "Entry",
+    "CollectionVersion", "check_path", "entry_leaf", "signed_message", "sign_version", "check_signature", "check_successor",
+    "entry_proof", "entry_proofs", "verify_entry", "vv_bump", "vv_merge", "vv_compare", "encode_version", "decode_version",
+]  # fmt: skip
 
 #: A node in a version vector or ``modified_by``: the first 8 bytes of its node id.
 SHORT_NODE_SIZE: Final = 8
@@ -65,8 +46,6 @@ MAX_ENTRIES: Final = 100_000
 MAX_OWNERS: Final = 64
 #: An encoded version fits a frame (16 MiB) with room for the frame's own fields.
 MAX_VERSION_BYTES: Final = 16 * 1024 * 1024 - 4096
-#: Paths whose check is remembered (``check_path``): a few MiB at most.
-_CHECKED_PATHS: Final = 1 << 16
 _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 _ENTRY_TAG: Final = b"chunkswarm-entry\x00"
@@ -98,10 +77,8 @@ def check_path(path: object) -> str:
     return _check_text_path(path)
 
 
-@functools.lru_cache(maxsize=_CHECKED_PATHS)
+@functools.lru_cache(maxsize=1 << 16)  # each version lists every path again: one seen before costs a look-up, not ~30 us
 def _check_text_path(path: str) -> str:
-    # Remembered: each version lists every path of the collection again, and a name is checked
-    # character by character (~30 us); a path seen before costs a look-up.
     if not path:
         raise ValidationError("an entry's path is empty")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
@@ -266,8 +243,8 @@ def sign_version(
     ordered = tuple(sorted(entries, key=lambda entry: entry.path))
     owners = tuple(owners)
     version = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
-    signature = _bytes(key.sign(signed_message(name, sequence, parent, version.root, owners)), "a collection's signature", SIGNATURE_SIZE)
-    object.__setattr__(version, "signature", signature)  # not attrs.evolve: the leaves and root stand (the signature is in neither)
+    # Not attrs.evolve, which would check the entries and hash the leaves again: the signature is in neither.
+    object.__setattr__(version, "signature", key.sign(signed_message(name, sequence, parent, version.root, owners)))
     return version
 
 
