@@ -22,6 +22,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal
 
@@ -33,29 +34,10 @@ from common.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, verify_sig
 from common.manifest import HASH_SIZE, ZERO_HASH, check_publishable_name, merkle_proof, merkle_root, sha256, verify_proof
 
 __all__ = [
-    "SHORT_NODE_SIZE",
-    "MAX_PATH_BYTES",
-    "MAX_ENTRIES",
-    "MAX_OWNERS",
-    "MAX_VERSION_BYTES",
-    "VersionVector",
-    "Entry",
-    "CollectionVersion",
-    "check_path",
-    "entry_leaf",
-    "signed_message",
-    "sign_version",
-    "check_signature",
-    "check_successor",
-    "entry_proof",
-    "entry_proofs",
-    "verify_entry",
-    "vv_bump",
-    "vv_merge",
-    "vv_compare",
-    "encode_version",
-    "decode_version",
-]
+    "SHORT_NODE_SIZE", "MAX_PATH_BYTES", "MAX_ENTRIES", "MAX_OWNERS", "MAX_VERSION_BYTES", "VersionVector", "Entry",
+    "CollectionVersion", "check_path", "entry_leaf", "signed_message", "sign_version", "check_signature", "check_successor",
+    "entry_proof", "entry_proofs", "verify_entry", "vv_bump", "vv_merge", "vv_compare", "encode_version", "decode_version",
+]  # fmt: skip
 
 #: A node in a version vector or ``modified_by``: the first 8 bytes of its node id.
 SHORT_NODE_SIZE: Final = 8
@@ -92,6 +74,11 @@ def check_path(path: object) -> str:
     """Check a relative POSIX path of an entry; return it. Never absolute, never '..', each segment a publishable name."""
     if type(path) is not str:
         raise ValidationError(f"an entry's path must be text, got {type(path).__name__}")
+    return _check_text_path(path)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # each version lists every path again: one seen before costs a look-up, not ~30 us
+def _check_text_path(path: str) -> str:
     if not path:
         raise ValidationError("an entry's path is empty")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
@@ -255,9 +242,10 @@ def sign_version(
     """A version signed by ``key``; the entries are sorted by path here."""
     ordered = tuple(sorted(entries, key=lambda entry: entry.path))
     owners = tuple(owners)
-    unsigned = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
-    signature = key.sign(signed_message(name, sequence, parent, unsigned.root, owners))
-    return attrs.evolve(unsigned, signature=signature)
+    version = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
+    # Not attrs.evolve, which would check the entries and hash the leaves again: the signature is in neither.
+    object.__setattr__(version, "signature", key.sign(signed_message(name, sequence, parent, version.root, owners)))
+    return version
 
 
 def check_signature(version: CollectionVersion) -> None:

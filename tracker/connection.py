@@ -42,9 +42,11 @@ from common.codec import CLOSED, NEED_DATA, Codec, LargeFrame, Sentinel, decode_
 from common.errors import ConnectionClosed, PeerTimeout, RemoteProtocolError, TrackerError
 from common.framing import ErrorCode
 from common.handshake import Agreement, ServerHandshake
-from common.messages import Error, Message
+from common.messages import Error, Message, Publish
+from tracker import staging
 from tracker.greeting import GREETING
 from tracker.handlers import Handlers, refusal, unexpected
+from tracker.staging import Staged
 
 if TYPE_CHECKING:
     from common.swarm import Membership
@@ -183,6 +185,8 @@ class Connection:
     reserved: int = attrs.field(init=False, default=0)
     #: Bytes in ``pending``.
     _pending_size: int = attrs.field(init=False, default=0)
+    #: PUBLISHes answered in ``pending`` whose manifests are not on disk yet (``tracker.staging``).
+    unsaved: list[Staged] = attrs.field(init=False, factory=list)
     #: A request decoded that only the connection's task answers (``Handlers.task``, or a violation).
     _held: Message | LargeFrame | None = attrs.field(init=False, default=None)
     #: Whether a request was answered since the idle deadline last moved.
@@ -230,12 +234,22 @@ class Connection:
         of work: a pipelined batch of requests answered in this task (each of
         which may yield or not) must not hold the event loop.
         """
+        try:
+            return await self._answer_batches()
+        except Exception:
+            await staging.commit(self)  # what was answered is kept (the replies may go out in a farewell)
+            raise
+
+    async def _answer_batches(self) -> bool:
         deadline = perf_counter() + ANSWER_BUDGET
         while True:
             if self._held is not None:
                 request, self._held = self._held, None
                 self.queue(await self._answer_held(request))
             stop = self.answer_ready()
+            if isinstance(stop, Publish) and self._pending_size < FLUSH_SIZE and perf_counter() <= deadline:
+                continue  # a run of PUBLISHes: their saves are committed together (tracker/staging.py)
+            await staging.commit(self)  # before any reply of the batch is sent
             if self.pending:
                 await self._send(self.take_pending())
             if stop is NEED_DATA:
@@ -305,6 +319,11 @@ class Connection:
     def queue(self, reply: Buffer) -> None:
         self.pending.append(reply)
         self._pending_size += len(reply)
+
+    def replace(self, index: int, reply: bytes) -> None:
+        """Make the reply at ``index`` of ``pending`` (not sent yet) ``reply`` instead."""
+        self._pending_size += len(reply) - len(self.pending[index])
+        self.pending[index] = reply
 
     def take_pending(self) -> list[Buffer]:
         """The replies to send, in order: small ones joined, large ones as they are.

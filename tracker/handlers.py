@@ -54,7 +54,7 @@ from common.messages import (
     Withdraw,
 )
 from common.wording import format_size, plural
-from tracker import collections
+from tracker import collections, staging
 from tracker.publishers import publisher_of
 from tracker.records import FileSummary, Peer
 from tracker.registry import check_manifest
@@ -249,24 +249,25 @@ async def publish(connection: Connection, request: Publish) -> bytes:
         if service.publishers.has(manifest.file_id, publisher):
             return encode_message(Published(manifest.file_id))  # published again: costs nothing
         service.publishers.check(publisher, manifest)  # QUOTA_EXCEEDED: an ERROR reply, the connection serves on
+        # The reply is sent only once the manifest is on disk, so an acknowledged publish survives a crash:
+        # a small or known one is committed with the rest of its batch (tracker/staging.py); a large new
+        # one's Merkle check and commit run in a worker thread.
         if registry.has_file(manifest.file_id):
             listed = registry.record(manifest.file_id).manifest
-            await trio.to_thread.run_sync(service.store.save, listed, publisher)
             service.publishers.add(listed, publisher)
+            staging.stage(connection, listed, publisher, listed=False)
+            return encode_message(Published(manifest.file_id))
+        if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
+            check_manifest(manifest)
         else:
-            # The commit (and the Merkle check of a large manifest) runs in a worker
-            # thread; the reply waits for it, so an acknowledged publish is on disk.
-            if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
-                check_manifest(manifest)
-                await trio.to_thread.run_sync(service.store.save, manifest, publisher)
-            else:
-                await trio.to_thread.run_sync(service.check_and_save, manifest, publisher)
-            service.publishers.add(manifest, publisher)
-            if registry.publish(manifest, checked=True):
-                log.info(
-                    "file %r published (%s, %s, %s)",
-                    manifest.name, manifest.hex_id[:16], format_size(manifest.size), plural(manifest.chunk_count, "chunk"),
-                )  # fmt: skip
+            await trio.to_thread.run_sync(service.check_and_save, manifest, publisher)
+        service.publishers.add(manifest, publisher)
+        new = registry.publish(manifest, checked=True)
+        if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
+            staging.stage(connection, manifest, publisher, listed=new)
+        if new:
+            log.info("file %r published (%s, %s, %s)", manifest.name, manifest.hex_id[:16], format_size(manifest.size),
+                     plural(manifest.chunk_count, "chunk"))  # fmt: skip
     except StorageError as exc:
         log.error("cannot store %r: %s", manifest.name, exc)
         return encode_message(Error(ErrorCode.INTERNAL, "the tracker could not store the manifest"))

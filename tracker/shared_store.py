@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import coredis
@@ -184,6 +184,11 @@ class SharedStore:
         keys = [key(b"files"), key(b"order"), key(b"seq"), key(b"held"), key(b"pub"), key(b"log")]
         args = [manifest.file_id, record, publisher or b"", repr(self.clock()), self.origin, event, LOG_LENGTH]
         self._run(f"store manifest {manifest.name!r}", lambda: self.client.eval(_SAVE, keys, args))
+
+    def save_many(self, manifests: Sequence[tuple[Manifest, bytes | None]]) -> None:
+        """:meth:`save` each (manifest, publisher), in order (the tracker's group commit of a pipelined batch). Blocking."""
+        for manifest, publisher in manifests:
+            self.save(manifest, publisher)
 
     def touch(self, file_ids: Iterable[bytes]) -> None:
         """Record that peers hold ``file_ids`` now; on a Redis error, logged and skipped (the next sweep records them). Blocking."""

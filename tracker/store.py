@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from common.errors import StorageError, ValidationError
 from common.manifest import Manifest
@@ -84,18 +84,25 @@ class Store:
 
     def save(self, manifest: Manifest, publisher: bytes | None = None) -> None:
         """Store ``manifest`` durably (held as of now: stored again, only that moves on), and ``publisher`` as one of its publishers. Blocking."""
+        self.save_many([(manifest, publisher)])
+
+    def save_many(self, manifests: Sequence[tuple[Manifest, bytes | None]]) -> None:
+        """:meth:`save` each (manifest, publisher) in one transaction: one commit (one fsync) for a whole pipelined batch. Blocking."""
+        now = self.clock()
         with self._lock:
             try:
                 with self._transaction():
-                    self._db.execute(
-                        "INSERT INTO files (name, size, chunk_size, file_id, hashes, last_held) VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (file_id) DO UPDATE SET last_held = excluded.last_held",
-                        (*manifest.record(), self.clock()),
-                    )
-                    if publisher is not None:
-                        self._db.execute("INSERT OR IGNORE INTO publishers VALUES (?, ?)", (manifest.file_id, publisher))
+                    for manifest, publisher in manifests:
+                        self._db.execute(
+                            "INSERT INTO files (name, size, chunk_size, file_id, hashes, last_held) VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (file_id) DO UPDATE SET last_held = excluded.last_held",
+                            (*manifest.record(), now),
+                        )
+                        if publisher is not None:
+                            self._db.execute("INSERT OR IGNORE INTO publishers VALUES (?, ?)", (manifest.file_id, publisher))
             except sqlite3.Error as exc:
-                raise StorageError(f"cannot store manifest {manifest.name!r}: {exc}") from None
+                what = f"manifest {manifests[0][0].name!r}" if len(manifests) == 1 else f"{len(manifests)} manifests"
+                raise StorageError(f"cannot store {what}: {exc}") from None
 
     def touch(self, file_ids: Iterable[bytes]) -> None:
         """Record that peers hold ``file_ids`` now. Blocking."""

@@ -31,6 +31,7 @@ from common.sync_merge import Plan
 from common.sync_rules import STATE_FOLDER
 from peer.download import Downloader
 from peer.progress import ProgressSink
+from peer.storage.library import HeldFile, open_published
 from peer.sync.fetch import SMALL_FILE, fetch_small_files
 from peer.sync.fsops import ChangedLocally, Stat, check_unchanged, copy_atomic, place, remove_file, stat_of, target_path, write_atomic
 from peer.sync.local import LocalSide, single_chunk_manifest
@@ -225,23 +226,32 @@ class Applier:
         for entry, _data in jobs:
             self._release(entry.path)
 
-        def write_all() -> list[Stat | Exception]:
-            out: list[Stat | Exception] = []
+        def write_all() -> list[tuple[Stat, HeldFile | None] | Exception]:
+            out: list[tuple[Stat, HeldFile | None] | Exception] = []
             for entry, data in jobs:
                 try:
                     target = target_path(self.root, entry.path, create_folders=True)
-                    out.append(write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode,
-                                            fsync=self.fsync))  # fmt: skip
+                    stat = write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode, fsync=self.fsync)
                 except (ChunkswarmError, ValidationError) as exc:
                     out.append(exc)
+                    continue
+                manifest = single_chunk_manifest(entry.path, entry.size, entry.file_id)
+                try:  # opened here, not on the event loop: served from where it was written
+                    out.append((stat, open_published(target, manifest, (stat.size, stat.mtime_ns))))
+                except StorageError:
+                    out.append((stat, None))  # gone already: the next scan sees it
             return out
 
         results = await trio.to_thread.run_sync(write_all)
         for (entry, _data), result in zip(jobs, results, strict=True):
             if isinstance(result, Exception):
                 self._note(entry.path, result)
-            else:
-                self._taken(entry, result)
+                continue
+            stat, held = result
+            self.local.index.record(entry, stat, dirty=False)
+            if held is not None:
+                self.local.peer.library.add(held)
+                self.taken.append(held.manifest)
 
     async def _copy(self, entry: Entry, source_path: str) -> int:
         index = self.local.index

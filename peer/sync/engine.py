@@ -61,6 +61,9 @@ _FIRST_RETRY = 0.5
 _LAST_RETRY = 10.0
 #: Tries of one publish against newer versions before the cycle is left to the next wake-up.
 _PUBLISH_TRIES = 20
+#: Many new files are published in versions of this many changes at first, twice as many each time up to _LAST_SCAN_STEP.
+_FIRST_SCAN_STEP = 1000
+_LAST_SCAN_STEP = 4000
 
 
 def short_node_of(public_key: bytes) -> bytes:
@@ -108,6 +111,8 @@ class SyncFolder:
     _listening: bool = False
     _retry_pending: bool = False
     _retry_delay: float = 0.5
+    #: Changed files a scan hashes before this node publishes a version of them (then it scans on).
+    _scan_step: int = _FIRST_SCAN_STEP
     #: Set when the tracker refused this node's version: it is not an owner (yet); it only takes others' changes.
     refused: str = ""
 
@@ -162,7 +167,12 @@ class SyncFolder:
             self._scan_due = False
             self.applier.changed_locally = False
             started = trio.current_time()
-            changed = await self.local.scan()
+            changed = await self.local.scan(limit=self._scan_step)
+            if self.local.more:  # published in steps: the other nodes start on the first files while this one hashes the rest
+                self._scan_due = True
+                self._scan_step = min(self._scan_step * 2, _LAST_SCAN_STEP)
+            else:
+                self._scan_step = _FIRST_SCAN_STEP
             if changed:
                 logger.info("%s: %d local change%s (scanned in %.2f s)", self.config.collection, changed, "" if changed == 1 else "s",
                             trio.current_time() - started)
@@ -193,6 +203,8 @@ class SyncFolder:
             remote = await self._fetch()
         self.cycles += 1
         await trio.to_thread.run_sync(self._save)
+        if self._scan_due:
+            self._wake.set()
 
     async def _fetch(self) -> CollectionVersion | None:
         """The current version, each step since the one kept checked (signed by an owner of the one before)."""
@@ -235,7 +247,8 @@ class SyncFolder:
 
     def _merged(self, version: CollectionVersion) -> None:
         self.kept = version
-        self.current = version
+        if self.current is None or version.sequence >= self.current.sequence:
+            self.current = version  # (not a newer one the listener brought meanwhile: that one is merged next)
         self.index.root = version.root
         self.index.sequence = version.sequence
         for key in version.owners:
@@ -292,10 +305,11 @@ class SyncFolder:
     # -- the watchers ------------------------------------------------------------
     async def _watcher(self) -> None:
         root = str(self.config.root)
+        state = os.path.join(root, STATE_FOLDER)
 
         def interesting(change: watchfiles.Change, path: str) -> bool:
-            relative = pathlib.Path(path).relative_to(root).as_posix() if path.startswith(root) else path
-            return not (relative == STATE_FOLDER or relative.startswith(STATE_FOLDER + "/") or is_temporary(path))
+            # Called for every event (this node's own writes too, thousands a second): plain string tests.
+            return not (path == state or path.startswith(state + os.sep) or is_temporary(path))
 
         async for _changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
                                                 step=10, recursive=True, yield_on_timeout=False):  # fmt: skip

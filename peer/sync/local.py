@@ -32,6 +32,7 @@ from peer.sync.fetch import SMALL_FILE, sync_chunk_size
 from peer.sync.fsops import Stat, stat_of
 from peer.sync.index import Index
 from peer.sync.scan import scan_folder
+from peer.tasks import open_nursery
 
 __all__ = ["LocalSide", "single_chunk_manifest"]
 
@@ -102,9 +103,15 @@ class LocalSide:
     published: set[bytes] = attrs.field(factory=set)
     #: False until the first scan, which serves (and publishes) the files unchanged since the last run too.
     started: bool = False
+    #: Whether the last scan stopped at its limit with changed files left to hash.
+    more: bool = False
 
-    async def scan(self) -> int:
-        """Record what changed on disk since the last scan; the number of paths changed."""
+    async def scan(self, limit: int | None = None) -> int:
+        """Record what changed on disk since the last scan; the number of paths changed.
+
+        With ``limit``, it stops hashing once about that many files have changed (``more`` is then
+        True): the engine publishes a version of those, so other nodes start fetching, and scans on.
+        """
         found = await trio.to_thread.run_sync(scan_folder, self.root)
         for problem in found.problems:
             if problem not in self.told:
@@ -128,29 +135,39 @@ class LocalSide:
                     changed.append((path, stat))
         gone = [path for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
         count = 0
-        for batch in _batches(changed):
-            results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.root, batch)
-            for (path, stat), manifest in zip(batch, results, strict=True):
-                if manifest is None:
-                    continue
-                previous = index.entries.get(path)
-                if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
-                    index.stats[path] = stat  # touched, moved back and forth ...: the same file
-                else:
-                    entry = local_change(previous, path, size=stat.size, file_id=manifest.file_id, mode=stat.mode,
-                                         mtime_ns=stat.mtime_ns, me=self.me)  # fmt: skip
-                    index.record(entry, stat, dirty=True)
-                    count += 1
-                self.serve(path, manifest, stat)
-                manifests.append(manifest)
+        hashed = 0
+        async with open_nursery() as nursery:
+            # Each batch is published to the tracker while the next one is hashed.
+            nursery.start_soon(self.publish_files, manifests)
+            for batch in _batches(changed):
+                results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.root, batch)
+                fresh: list[Manifest] = []
+                for (path, stat), manifest in zip(batch, results, strict=True):
+                    if manifest is None:
+                        continue
+                    previous = index.entries.get(path)
+                    if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
+                        index.stats[path] = stat  # touched, moved back and forth ...: the same file
+                    else:
+                        entry = local_change(previous, path, size=stat.size, file_id=manifest.file_id, mode=stat.mode,
+                                             mtime_ns=stat.mtime_ns, me=self.me)  # fmt: skip
+                        index.record(entry, stat, dirty=True)
+                        count += 1
+                    self.serve(path, manifest, stat)
+                    fresh.append(manifest)
+                hashed += len(fresh)
+                nursery.start_soon(self.publish_files, fresh)
+                if limit is not None and count >= limit:
+                    self.more = True
+                    break
+            else:
+                self.more = False
         now = time.time_ns()
-        for path in gone:
+        for path in gone if not self.more else ():  # at the end: a file renamed is published at its new path first
             index.record(local_deletion(index.entries[path], me=self.me, now_ns=now), None, dirty=True)
             count += 1
         self.unserve_missing()
-        hashed = trio.current_time()
-        await self.publish_files(manifests)
-        logger.debug("scan: %d files hashed, %.2f s publishing them", len(manifests), trio.current_time() - hashed)
+        logger.debug("scan: %d files hashed", hashed)
         return count
 
     def serve(self, path: str, manifest: Manifest, stat: Stat) -> None:
