@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from common.errors import StorageError, ValidationError
-from peer.sync.fsops import ChangedLocally, Stat, copy_atomic, remove_file, stat_of, target_path, write_atomic
+from peer.sync.fsops import ChangedLocally, FolderCheck, Stat, Written, copy_atomic, remove_batch, remove_file, stat_of, target_path, write_atomic, write_batch
 from peer.sync.scan import scan_folder
 
 
@@ -66,6 +66,64 @@ def test_copy_and_remove(tmp_path: pathlib.Path) -> None:
     remove_file(root, target, copied)
     assert not (root / "sub").exists()  # the empty folders went with it
     assert (root / "a.bin").exists() and root.exists()
+
+
+def test_write_batch_keeps_every_guarantee(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    edited = _write(root / "kept/edited.txt", b"edited here")
+    os.symlink(outside, root / "link")
+    jobs = [("new/a.txt", b"a" * 3000, None, 1_600_000_000 * 10**9, 0o640), ("kept/edited.txt", b"remote", Stat(1, 1, 0o644), 0, 0o644),
+            ("kept/there.txt", b"remote", None, 0, 0o644), ("../escape.txt", b"x", None, 0, 0o644), ("link/x.txt", b"x", None, 0, 0o644),
+            ("kept/edited.txt/under.txt", b"x", None, 0, 0o644), ("new/b.txt", b"b", None, 7, 0o600)]  # fmt: skip
+    (root / "kept/there.txt").write_bytes(b"appeared here")
+    results = write_batch(FolderCheck(root), jobs, fsync=True)
+    written = results[0]
+    assert isinstance(written, Written) and written.stat.mode == 0o640 and written.stat.mtime_ns == 1_600_000_000 * 10**9
+    assert os.pread(written.fd, 5000, 0) == b"a" * 3000 and written.stat == stat_of(root / "new/a.txt")  # the descriptor serves what was written
+    os.close(written.fd)
+    assert isinstance(results[1], ChangedLocally) and (root / "kept/edited.txt").read_bytes() == b"edited here" and edited.size == 11
+    assert isinstance(results[2], ChangedLocally) and (root / "kept/there.txt").read_bytes() == b"appeared here"
+    assert isinstance(results[3], ValidationError)
+    assert isinstance(results[4], StorageError) and "symbolic link" in str(results[4])
+    assert isinstance(results[5], StorageError) and "not a folder" in str(results[5])
+    last = results[6]
+    assert isinstance(last, Written) and (root / "new/b.txt").read_bytes() == b"b" and last.stat.mode == 0o600
+    os.close(last.fd)
+    assert list(outside.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    left = [path.name for path in root.rglob("*") if "chunkswarm-tmp" in path.name]
+    assert left == []  # no temporary file left behind, written or not
+
+
+def test_folder_check_sees_a_folder_swapped_for_a_link(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    check = FolderCheck(root)
+    assert check.target("a/x.txt", create_folders=True) == root / "a/x.txt"
+    assert check.target("a/y.txt") == root / "a/y.txt"  # taken again by one lstat
+    os.rename(root / "a", tmp_path / "moved")
+    os.symlink(outside, root / "a")
+    with pytest.raises(StorageError, match="symbolic link"):
+        check.target("a/z.txt", create_folders=True)
+    assert isinstance(write_batch(check, [("a/z.txt", b"x", None, 0, 0o644)], fsync=False)[0], StorageError)
+    os.unlink(root / "a")
+    (root / "a").mkdir()  # another folder at the same name: checked in full again, and taken
+    assert check.target("a/z.txt") == root / "a/z.txt"
+    assert list(outside.iterdir()) == []
+
+
+def test_remove_batch(tmp_path: pathlib.Path) -> None:
+    root = tmp_path
+    stats = {path: _write(root / path, path.encode()) for path in ("d/e/one.txt", "d/two.txt", "three.txt", "f/changed.txt")}
+    (root / "f/changed.txt").write_bytes(b"edited here, longer")
+    results = remove_batch(FolderCheck(root), [("d/e/one.txt", stats["d/e/one.txt"]), ("d/two.txt", stats["d/two.txt"]), ("three.txt", stats["three.txt"]),
+                                               ("f/changed.txt", stats["f/changed.txt"]), ("never/was.txt", None), ("../x", None)])  # fmt: skip
+    assert results[:3] == [None, None, None] and results[4] is None
+    assert isinstance(results[3], ChangedLocally) and isinstance(results[5], ValidationError)
+    assert sorted(str(path.relative_to(root)) for path in root.rglob("*")) == ["f", "f/changed.txt"]  # the emptied folders went too
 
 
 def test_scan(tmp_path: pathlib.Path) -> None:

@@ -24,6 +24,7 @@ import pathlib
 import attrs
 import trio
 
+from common.chunkset import ChunkSet
 from common.collection import Entry
 from common.errors import ChunkswarmError, StorageError, ValidationError
 from common.manifest import Manifest
@@ -31,9 +32,21 @@ from common.sync_merge import Plan
 from common.sync_rules import STATE_FOLDER
 from peer.download import Downloader
 from peer.progress import ProgressSink
-from peer.storage.library import HeldFile, open_published
+from peer.storage.library import HeldFile
 from peer.sync.fetch import SMALL_FILE, fetch_small_files
-from peer.sync.fsops import ChangedLocally, Stat, check_unchanged, copy_atomic, place, remove_file, stat_of, target_path, write_atomic
+from peer.sync.fsops import (
+    ChangedLocally,
+    FolderCheck,
+    Stat,
+    check_unchanged,
+    copy_atomic,
+    place,
+    remove_batch,
+    stat_of,
+    target_path,
+    write_atomic,
+    write_batch,
+)
 from peer.sync.local import LocalSide, single_chunk_manifest
 from peer.tasks import open_nursery
 
@@ -91,6 +104,7 @@ class Applier:
         """Carry out ``plan``'s set-asides, takes and drops; the number of paths left for the next cycle."""
         index = self.local.index
         left = 0
+        check = FolderCheck(self.root)  # folders checked in full once each in this apply
         for path, copy_path in plan.set_aside:
             copy = next(entry for entry in plan.publish if entry.path == copy_path)
             try:
@@ -126,7 +140,7 @@ class Applier:
             else:
                 large.append(first)
         if small:
-            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
+            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content, check))
             left += sum(len(by_content[file_id]) for file_id in failed)
         if large:
             limiter = trio.Semaphore(_PARALLEL_DOWNLOADS)
@@ -139,10 +153,8 @@ class Applier:
             for entry in large:
                 for other in by_content[entry.file_id][1:]:
                     left += await self._copy(other, here[entry.file_id][0]) if entry.file_id in here else 1
-        for entry in deletions:
-            left += await self._delete(entry)
-        for path in plan.drop:
-            left += await self._drop(path)
+        if deletions or plan.drop:
+            left += await self._remove(deletions, plan.drop, check)
         if self.taken:
             taken, self.taken = self.taken, []
             await self.local.announce_held(taken)
@@ -176,27 +188,23 @@ class Applier:
         os.rename(source, target)
         return stat_of(target)
 
-    async def _delete(self, entry: Entry) -> int:
+    async def _remove(self, deletions: list[Entry], drops: tuple[str, ...], check: FolderCheck) -> int:
+        """Tombstones taken and paths dropped, in one worker-thread call; how many were kept (changed here, or refused)."""
         index = self.local.index
-        try:
-            target = target_path(self.root, entry.path)
+        for entry in deletions:
             self._release(entry.path)
-            await trio.to_thread.run_sync(remove_file, self.root, target, index.stats.get(entry.path))
-        except (ChunkswarmError, ValidationError) as exc:
-            self._note(entry.path, exc)
-            return 1
-        index.record(entry, None, dirty=False)
-        return 0
-
-    async def _drop(self, path: str) -> int:
-        index = self.local.index
-        try:
-            await trio.to_thread.run_sync(remove_file, self.root, target_path(self.root, path), index.stats.get(path))
-        except (ChunkswarmError, ValidationError) as exc:
-            self._note(path, exc)
-            return 1
-        index.forget(path)
-        return 0
+        paths = [entry.path for entry in deletions] + list(drops)
+        results = await trio.to_thread.run_sync(remove_batch, check, [(path, index.stats.get(path)) for path in paths])
+        left = 0
+        for at, (path, exc) in enumerate(zip(paths, results, strict=True)):
+            if exc is not None:
+                self._note(path, exc)
+                left += 1
+            elif at < len(deletions):
+                index.record(deletions[at], None, dirty=False)
+            else:
+                index.forget(path)
+        return left
 
     def _expected(self, path: str) -> Stat | None:
         entry = self.local.index.entries.get(path)
@@ -221,25 +229,24 @@ class Applier:
             self.local.reopen(entry.path, manifest, stat)
             self.taken.append(manifest)
 
-    async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]]) -> None:
+    async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]], check: FolderCheck) -> None:
         jobs = [(entry, data) for file_id, data in batch for entry in by_content[file_id]]
         for entry, _data in jobs:
             self._release(entry.path)
 
         def write_all() -> list[tuple[Stat, HeldFile | None] | Exception]:
+            # One call for the batch: folders checked once each, all flushed together (see fsops.write_batch).
+            written = write_batch(check, [(entry.path, data, self._expected(entry.path), entry.mtime_ns, entry.mode)
+                                                           for entry, data in jobs], fsync=self.fsync)  # fmt: skip
             out: list[tuple[Stat, HeldFile | None] | Exception] = []
-            for entry, data in jobs:
-                try:
-                    target = target_path(self.root, entry.path, create_folders=True)
-                    stat = write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode, fsync=self.fsync)
-                except (ChunkswarmError, ValidationError) as exc:
-                    out.append(exc)
+            for (entry, _data), result in zip(jobs, written, strict=True):
+                if isinstance(result, Exception):
+                    out.append(result)
                     continue
+                # Served from the descriptor it was written through: what is served is what was written.
                 manifest = single_chunk_manifest(entry.path, entry.size, entry.file_id)
-                try:  # opened here, not on the event loop: served from where it was written
-                    out.append((stat, open_published(target, manifest, (stat.size, stat.mtime_ns))))
-                except StorageError:
-                    out.append((stat, None))  # gone already: the next scan sees it
+                signature = (result.stat.size, result.stat.mtime_ns)
+                out.append((result.stat, HeldFile(manifest, self.root / entry.path, result.fd, ChunkSet.full(manifest.chunk_count), signature)))
             return out
 
         results = await trio.to_thread.run_sync(write_all)
