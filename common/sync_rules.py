@@ -70,6 +70,8 @@ def check_relative_path(path: str) -> str:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise ValidationError(f"synced path {path!r} has an empty, '.' or '..' segment")
+        if segment.isascii() and segment.isprintable() and "\\" not in segment:
+            continue  # the common case, without a look-up per character
         for char in segment:
             if char == "\\" or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
                 raise ValidationError(f"synced path {path!r} contains a backslash or control character")

@@ -138,15 +138,21 @@ class FolderCheck:
 
 
 def check_unchanged(target: pathlib.Path, expected: Stat | None) -> None:
-    """:class:`ChangedLocally` unless the file at ``target`` is still as recorded (``None``: there is none)."""
-    now = stat_of(target)
-    if expected is None and now is None:
-        if os.path.lexists(target) and not os.path.isdir(target):  # a link or a special file where a file goes
-            raise ChangedLocally(f"{target}: something other than a regular file is in the way")
-        if os.path.isdir(target):
+    """:class:`ChangedLocally` unless the file at ``target`` is still as recorded (``None``: there is none); one ``lstat``."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        if expected is None:
+            return
+        st = None
+    except OSError as exc:
+        raise StorageError(f"{target}: {exc.strerror}") from None
+    if expected is None and st is not None:
+        if stat_module.S_ISDIR(st.st_mode):
             raise ChangedLocally(f"{target}: a folder is in the way")
-        return
-    if expected is None or now is None or (now.size, now.mtime_ns) != (expected.size, expected.mtime_ns):
+        if not stat_module.S_ISREG(st.st_mode):  # a link or a special file where a file goes
+            raise ChangedLocally(f"{target}: something other than a regular file is in the way")
+    if expected is None or st is None or not stat_module.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (expected.size, expected.mtime_ns):
         raise ChangedLocally(f"{target} changed on this node since it was scanned; it is rescanned before anything overwrites it")
 
 
