@@ -244,7 +244,12 @@ class Applier:
                     out.append(result)
                     continue
                 # Served from the descriptor it was written through: what is served is what was written.
-                manifest = single_chunk_manifest(entry.path, entry.size, entry.file_id)
+                try:
+                    manifest = single_chunk_manifest(entry.path, entry.size, entry.file_id)
+                except ValidationError:  # a name a manifest cannot carry (a leading space ...): in place, not served
+                    os.close(result.fd)
+                    out.append((result.stat, None))
+                    continue
                 signature = (result.stat.size, result.stat.mtime_ns)
                 out.append((result.stat, HeldFile(manifest, self.root / entry.path, result.fd, ChunkSet.full(manifest.chunk_count), signature)))
             return out
