@@ -62,7 +62,12 @@ async def test_the_downloaders_trade_with_each_other(tmp_path: pathlib.Path) -> 
         assert rows["peer-3"][1] + rows["peer-4"][1] > 0, text  # chunks up
         assert "peer-4: " in rows["peer-3"][3] or "peer-3: " in rows["peer-4"][3], text
         traded = re.search(r"the downloaders traded (\d+) chunks? with each other", text)
-        assert traded and int(traded.group(1)) == rows["peer-3"][1] + rows["peer-4"][1], text
+        # What each took from the other, as its row says; a chunk sent twice near the end (a duplicate
+        # request, its copy in flight when the first arrived) counts as sent, not as taken.
+        taken = sum(int(n) for row, other in (("peer-3", "peer-4"), ("peer-4", "peer-3"))
+                    for n in re.findall(rf"{other}: (\d+)", rows[row][3]))  # fmt: skip
+        assert traded and int(traded.group(1)) == taken > 0, text
+        assert taken <= rows["peer-3"][1] + rows["peer-4"][1], text
 
 
 def test_chunk_lines_go_above_the_bars() -> None:
