@@ -131,7 +131,8 @@ async def fetch_following(
         number = numbers.stop
         for asked, reply in zip(numbers, replies, strict=True):
             if isinstance(reply, Error) and reply.code == ErrorCode.VERSION_PRUNED:
-                number = chain.pruned(asked, _oldest_in(reply.message, current.sequence))
+                # Worded otherwise, the current version is the only one known to be kept.
+                number = chain.pruned(asked, _number_after(reply.message, " keeps versions from ", " ", current.sequence))
                 break
             version = _version_of(reply, name)
             if version is None or version.sequence != asked:
@@ -181,16 +182,18 @@ class _Chain:
         self.previous = version
 
 
-def _oldest_in(message: str, current: int) -> int:
-    # The tracker says "collection 'NAME' keeps versions from N on: ..." (tracker/collections.py); one that says it
-    # otherwise still pruned: then the current version is the only one known to be kept.
-    marker = " keeps versions from "
+def _number_after(message: str, marker: str, end: str, default: int) -> int:
+    """The number after ``marker`` (up to ``end``) in a tracker's error message; ``default`` when it says it otherwise.
+
+    The tracker writes "collection 'NAME' keeps versions from N on: ..." and "collection 'NAME' is at version N: ..."
+    (tracker/collections.py); a tracker that words it otherwise still refused, and the caller's guess stands.
+    """
     at = message.find(marker)
     if at >= 0:
-        digits = message[at + len(marker) :].split(" ", 1)[0].strip()
+        digits = message[at + len(marker) :].split(end, 1)[0].strip()
         if digits.isdigit():
             return int(digits)
-    return current
+    return default
 
 
 def collection_request(version: CollectionVersion) -> PublishCollection:
@@ -200,22 +203,10 @@ def collection_request(version: CollectionVersion) -> PublishCollection:
 
 def check_publish_reply(reply: Message, version: CollectionVersion) -> None:
     """OK, else the error: :class:`CollectionConflict` (with the current sequence) for a version that came too late."""
-    if isinstance(reply, Error) and reply.code == ErrorCode.COLLECTION_CONFLICT:
-        raise CollectionConflict(f"tracker error COLLECTION_CONFLICT: {reply.message}", _sequence_in(reply.message, version),
+    if isinstance(reply, Error) and reply.code == ErrorCode.COLLECTION_CONFLICT:  # (worded otherwise: the one before ours)
+        raise CollectionConflict(f"tracker error COLLECTION_CONFLICT: {reply.message}", _number_after(reply.message, " is at version ", ":", version.sequence - 1),
                                  code=reply.code)  # fmt: skip
     check_reply(reply, Ok)
-
-
-def _sequence_in(message: str, version: CollectionVersion) -> int:
-    # The tracker says "collection 'NAME' is at version N: ..." (tracker/collections.py); a tracker
-    # that says it otherwise still conflicts, and then the sequence before ours is the best guess.
-    marker = " is at version "
-    at = message.find(marker)
-    if at >= 0:
-        digits = message[at + len(marker) :].split(":", 1)[0].strip()
-        if digits.isdigit():
-            return int(digits)
-    return version.sequence - 1
 
 
 async def publish_collection(link: Link, version: CollectionVersion, *, timeout: float = DEFAULT_TIMEOUT) -> None:
