@@ -7,7 +7,8 @@ is paid once per downloader (issue 16: libtorrent's start-up is 0.04 CPU-s).
 Measured per checkout, each figure the median user + system CPU-s of the child
 (``os.wait4``'s rusage) over ``--runs``:
 
-* ``python``: ``python -c pass`` (the interpreter alone, the floor);
+* ``python``: ``python -c pass`` (the interpreter alone);
+* ``import_trio``: ``python -c "import trio"``, the floor for any process of ours (every command runs on trio);
 * ``get_help`` / ``seed_help``: ``python -m chunkswarm get --help`` (parsing only);
 * ``get_tiny``: a real ``chunkswarm get`` of a 4 KiB file from a seeder of this checkout (connect,
   register, download, verify, put in place, exit);
@@ -126,6 +127,7 @@ def main() -> None:
                     out = work / f"{name}-{run}"
                     cases = {
                         "python": [*python, "-c", "pass"],
+                        "import_trio": [*python, "-c", "import trio"],
                         "get_help": [*python, "-m", "chunkswarm", "get", "--help"],
                         "seed_help": [*python, "-m", "chunkswarm", "seed", "--help"],
                         "get_tiny": [*python, "-m", "chunkswarm", "get", data.name, "-o", f"{out}/", "--tracker", address, "--state-dir", str(out / "state")],
