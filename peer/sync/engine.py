@@ -162,6 +162,7 @@ class SyncFolder:
                     await trio.to_thread.run_sync(self._save)
                 except OSError as exc:  # (not raised over the cancellation: the next run rescans)
                     logger.warning("%s: cannot save the sync index: %s", self.config.root, exc)
+            self.local.folder.close()  # (opened again if this folder is run again)
 
     # -- the worker ------------------------------------------------------------
     async def _worker(self) -> None:
