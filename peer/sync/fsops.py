@@ -14,9 +14,10 @@
   (``.chunkswarm/staging``, the same file system) and renamed the same way.
 * A file being written on this node is never overwritten silently: just
   before the rename, the target's size and mtime (looked up in its folder's
-  descriptor) are compared with what the node last recorded (:class:`Stat`); if they differ, :class:`ChangedLocally`
-  is raised and the node rescans first (its edit then meets the remote one as
-  a conflict). What is left is the instant between that check and the rename.
+  descriptor) are compared with what the node last recorded (:class:`Stat`);
+  if they differ, :class:`ChangedLocally` is raised and the node rescans first
+  (its edit then meets the remote one as a conflict). What is left is the
+  instant between that check and the rename.
 """
 
 from __future__ import annotations
