@@ -5,8 +5,8 @@
 ``--files`` files of 1-20 KB in 100 folders are written into a fresh folder
 under each ``--dir``, in batches of 64 (what ``peer/sync/fetch.py`` hands the
 applier), twice side by side: ``per_file`` does what the applier did per file
-(``target_path``, ``write_atomic``, the one-chunk manifest, a descriptor
-opened to serve it from), ``batch`` does what it does now
+(``write_atomic``, the one-chunk manifest, a descriptor opened beneath the
+folder to serve it from), ``batch`` does what it does now
 (``fsops.write_batch`` and a :class:`HeldFile` on the descriptor written
 through). Then each deletes the files again (``remove_file`` per file against
 ``remove_batch``). The last line printed is one JSON object: files per second
@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from peer.storage.library import open_published
-from peer.sync.fsops import FolderCheck, Stat, remove_batch, remove_file, target_path, write_atomic, write_batch
+from peer.sync.beneath import Folders, Root, open_file
+from peer.sync.fsops import Stat, remove_batch, remove_file, write_atomic, write_batch
 from peer.sync.local import single_chunk_manifest
 
 _BATCH = 64
@@ -44,18 +44,18 @@ def _files(count: int) -> list[tuple[str, bytes]]:
     return [(f"dir{n % 100:03d}/file{n:05d}.bin", rng.randbytes(rng.randint(1000, 20_000))) for n in range(count)]
 
 
-def _per_file(root: pathlib.Path, batch: list[tuple[str, bytes]], fsync: bool) -> dict[str, Stat]:
+def _per_file(root: Root, batch: list[tuple[str, bytes]], fsync: bool) -> dict[str, Stat]:
     stats = {}
     for path, data in batch:
-        target = target_path(root, path, create_folders=True)
-        stat = write_atomic(target, data, None, mtime_ns=1_700_000_000_000_000_000, mode=0o644, fsync=fsync)
-        manifest = single_chunk_manifest(path, len(data), _digest(data))
-        os.close(open_published(target, manifest, (stat.size, stat.mtime_ns)).fd)
+        stat = write_atomic(root, path, data, None, mtime_ns=1_700_000_000_000_000_000, mode=0o644, fsync=fsync)
+        single_chunk_manifest(path, len(data), _digest(data))
+        with Folders(root) as folders:
+            os.close(open_file(folders, path))
         stats[path] = stat
     return stats
 
 
-def _batched(check: FolderCheck, batch: list[tuple[str, bytes]], fsync: bool) -> dict[str, Stat]:
+def _batched(check: Root, batch: list[tuple[str, bytes]], fsync: bool) -> dict[str, Stat]:
     written = write_batch(check, [(path, data, None, 1_700_000_000_000_000_000, 0o644) for path, data in batch], fsync=fsync)
     stats = {}
     for (path, data), result in zip(batch, written, strict=True):
@@ -71,20 +71,21 @@ def _run(base: pathlib.Path, files: list[tuple[str, bytes]], variant: str, fsync
     try:
         started = time.perf_counter()
         stats: dict[str, Stat] = {}
-        check = FolderCheck(root)
+        check = Root(root)
         for at in range(0, len(files), _BATCH):
             batch = files[at : at + _BATCH]
-            stats.update(_per_file(root, batch, fsync) if variant == "per_file" else _batched(check, batch, fsync))
+            stats.update(_per_file(check, batch, fsync) if variant == "per_file" else _batched(check, batch, fsync))
         wrote = time.perf_counter() - started
         started = time.perf_counter()
         if variant == "per_file":
             for path, _data in files:
-                remove_file(root, target_path(root, path), stats[path])
+                remove_file(check, path, stats[path])
         else:
-            results = remove_batch(FolderCheck(root), [(path, stats[path]) for path, _data in files])
+            results = remove_batch(check, [(path, stats[path]) for path, _data in files])
             assert not any(results), results
         removed = time.perf_counter() - started
         assert not any(root.iterdir())
+        check.close()
         return {"write_files_per_s": round(len(files) / wrote), "delete_files_per_s": round(len(files) / removed)}
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -329,7 +329,19 @@ ProgressCallback = Callable[[int], None]
 def hash_file(
     path: str | os.PathLike[str], chunk_size: int, progress: ProgressCallback | None = None
 ) -> tuple[int, list[bytes]]:
-    """Stream ``path`` and return ``(size, chunk hashes)``.
+    """Stream ``path`` and return ``(size, chunk hashes)`` (see :func:`hash_fd`).
+
+    Blocking: async callers run it in a worker thread.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd, chunk_size, progress)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int, chunk_size: int, progress: ProgressCallback | None = None) -> tuple[int, list[bytes]]:
+    """Stream the file open at ``fd`` from its start (``pread``: its offset is left alone) and return ``(size, chunk hashes)``.
 
     Memory stays at one ``chunk_size`` buffer whatever the file size.
     ``progress`` is called with the number of bytes hashed after every chunk.
@@ -340,23 +352,22 @@ def hash_file(
     view = memoryview(buffer)
     hashes: list[bytes] = []
     size = 0
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            filled = 0
-            # readinto may return short counts (pipes, network filesystems).
-            while filled < chunk_size:
-                got = handle.readinto(view[filled:])
-                if not got:
-                    break
-                filled += got
-            if not filled:
+    while True:
+        filled = 0
+        # Reads may return short counts (pipes, network filesystems).
+        while filled < chunk_size:
+            got = os.preadv(fd, [view[filled:]], size + filled)
+            if not got:
                 break
-            hashes.append(hashlib.sha256(view[:filled]).digest())
-            size += filled
-            if progress is not None:
-                progress(filled)
-            if filled < chunk_size:
-                break
+            filled += got
+        if not filled:
+            break
+        hashes.append(hashlib.sha256(view[:filled]).digest())
+        size += filled
+        if progress is not None:
+            progress(filled)
+        if filled < chunk_size:
+            break
     return size, hashes
 
 

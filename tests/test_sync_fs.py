@@ -1,4 +1,4 @@
-"""peer/sync/fsops.py and scan.py: safe, atomic writes into a synced folder, and scans."""
+"""peer/sync/fsops.py and scan.py: safe, atomic writes into a synced folder, and scans (races: test_sync_beneath.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 from common.errors import StorageError, ValidationError
-from peer.sync.fsops import ChangedLocally, FolderCheck, Stat, Written, copy_atomic, remove_batch, remove_file, stat_of, target_path, write_atomic, write_batch
+from peer.sync.beneath import Folders, Root
+from peer.sync.fsops import ChangedLocally, Stat, Written, copy_atomic, remove_batch, remove_file, stat_of, write_atomic, write_batch
 from peer.sync.scan import scan_folder
 
 
@@ -20,50 +21,54 @@ def _write(path: pathlib.Path, data: bytes) -> Stat:
     return st
 
 
-def test_target_path_stays_inside(tmp_path: pathlib.Path) -> None:
+def test_paths_stay_inside(tmp_path: pathlib.Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    assert target_path(root, "a/b/c.txt", create_folders=True) == root / "a/b/c.txt"
-    assert (root / "a/b").is_dir()
-    for hostile in ("../x", "/etc/passwd", "a/../../x", ".chunkswarm/index"):
-        with pytest.raises(ValidationError):
-            target_path(root, hostile)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    os.symlink(outside, root / "link")
-    with pytest.raises(StorageError, match="symbolic link"):
-        target_path(root, "link/x.txt", create_folders=True)
-    (root / "file").write_bytes(b"")
-    with pytest.raises(StorageError, match="not a folder"):
-        target_path(root, "file/x.txt", create_folders=True)
+    with Folders(Root(root)) as folders:
+        fd, name = folders.parent("a/b/c.txt", create=True)
+        assert name == "c.txt" and os.path.samestat(os.fstat(fd), os.stat(root / "a/b"))
+        for hostile in ("../x", "/etc/passwd", "a/../../x", ".chunkswarm/index"):
+            with pytest.raises(ValidationError):
+                folders.parent(hostile)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        os.symlink(outside, root / "link")
+        with pytest.raises(StorageError, match="symbolic link"):
+            folders.parent("link/x.txt", create=True)
+        (root / "file").write_bytes(b"")
+        with pytest.raises(StorageError, match="not a folder"):
+            folders.parent("file/x.txt", create=True)
     assert list(outside.iterdir()) == []
 
 
 def test_write_atomic_never_overwrites_a_local_change(tmp_path: pathlib.Path) -> None:
     target = tmp_path / "f.txt"
-    st = write_atomic(target, b"one", None, mtime_ns=1_600_000_000 * 10**9, mode=0o640, fsync=True)
+    root = Root(tmp_path)
+    st = write_atomic(root, "f.txt", b"one", None, mtime_ns=1_600_000_000 * 10**9, mode=0o640, fsync=True)
     assert target.read_bytes() == b"one" and st.mtime_ns == 1_600_000_000 * 10**9 and st.mode == 0o640
-    assert write_atomic(target, b"two", st, mtime_ns=st.mtime_ns + 1, mode=0o644, fsync=False).size == 3
+    assert write_atomic(root, "f.txt", b"two", st, mtime_ns=st.mtime_ns + 1, mode=0o644, fsync=False).size == 3
     assert target.read_bytes() == b"two"
     # Written on this node since the last scan (the recorded stat is the old one): kept, with a clear error.
     with pytest.raises(ChangedLocally):
-        write_atomic(target, b"three", st, mtime_ns=0, mode=0o644, fsync=False)
+        write_atomic(root, "f.txt", b"three", st, mtime_ns=0, mode=0o644, fsync=False)
     assert target.read_bytes() == b"two"
     # A file where the node believed there was none.
     with pytest.raises(ChangedLocally):
-        write_atomic(target, b"three", None, mtime_ns=0, mode=0o644, fsync=False)
+        write_atomic(root, "f.txt", b"three", None, mtime_ns=0, mode=0o644, fsync=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # no temporary file left behind
 
 
 def test_copy_and_remove(tmp_path: pathlib.Path) -> None:
     root = tmp_path
     source_stat = _write(root / "a.bin", b"x" * 5000)
-    target = target_path(root, "sub/deeper/b.bin", create_folders=True)
-    copied = copy_atomic(root / "a.bin", target, None, mtime_ns=source_stat.mtime_ns, mode=0o600, fsync=False)
+    target = root / "sub/deeper/b.bin"
+    copied = copy_atomic(Root(root), "a.bin", source_stat, "sub/deeper/b.bin", None, mtime_ns=source_stat.mtime_ns, mode=0o600, fsync=False)
     assert target.read_bytes() == b"x" * 5000 and copied.mode == 0o600
+    with pytest.raises(ChangedLocally):  # the source is no longer what was scanned
+        copy_atomic(Root(root), "a.bin", Stat(1, 1, 0), "c.bin", None, mtime_ns=0, mode=0o600, fsync=False)
     with pytest.raises(ChangedLocally):
-        remove_file(root, target, source_stat if source_stat.mtime_ns != copied.mtime_ns else Stat(1, 1, 0))
-    remove_file(root, target, copied)
+        remove_file(Root(root), "sub/deeper/b.bin", source_stat if source_stat.mtime_ns != copied.mtime_ns else Stat(1, 1, 0))
+    remove_file(Root(root), "sub/deeper/b.bin", copied)
     assert not (root / "sub").exists()  # the empty folders went with it
     assert (root / "a.bin").exists() and root.exists()
 
@@ -78,7 +83,7 @@ def test_write_batch_keeps_every_guarantee(tmp_path: pathlib.Path) -> None:
             ("kept/there.txt", b"remote", None, 0, 0o644), ("../escape.txt", b"x", None, 0, 0o644), ("link/x.txt", b"x", None, 0, 0o644),
             ("kept/edited.txt/under.txt", b"x", None, 0, 0o644), ("new/b.txt", b"b", None, 7, 0o600)]  # fmt: skip
     (root / "kept/there.txt").write_bytes(b"appeared here")
-    results = write_batch(FolderCheck(root), jobs, fsync=True)
+    results = write_batch(Root(root), jobs, fsync=True)
     written = results[0]
     assert isinstance(written, Written) and written.stat.mode == 0o640 and written.stat.mtime_ns == 1_600_000_000 * 10**9
     assert os.pread(written.fd, 5000, 0) == b"a" * 3000 and written.stat == stat_of(root / "new/a.txt")  # the descriptor serves what was written
@@ -96,30 +101,11 @@ def test_write_batch_keeps_every_guarantee(tmp_path: pathlib.Path) -> None:
     assert left == []  # no temporary file left behind, written or not
 
 
-def test_folder_check_sees_a_folder_swapped_for_a_link(tmp_path: pathlib.Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    check = FolderCheck(root)
-    assert check.target("a/x.txt", create_folders=True) == root / "a/x.txt"
-    assert check.target("a/y.txt") == root / "a/y.txt"  # taken again by one lstat
-    os.rename(root / "a", tmp_path / "moved")
-    os.symlink(outside, root / "a")
-    with pytest.raises(StorageError, match="symbolic link"):
-        check.target("a/z.txt", create_folders=True)
-    assert isinstance(write_batch(check, [("a/z.txt", b"x", None, 0, 0o644)], fsync=False)[0], StorageError)
-    os.unlink(root / "a")
-    (root / "a").mkdir()  # another folder at the same name: checked in full again, and taken
-    assert check.target("a/z.txt") == root / "a/z.txt"
-    assert list(outside.iterdir()) == []
-
-
 def test_remove_batch(tmp_path: pathlib.Path) -> None:
     root = tmp_path
     stats = {path: _write(root / path, path.encode()) for path in ("d/e/one.txt", "d/two.txt", "three.txt", "f/changed.txt")}
     (root / "f/changed.txt").write_bytes(b"edited here, longer")
-    results = remove_batch(FolderCheck(root), [("d/e/one.txt", stats["d/e/one.txt"]), ("d/two.txt", stats["d/two.txt"]), ("three.txt", stats["three.txt"]),
+    results = remove_batch(Root(root), [("d/e/one.txt", stats["d/e/one.txt"]), ("d/two.txt", stats["d/two.txt"]), ("three.txt", stats["three.txt"]),
                                                ("f/changed.txt", stats["f/changed.txt"]), ("never/was.txt", None), ("../x", None)])  # fmt: skip
     assert results[:3] == [None, None, None] and results[4] is None
     assert isinstance(results[3], ChangedLocally) and isinstance(results[5], ValidationError)
@@ -168,4 +154,4 @@ def test_a_signed_version_naming_a_path_outside_is_refused(hostile: str) -> None
     with pytest.raises(ValidationError):
         decode_version(data)
     with pytest.raises(ValidationError):  # and were it ever taken, no write would be made there
-        target_path(pathlib.Path("/nonexistent-root"), hostile)
+        Folders(Root(pathlib.Path("/nonexistent-root"))).parent(hostile)

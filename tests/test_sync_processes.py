@@ -18,7 +18,9 @@ import pytest
 import trio
 
 from chunkswarm.node_key import KEY_FILE, load_or_create_key
+from common.manifest import sha256
 from common.sync_rules import STATE_FOLDER, is_conflict_copy
+from peer.sync.index import Index
 from tests.procs import Child, peer_args, spawn, start_tracker, wait_until
 
 pytestmark = pytest.mark.slow
@@ -60,6 +62,18 @@ async def sync_node(nursery: trio.Nursery, port: int, tmp: pathlib.Path, label: 
         except BaseException:
             print(f"--- {label} ---\n{child.output.decode(errors='replace')}")  # shown with the failure
             raise
+
+
+def published(root: pathlib.Path, expected: dict[str, bytes | None]) -> bool:
+    """Whether the node syncing ``root`` saved its index with each path at that content (None: deleted), all published."""
+    index = Index.load(root)
+    for path, content in expected.items():
+        entry = index.entries.get(path)
+        if entry is None or path in index.dirty or entry.deleted != (content is None):
+            return False
+        if content is not None and entry.file_id != sha256(content):
+            return False
+    return True
 
 
 async def converged(a: pathlib.Path, b: pathlib.Path, *, within: float = 60) -> dict[str, bytes]:
@@ -117,7 +131,8 @@ async def test_offline_deletion_conflict_and_late_join(tmp_path: pathlib.Path, n
             # b is offline: a deletes one file and edits another; b edits that one too, later.
             (a / "doomed.txt").unlink()
             (a / "doc.txt").write_text("a's edit")
-            await trio.sleep(1.5)  # a publishes its version
+            with trio.fail_after(_SEEN_WITHIN):  # a publishes its version with both changes (b's edit is then the newer)
+                await wait_until(lambda: published(a, {"doomed.txt": None, "doc.txt": b"a's edit"}), poll=0.05)
             (b / "doc.txt").write_text("b's edit, the newer one")
             async with sync_node(nursery, port, tmp_path, "b"):
                 state = await converged(a, b)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pathlib
 
 import attrs
 import msgpack
 
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import Manifest, ProgressCallback, build_manifest, chunk_size_for
+from common.manifest import Manifest, ProgressCallback, build_manifest, chunk_size_for, hash_fd
 from peer.storage.fs import atomic_write, file_signature, storage_error
 
 __all__ = ["ManifestCache"]
@@ -74,5 +75,26 @@ class ManifestCache:
         after = file_signature(path)
         if after != signature:
             raise StorageError(f"{path} changed while it was being hashed")
+        self.put(path, signature, manifest)
+        return manifest, signature, False
+
+    def manifest_of_open(self, fd: int, path: pathlib.Path, chunk_size: int) -> tuple[Manifest, tuple[int, int], bool]:
+        """:meth:`manifest_for` the file open at ``fd``: what is hashed is what the descriptor reads, wherever ``path`` leads now.
+
+        ``path`` names the manifest and keys the cache.
+        """
+        st = os.fstat(fd)
+        signature = (st.st_size, st.st_mtime_ns)
+        cached = self.get(path, signature, chunk_size)
+        if cached is not None:
+            return cached, signature, True
+        try:
+            size, hashes = hash_fd(fd, chunk_size)
+        except OSError as exc:
+            raise storage_error("read", path, exc) from None
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != signature:
+            raise StorageError(f"{path} changed while it was being hashed")
+        manifest = Manifest.from_hashes(path.name, size, chunk_size, hashes)
         self.put(path, signature, manifest)
         return manifest, signature, False

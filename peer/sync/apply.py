@@ -26,7 +26,7 @@ import trio
 
 from common.chunkset import ChunkSet
 from common.collection import Entry
-from common.errors import ChunkswarmError, StorageError, ValidationError
+from common.errors import ChunkswarmError, ValidationError
 from common.manifest import Manifest
 from common.sync_merge import Plan
 from common.sync_rules import STATE_FOLDER
@@ -34,19 +34,7 @@ from peer.download import Downloader
 from peer.progress import ProgressSink
 from peer.storage.library import HeldFile
 from peer.sync.fetch import SMALL_FILE, fetch_small_files
-from peer.sync.fsops import (
-    ChangedLocally,
-    FolderCheck,
-    Stat,
-    check_unchanged,
-    copy_atomic,
-    place,
-    remove_batch,
-    stat_of,
-    target_path,
-    write_atomic,
-    write_batch,
-)
+from peer.sync.fsops import ChangedLocally, Stat, copy_atomic, place, remove_batch, set_aside, write_atomic, write_batch
 from peer.sync.local import LocalSide, single_chunk_manifest
 from peer.tasks import open_nursery
 
@@ -104,11 +92,10 @@ class Applier:
         """Carry out ``plan``'s set-asides, takes and drops; the number of paths left for the next cycle."""
         index = self.local.index
         left = 0
-        check = FolderCheck(self.root)  # folders checked in full once each in this apply
         for path, copy_path in plan.set_aside:
             copy = next(entry for entry in plan.publish if entry.path == copy_path)
             try:
-                stat = await trio.to_thread.run_sync(self._set_aside, path, copy_path, index.stats.get(path))
+                stat = await trio.to_thread.run_sync(set_aside, self.local.folder, path, copy_path, index.stats.get(path))
             except (ChunkswarmError, ValidationError) as exc:
                 left += 1
                 self._note(path, exc)
@@ -140,7 +127,7 @@ class Applier:
             else:
                 large.append(first)
         if small:
-            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content, check))
+            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
             left += sum(len(by_content[file_id]) for file_id in failed)
         if large:
             limiter = trio.Semaphore(_PARALLEL_DOWNLOADS)
@@ -154,7 +141,7 @@ class Applier:
                 for other in by_content[entry.file_id][1:]:
                     left += await self._copy(other, here[entry.file_id][0]) if entry.file_id in here else 1
         if deletions or plan.drop:
-            left += await self._remove(deletions, plan.drop, check)
+            left += await self._remove(deletions, plan.drop)
         if self.taken:
             taken, self.taken = self.taken, []
             await self.local.announce_held(taken)
@@ -177,24 +164,13 @@ class Applier:
         else:
             logger.warning("%s: not synced: %s", path, exc)
 
-    def _set_aside(self, path: str, copy_path: str, expected: Stat | None) -> Stat | None:
-        source = target_path(self.root, path)
-        target = target_path(self.root, copy_path, create_folders=True)
-        check_unchanged(source, expected)
-        if os.path.lexists(target):
-            raise StorageError(f"{copy_path} exists already")
-        if expected is None:
-            return None
-        os.rename(source, target)
-        return stat_of(target)
-
-    async def _remove(self, deletions: list[Entry], drops: tuple[str, ...], check: FolderCheck) -> int:
+    async def _remove(self, deletions: list[Entry], drops: tuple[str, ...]) -> int:
         """Tombstones taken and paths dropped, in one worker-thread call; how many were kept (changed here, or refused)."""
         index = self.local.index
         for entry in deletions:
             self._release(entry.path)
         paths = [entry.path for entry in deletions] + list(drops)
-        results = await trio.to_thread.run_sync(remove_batch, check, [(path, index.stats.get(path)) for path in paths])
+        results = await trio.to_thread.run_sync(remove_batch, self.local.folder, [(path, index.stats.get(path)) for path in paths])
         left = 0
         for at, (path, exc) in enumerate(zip(paths, results, strict=True)):
             if exc is not None:
@@ -213,8 +189,7 @@ class Applier:
     async def _write(self, entry: Entry, data: bytes) -> int:
         self._release(entry.path)
         try:
-            target = target_path(self.root, entry.path, create_folders=True)
-            stat = await trio.to_thread.run_sync(lambda: write_atomic(target, data, self._expected(entry.path), mtime_ns=entry.mtime_ns,
+            stat = await trio.to_thread.run_sync(lambda: write_atomic(self.local.folder, entry.path, data, self._expected(entry.path), mtime_ns=entry.mtime_ns,
                                                                       mode=entry.mode, fsync=self.fsync))  # fmt: skip
         except (ChunkswarmError, ValidationError) as exc:
             self._note(entry.path, exc)
@@ -229,14 +204,14 @@ class Applier:
             self.local.reopen(entry.path, manifest, stat)
             self.taken.append(manifest)
 
-    async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]], check: FolderCheck) -> None:
+    async def _write_fetched(self, batch: list[tuple[bytes, bytes]], by_content: dict[bytes, list[Entry]]) -> None:
         jobs = [(entry, data) for file_id, data in batch for entry in by_content[file_id]]
         for entry, _data in jobs:
             self._release(entry.path)
 
         def write_all() -> list[tuple[Stat, HeldFile | None] | Exception]:
-            # One call for the batch: folders checked once each, all flushed together (see fsops.write_batch).
-            written = write_batch(check, [(entry.path, data, self._expected(entry.path), entry.mtime_ns, entry.mode)
+            # One call for the batch: folders opened once each, all flushed together (see fsops.write_batch).
+            written = write_batch(self.local.folder, [(entry.path, data, self._expected(entry.path), entry.mtime_ns, entry.mode)
                                                            for entry, data in jobs], fsync=self.fsync)  # fmt: skip
             out: list[tuple[Stat, HeldFile | None] | Exception] = []
             for (entry, _data), result in zip(jobs, written, strict=True):
@@ -272,12 +247,9 @@ class Applier:
         source_stat = index.stats[source_path]
 
         def copy() -> Stat:
-            source = target_path(self.root, source_path)
-            check_unchanged(source, source_stat)  # still the content the index says (else the next scan sees it)
-            target = target_path(self.root, entry.path, create_folders=True)
-            stat = copy_atomic(source, target, self._expected(entry.path), mtime_ns=entry.mtime_ns, mode=entry.mode, fsync=self.fsync)
-            check_unchanged(source, source_stat)
-            return stat
+            # The source still the content the index says, before and after (else the next scan sees it).
+            return copy_atomic(self.local.folder, source_path, source_stat, entry.path, self._expected(entry.path), mtime_ns=entry.mtime_ns,
+                               mode=entry.mode, fsync=self.fsync)  # fmt: skip
 
         try:
             stat = await trio.to_thread.run_sync(copy)
@@ -303,12 +275,11 @@ class Applier:
                 progress: ProgressSink = transfer
                 result = await Downloader(peer.config, manifest, staging, peer.tracker, peer.library, peer.transfers, peer.hello,
                                           peer.peer_id, private=peer.private, save_as=first.file_id.hex(), progress=progress).run()  # fmt: skip
-                target = target_path(self.root, first.path, create_folders=True)
                 self._release(first.path)
                 staged = peer.library.get(first.file_id)
                 if staged is not None:
                     staged.signature = None  # renamed into place next: not a change under our feet (reopened there below)
-                stat = await trio.to_thread.run_sync(lambda: place(result.path, target, self._expected(first.path),
+                stat = await trio.to_thread.run_sync(lambda: place(self.local.folder, result.path, first.path, self._expected(first.path),
                                                                    mtime_ns=first.mtime_ns, mode=first.mode, fsync=self.fsync))  # fmt: skip
             except (ChunkswarmError, ValidationError, OSError) as exc:
                 self._note(first.path, exc)

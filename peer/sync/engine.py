@@ -64,6 +64,8 @@ _PUBLISH_TRIES = 20
 #: Many new files are published in versions of this many changes at first, twice as many each time up to _LAST_SCAN_STEP.
 _FIRST_SCAN_STEP = 1000
 _LAST_SCAN_STEP = 4000
+#: Bound on the index's save when the node stops.
+_SAVE_ON_STOP = 10.0
 
 
 def short_node_of(public_key: bytes) -> bytes:
@@ -139,15 +141,28 @@ class SyncFolder:
         self._wake.set()
 
     async def run(self) -> None:
-        """Keep the folder in step until cancelled."""
+        """Keep the folder in step until cancelled; the index is saved on the way out."""
         self.wake(scan=True)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._watcher)
-            nursery.start_soon(self._rescanner)
-            nursery.start_soon(self._listener)
-            nursery.start_soon(self._presence)
-            await self._worker()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watcher)
+                nursery.start_soon(self._rescanner)
+                nursery.start_soon(self._listener)
+                nursery.start_soon(self._presence)
+                await self._worker()
+        finally:
+            # Stopped (SIGTERM cancels this) mid-cycle, files may have been taken or removed since the last save:
+            # without them in the saved index, the next run would scan a file taken here, then deleted elsewhere
+            # while this node was away, as new here, and bring it back. Every write is recorded as soon as its
+            # worker thread returns (those are never abandoned), so the index matches the folder here.
+            with trio.move_on_after(_SAVE_ON_STOP) as scope:
+                scope.shield = True
+                try:
+                    await trio.to_thread.run_sync(self._save)
+                except OSError as exc:  # (not raised over the cancellation: the next run rescans)
+                    logger.warning("%s: cannot save the sync index: %s", self.config.root, exc)
+            self.local.folder.close()  # (opened again if this folder is run again)
 
     # -- the worker ------------------------------------------------------------
     async def _worker(self) -> None:

@@ -5,9 +5,10 @@ whose size, mtime, mode or inode differ from the index are read and hashed,
 in batches per worker-thread call. A changed file gets this node's bump in
 its version vector (:func:`common.sync_merge.local_change`); a file whose
 content and mode are unchanged (touched, say) only has its stat updated; a
-file gone from disk becomes a tombstone. Every file of the folder is served
-from its path (the library), and new file ids are published to the tracker in
-one pipelined batch: a collection version may only name files the tracker lists.
+file gone from disk becomes a tombstone. Every file of the folder is hashed
+and served (the library) through a descriptor opened beneath the folder
+(``peer/sync/beneath.py``: no link followed, so nothing outside it is read),
+and new file ids are published to the tracker in one pipelined batch: a collection version may only name files the tracker lists.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from common.manifest import Manifest, sha256
 from common.messages import Announce, Error, Message, Publish
 from common.sync_merge import local_change, local_deletion
 from peer.node import Peer
-from peer.storage.library import HeldFile, open_published
+from peer.storage.library import HeldFile
 from peer.storage.manifest_cache import ManifestCache
+from peer.sync.beneath import Folders, Root, open_file
 from peer.sync.fetch import SMALL_FILE, sync_chunk_size
-from peer.sync.fsops import Stat, stat_of
+from peer.sync.fsops import Stat
 from peer.sync.index import Index
 from peer.sync.scan import scan_folder
 from peer.tasks import open_nursery
@@ -50,23 +52,29 @@ def single_chunk_manifest(path: str, size: int, file_id: bytes) -> Manifest:
     return Manifest.from_hashes(path.rpartition("/")[2], size, sync_chunk_size(size), [file_id])
 
 
-def _hash_one(cache: ManifestCache, path: pathlib.Path, stat: Stat) -> Manifest | None:
+def _hash_one(cache: ManifestCache, folders: Folders, path: str, stat: Stat) -> Manifest | None:
     """The manifest of ``path`` if it is still ``stat`` after hashing; None if it changed (the next scan sees it)."""
     try:
+        fd = open_file(folders, path)
+    except (OSError, StorageError) as exc:
+        logger.info("%s: not hashed now (%s); the next scan tries again", path, exc)
+        return None
+    try:
         if stat.size <= SMALL_FILE:
-            with open(path, "rb") as handle:
-                data = handle.read(SMALL_FILE + 1)
-            after = stat_of(path)
-            if after is None or (after.size, after.mtime_ns) != (stat.size, stat.mtime_ns) or len(data) != stat.size:
+            data = os.pread(fd, SMALL_FILE + 1, 0)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (stat.size, stat.mtime_ns) or len(data) != stat.size:
                 return None
-            return Manifest.from_hashes(path.name, stat.size, sync_chunk_size(stat.size), [sha256(data)])
-        manifest, signature, _cached = cache.manifest_for(path, sync_chunk_size(stat.size))
+            return Manifest.from_hashes(path.rpartition("/")[2], stat.size, sync_chunk_size(stat.size), [sha256(data)])
+        manifest, signature, _cached = cache.manifest_of_open(fd, folders.root.path / path, sync_chunk_size(stat.size))
         if signature != (stat.size, stat.mtime_ns):
             return None
         return manifest
     except (OSError, StorageError) as exc:
         logger.info("%s: not hashed now (%s); the next scan tries again", path, exc)
         return None
+    finally:
+        os.close(fd)
 
 
 def _batches(changed: list[tuple[str, Stat]]) -> list[list[tuple[str, Stat]]]:
@@ -84,8 +92,9 @@ def _batches(changed: list[tuple[str, Stat]]) -> list[list[tuple[str, Stat]]]:
     return out
 
 
-def _hash_batch(cache: ManifestCache, root: pathlib.Path, batch: list[tuple[str, Stat]]) -> list[Manifest | None]:
-    return [_hash_one(cache, root / path, stat) for path, stat in batch]
+def _hash_batch(cache: ManifestCache, root: Root, batch: list[tuple[str, Stat]]) -> list[Manifest | None]:
+    with Folders(root) as folders:  # each folder opened once for the batch
+        return [_hash_one(cache, folders, path, stat) for path, stat in batch]
 
 
 @attrs.define(eq=False)
@@ -105,6 +114,8 @@ class LocalSide:
     started: bool = False
     #: Whether the last scan stopped at its limit with changed files left to hash.
     more: bool = False
+    #: The folder held open: every file is opened beneath it.
+    folder: Root = attrs.field(init=False, default=attrs.Factory(lambda self: Root(self.root), takes_self=True))
 
     async def scan(self, limit: int | None = None) -> int:
         """Record what changed on disk since the last scan; the number of paths changed.
@@ -140,7 +151,7 @@ class LocalSide:
             # Each batch is published to the tracker while the next one is hashed.
             nursery.start_soon(self.publish_files, manifests)
             for batch in _batches(changed):
-                results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.root, batch)
+                results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.folder, batch)
                 fresh: list[Manifest] = []
                 for (path, stat), manifest in zip(batch, results, strict=True):
                     if manifest is None:
@@ -177,9 +188,9 @@ class LocalSide:
         if held is not None and not held.withdrawn and held.path.exists() and not held.changed():
             return  # served from another path of the folder with the same content
         try:
-            fd = os.open(self.root / path, os.O_RDONLY)
-        except OSError as exc:
-            logger.info("%s: cannot serve it: %s", path, exc.strerror)
+            fd = self._open(path)
+        except (OSError, StorageError) as exc:
+            logger.info("%s: cannot serve it: %s", path, exc)
             return
         library.add(HeldFile(manifest, self.root / path, fd, ChunkSet.full(manifest.chunk_count), (stat.size, stat.mtime_ns)))
 
@@ -223,5 +234,15 @@ class LocalSide:
             await self.publish_files(unlisted)
 
     def reopen(self, path: str, manifest: Manifest, stat: Stat) -> None:
-        """Serve a file just written at ``path`` from there."""
-        self.peer.library.add(open_published(self.root / path, manifest, (stat.size, stat.mtime_ns)))
+        """Serve a file just written at ``path`` from there (unless it cannot be opened there now: the next scan sees why)."""
+        try:
+            fd = self._open(path)
+        except (OSError, StorageError) as exc:
+            logger.info("%s: cannot serve it: %s", path, exc)
+            return
+        self.peer.library.add(HeldFile(manifest, self.root / path, fd, ChunkSet.full(manifest.chunk_count), (stat.size, stat.mtime_ns)))
+
+    def _open(self, path: str) -> int:
+        """A read descriptor on the file at ``path``, opened beneath the folder (no link followed)."""
+        with Folders(self.folder) as folders:
+            return open_file(folders, path)
