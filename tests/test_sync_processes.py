@@ -96,6 +96,7 @@ async def test_adds_changes_deletes_and_ignores(tmp_path: pathlib.Path, nursery:
             (a / ".chunkswarmignore").write_text("*.tmp\n")
             (a / "x.tmp").write_text("scratch")
             (a / "one.txt").write_text("one")
+            (a / "empty").write_bytes(b"")  # a file of no chunks at all (an __init__.py, a lock file)
             (a / "sub/deeper/two.bin").write_bytes(os.urandom(50_000))
             with trio.fail_after(_SEEN_WITHIN):
                 await wait_until(lambda: (b / "sub/deeper/two.bin").exists() and (b / "one.txt").exists(), poll=0.05)
@@ -112,7 +113,7 @@ async def test_adds_changes_deletes_and_ignores(tmp_path: pathlib.Path, nursery:
                 await wait_until(lambda: not (b / "sub/deeper/two.bin").exists(), poll=0.05)
             (a / "last.txt").write_text("after everything")
             state = await converged(a, b)
-            assert set(state) == {".chunkswarmignore", "one.txt", "last.txt"}
+            assert set(state) == {".chunkswarmignore", "one.txt", "empty", "last.txt"}
             assert not (a / "local.tmp").exists() and not (b / "x.tmp").exists()
             assert not (b / "sub").exists()
 

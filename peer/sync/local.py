@@ -48,8 +48,10 @@ _PUBLISH_BATCH = 2000
 
 
 def single_chunk_manifest(path: str, size: int, file_id: bytes) -> Manifest:
-    """The manifest of a file of one chunk: its id is its content's SHA-256 (``common/manifest.py``)."""
-    return Manifest.from_hashes(path.rpartition("/")[2], size, sync_chunk_size(size), [file_id])
+    """The manifest of a file of one chunk: its id is its content's SHA-256 (``common/manifest.py``).
+
+    An empty file has no chunk at all; its id, the Merkle root of no hashes, is SHA-256 of nothing too."""
+    return Manifest.from_hashes(path.rpartition("/")[2], size, sync_chunk_size(size), [file_id] if size else [])
 
 
 def _hash_one(cache: ManifestCache, folders: Folders, path: str, stat: Stat) -> Manifest | None:
@@ -65,7 +67,7 @@ def _hash_one(cache: ManifestCache, folders: Folders, path: str, stat: Stat) -> 
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (stat.size, stat.mtime_ns) or len(data) != stat.size:
                 return None
-            return Manifest.from_hashes(path.rpartition("/")[2], stat.size, sync_chunk_size(stat.size), [sha256(data)])
+            return single_chunk_manifest(path, stat.size, sha256(data))
         manifest, signature, _cached = cache.manifest_of_open(fd, folders.root.path / path, sync_chunk_size(stat.size))
         if signature != (stat.size, stat.mtime_ns):
             return None
