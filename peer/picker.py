@@ -26,15 +26,13 @@ Peers are identified by any hashable key (the download uses peer ids).
 Costs stay small for files of up to ``MAX_CHUNKS`` chunks: each peer keeps a
 heap of the idle chunks it holds keyed by (availability, rank), updated per
 changed chunk (a change touching more than ``BULK_CHANGE`` chunks rebuilds the
-heaps once, at the next pick); per-chunk flags are bytearrays, since testing a
-bit of a 500,000-bit integer costs as much as copying it. ``bench/picker.py``
-prints the figures.
+heaps once, at the next pick); per-chunk flags are bytearrays
+(``common.chunkset.mask_flags``). ``bench/picker.py`` prints the figures.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
 from collections.abc import Hashable, Iterable
@@ -42,7 +40,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from common.chunkset import ChunkSet
+from common.chunkset import ChunkSet, flags_mask, mask_flags, mask_indexes
 from peer.endgame import duplicate_for, recheck_after, record_answer
 
 __all__ = ["Picker", "PeerKey"]
@@ -53,26 +51,9 @@ PeerKey = TypeVar("PeerKey", bound=Hashable)
 #: (once, at the next pick) instead of pushing one entry per chunk and holder.
 BULK_CHANGE = 4096
 
-_BITS = bytes.maketrans(b"01", b"\0\1")
 #: ``_settled`` values: missing (0), done, being verified.
 _DONE, _VERIFYING = 1, 2
 _DONE_DIGITS = bytes.maketrans(b"\0\1\2", b"010")
-
-
-
-def _flags(mask: int, count: int) -> bytearray:
-    """``mask`` as one byte per chunk (0 or 1): O(1) membership tests, unlike ``mask >> i & 1``."""
-    return bytearray(bin(mask)[:1:-1].encode("ascii").translate(_BITS).ljust(count, b"\0"))
-
-
-def _done_mask(settled: bytearray) -> int:
-    return int(settled[::-1].translate(_DONE_DIGITS) or b"0", 2)
-
-
-def _indexes(mask: int) -> list[int]:
-    """The set bits of ``mask``, lowest first, in linear time (iterating a ChunkSet is quadratic)."""
-    flags = bin(mask)[:1:-1].encode("ascii").translate(_BITS)
-    return list(itertools.compress(range(len(flags)), flags))
 
 
 @attrs.define(eq=False)
@@ -134,7 +115,7 @@ class Picker(Generic[PeerKey]):
         """Chunks verified before the download started (resume)."""
         for index in indexes:
             self._settled[index] = _DONE
-        self._done = _done_mask(self._settled)
+        self._done = flags_mask(self._settled, _DONE_DIGITS)
 
     @property
     def have(self) -> ChunkSet:
@@ -177,9 +158,9 @@ class Picker(Generic[PeerKey]):
         lost, gained = old & ~new, new & ~old
         state.chunks = new
         if lost | gained:
-            lost_indexes, gained_indexes = _indexes(lost), _indexes(gained)
+            lost_indexes, gained_indexes = mask_indexes(lost), mask_indexes(gained)
             if len(lost_indexes) + len(gained_indexes) > BULK_CHANGE:
-                state.holds = _flags(new, self.chunk_count)
+                state.holds = mask_flags(new, self.chunk_count)
             else:
                 for index in lost_indexes:
                     state.holds[index] = 0
@@ -201,7 +182,7 @@ class Picker(Generic[PeerKey]):
         state = self._peers.pop(key, None)
         if state is None:
             return
-        self._change_availability(_indexes(state.chunks), -1)
+        self._change_availability(mask_indexes(state.chunks), -1)
         for index in state.in_flight:
             self._unrequest(key, index)
 
@@ -215,7 +196,7 @@ class Picker(Generic[PeerKey]):
         held = 0
         for state in self._peers.values():
             held |= state.chunks
-        return _indexes(self._missing_mask() & ~held)
+        return mask_indexes(self._missing_mask() & ~held)
 
     # -- picking -----------------------------------------------------------
     def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True, now: float = 0.0) -> int | None:
@@ -284,7 +265,7 @@ class Picker(Generic[PeerKey]):
 
     def _rebuild_heap(self, state: _PeerState) -> None:
         availability, rank = self._availability, self._rank
-        state.heap = [(availability[i], rank[i], i) for i in _indexes(state.chunks & self._idle_mask())]
+        state.heap = [(availability[i], rank[i], i) for i in mask_indexes(state.chunks & self._idle_mask())]
         heapq.heapify(state.heap)
         state.heap_dirty = False
 
