@@ -12,12 +12,10 @@ Policies, as in BitTorrent clients:
   downloaders spread over different chunks and the swarm gets every chunk
   quickly);
 * **pipelining**: at most ``max_in_flight`` outstanding requests per peer;
-* **endgame**: once every missing chunk some peer holds is requested, a peer
-  may duplicate a request outstanding at another peer (at most
-  ``endgame_copies`` per chunk) if it would deliver it clearly sooner
-  (``peer/endgame.py``: libtorrent's rule, a second peer only when the first is
-  slow); the first verified copy wins and the rest are returned as
-  cancellations;
+* **endgame**: a peer may duplicate a request outstanding at another (at most
+  ``endgame_copies`` per chunk) only when the first is late (``peer/endgame.py``);
+  the first copy to arrive wins, and :meth:`Picker.on_arrival` returns the
+  peers to send CANCEL_CHUNK at once;
 * **banning**: a peer whose data fails verification ``ban_threshold`` times is
   banned for the rest of the download and its requests are reassigned.
 
@@ -41,7 +39,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from common.chunkset import ChunkSet, flags_mask, mask_flags, mask_indexes
-from peer.endgame import duplicate_for, recheck_after, record_answer
+from peer.endgame import Pace, duplicate_for, recheck_after, record_answer
 
 __all__ = ["Picker", "PeerKey"]
 
@@ -62,8 +60,8 @@ class _PeerState:
     chunks: int = 0  # the same as a bitmask
     #: Requests outstanding, in the order asked (the order the peer answers them), with when each was asked.
     in_flight: dict[int, float] = attrs.field(factory=dict)
-    #: Its time per chunk (moving average; None until its first answer), and when its last answer came.
-    chunk_time: float | None = None
+    #: Its time per chunk, and when its last answer came.
+    pace: Pace = attrs.field(factory=Pace)
     answered_at: float = -math.inf
     #: The last endgame pick found requests to duplicate later (when they are late enough): see ``recheck_after``.
     deferred: bool = False
@@ -93,6 +91,8 @@ class Picker(Generic[PeerKey]):
     _requested: dict[int, set[PeerKey]] = attrs.field(init=False, factory=dict)
     _peers: dict[PeerKey, _PeerState] = attrs.field(init=False, factory=dict)
     _banned: set[PeerKey] = attrs.field(init=False, factory=set)
+    #: The time per chunk of every peer's answers together: how fast the swarm delivers (``peer/endgame.py``).
+    _swarm: Pace = attrs.field(init=False, factory=Pace)
     _availability: list[int] = attrs.field(init=False)
     _rank: list[float] = attrs.field(init=False)
     #: Per chunk: ``_DONE``, ``_VERIFYING`` or 0 (the bitmasks as bytes: O(1) to test).
@@ -252,7 +252,7 @@ class Picker(Generic[PeerKey]):
         return None
 
     def _pick_endgame(self, key: PeerKey, state: _PeerState, now: float) -> int | None:
-        return duplicate_for(state, self._peers.values(), now, tail=self._in_endgame(), requested=self._requested,
+        return duplicate_for(state, self._peers.values(), now, swarm=self._swarm, tail=self._in_endgame(), requested=self._requested,
                              settled=self._settled, rank=self._rank, copies=self.endgame_copies)  # fmt: skip
 
     def _in_endgame(self) -> bool:
@@ -281,7 +281,7 @@ class Picker(Generic[PeerKey]):
         if state is not None:
             asked = state.in_flight.pop(index, None)
             if asked is not None:
-                record_answer(state, asked, now)
+                record_answer(state, self._swarm, asked, now)
         self._drop_request(key, index)
         if not 0 <= index < self.chunk_count:
             return False
@@ -291,6 +291,21 @@ class Picker(Generic[PeerKey]):
         self._verifying |= 1 << index
         self._settled[index] = _VERIFYING
         return True
+
+    def on_arrival(self, key: PeerKey, index: int) -> list[PeerKey]:
+        """The copy of ``index`` from ``key`` that :meth:`on_data` accepted is in: the other peers to send CANCEL_CHUNK.
+
+        Their requests end now, before the chunk is verified: each moment
+        counts, as a server puts queued chunks in its socket buffers, where a
+        cancel no longer reaches them. Should this copy fail verification, the
+        chunk is requested again like any other.
+        """
+        others = []
+        for other in self._requested.pop(index, ()):
+            state = self._peers.get(other)
+            if other != key and state is not None and state.in_flight.pop(index, None) is not None:
+                others.append(other)
+        return others
 
     def on_verified(self, key: PeerKey, index: int) -> list[tuple[PeerKey, int]]:
         """``index`` from ``key`` verified and written: returns the (peer, chunk) requests to cancel."""
@@ -332,8 +347,8 @@ class Picker(Generic[PeerKey]):
                 self._forget(state, index)
         self._unrequest(key, index)
 
-    def on_write_failed(self, index: int) -> None:
-        """Verified data could not be stored: the chunk is missing again."""
+    def on_not_kept(self, index: int) -> None:
+        """Data :meth:`on_data` accepted is not kept (its check never started, or it could not be stored): missing again."""
         self._unsettle(index)
 
     def on_lost(self, index: int) -> None:
