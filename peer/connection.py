@@ -215,6 +215,18 @@ class Connection:
             raise ConnectionClosed(f"connection lost: {exc.strerror or exc}") from None
 
     # -- closing -------------------------------------------------------------
+    async def send_eof(self) -> bool:
+        """End our side of the stream, leaving the other's open, if the stream can (not TLS): True if it did."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return False
+        try:
+            async with self._send_lock:
+                await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise ConnectionClosed("connection lost") from None
+        return True
+
     async def aclose(self) -> None:
         """Close the stream, bounded: forcefully if a graceful close would block."""
         if self.closed:

@@ -203,20 +203,10 @@ class Downloader:
     # -- the swarm ---------------------------------------------------------------
     async def _swarm(self) -> None:
         async with open_nursery() as nursery:
-            self._context = DownloadContext(
-                self.manifest,
-                self.config,
-                self.hello,
-                self._picker,
-                self._buffers,
-                self.connect,
-                private=self.private,
-                verify_slots=trio.Semaphore(max(4, 3 * self.config.io_threads)),
-                nursery=nursery,
-                verify=self._verify,
-                wake_all=self._wake_all,
-                refresh=self._refresh_soon,
-            )
+            self._context = DownloadContext(self.manifest, self.config, self.hello, self._picker, self._buffers, self.connect,
+                                            private=self.private, verify_slots=trio.Semaphore(max(4, 3 * self.config.io_threads)),
+                                            nursery=nursery, verify=self._verify, cancel=self._cancel, wake_all=self._wake_all,
+                                            refresh=self._refresh_soon)  # fmt: skip
             nursery.start_soon(self._refresher)
             nursery.start_soon(self._announcer.run)
             nursery.start_soon(self._state_saver)
@@ -375,7 +365,7 @@ class Downloader:
             self._wake_all()
             return
         except StorageError:
-            self._picker.on_write_failed(index)
+            self._picker.on_not_kept(index)
             raise
         duplicates = self._picker.on_verified(key, index)
         nbytes = manifest.chunk_length(index)
@@ -394,12 +384,16 @@ class Downloader:
             self._lose(bad)
         if self._picker.complete:
             self._done.set()
-        for other_key, other_index in duplicates:
-            other = self._sources.get(other_key)
-            if other is not None and other.conn is not None:
-                other.wake()
-                # In a task of its own: a peer that reads nothing must not hold up this chunk's bookkeeping (the cancel is a courtesy).
-                context.nursery.start_soon(other.cancel, other_index)
+        for other_key, other_index in duplicates:  # normally none: cancelled as the first copy came (Session._receiver)
+            self._cancel(other_key, other_index)
+
+    def _cancel(self, key: bytes, index: int) -> None:
+        """Send CANCEL_CHUNK for ``index`` to source ``key`` (the picker has dropped the request)."""
+        other, context = self._sources.get(key), self._context
+        if other is not None and other.conn is not None and context is not None:
+            other.wake()
+            # In a task of its own: a peer that reads nothing must not hold up this chunk's bookkeeping (the cancel is a courtesy).
+            context.nursery.start_soon(other.cancel, index)
 
     def _lose(self, index: int) -> None:
         """Chunk ``index`` read back from disk differs from what was written: fetch it again."""

@@ -12,12 +12,10 @@ Policies, as in BitTorrent clients:
   downloaders spread over different chunks and the swarm gets every chunk
   quickly);
 * **pipelining**: at most ``max_in_flight`` outstanding requests per peer;
-* **endgame**: once every missing chunk some peer holds is requested, a peer
-  may duplicate a request outstanding at another peer (at most
-  ``endgame_copies`` per chunk) if it would deliver it clearly sooner
-  (``peer/endgame.py``: libtorrent's rule, a second peer only when the first is
-  slow); the first verified copy wins and the rest are returned as
-  cancellations;
+* **endgame**: a peer may duplicate a request outstanding at another (at most
+  ``endgame_copies`` per chunk) only when the first is late (``peer/endgame.py``);
+  the first copy to arrive wins, and :meth:`Picker.on_arrival` returns the
+  peers to send CANCEL_CHUNK at once;
 * **banning**: a peer whose data fails verification ``ban_threshold`` times is
   banned for the rest of the download and its requests are reassigned.
 
@@ -26,15 +24,13 @@ Peers are identified by any hashable key (the download uses peer ids).
 Costs stay small for files of up to ``MAX_CHUNKS`` chunks: each peer keeps a
 heap of the idle chunks it holds keyed by (availability, rank), updated per
 changed chunk (a change touching more than ``BULK_CHANGE`` chunks rebuilds the
-heaps once, at the next pick); per-chunk flags are bytearrays, since testing a
-bit of a 500,000-bit integer costs as much as copying it. ``bench/picker.py``
-prints the figures.
+heaps once, at the next pick); per-chunk flags are bytearrays
+(``common.chunkset.mask_flags``). ``bench/picker.py`` prints the figures.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
 from collections.abc import Hashable, Iterable
@@ -42,8 +38,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from common.chunkset import ChunkSet
-from peer.endgame import duplicate_for, recheck_after, record_answer
+from common.chunkset import ChunkSet, flags_mask, mask_flags, mask_indexes
+from peer.endgame import Pace, duplicate_for, recheck_after, record_answer
 
 __all__ = ["Picker", "PeerKey"]
 
@@ -53,26 +49,9 @@ PeerKey = TypeVar("PeerKey", bound=Hashable)
 #: (once, at the next pick) instead of pushing one entry per chunk and holder.
 BULK_CHANGE = 4096
 
-_BITS = bytes.maketrans(b"01", b"\0\1")
 #: ``_settled`` values: missing (0), done, being verified.
 _DONE, _VERIFYING = 1, 2
 _DONE_DIGITS = bytes.maketrans(b"\0\1\2", b"010")
-
-
-
-def _flags(mask: int, count: int) -> bytearray:
-    """``mask`` as one byte per chunk (0 or 1): O(1) membership tests, unlike ``mask >> i & 1``."""
-    return bytearray(bin(mask)[:1:-1].encode("ascii").translate(_BITS).ljust(count, b"\0"))
-
-
-def _done_mask(settled: bytearray) -> int:
-    return int(settled[::-1].translate(_DONE_DIGITS) or b"0", 2)
-
-
-def _indexes(mask: int) -> list[int]:
-    """The set bits of ``mask``, lowest first, in linear time (iterating a ChunkSet is quadratic)."""
-    flags = bin(mask)[:1:-1].encode("ascii").translate(_BITS)
-    return list(itertools.compress(range(len(flags)), flags))
 
 
 @attrs.define(eq=False)
@@ -81,8 +60,8 @@ class _PeerState:
     chunks: int = 0  # the same as a bitmask
     #: Requests outstanding, in the order asked (the order the peer answers them), with when each was asked.
     in_flight: dict[int, float] = attrs.field(factory=dict)
-    #: Its time per chunk (moving average; None until its first answer), and when its last answer came.
-    chunk_time: float | None = None
+    #: Its time per chunk, and when its last answer came.
+    pace: Pace = attrs.field(factory=Pace)
     answered_at: float = -math.inf
     #: The last endgame pick found requests to duplicate later (when they are late enough): see ``recheck_after``.
     deferred: bool = False
@@ -112,6 +91,8 @@ class Picker(Generic[PeerKey]):
     _requested: dict[int, set[PeerKey]] = attrs.field(init=False, factory=dict)
     _peers: dict[PeerKey, _PeerState] = attrs.field(init=False, factory=dict)
     _banned: set[PeerKey] = attrs.field(init=False, factory=set)
+    #: The time per chunk of every peer's answers together: how fast the swarm delivers (``peer/endgame.py``).
+    _swarm: Pace = attrs.field(init=False, factory=Pace)
     _availability: list[int] = attrs.field(init=False)
     _rank: list[float] = attrs.field(init=False)
     #: Per chunk: ``_DONE``, ``_VERIFYING`` or 0 (the bitmasks as bytes: O(1) to test).
@@ -134,7 +115,7 @@ class Picker(Generic[PeerKey]):
         """Chunks verified before the download started (resume)."""
         for index in indexes:
             self._settled[index] = _DONE
-        self._done = _done_mask(self._settled)
+        self._done = flags_mask(self._settled, _DONE_DIGITS)
 
     @property
     def have(self) -> ChunkSet:
@@ -177,9 +158,9 @@ class Picker(Generic[PeerKey]):
         lost, gained = old & ~new, new & ~old
         state.chunks = new
         if lost | gained:
-            lost_indexes, gained_indexes = _indexes(lost), _indexes(gained)
+            lost_indexes, gained_indexes = mask_indexes(lost), mask_indexes(gained)
             if len(lost_indexes) + len(gained_indexes) > BULK_CHANGE:
-                state.holds = _flags(new, self.chunk_count)
+                state.holds = mask_flags(new, self.chunk_count)
             else:
                 for index in lost_indexes:
                     state.holds[index] = 0
@@ -201,7 +182,7 @@ class Picker(Generic[PeerKey]):
         state = self._peers.pop(key, None)
         if state is None:
             return
-        self._change_availability(_indexes(state.chunks), -1)
+        self._change_availability(mask_indexes(state.chunks), -1)
         for index in state.in_flight:
             self._unrequest(key, index)
 
@@ -215,7 +196,7 @@ class Picker(Generic[PeerKey]):
         held = 0
         for state in self._peers.values():
             held |= state.chunks
-        return _indexes(self._missing_mask() & ~held)
+        return mask_indexes(self._missing_mask() & ~held)
 
     # -- picking -----------------------------------------------------------
     def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True, now: float = 0.0) -> int | None:
@@ -271,7 +252,7 @@ class Picker(Generic[PeerKey]):
         return None
 
     def _pick_endgame(self, key: PeerKey, state: _PeerState, now: float) -> int | None:
-        return duplicate_for(state, self._peers.values(), now, tail=self._in_endgame(), requested=self._requested,
+        return duplicate_for(state, self._peers.values(), now, swarm=self._swarm, tail=self._in_endgame(), requested=self._requested,
                              settled=self._settled, rank=self._rank, copies=self.endgame_copies)  # fmt: skip
 
     def _in_endgame(self) -> bool:
@@ -284,7 +265,7 @@ class Picker(Generic[PeerKey]):
 
     def _rebuild_heap(self, state: _PeerState) -> None:
         availability, rank = self._availability, self._rank
-        state.heap = [(availability[i], rank[i], i) for i in _indexes(state.chunks & self._idle_mask())]
+        state.heap = [(availability[i], rank[i], i) for i in mask_indexes(state.chunks & self._idle_mask())]
         heapq.heapify(state.heap)
         state.heap_dirty = False
 
@@ -300,7 +281,7 @@ class Picker(Generic[PeerKey]):
         if state is not None:
             asked = state.in_flight.pop(index, None)
             if asked is not None:
-                record_answer(state, asked, now)
+                record_answer(state, self._swarm, asked, now)
         self._drop_request(key, index)
         if not 0 <= index < self.chunk_count:
             return False
@@ -310,6 +291,21 @@ class Picker(Generic[PeerKey]):
         self._verifying |= 1 << index
         self._settled[index] = _VERIFYING
         return True
+
+    def on_arrival(self, key: PeerKey, index: int) -> list[PeerKey]:
+        """The copy of ``index`` from ``key`` that :meth:`on_data` accepted is in: the other peers to send CANCEL_CHUNK.
+
+        Their requests end now, before the chunk is verified: each moment
+        counts, as a server puts queued chunks in its socket buffers, where a
+        cancel no longer reaches them. Should this copy fail verification, the
+        chunk is requested again like any other.
+        """
+        others = []
+        for other in self._requested.pop(index, ()):
+            state = self._peers.get(other)
+            if other != key and state is not None and state.in_flight.pop(index, None) is not None:
+                others.append(other)
+        return others
 
     def on_verified(self, key: PeerKey, index: int) -> list[tuple[PeerKey, int]]:
         """``index`` from ``key`` verified and written: returns the (peer, chunk) requests to cancel."""
@@ -351,8 +347,8 @@ class Picker(Generic[PeerKey]):
                 self._forget(state, index)
         self._unrequest(key, index)
 
-    def on_write_failed(self, index: int) -> None:
-        """Verified data could not be stored: the chunk is missing again."""
+    def on_not_kept(self, index: int) -> None:
+        """Data :meth:`on_data` accepted is not kept (its check never started, or it could not be stored): missing again."""
         self._unsettle(index)
 
     def on_lost(self, index: int) -> None:

@@ -20,7 +20,6 @@ nor a bug met while serving one takes the server down.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
@@ -37,6 +36,7 @@ from common.handshake import HandshakeState, ServerHandshake
 from common.identity import NodeKey
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
 from peer.connection import Connection
+from peer.request_queue import RequestQueue
 from peer.secure import CAPABILITIES, Private
 from peer.slots import Choker, Claim, Reciprocity
 from peer.status import Transfers, describe_remote
@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 #: The largest frame a downloader has reason to send us: HELLO, REQUEST_CHUNK, CANCEL_CHUNK
 #: and an ERROR with its 1,024-character message all fit. Anything larger is refused at its header.
 MAX_REQUEST_FRAME = 16 * 1024
+#: How long a connection made to leave is read after our end of it, for the downloader to close it (``_linger``).
+_LINGER = 10.0
 #: The optional features (PROTOCOL.md §8) a chunk server speaks, with their highest versions.
 SUPPORTED: dict[str, int] = {IDENTITY: 1}
 
@@ -71,44 +73,6 @@ class _Slot:
     #: A chunk is being sent; and the slot went to another peer (the connection ends once that chunk is sent).
     sending: bool = False
     evicted: bool = False
-
-
-class _RequestQueue:
-    """Queued (file id, index) requests of one connection, in arrival order, cancellable."""
-
-    def __init__(self) -> None:
-        self._items: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
-        self._wakeup = trio.Event()
-        self._answered = trio.Event()
-        #: True while the sender is answering a request taken from the queue.
-        self.sending = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, key: tuple[bytes, int]) -> None:
-        self._items[key] = None
-        self._wakeup.set()
-
-    def discard(self, key: tuple[bytes, int]) -> None:
-        self._items.pop(key, None)
-
-    async def get(self) -> tuple[bytes, int]:
-        """The next request to answer; the one taken before it has been answered."""
-        self.sending = False
-        self._answered.set()
-        while not self._items:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        key, _ = self._items.popitem(last=False)
-        self.sending = True
-        return key
-
-    async def drained(self) -> None:
-        """Wait until every queued request has been answered."""
-        while self._items or self.sending:
-            self._answered = trio.Event()
-            await self._answered.wait()
 
 
 @attrs.define(eq=False)
@@ -216,7 +180,7 @@ class ChunkServer:
                 remote = describe_remote(hello.agent, (host, hello.listen_port or port))
                 if handshake.agreement.remote_node is not None:
                     logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
-                queue = _RequestQueue()
+                queue = RequestQueue()
                 async with open_nursery() as nursery:
                     nursery.start_soon(self._sender, conn, queue, remote, slot)
                     if await self._reader(conn, queue, slot.claim):
@@ -225,6 +189,7 @@ class ChunkServer:
             if slot.scope.cancelled_caught:
                 logger.info("closing the connection of %s: its slot goes to another peer (%d of %d slots held from %s)",
                             remote, len(self._slots.get(slot.group, ())), self.max_connections, slot.group)  # fmt: skip
+                await self._linger(conn)
         finally:
             self._release(slot)
 
@@ -310,7 +275,7 @@ class ChunkServer:
             raise
         return handshake
 
-    async def _reader(self, conn: Connection, queue: _RequestQueue, claim: Claim) -> bool:
+    async def _reader(self, conn: Connection, queue: RequestQueue, claim: Claim) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).
 
         A downloader may close its sending side after its last requests: they
@@ -346,7 +311,7 @@ class ChunkServer:
                 await self._send(conn, Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
                 return False
 
-    async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str, slot: _Slot) -> None:
+    async def _sender(self, conn: Connection, queue: RequestQueue, remote: str, slot: _Slot) -> None:
         while True:
             slot.sending = slot.claim.asking = False
             if slot.evicted:
@@ -400,6 +365,22 @@ class ChunkServer:
                 await conn.send(message)
         except trio.TooSlowError:
             raise PeerTimeout(f"the other side took nothing for {self.idle_timeout:g} s") from None
+
+    @staticmethod
+    async def _linger(conn: Connection) -> None:
+        """End our side, then read (and drop) what the downloader still sends until it closes, for at most ``_LINGER``.
+
+        A socket closed with requests unread in it is reset, and a reset makes
+        the downloader drop the chunks already sent, still in its receive
+        buffer: at 16 downloaders on one host, 2% of the bytes sent were lost so.
+        """
+        with trio.move_on_after(_LINGER):
+            try:
+                if await conn.send_eof():
+                    while True:
+                        await conn.receive()
+            except (ConnectionClosed, RemoteProtocolError):
+                pass
 
     @staticmethod
     async def _try_send_error(conn: Connection, code: int, text: str) -> None:

@@ -69,6 +69,8 @@ class DownloadContext:
     nursery: trio.Nursery
     #: Checks chunk ``index`` received by a session (its verification slot is taken).
     verify: Callable[[Session, int, Buffer], Awaitable[None]]
+    #: Sends CANCEL_CHUNK for a chunk to the source with that peer id (its request was dropped).
+    cancel: Callable[[bytes, int], None]
     #: Wakes every session: a chunk became requestable again, from anyone.
     wake_all: Callable[[], None]
     #: Asks the tracker for holders now: a session has nothing left to request.
@@ -223,15 +225,21 @@ class Session:
                 self.expect_answer(timeout)
                 continue
             if isinstance(message, ChunkData):
-                # Wait for a verification slot first (backpressure on this peer), so that
-                # nothing can cancel us between accepting the data and starting its check.
-                await verify_slots.acquire()
                 accepted = message.file_id == file_id and picker.on_data(key, message.index, trio.current_time())
                 self.wake()  # a pipeline slot is free
                 if not accepted:
-                    verify_slots.release()
                     context.buffers.give_back(message.data)
                     continue
+                # Endgame: its other copies are cancelled as it arrives, not once it is checked (a busy
+                # downloader's checks wait, and meanwhile the other server sends its copy too).
+                for other in picker.on_arrival(key, message.index):
+                    context.cancel(other, message.index)
+                try:
+                    await verify_slots.acquire()  # backpressure on this peer: nothing more is read until it can be checked
+                except BaseException:
+                    picker.on_not_kept(message.index)  # no check will start: it is missing again
+                    context.buffers.give_back(message.data)
+                    raise
                 self.delivered = True
                 self.recent += 1
                 self.expect_answer(timeout)

@@ -34,6 +34,7 @@ from peer.progress import DownloadResult
 from peer.server import ChunkServer
 from peer.session import Session
 from peer.status import Transfers
+from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
 
 CHUNK = 1024
@@ -335,3 +336,28 @@ async def test_the_endgame_sends_few_chunks_twice_and_takes_the_slow_holders_las
     assert sum(sent) <= CHUNKS + 8, sent  # the old rule: 46-47 (whole pipelines duplicated)
     # The fast holder took the slow one's last chunks rather than wait for them.
     assert sent[1] - 8 < CHUNKS * 0.025 / (0.025 + slow), sent
+
+
+async def test_a_chunk_asked_twice_is_cancelled_at_the_other_peer_as_its_first_copy_arrives(
+    clock: trio.testing.MockClock, harness: Harness, source: pathlib.Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the cancel went out only once the first copy was hashed and written, which on a
+    # busy downloader is long enough for the other server to send its copy too. Here checks take
+    # a second: the slow holder (a chunk every 0.2 s, its requests queued) must not serve a chunk
+    # the fast one has delivered.
+    verify = Downloader._verify
+
+    async def slow_check(self: Downloader, session: Session, index: int, data: Buffer) -> None:
+        await trio.sleep(1.0)
+        await verify(self, session, index, data)
+
+    monkeypatch.setattr(Downloader, "_verify", slow_check)
+    servers = [serving_server(source, manifest, "fast"), serving_server(source, manifest, "slow")]
+    servers[1].upload_rate = CHUNK / 0.2
+    for number, server in enumerate(servers, 1):
+        harness.tracker.holders.append(holder(number, ChunkSet.full(CHUNKS)))
+        harness.network.handlers[address(number)] = server.handle_stream
+    result = await harness.download(pipeline_depth=8, io_threads=16)  # checks for every chunk at once: none waits for a slot
+    assert result.path.read_bytes() == source.read_bytes()
+    sent = [sum(count.chunks for count in server.transfers.uploaded.values()) for server in servers]
+    assert sum(sent) <= CHUNKS + 1, sent  # one chunk the slow holder was already sending may cross its cancel

@@ -154,3 +154,25 @@ async def test_a_lone_downloader_is_served_and_never_made_to_leave(
             await trio.sleep(3)
             assert await still_served(lone, manifest)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_downloader_made_to_leave_gets_the_end_of_the_stream_and_its_late_requests_are_read(
+    clock: trio.testing.MockClock, published: tuple[Library, Manifest]
+) -> None:
+    # Issue 16: the connection was closed with the downloader's late requests unread. On a socket
+    # that resets it, and the downloader loses the chunks already sent to it, still in its receive
+    # buffer (2% of the bytes sent at 16 downloaders on one host). Now the server ends its side and
+    # reads on until the downloader closes.
+    library, manifest = published
+    server = ChunkServer(library, b"s" * 20, choker=Choker(slots=1, optimistic_interval=1.0))
+    async with trio.open_nursery() as nursery:
+        first = await visit(server, nursery, "first")
+        assert first is not None and await still_served(first, manifest)
+        await trio.sleep(2)
+        second = await visit(server, nursery, "second")  # it takes the slot of "first"
+        assert second is not None
+        await first.send(RequestChunk(manifest.file_id, 1))  # sent before it knew: read, not a reset
+        with pytest.raises(ConnectionClosed, match="the other side closed the connection"):
+            await first.receive()
+        assert await still_served(second, manifest)
+        nursery.cancel_scope.cancel()
