@@ -135,6 +135,8 @@ class SyncFolder:
         self.current = self.kept
 
     def wake(self, *, scan: bool = False) -> None:
+        if scan:
+            self.local.stale()  # the folder changed: listed again, not taken up where the last scan stopped
         self._scan_due = self._scan_due or scan
         self._wake.set()
 

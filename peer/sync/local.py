@@ -54,8 +54,10 @@ def _hash_one(cache: ManifestCache, path: pathlib.Path, stat: Stat) -> Manifest 
     """The manifest of ``path`` if it is still ``stat`` after hashing; None if it changed (the next scan sees it)."""
     try:
         if stat.size <= SMALL_FILE:
-            with open(path, "rb") as handle:
-                data = handle.read(SMALL_FILE + 1)
+            # Unbuffered, sized to the file: a buffered read of SMALL_FILE + 1 allocates 1 MiB per file
+            # (10,000 files of 10 KB hashed 5x slower).
+            with open(path, "rb", buffering=0) as handle:
+                data = handle.read(stat.size + 1)
             after = stat_of(path)
             if after is None or (after.size, after.mtime_ns) != (stat.size, stat.mtime_ns) or len(data) != stat.size:
                 return None
@@ -105,6 +107,14 @@ class LocalSide:
     started: bool = False
     #: Whether the last scan stopped at its limit with changed files left to hash.
     more: bool = False
+    #: When ``more``: the changed files of that scan's listing not hashed yet, and its paths gone, which the
+    #: next scan takes up without listing the folder again (unless :meth:`stale` said the folder changed since).
+    _rest: list[tuple[str, Stat]] | None = None
+    _gone: list[tuple[str, Stat | None]] = attrs.field(factory=list)
+
+    def stale(self) -> None:
+        """The folder changed since the last listing (an event, a rescan): the next scan lists it again."""
+        self._rest = None
 
     async def scan(self, limit: int | None = None) -> int:
         """Record what changed on disk since the last scan; the number of paths changed.
@@ -112,18 +122,16 @@ class LocalSide:
         With ``limit``, it stops hashing once about that many files have changed (``more`` is then
         True): the engine publishes a version of those, so other nodes start fetching, and scans on.
         """
-        found = await trio.to_thread.run_sync(scan_folder, self.root)
-        for problem in found.problems:
-            if problem not in self.told:
-                self.told.add(problem)
-                logger.warning("%s", problem)
         index = self.index
-        changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
-                   or index.entries[path].deleted]  # fmt: skip
         manifests: list[Manifest] = []
+        files: dict[str, Stat] = {}
+        if self._rest is not None:  # the rest of the last listing: each file's stat is checked again as it is hashed
+            changed, gone, self._rest = self._rest, self._gone, None
+        else:
+            files, changed, gone = await self._list()
         if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
             self.started = True
-            for path, stat in found.files.items():
+            for path, stat in files.items():
                 entry = index.entries.get(path)
                 if entry is None or entry.deleted or index.stats.get(path) != stat:
                     continue
@@ -133,13 +141,13 @@ class LocalSide:
                     manifests.append(known)
                 else:
                     changed.append((path, stat))
-        gone = [path for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
         count = 0
         hashed = 0
         async with open_nursery() as nursery:
             # Each batch is published to the tracker while the next one is hashed.
             nursery.start_soon(self.publish_files, manifests)
-            for batch in _batches(changed):
+            batches = _batches(changed)
+            for at, batch in enumerate(batches):
                 results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.root, batch)
                 fresh: list[Manifest] = []
                 for (path, stat), manifest in zip(batch, results, strict=True):
@@ -159,16 +167,33 @@ class LocalSide:
                 nursery.start_soon(self.publish_files, fresh)
                 if limit is not None and count >= limit:
                     self.more = True
+                    self._rest = [item for later in batches[at + 1 :] for item in later]
+                    self._gone = gone
                     break
             else:
                 self.more = False
         now = time.time_ns()
-        for path in gone if not self.more else ():  # at the end: a file renamed is published at its new path first
+        for path, was in gone if not self.more else ():  # at the end: a file renamed is published at its new path first
+            if index.entries[path].deleted or index.stats.get(path) != was:
+                continue  # written here since the listing (another node's change taken meanwhile)
             index.record(local_deletion(index.entries[path], me=self.me, now_ns=now), None, dirty=True)
             count += 1
         self.unserve_missing()
         logger.debug("scan: %d files hashed", hashed)
         return count
+
+    async def _list(self) -> tuple[dict[str, Stat], list[tuple[str, Stat]], list[tuple[str, Stat | None]]]:
+        """The folder listed: its files, those whose stat differs from the index's, and the paths of the index gone from it."""
+        found = await trio.to_thread.run_sync(scan_folder, self.root)
+        for problem in found.problems:
+            if problem not in self.told:
+                self.told.add(problem)
+                logger.warning("%s", problem)
+        index = self.index
+        changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
+                   or index.entries[path].deleted]  # fmt: skip
+        gone = [(path, index.stats.get(path)) for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
+        return found.files, changed, gone
 
     def serve(self, path: str, manifest: Manifest, stat: Stat) -> None:
         """Serve ``path``'s file (``manifest``) from the folder, unless its content is served already."""
