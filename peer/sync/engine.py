@@ -48,6 +48,7 @@ from peer.sync.apply import Applier
 from peer.sync.fsops import is_temporary
 from peer.sync.index import Index
 from peer.sync.local import LocalSide
+from peer.sync.watch import needs_scan, relative_of
 from peer.tracker_client import open_query_link
 
 __all__ = ["SyncConfig", "SyncFolder", "short_node_of"]
@@ -313,9 +314,13 @@ class SyncFolder:
             # Called for every event (this node's own writes too, thousands a second): plain string tests.
             return not (path == state or path.startswith(state + os.sep) or is_temporary(path))
 
-        async for _changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
-                                                step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
-            self.wake(scan=True)
+        async for changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
+                                               step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
+            # This node's own writes (others' changes taken) are events too: no scan for those (peer/sync/watch.py).
+            paths = {path for _change, path in changes}
+            await self.applier.settled({relative for path in paths if (relative := relative_of(root, path)) is not None})
+            if await trio.to_thread.run_sync(needs_scan, self.config.root, dict(self.index.stats), paths):
+                self.wake(scan=True)
 
     async def _rescanner(self) -> None:
         while True:

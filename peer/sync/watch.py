@@ -1,0 +1,96 @@
+"""Which file-system events call for a scan: not those of the engine's own writes (blocking; run in a worker thread).
+
+The watcher sees every file the engine writes into the folder (another
+node's changes taken here): 10,000 files fetched are hundreds of events,
+each of which used to mean a scan of the whole folder, hashing nothing (the
+index already has every stat) but listing every file each time.
+:func:`needs_scan` answers, for the paths of one batch of events, whether any
+of them differs from what the index records: a file whose stat is the one
+recorded (the same test a scan makes before it hashes), a path gone that the
+index does not hold, a folder every file below which is as recorded. Anything
+else (a file changed, a new one, a link, a folder with a file unknown) needs a
+scan. The engine asks only once the writes in flight to those paths are
+recorded (:class:`~peer.sync.apply.Applier` ``writing``), so its own write is
+never mistaken for a change, nor a change for its own write.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat as stat_module
+from collections.abc import Iterable, Mapping
+
+from common.sync_rules import STATE_FOLDER
+from peer.sync.fsops import Stat, is_temporary
+
+__all__ = ["needs_scan", "relative_of"]
+
+
+def relative_of(root: str, path: str) -> str | None:
+    """``path`` (as the watcher reports it) relative to ``root``, with ``/``; None for the root itself or a path outside."""
+    if not path.startswith(root + os.sep):
+        return None
+    relative = path[len(root) + 1 :]
+    return relative.replace(os.sep, "/") if os.sep != "/" else relative
+
+
+def needs_scan(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str]) -> bool:
+    """True unless every path (absolute) is as ``stats`` (the index's, by relative path) records it; see the module docstring."""
+    folders: set[str] | None = None
+    for path in paths:
+        relative = relative_of(str(root), path)
+        if relative is None:
+            return True
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if relative in stats:
+                return True  # a file the index holds is gone
+            if folders is None:
+                folders = {folder for known in stats for folder in _parents(known)}
+            if relative in folders:
+                return True  # a folder holding files of the index is gone
+            continue
+        except OSError:
+            return True
+        if stat_module.S_ISREG(st.st_mode):
+            if stats.get(relative) != Stat.of(st):
+                return True
+        elif not stat_module.S_ISDIR(st.st_mode) or _folder_differs(pathlib.Path(path), relative, stats):
+            return True
+    return False
+
+
+def _parents(relative: str) -> Iterable[str]:
+    while "/" in relative:
+        relative = relative.rpartition("/")[0]
+        yield relative
+
+
+def _folder_differs(folder: pathlib.Path, relative: str, stats: Mapping[str, Stat]) -> bool:
+    """Whether anything below ``folder`` is not as recorded (temporary files of writes in progress aside)."""
+    stack = [(folder, relative)]
+    while stack:
+        here, prefix = stack.pop()
+        if prefix == STATE_FOLDER:
+            continue
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            return True
+        for entry in entries:
+            if is_temporary(entry.name):
+                continue
+            name = f"{prefix}/{entry.name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the listing: its own event follows
+            except OSError:
+                return True
+            if stat_module.S_ISDIR(st.st_mode):
+                stack.append((pathlib.Path(entry.path), name))
+            elif not stat_module.S_ISREG(st.st_mode) or stats.get(name) != Stat.of(st):
+                return True
+    return False
