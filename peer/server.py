@@ -20,7 +20,6 @@ nor a bug met while serving one takes the server down.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
@@ -36,6 +35,7 @@ from common.framing import ErrorCode
 from common.handshake import HandshakeState, ServerHandshake
 from common.identity import NodeKey
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
+from peer.chunk_runs import RequestQueue, collect_run, send_run
 from peer.connection import Connection
 from peer.secure import CAPABILITIES, Private
 from peer.slots import Choker, Claim, Reciprocity
@@ -71,44 +71,6 @@ class _Slot:
     #: A chunk is being sent; and the slot went to another peer (the connection ends once that chunk is sent).
     sending: bool = False
     evicted: bool = False
-
-
-class _RequestQueue:
-    """Queued (file id, index) requests of one connection, in arrival order, cancellable."""
-
-    def __init__(self) -> None:
-        self._items: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
-        self._wakeup = trio.Event()
-        self._answered = trio.Event()
-        #: True while the sender is answering a request taken from the queue.
-        self.sending = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, key: tuple[bytes, int]) -> None:
-        self._items[key] = None
-        self._wakeup.set()
-
-    def discard(self, key: tuple[bytes, int]) -> None:
-        self._items.pop(key, None)
-
-    async def get(self) -> tuple[bytes, int]:
-        """The next request to answer; the one taken before it has been answered."""
-        self.sending = False
-        self._answered.set()
-        while not self._items:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        key, _ = self._items.popitem(last=False)
-        self.sending = True
-        return key
-
-    async def drained(self) -> None:
-        """Wait until every queued request has been answered."""
-        while self._items or self.sending:
-            self._answered = trio.Event()
-            await self._answered.wait()
 
 
 @attrs.define(eq=False)
@@ -216,7 +178,7 @@ class ChunkServer:
                 remote = describe_remote(hello.agent, (host, hello.listen_port or port))
                 if handshake.agreement.remote_node is not None:
                     logger.debug("serving %s", describe_remote(hello.agent, (host, hello.listen_port or port), handshake.agreement.remote_node))
-                queue = _RequestQueue()
+                queue = RequestQueue()
                 async with open_nursery() as nursery:
                     nursery.start_soon(self._sender, conn, queue, remote, slot)
                     if await self._reader(conn, queue, slot.claim):
@@ -310,7 +272,7 @@ class ChunkServer:
             raise
         return handshake
 
-    async def _reader(self, conn: Connection, queue: _RequestQueue, claim: Claim) -> bool:
+    async def _reader(self, conn: Connection, queue: RequestQueue, claim: Claim) -> bool:
         """Queue the downloader's requests until it says goodbye (False) or stops sending (True).
 
         A downloader may close its sending side after its last requests: they
@@ -346,13 +308,27 @@ class ChunkServer:
                 await self._send(conn, Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__} on a chunk connection"))
                 return False
 
-    async def _sender(self, conn: Connection, queue: _RequestQueue, remote: str, slot: _Slot) -> None:
+    async def _sender(self, conn: Connection, queue: RequestQueue, remote: str, slot: _Slot) -> None:
         while True:
             slot.sending = slot.claim.asking = False
             if slot.evicted:
                 slot.scope.cancel()  # its slot went to another peer while a chunk was on its way
             file_id, index = await queue.get()
             slot.sending = slot.claim.asking = True
+            # Small chunks: this one and those queued behind it, one read call, one write (paced ones leave one by one).
+            run = collect_run(self.library, (file_id, index), queue, conn.codec) if self.upload_rate is None else None
+            if run is not None:
+                try:
+                    with trio.fail_after(self.idle_timeout):
+                        await send_run(conn, run)
+                except trio.TooSlowError:
+                    raise PeerTimeout(f"chunks took over {self.idle_timeout:g} s to send") from None
+                finally:
+                    run.close()
+                for length in run.lengths:
+                    self.transfers.record_upload(remote, length)
+                slot.claim.sent += run.nbytes
+                continue
             held = self.library.get(file_id)
             if held is None:
                 await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))
