@@ -48,7 +48,7 @@ from peer.sync.apply import Applier
 from peer.sync.fsops import is_temporary
 from peer.sync.index import Index
 from peer.sync.local import LocalSide
-from peer.sync.watch import needs_scan, relative_of
+from peer.sync.watch import examine, holds_any, relative_of
 from peer.tracker_client import open_query_link
 
 __all__ = ["SyncConfig", "SyncFolder", "short_node_of"]
@@ -319,7 +319,8 @@ class SyncFolder:
             # This node's own writes (others' changes taken) are events too: no scan for those (peer/sync/watch.py).
             paths = {path for _change, path in changes}
             await self.applier.settled({relative for path in paths if (relative := relative_of(root, path)) is not None})
-            if await trio.to_thread.run_sync(needs_scan, self.config.root, dict(self.index.stats), paths):
+            changed, gone = await trio.to_thread.run_sync(examine, self.config.root, self.index.stats, paths)
+            if changed or holds_any(self.index.stats, gone):
                 self.wake(scan=True)
 
     async def _rescanner(self) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from common.sync_rules import STATE_FOLDER
 from peer.sync.fsops import Stat, is_temporary
 
-__all__ = ["needs_scan", "relative_of"]
+__all__ = ["examine", "holds_any", "needs_scan", "relative_of"]
 
 
 def relative_of(root: str, path: str) -> str | None:
@@ -36,30 +36,48 @@ def relative_of(root: str, path: str) -> str | None:
 
 
 def needs_scan(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str]) -> bool:
-    """True unless every path (absolute) is as ``stats`` (the index's, by relative path) records it; see the module docstring."""
-    folders: set[str] | None = None
+    """True unless every path (absolute) is as ``stats`` (the index's, by relative path) records it; see the module docstring.
+
+    :func:`examine` and :func:`holds_any` in one call: for a ``stats`` nobody changes meanwhile.
+    """
+    changed, gone = examine(root, stats, paths)
+    return changed or holds_any(stats, gone)
+
+
+def examine(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str]) -> tuple[bool, list[str]]:
+    """Whether a path differs from ``stats``, and the paths gone that ``stats`` holds no file at (folders of it, perhaps).
+
+    It only looks paths up in ``stats``, never iterates it: a worker thread may run it on the index the
+    event loop keeps changing; :func:`holds_any` (on the loop) says whether those gone paths were folders of it.
+    """
+    gone: list[str] = []
     for path in paths:
         relative = relative_of(str(root), path)
         if relative is None:
-            return True
+            return True, gone
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             if relative in stats:
-                return True  # a file the index holds is gone
-            if folders is None:
-                folders = {folder for known in stats for folder in _parents(known)}
-            if relative in folders:
-                return True  # a folder holding files of the index is gone
+                return True, gone  # a file the index holds is gone
+            gone.append(relative)
             continue
         except OSError:
-            return True
+            return True, gone
         if stat_module.S_ISREG(st.st_mode):
             if stats.get(relative) != Stat.of(st):
-                return True
+                return True, gone
         elif not stat_module.S_ISDIR(st.st_mode) or _folder_differs(pathlib.Path(path), relative, stats):
-            return True
-    return False
+            return True, gone
+    return False, gone
+
+
+def holds_any(stats: Mapping[str, Stat], gone: list[str]) -> bool:
+    """Whether any of the paths ``gone`` is a folder holding files of ``stats`` (a folder of the index removed)."""
+    if not gone:
+        return False
+    folders = {folder for known in stats for folder in _parents(known)}
+    return any(relative in folders for relative in gone)
 
 
 def _parents(relative: str) -> Iterable[str]:
