@@ -99,6 +99,8 @@ class Applier:
     #: Paths (and their folders) being written or removed in a batch, not recorded in the index yet: the
     #: watcher waits for them (:meth:`settled`) before it compares its events with the index.
     writing: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Batches started so far: a check of events that overlapped a new one is made again.
+    batches: int = 0
     _written: trio.Event = attrs.field(factory=trio.Event)
 
     async def settled(self, paths: set[str]) -> None:
@@ -109,6 +111,7 @@ class Applier:
     def _start_writing(self, paths: list[str]) -> list[str]:
         marked = [folder for path in paths for folder in _with_folders(path)]
         self.writing.update(marked)
+        self.batches += 1
         return marked
 
     def _done_writing(self, marked: list[str]) -> None:

@@ -318,9 +318,15 @@ class SyncFolder:
                                                step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
             # This node's own writes (others' changes taken) are events too: no scan for those (peer/sync/watch.py).
             paths = {path for _change, path in changes}
-            await self.applier.settled({relative for path in paths if (relative := relative_of(root, path)) is not None})
-            changed, gone = await trio.to_thread.run_sync(examine, self.config.root, self.index.stats, paths)
-            if changed or holds_any(self.index.stats, gone):
+            relatives = {relative for path in paths if (relative := relative_of(root, path)) is not None}
+            for _ in range(3):  # again if a batch of writes started meanwhile (its files are not recorded yet)
+                await self.applier.settled(relatives)
+                batches = self.applier.batches
+                changed, gone = await trio.to_thread.run_sync(examine, self.config.root, self.index.stats, paths)
+                changed = changed or holds_any(self.index.stats, gone)
+                if not changed or batches == self.applier.batches:
+                    break
+            if changed:
                 self.wake(scan=True)
 
     async def _rescanner(self) -> None:
