@@ -145,7 +145,7 @@ class SyncFolder:
         """Keep the folder in step until cancelled."""
         self.wake(scan=True)
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.applier.nursery = nursery
             nursery.start_soon(self._watcher)
             nursery.start_soon(self._rescanner)
             nursery.start_soon(self._listener)
