@@ -1,6 +1,7 @@
 """Folder sync benchmark: two ``chunkswarm sync`` nodes against two Syncthing instances, the same workloads, one run.
 
     python bench/sync.py [--big-mib 1024] [--files 10000] [--only chunkswarm|syncthing]
+                         [--workloads big,small,edits] [--compare-root /work/base]
 
 Workloads, in order, on fresh folders of each system (under /dev/shm: the
 root file system of the project's machines is ext4 without a journal, where
@@ -9,6 +10,11 @@ creating many files soon after deleting many is several times slower):
 * ``big_file``: one file of ``--big-mib`` MiB of random bytes appears in A;
 * ``small_files``: ``--files`` files of 1-20 KB in 100 folders appear in A;
 * ``deletions_and_modifications``: then 1,000 of them are deleted and 100 rewritten on A.
+
+``--workloads`` runs some of them (``edits`` needs the small files: with
+``edits`` alone, ``small`` runs first too). ``--compare-root`` runs another
+checkout's chunkswarm (its own code, this script) as a third system,
+``chunkswarm_base``, on the same workloads in the same run.
 
 Each change is made atomically (written beside A, then renamed in), Syncthing
 is told to scan at once (REST ``/rest/db/scan``), and the time runs from the
@@ -169,19 +175,21 @@ def make_edits(stage: pathlib.Path, a: pathlib.Path, rng: random.Random) -> Call
 class Chunkswarm:
     skip = ".chunkswarm"
     name = "chunkswarm"
+    #: The checkout whose code the nodes run (``--compare-root`` makes a second class with another).
+    root = ROOT
 
     def __init__(self, work: pathlib.Path) -> None:
         self.work = work
         self.a, self.b = work / "a", work / "b"
         self.a.mkdir()
         self.b.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+        env = {**os.environ, "PYTHONPATH": str(self.root), "COLUMNS": "250"}
         self.logs = {label: open(work / f"{label}.log", "w") for label in ("tracker", "a", "b")}  # noqa: SIM115
         port = free_port()
         self.procs = {"tracker": subprocess.Popen(
             [sys.executable, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
              "--max-files-per-publisher", "1000000", "--log-level", "WARNING"],
-            stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env)}  # fmt: skip
+            stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env, cwd=self.root)}  # fmt: skip
         time.sleep(1.0)
         key_b = load_or_create_key(self._state("b") / KEY_FILE).public_key.hex()
         for label, extra in (("a", ["--owner", key_b]), ("b", [])):
@@ -189,7 +197,7 @@ class Chunkswarm:
             self.procs[label] = subprocess.Popen(
                 [sys.executable, *profile, "-m", "chunkswarm", "sync", str(work / label), "--collection", "bench", "--tracker", f"127.0.0.1:{port}",
                  "--state-dir", str(self._state(label)), "--label", label, "--log-level", os.environ.get("SYNC_BENCH_LOG", "INFO"), *extra],
-                stderr=self.logs[label], stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+                stderr=self.logs[label], stdout=subprocess.DEVNULL, env=env, cwd=self.root)  # fmt: skip
             self._wait_log(label, "serving on")
             if label == "a":
                 self._wait_log(label, "published version 1")  # a creates the collection (owned by a and b); then b starts
@@ -293,7 +301,11 @@ class Syncthing:
                 proc.kill()
 
 
-def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big_mib: int, files: int, seed: int) -> dict[str, Any]:
+WORKLOADS = {"big": "big_file", "small": "small_files", "edits": "deletions_and_modifications"}
+
+
+def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big_mib: int, files: int, seed: int,
+               workloads: set[str]) -> dict[str, Any]:  # fmt: skip
     work = base / kind.name
     work.mkdir()
     stage = base / f"stage-{kind.name}"
@@ -308,6 +320,8 @@ def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big
             ("deletions_and_modifications", lambda: make_edits(stage / "edits", system.a, rng), 300),
         ]
         for name, prepare, timeout in steps:
+            if name not in workloads:
+                continue
             change = prepare()
             identical(system.a, system.a, system.skip)  # A's files in the page cache before the clock starts
             before = system.cpu()
@@ -328,16 +342,28 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--only", choices=["chunkswarm", "syncthing"])
+    parser.add_argument("--workloads", default="big,small,edits", help="Which workloads, comma-separated: big, small, edits.")
+    parser.add_argument("--compare-root", type=pathlib.Path, help="Also run the chunkswarm of this checkout (its own code).")
     parser.add_argument("--keep", action="store_true", help="Keep the folders and logs (for a look after a failure).")
     parser.add_argument("--base", type=pathlib.Path, default=pathlib.Path("/dev/shm") if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
+    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not chosen or chosen - set(WORKLOADS):
+        parser.error(f"--workloads: choose among {', '.join(WORKLOADS)}")
+    if "edits" in chosen:
+        chosen.add("small")  # the edits are made to the small files
+    workloads = {WORKLOADS[w] for w in chosen}
+    kinds: list[type[Chunkswarm] | type[Syncthing]] = [Chunkswarm]
+    if args.compare_root is not None:
+        kinds.append(type("ChunkswarmBase", (Chunkswarm,), {"name": "chunkswarm_base", "root": args.compare_root.resolve()}))
+    kinds.append(Syncthing)
     load_before = os.getloadavg()
     out: dict[str, Any] = {"big_mib": args.big_mib, "files": args.files, "load_before": [round(x, 2) for x in load_before]}
     base = pathlib.Path(tempfile.mkdtemp(prefix="syncbench-", dir=args.base))
     try:
-        for kind in (Chunkswarm, Syncthing):
-            if args.only in (None, kind.name):
-                out[kind.name] = run_system(kind, base, args.big_mib, args.files, seed=1)
+        for kind in kinds:
+            if args.only in (None, kind.name.partition("_")[0]):
+                out[kind.name] = run_system(kind, base, args.big_mib, args.files, seed=1, workloads=workloads)
     finally:
         if args.keep:
             print(f"kept {base}", file=sys.stderr)

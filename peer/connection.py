@@ -138,6 +138,11 @@ class Connection:
         async with self._send_lock:
             await self._send_all(data)
 
+    async def send_encoded(self, data: bytes) -> None:
+        """Send frames encoded already (a run of chunks, ``peer/chunk_runs.py``) in one write."""
+        async with self._send_lock:
+            await self._send_all(data)
+
     async def send_file_range(self, prefix: bytes, fd: int, offset: int, count: int) -> None:
         """Send ``prefix`` then ``count`` bytes of the file ``fd`` at ``offset``, as one frame.
 

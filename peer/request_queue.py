@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 import trio
 
@@ -38,6 +39,16 @@ class RequestQueue:
             await self._wakeup.wait()
         key, _ = self._items.popitem(last=False)
         self.sending = True
+        return key
+
+    def take_if(self, wanted: Callable[[tuple[bytes, int]], bool]) -> tuple[bytes, int] | None:
+        """The next request, taken now if ``wanted`` says so (else it stays first in line); None if there is none."""
+        if not self._items:
+            return None
+        key = next(iter(self._items))
+        if not wanted(key):
+            return None
+        del self._items[key]
         return key
 
     async def drained(self) -> None:

@@ -35,6 +35,7 @@ from common.framing import ErrorCode
 from common.handshake import HandshakeState, ServerHandshake
 from common.identity import NodeKey
 from common.messages import CancelChunk, ChunkError, Error, Hello, Message, RequestChunk, Welcome
+from peer.chunk_runs import collect_run, send_run
 from peer.connection import Connection
 from peer.request_queue import RequestQueue
 from peer.secure import CAPABILITIES, Private
@@ -318,6 +319,20 @@ class ChunkServer:
                 slot.scope.cancel()  # its slot went to another peer while a chunk was on its way
             file_id, index = await queue.get()
             slot.sending = slot.claim.asking = True
+            # Small chunks: this one and those queued behind it, one read call, one write (paced ones leave one by one).
+            run = collect_run(self.library, (file_id, index), queue, conn.codec) if self.upload_rate is None else None
+            if run is not None:
+                try:
+                    with trio.fail_after(self.idle_timeout):
+                        await send_run(conn, run)
+                except trio.TooSlowError:
+                    raise PeerTimeout(f"chunks took over {self.idle_timeout:g} s to send") from None
+                finally:
+                    run.close()
+                for length in run.lengths:
+                    self.transfers.record_upload(remote, length)
+                slot.claim.sent += run.nbytes
+                continue
             held = self.library.get(file_id)
             if held is None:
                 await self._send(conn, ChunkError(file_id, index, ErrorCode.NOT_HELD, "file not held"))

@@ -17,6 +17,7 @@ next cycle tries it again; :meth:`Applier.apply` returns how many.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pathlib
@@ -83,6 +84,32 @@ class Applier:
     changed_locally: bool = False
     #: Manifests of the files taken since the tracker was last told this node holds them.
     taken: list[Manifest] = attrs.field(factory=list)
+    #: Where the tracker is told of them, in the background (the engine's): the next cycle need not wait for
+    #: 10,000 ANNOUNCE replies to start on the next version. None: told before :meth:`apply` returns.
+    nursery: trio.Nursery | None = None
+    #: Paths (and their folders) being written or removed in a batch, not recorded in the index yet: the
+    #: watcher waits for them (:meth:`settled`) before it compares its events with the index.
+    writing: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Batches started so far: a check of events that overlapped a new one is made again.
+    batches: int = 0
+    _written: trio.Event = attrs.field(factory=trio.Event)
+
+    async def settled(self, paths: set[str]) -> None:
+        """Return once none of ``paths`` (relative) is being written by a batch."""
+        while any(path in self.writing for path in paths):
+            await self._written.wait()
+
+    def _start_writing(self, paths: list[str]) -> list[str]:
+        marked = [folder for path in paths for folder in _with_folders(path)]
+        self.writing.update(marked)
+        self.batches += 1
+        return marked
+
+    def _done_writing(self, marked: list[str]) -> None:
+        self.writing.subtract(marked)
+        self.writing = +self.writing  # (drops the paths at zero)
+        self._written.set()
+        self._written = trio.Event()
 
     @property
     def root(self) -> pathlib.Path:
@@ -144,7 +171,10 @@ class Applier:
             left += await self._remove(deletions, plan.drop)
         if self.taken:
             taken, self.taken = self.taken, []
-            await self.local.announce_held(taken)
+            if self.nursery is not None:
+                self.nursery.start_soon(self.local.announce_held, taken)
+            else:
+                await self.local.announce_held(taken)
         return left
 
     def _release(self, path: str) -> None:
@@ -170,16 +200,20 @@ class Applier:
         for entry in deletions:
             self._release(entry.path)
         paths = [entry.path for entry in deletions] + list(drops)
-        results = await trio.to_thread.run_sync(remove_batch, self.local.folder, [(path, index.stats.get(path)) for path in paths])
+        marked = self._start_writing(paths)
         left = 0
-        for at, (path, exc) in enumerate(zip(paths, results, strict=True)):
-            if exc is not None:
-                self._note(path, exc)
-                left += 1
-            elif at < len(deletions):
-                index.record(deletions[at], None, dirty=False)
-            else:
-                index.forget(path)
+        try:
+            results = await trio.to_thread.run_sync(remove_batch, self.local.folder, [(path, index.stats.get(path)) for path in paths])
+            for at, (path, exc) in enumerate(zip(paths, results, strict=True)):
+                if exc is not None:
+                    self._note(path, exc)
+                    left += 1
+                elif at < len(deletions):
+                    index.record(deletions[at], None, dirty=False)
+                else:
+                    index.forget(path)
+        finally:
+            self._done_writing(marked)
         return left
 
     def _expected(self, path: str) -> Stat | None:
@@ -229,16 +263,20 @@ class Applier:
                 out.append((result.stat, HeldFile(manifest, self.root / entry.path, result.fd, ChunkSet.full(manifest.chunk_count), signature)))
             return out
 
-        results = await trio.to_thread.run_sync(write_all)
-        for (entry, _data), result in zip(jobs, results, strict=True):
-            if isinstance(result, Exception):
-                self._note(entry.path, result)
-                continue
-            stat, held = result
-            self.local.index.record(entry, stat, dirty=False)
-            if held is not None:
-                self.local.peer.library.add(held)
-                self.taken.append(held.manifest)
+        marked = self._start_writing([entry.path for entry, _data in jobs])
+        try:
+            results = await trio.to_thread.run_sync(write_all)
+            for (entry, _data), result in zip(jobs, results, strict=True):
+                if isinstance(result, Exception):
+                    self._note(entry.path, result)
+                    continue
+                stat, held = result
+                self.local.index.record(entry, stat, dirty=False)
+                if held is not None:
+                    self.local.peer.library.add(held)
+                    self.taken.append(held.manifest)
+        finally:
+            self._done_writing(marked)
 
     async def _copy(self, entry: Entry, source_path: str) -> int:
         index = self.local.index
@@ -290,3 +328,12 @@ class Applier:
             self.local.index.record(first, stat, dirty=False)
             self.local.reopen(first.path, manifest, stat)
             self.taken.append(manifest)
+
+
+def _with_folders(path: str) -> list[str]:
+    """``path`` and each folder it is in (a folder made for a file written is an event of its own)."""
+    out = [path]
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        out.append(path)
+    return out

@@ -29,7 +29,6 @@ import time
 
 import attrs
 import trio
-import watchfiles
 
 from common.capabilities import COLLECTIONS
 from common.collection import CollectionVersion, Entry, check_successor, decode_version, encode_version, sign_version
@@ -45,9 +44,9 @@ from peer.node import Peer
 from peer.storage.fs import atomic_write
 from peer.storage.manifest_cache import ManifestCache
 from peer.sync.apply import Applier
-from peer.sync.fsops import is_temporary
 from peer.sync.index import Index
 from peer.sync.local import LocalSide
+from peer.sync.watch import watch_folder
 from peer.tracker_client import open_query_link
 
 __all__ = ["SyncConfig", "SyncFolder", "short_node_of"]
@@ -137,6 +136,8 @@ class SyncFolder:
         self.current = self.kept
 
     def wake(self, *, scan: bool = False) -> None:
+        if scan:
+            self.local.stale()  # the folder changed: listed again, not taken up where the last scan stopped
         self._scan_due = self._scan_due or scan
         self._wake.set()
 
@@ -145,7 +146,7 @@ class SyncFolder:
         self.wake(scan=True)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.applier.nursery = nursery
                 nursery.start_soon(self._watcher)
                 nursery.start_soon(self._rescanner)
                 nursery.start_soon(self._listener)
@@ -189,8 +190,9 @@ class SyncFolder:
             else:
                 self._scan_step = _FIRST_SCAN_STEP
             if changed:
-                logger.info("%s: %d local change%s (scanned in %.2f s)", self.config.collection, changed, "" if changed == 1 else "s",
-                            trio.current_time() - started)
+                logger.info(
+                    "%s: %d local change%s (scanned in %.2f s)", self.config.collection, changed, "" if changed == 1 else "s", trio.current_time() - started
+                )
         remote = await self._fetch()
         for _ in range(_PUBLISH_TRIES):
             entries = {entry.path: entry for entry in remote.entries} if remote is not None else {}
@@ -307,28 +309,22 @@ class SyncFolder:
             return None
         self.refused = ""
         index.dirty.clear()
-        logger.info("%s: published version %d (%d entries) in %.2f s", self.config.collection, version.sequence, len(listed),
-                    trio.current_time() - started)
+        logger.info("%s: published version %d (%d entries) in %.2f s", self.config.collection, version.sequence, len(listed), trio.current_time() - started)
         return version
 
     def _refuse(self, why: str) -> None:
         if not self.refused:
-            logger.error("%s: cannot publish this node's changes: %s; they are kept here, and published once an owner "
-                         "adds this node (chunkswarm collection allow, or sync --owner)", self.config.collection, why)
+            logger.error(
+                "%s: cannot publish this node's changes: %s; they are kept here, and published once an owner "
+                "adds this node (chunkswarm collection allow, or sync --owner)",
+                self.config.collection,
+                why,
+            )
         self.refused = why
 
     # -- the watchers ------------------------------------------------------------
     async def _watcher(self) -> None:
-        root = str(self.config.root)
-        state = os.path.join(root, STATE_FOLDER)
-
-        def interesting(change: watchfiles.Change, path: str) -> bool:
-            # Called for every event (this node's own writes too, thousands a second): plain string tests.
-            return not (path == state or path.startswith(state + os.sep) or is_temporary(path))
-
-        async for _changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
-                                                step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
-            self.wake(scan=True)
+        await watch_folder(self.config.root, self.config.debounce, self.index, self.applier, lambda: self.wake(scan=True))
 
     async def _rescanner(self) -> None:
         while True:
