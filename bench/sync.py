@@ -1,6 +1,6 @@
 """Folder sync benchmark: two ``chunkswarm sync`` nodes against two Syncthing instances, the same workloads, one run.
 
-    python bench/sync.py [--big-mib 1024] [--files 10000] [--only chunkswarm|syncthing]
+    python bench/sync.py [--big-mib 1024] [--files 10000] [--only chunkswarm|syncthing] [--workloads big,small,edits]
 
 Workloads, in order, on fresh folders of each system (under /dev/shm: the
 root file system of the project's machines is ext4 without a journal, where
@@ -9,6 +9,10 @@ creating many files soon after deleting many is several times slower):
 * ``big_file``: one file of ``--big-mib`` MiB of random bytes appears in A;
 * ``small_files``: ``--files`` files of 1-20 KB in 100 folders appear in A;
 * ``deletions_and_modifications``: then 1,000 of them are deleted and 100 rewritten on A.
+
+``--workloads`` (comma-separated: ``big``, ``small``, ``edits``; default all)
+runs some of them alone; ``edits`` needs the small files, so without
+``small`` they are put in place (and synced, untimed) before it.
 
 Each change is made atomically (written beside A, then renamed in), Syncthing
 is told to scan at once (REST ``/rest/db/scan``), and the time runs from the
@@ -169,13 +173,15 @@ def make_edits(stage: pathlib.Path, a: pathlib.Path, rng: random.Random) -> Call
 class Chunkswarm:
     skip = ".chunkswarm"
     name = "chunkswarm"
+    #: The checkout the nodes run from (``--chunkswarm-root``: another one, for a side-by-side run).
+    root = ROOT
 
     def __init__(self, work: pathlib.Path) -> None:
         self.work = work
         self.a, self.b = work / "a", work / "b"
         self.a.mkdir()
         self.b.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+        env = {**os.environ, "PYTHONPATH": str(self.root), "COLUMNS": "250"}
         self.logs = {label: open(work / f"{label}.log", "w") for label in ("tracker", "a", "b")}  # noqa: SIM115
         port = free_port()
         self.procs = {"tracker": subprocess.Popen(
@@ -293,7 +299,11 @@ class Syncthing:
                 proc.kill()
 
 
-def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big_mib: int, files: int, seed: int) -> dict[str, Any]:
+WORKLOADS = {"big": "big_file", "small": "small_files", "edits": "deletions_and_modifications"}
+
+
+def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big_mib: int, files: int, seed: int,
+               workloads: set[str]) -> dict[str, Any]:  # fmt: skip
     work = base / kind.name
     work.mkdir()
     stage = base / f"stage-{kind.name}"
@@ -307,7 +317,12 @@ def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big
             ("small_files", lambda: make_small(stage, files, rng), 600),
             ("deletions_and_modifications", lambda: make_edits(stage / "edits", system.a, rng), 300),
         ]
+        if "edits" in workloads and "small" not in workloads:
+            steps[1] = ("untimed small_files", steps[1][1], steps[1][2])  # the files the edits work on
+        wanted = {WORKLOADS[w] for w in workloads} | {"untimed small_files"}
         for name, prepare, timeout in steps:
+            if name not in wanted:
+                continue
             change = prepare()
             identical(system.a, system.a, system.skip)  # A's files in the page cache before the clock starts
             before = system.cpu()
@@ -316,6 +331,8 @@ def run_system(kind: type[Chunkswarm] | type[Syncthing], base: pathlib.Path, big
             system.changed()
             seconds = wait_identical(system.a, system.b, system.skip, start, timeout)
             after = system.cpu()
+            if name.startswith("untimed"):
+                continue
             results[name] = {"seconds": round(seconds, 3), "cpu_seconds": {k: round(after[k] - before.get(k, 0), 2) for k in after}}
             print(f"{time.strftime('%H:%M:%S')} {kind.name} {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
     finally:
@@ -328,16 +345,22 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--only", choices=["chunkswarm", "syncthing"])
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="Comma-separated: big, small, edits (default: all).")
+    parser.add_argument("--chunkswarm-root", type=pathlib.Path, default=ROOT, help="Run the chunkswarm nodes from this checkout.")
     parser.add_argument("--keep", action="store_true", help="Keep the folders and logs (for a look after a failure).")
     parser.add_argument("--base", type=pathlib.Path, default=pathlib.Path("/dev/shm") if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
+    Chunkswarm.root = args.chunkswarm_root.resolve()
+    workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not workloads or workloads - set(WORKLOADS):
+        parser.error(f"--workloads: one or more of {', '.join(WORKLOADS)}")
     load_before = os.getloadavg()
-    out: dict[str, Any] = {"big_mib": args.big_mib, "files": args.files, "load_before": [round(x, 2) for x in load_before]}
+    out: dict[str, Any] = {"big_mib": args.big_mib, "files": args.files, "workloads": sorted(workloads), "load_before": [round(x, 2) for x in load_before]}
     base = pathlib.Path(tempfile.mkdtemp(prefix="syncbench-", dir=args.base))
     try:
         for kind in (Chunkswarm, Syncthing):
             if args.only in (None, kind.name):
-                out[kind.name] = run_system(kind, base, args.big_mib, args.files, seed=1)
+                out[kind.name] = run_system(kind, base, args.big_mib, args.files, seed=1, workloads=workloads)
     finally:
         if args.keep:
             print(f"kept {base}", file=sys.stderr)
