@@ -287,10 +287,11 @@ def remove_file(root: pathlib.Path, target: pathlib.Path, expected: Stat | None)
         _prune(root, target.parent)
 
 
-def remove_batch(check: FolderCheck, jobs: list[tuple[str, Stat | None]]) -> list[Exception | None]:
+def remove_batch(check: FolderCheck, jobs: list[tuple[str, Stat | None]], keep: frozenset[pathlib.Path] = frozenset()) -> list[Exception | None]:
     """:func:`remove_file` for each (relative path, expected) in one call; per path None, or why it was kept.
 
-    Folders are checked once each, and those left empty are removed once, at the end, deepest first.
+    Folders are checked once each, and those left empty are removed once, at the end, deepest first,
+    except those in ``keep`` (files are being written into them meanwhile).
     """
     out: list[Exception | None] = []
     emptied: set[pathlib.Path] = set()
@@ -303,7 +304,7 @@ def remove_batch(check: FolderCheck, jobs: list[tuple[str, Stat | None]]) -> lis
             out.append(exc)
             continue
         out.append(None)
-    for parent in sorted(emptied, key=lambda folder: len(folder.parts), reverse=True):
+    for parent in sorted(emptied - keep, key=lambda folder: len(folder.parts), reverse=True):
         _prune(check.root, parent)
     return out
 
