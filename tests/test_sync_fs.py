@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import pathlib
 
+import attrs
 import pytest
 
+from common.collection import Entry
 from common.errors import StorageError, ValidationError
 from peer.sync.fsops import ChangedLocally, FolderCheck, Stat, Written, copy_atomic, remove_batch, remove_file, stat_of, target_path, write_atomic, write_batch
+from peer.sync.index import Index
 from peer.sync.scan import scan_folder
 
 
@@ -169,3 +172,28 @@ def test_a_signed_version_naming_a_path_outside_is_refused(hostile: str) -> None
         decode_version(data)
     with pytest.raises(ValidationError):  # and were it ever taken, no write would be made there
         target_path(pathlib.Path("/nonexistent-root"), hostile)
+
+
+def test_remove_batch_keeps_the_folders_written_into_meanwhile(tmp_path: pathlib.Path) -> None:
+    # An apply removes while it writes: a folder a fetched file is about to land in is not pruned under it.
+    root = tmp_path
+    stats = {path: _write(root / path, b"x") for path in ("d/one.txt", "e/two.txt")}
+    assert remove_batch(FolderCheck(root), [(path, stat) for path, stat in stats.items()], keep=frozenset({root / "d"})) == [None, None]
+    assert sorted(str(path.relative_to(root)) for path in root.rglob("*")) == ["d"]
+
+
+def test_index_tells_the_nodes_own_writes_from_changes(tmp_path: pathlib.Path) -> None:
+    # A file-system event of a path that is on disk as the index recorded it (written or removed by this node) needs no scan.
+    root = tmp_path
+    index = Index()
+    entry = Entry("d/a.txt", 1, bytes(range(32)), 0o644, 0)
+    index.record(entry, _write(root / "d/a.txt", b"a"), dirty=False)
+    index.record(attrs.evolve(entry, path="gone.txt"), None, dirty=False)  # recorded removed, and not on disk
+    assert index.on_disk_as_recorded(root, ["d/a.txt", "gone.txt"])
+    assert not index.on_disk_as_recorded(root, ["d"])  # a folder: files may have come with it
+    _write(root / "new.txt", b"n")
+    assert not index.on_disk_as_recorded(root, ["new.txt"])  # not recorded: someone else's
+    (root / "d/a.txt").write_bytes(b"edited")
+    assert not index.on_disk_as_recorded(root, ["gone.txt", "d/a.txt"])
+    os.unlink(root / "d/a.txt")
+    assert not index.on_disk_as_recorded(root, ["d/a.txt"])  # removed here, not by this node

@@ -64,6 +64,8 @@ _PUBLISH_TRIES = 20
 #: Many new files are published in versions of this many changes at first, twice as many each time up to _LAST_SCAN_STEP.
 _FIRST_SCAN_STEP = 1000
 _LAST_SCAN_STEP = 4000
+#: Up to this many file-system events are checked against the index (this node's own writes need no scan); more are scanned.
+_OWN_EVENTS_CHECKED = 5000
 
 
 def short_node_of(public_key: bytes) -> bytes:
@@ -110,6 +112,8 @@ class SyncFolder:
     #: True while the listener's watch is up: then it tells of every new version.
     _listening: bool = False
     _retry_pending: bool = False
+    #: Set except while an apply is in progress.
+    _applied: trio.Event = attrs.field(factory=trio.Event)
     _retry_delay: float = 0.5
     #: Changed files a scan hashes before this node publishes a version of them (then it scans on).
     _scan_step: int = _FIRST_SCAN_STEP
@@ -117,6 +121,7 @@ class SyncFolder:
     refused: str = ""
 
     def __attrs_post_init__(self) -> None:
+        self._applied.set()
         self.me = short_node_of(self.peer.config.node_key.public_key)
         root = self.config.root
         (root / STATE_FOLDER).mkdir(parents=True, exist_ok=True)
@@ -183,7 +188,11 @@ class SyncFolder:
             for note in plan.conflicts:
                 logger.warning("conflict: %s", note)
             started = trio.current_time()
-            left = await self.applier.apply(plan)
+            self._applied = trio.Event()
+            try:
+                left = await self.applier.apply(plan)
+            finally:
+                self._applied.set()
             logger.debug("applied %d takes, %d drops in %.2f s (%d left)", len(plan.take), len(plan.drop), trio.current_time() - started, left)
             if not left:
                 self._resolved(plan)
@@ -311,8 +320,15 @@ class SyncFolder:
             # Called for every event (this node's own writes too, thousands a second): plain string tests.
             return not (path == state or path.startswith(state + os.sep) or is_temporary(path))
 
-        async for _changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
-                                                step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
+        async for changes in watchfiles.awatch(root, watch_filter=interesting, debounce=int(self.config.debounce * 1000),
+                                               step=10, recursive=True, yield_on_timeout=False):  # fmt: skip
+            await self._applied.wait()  # an apply's writes are recorded when it ends: checked against the index then
+            if not self._scan_due and len(changes) <= _OWN_EVENTS_CHECKED:
+                # This node's own writes and removals (an apply's) are in the index already: a scan of the
+                # whole folder would find nothing. Anything else on disk than the index says asks for one.
+                paths = {os.path.relpath(path, root).replace(os.sep, "/") for _change, path in changes}
+                if await trio.to_thread.run_sync(self.index.on_disk_as_recorded, self.config.root, paths):
+                    continue
             self.wake(scan=True)
 
     async def _rescanner(self) -> None:

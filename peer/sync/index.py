@@ -15,7 +15,10 @@ little behind its folder, and a rescan catches up.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import stat as stat_module
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -75,6 +78,25 @@ class Index:
         self.entries.pop(path, None)
         self.stats.pop(path, None)
         self.dirty.discard(path)
+
+    def on_disk_as_recorded(self, folder: pathlib.Path, paths: Iterable[str]) -> bool:
+        """True if each of ``paths`` is on disk as last recorded (blocking): a regular file of its recorded stat, or none.
+
+        What tells a file-system event of this node's own write or removal from someone's change. A
+        folder, a link or a path unreadable is never "as recorded": it asks for a scan.
+        """
+        for path in paths:
+            try:
+                st = os.lstat(folder / path)
+            except FileNotFoundError:
+                if path in self.stats:
+                    return False
+                continue
+            except OSError:
+                return False
+            if not stat_module.S_ISREG(st.st_mode) or self.stats.get(path) != Stat.of(st):
+                return False
+        return True
 
     def content_paths(self) -> dict[bytes, list[str]]:
         """For each file id held here (as last scanned or written), the paths that have it."""
