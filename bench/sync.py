@@ -173,7 +173,8 @@ def make_edits(stage: pathlib.Path, a: pathlib.Path, rng: random.Random) -> Call
 class Chunkswarm:
     skip = ".chunkswarm"
     name = "chunkswarm"
-    #: The checkout the nodes run from (``--chunkswarm-root``: another one, for a side-by-side run).
+    #: The checkout the nodes run from (``--chunkswarm-root``: another one, for a side-by-side run); also their
+    #: working directory, since ``python -m`` puts it before PYTHONPATH.
     root = ROOT
 
     def __init__(self, work: pathlib.Path) -> None:
@@ -187,7 +188,7 @@ class Chunkswarm:
         self.procs = {"tracker": subprocess.Popen(
             [sys.executable, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
              "--max-files-per-publisher", "1000000", "--log-level", "WARNING"],
-            stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env)}  # fmt: skip
+            stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env, cwd=self.root)}  # fmt: skip
         time.sleep(1.0)
         key_b = load_or_create_key(self._state("b") / KEY_FILE).public_key.hex()
         for label, extra in (("a", ["--owner", key_b]), ("b", [])):
@@ -195,7 +196,7 @@ class Chunkswarm:
             self.procs[label] = subprocess.Popen(
                 [sys.executable, *profile, "-m", "chunkswarm", "sync", str(work / label), "--collection", "bench", "--tracker", f"127.0.0.1:{port}",
                  "--state-dir", str(self._state(label)), "--label", label, "--log-level", os.environ.get("SYNC_BENCH_LOG", "INFO"), *extra],
-                stderr=self.logs[label], stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+                stderr=self.logs[label], stdout=subprocess.DEVNULL, env=env, cwd=self.root)  # fmt: skip
             self._wait_log(label, "serving on")
             if label == "a":
                 self._wait_log(label, "published version 1")  # a creates the collection (owned by a and b); then b starts
