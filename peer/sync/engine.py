@@ -64,8 +64,7 @@ _PUBLISH_TRIES = 20
 #: Many new files are published in versions of this many changes at first, twice as many each time up to _LAST_SCAN_STEP.
 _FIRST_SCAN_STEP = 1000
 _LAST_SCAN_STEP = 4000
-#: Up to this many file-system events are checked against the index (this node's own writes need no scan); more are scanned.
-_OWN_EVENTS_CHECKED = 5000
+_OWN_EVENTS_CHECKED = 5000  # file-system events checked against the index at most (own writes need no scan); more: a scan
 
 
 def short_node_of(public_key: bytes) -> bytes:
