@@ -66,7 +66,8 @@ def setup_logging(level: str = "INFO", log_file: pathlib.Path | None = None) -> 
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+        # Milliseconds: a sync cycle's steps (scan, publish, fetch, apply) are read from these lines.
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
     handlers: list[logging.Handler] = [handler]
     if log_file is not None:
         # In addition to the console, as plain lines whatever the console is: a file is read later, by people and by tools.

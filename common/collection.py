@@ -14,7 +14,7 @@ follows another only as :func:`check_successor` says: a good signature by an
 owner of the previous version, the next sequence, and the previous root as
 parent. The tracker and peers apply the same rule.
 
-Version vectors are tuples of (8-byte short node id, counter) pairs sorted by
+Version vectors (:mod:`common.version_vector`, re-exported here) are tuples of (8-byte short node id, counter) pairs sorted by
 node id: :func:`vv_bump`, :func:`vv_merge`, :func:`vv_compare`.
 
 Pure: no I/O.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import msgpack
@@ -32,6 +32,7 @@ import msgpack
 from common.errors import NotAnOwner, NotASuccessor, ValidationError
 from common.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, verify_signature
 from common.manifest import HASH_SIZE, ZERO_HASH, check_publishable_name, merkle_proof, merkle_root, sha256, verify_proof
+from common.version_vector import SHORT_NODE_SIZE, VersionVector, check_vector, vv_bump, vv_compare, vv_merge
 
 __all__ = [
     "SHORT_NODE_SIZE", "MAX_PATH_BYTES", "MAX_ENTRIES", "MAX_OWNERS", "MAX_VERSION_BYTES", "VersionVector", "Entry",
@@ -39,8 +40,6 @@ __all__ = [
     "entry_proof", "entry_proofs", "verify_entry", "vv_bump", "vv_merge", "vv_compare", "encode_version", "decode_version",
 ]  # fmt: skip
 
-#: A node in a version vector or ``modified_by``: the first 8 bytes of its node id.
-SHORT_NODE_SIZE: Final = 8
 MAX_PATH_BYTES: Final = 4096
 MAX_ENTRIES: Final = 100_000
 MAX_OWNERS: Final = 64
@@ -50,8 +49,6 @@ _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 _ENTRY_TAG: Final = b"chunkswarm-entry\x00"
 _VERSION_TAG: Final = b"chunkswarm-collection-v1\x00"
-
-VersionVector = tuple[tuple[bytes, int], ...]
 
 
 def _integer(value: object, what: str, low: int, high: int) -> int:
@@ -95,21 +92,6 @@ def _check_text_path(path: str) -> str:
     return path
 
 
-def _check_vector(vv: object) -> VersionVector:
-    if type(vv) is not tuple:
-        raise ValidationError(f"a version vector is a tuple, got {type(vv).__name__}")
-    previous = b""
-    for pair in vv:
-        if type(pair) is not tuple or len(pair) != 2:
-            raise ValidationError("a version vector holds (node, counter) pairs")
-        node = _bytes(pair[0], "a version vector's node", SHORT_NODE_SIZE)
-        _integer(pair[1], "a version vector's counter", 1, _INT_MAX)
-        if node <= previous:
-            raise ValidationError("a version vector is sorted by node, each node once")
-        previous = node
-    return vv
-
-
 def _check_entry(entry: Entry) -> None:
     check_path(entry.path)
     _integer(entry.size, "an entry's size", 0, _INT_MAX)
@@ -120,7 +102,7 @@ def _check_entry(entry: Entry) -> None:
         raise ValidationError("an entry's deleted flag is a bool")
     if entry.deleted != (entry.file_id == ZERO_HASH):
         raise ValidationError(f"entry {entry.path[:200]!r}: a deleted entry, and only a deleted one, has the all-zero file id")
-    _check_vector(entry.version)
+    check_vector(entry.version)
     if type(entry.modified_by) is not bytes or len(entry.modified_by) not in (0, SHORT_NODE_SIZE):
         raise ValidationError(f"an entry's modified_by is empty or {SHORT_NODE_SIZE} bytes")
 
@@ -137,6 +119,10 @@ class Entry:
     deleted: bool = False
     version: VersionVector = ()
     modified_by: bytes = b""
+    #: The msgpack of :meth:`to_fields` and the entry's leaf, computed once each: an entry unchanged from
+    #: one version to the next (most of them) is neither packed nor hashed again (:func:`entry_leaf`).
+    _packed: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
+    _leaf: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_entry(self)
@@ -162,10 +148,21 @@ class Entry:
         return cls(path, size, file_id, mode, mtime_ns, deleted, vector, modified_by)  # validated there
 
 
+def _packed(entry: Entry) -> bytes:
+    packed = entry._packed
+    if packed is None:
+        packed = msgpack.packb(entry.to_fields(), use_bin_type=True)
+        object.__setattr__(entry, "_packed", packed)
+    return packed
+
+
 def entry_leaf(entry: Entry) -> bytes:
     """The entry's Merkle leaf: SHA-256 over a domain tag and the msgpack of :meth:`Entry.to_fields`."""
-    packed: bytes = msgpack.packb(entry.to_fields(), use_bin_type=True)
-    return sha256(_ENTRY_TAG + packed)
+    leaf = entry._leaf
+    if leaf is None:
+        leaf = sha256(_ENTRY_TAG + _packed(entry))
+        object.__setattr__(entry, "_leaf", leaf)
+    return leaf
 
 
 def signed_message(name: str, sequence: int, parent: bytes, root: bytes, owners: Sequence[bytes]) -> bytes:
@@ -215,6 +212,9 @@ class CollectionVersion:
     signature: bytes
     leaves: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False)
     root: bytes = attrs.field(init=False, eq=False)
+    #: :func:`encode_version`'s bytes (or those it was decoded from), once: a tracker stores a version and
+    #: sends it to every watcher, a node sends it and keeps it on disk.
+    _encoded: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_version(self)
@@ -236,9 +236,7 @@ class CollectionVersion:
         return None
 
 
-def sign_version(
-    key: NodeKey, name: str, sequence: int, parent: bytes, entries: Iterable[Entry], owners: Sequence[bytes]
-) -> CollectionVersion:
+def sign_version(key: NodeKey, name: str, sequence: int, parent: bytes, entries: Iterable[Entry], owners: Sequence[bytes]) -> CollectionVersion:
     """A version signed by ``key``; the entries are sorted by path here."""
     ordered = tuple(sorted(entries, key=lambda entry: entry.path))
     owners = tuple(owners)
@@ -276,9 +274,7 @@ def check_successor(previous: CollectionVersion | None, new: CollectionVersion) 
     if new.name != previous.name:
         raise NotASuccessor(f"version of {new.name!r} cannot follow a version of {previous.name!r}")
     if new.sequence != previous.sequence + 1 or new.parent != previous.root:
-        raise NotASuccessor(
-            f"collection {new.name!r}: version {new.sequence} does not follow the current version {previous.sequence}"
-        )
+        raise NotASuccessor(f"collection {new.name!r}: version {new.sequence} does not follow the current version {previous.sequence}")
 
 
 # ---------------------------------------------------------------------------
@@ -322,58 +318,46 @@ def verify_entry(entry: Entry, index: int, count: int, proof: Sequence[bytes], r
 
 
 # ---------------------------------------------------------------------------
-# Version vectors
-# ---------------------------------------------------------------------------
-def vv_bump(vv: VersionVector, node: bytes) -> VersionVector:
-    """``vv`` with ``node``'s counter one higher (1 if it had none)."""
-    _bytes(node, "a version vector's node", SHORT_NODE_SIZE)
-    counts = dict(vv)
-    counts[node] = counts.get(node, 0) + 1
-    return tuple(sorted(counts.items()))
-
-
-def vv_merge(a: VersionVector, b: VersionVector) -> VersionVector:
-    """The least vector at or after both: each node's higher counter."""
-    counts = dict(a)
-    for node, counter in b:
-        counts[node] = max(counts.get(node, 0), counter)
-    return tuple(sorted(counts.items()))
-
-
-def vv_compare(a: VersionVector, b: VersionVector) -> Literal["equal", "before", "after", "concurrent"]:
-    """How ``a`` stands to ``b``: equal, before (``b`` saw all of ``a`` and more), after, or concurrent."""
-    left, right = dict(a), dict(b)
-    nodes = left.keys() | right.keys()
-    behind = any(left.get(node, 0) < right.get(node, 0) for node in nodes)
-    ahead = any(left.get(node, 0) > right.get(node, 0) for node in nodes)
-    if behind and ahead:
-        return "concurrent"
-    if behind:
-        return "before"
-    if ahead:
-        return "after"
-    return "equal"
-
-
-# ---------------------------------------------------------------------------
 # Encoding (wire and storage)
 # ---------------------------------------------------------------------------
+def _array_header(count: int) -> bytes:
+    """msgpack's array header for ``count`` items, the smallest form (as ``msgpack.packb`` writes it)."""
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
 def encode_version(version: CollectionVersion) -> bytes:
-    """The version as msgpack: [name, sequence, parent, [entry fields ...], [owners], signer, signature]."""
-    data: bytes = msgpack.packb(
+    """The version as msgpack: [name, sequence, parent, [entry fields ...], [owners], signer, signature].
+
+    Built from each entry's packed fields (packed once per entry, see :class:`Entry`): the same bytes as
+    packing the whole list at once.
+    """
+    if version._encoded is not None:
+        return version._encoded
+
+    def pack(value: Any) -> bytes:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packed
+
+    data = b"".join(
         [
-            version.name,
-            version.sequence,
-            version.parent,
-            [entry.to_fields() for entry in version.entries],
-            list(version.owners),
-            version.signer,
-            version.signature,
-        ],
-        use_bin_type=True,
+            _array_header(7),
+            pack(version.name),
+            pack(version.sequence),
+            pack(version.parent),
+            _array_header(len(version.entries)),
+            *[_packed(entry) for entry in version.entries],
+            pack(list(version.owners)),
+            pack(version.signer),
+            pack(version.signature),
+        ]
     )
     if len(data) > MAX_VERSION_BYTES:
         raise ValidationError(f"collection {version.name!r} encodes to {len(data)} bytes, more than {MAX_VERSION_BYTES}")
+    object.__setattr__(version, "_encoded", data)
     return data
 
 
@@ -381,26 +365,46 @@ def _refuse_ext(code: int, data: bytes) -> object:
     raise ValidationError("a collection version holds no msgpack extension types")
 
 
+def _unpack(data: bytes, *, max_array_len: int) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext, max_array_len=max_array_len)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _decoded_entry(packed: bytes) -> Entry:
+    """The entry whose msgpack is ``packed``, validated once: the next versions list most entries again, byte for byte."""
+    return Entry.from_fields(_unpack(packed, max_array_len=MAX_ENTRIES))
+
+
 def decode_version(data: bytes) -> CollectionVersion:
     """The version ``data`` encodes, every field validated; :class:`ValidationError` for anything else.
 
     The signature is not checked here: :func:`check_successor` does, against the version it follows.
+    Each entry is looked up by its bytes first (:func:`_decoded_entry`): one already seen, in this or an
+    earlier version, is the same validated :class:`Entry` (its leaf hashed already).
     """
     if len(data) > MAX_VERSION_BYTES:
         raise ValidationError(f"an encoded collection version is at most {MAX_VERSION_BYTES} bytes, got {len(data)}")
+    unpacker = msgpack.Unpacker(None, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext, max_array_len=MAX_ENTRIES,
+                                max_buffer_size=max(len(data), 1))  # fmt: skip
+    unpacker.feed(data)
     try:
-        fields = msgpack.unpackb(
-            data, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext, max_array_len=MAX_ENTRIES
-        )
+        if unpacker.read_array_header() != 7:
+            raise ValidationError("an encoded collection version is a list of 7 fields")
+        name, sequence, parent = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        entries = []
+        for _ in range(unpacker.read_array_header()):
+            start = unpacker.tell()
+            unpacker.skip()
+            entries.append(_decoded_entry(data[start : unpacker.tell()]))
+        owners, signer, signature = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        if unpacker.tell() != len(data):
+            raise ValidationError(f"an encoded collection version has {len(data) - unpacker.tell()} bytes after its end")
     except ValidationError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValidationError(f"not an encoded collection version: {exc}") from None
-    if type(fields) is not tuple or len(fields) != 7:
-        raise ValidationError("an encoded collection version is a list of 7 fields")
-    name, sequence, parent, entries, owners, signer, signature = fields
-    if type(entries) is not tuple or type(owners) is not tuple:
+    if type(owners) is not tuple:
         raise ValidationError("a collection version's entries and owners are lists")
-    return CollectionVersion(
-        name, sequence, parent, tuple(Entry.from_fields(item) for item in entries), owners, signer, signature
-    )
+    version = CollectionVersion(name, sequence, parent, tuple(entries), owners, signer, signature)
+    object.__setattr__(version, "_encoded", data)
+    return version

@@ -303,3 +303,40 @@ def test_decode_refuses_each_kind_of_malformation() -> None:
         decode_version(msgpack.packb([*good[:3], too_many, *good[4:]], use_bin_type=True))
     with pytest.raises(ValidationError):
         decode_version(encode_version(first()) + b"\x00")  # trailing bytes
+
+
+@pytest.mark.parametrize("count", [0, 15, 16, 300])
+def test_encoding_is_the_msgpack_of_the_field_list(count: int) -> None:
+    # Built from each entry's packed fields, it must stay byte for byte what packing the whole list gives.
+    version = sign_version(ALICE, "photos", 1, ZERO, [entry(f"f{i:04d}") for i in range(count)], (ALICE.public_key,))
+    expected = msgpack.packb(
+        [version.name, version.sequence, version.parent, [e.to_fields() for e in version.entries], list(version.owners), version.signer,
+         version.signature],
+        use_bin_type=True,
+    )  # fmt: skip
+    assert encode_version(version) == expected
+    assert [entry_leaf(e) for e in version.entries] == [H(b"chunkswarm-entry\x00" + msgpack.packb(e.to_fields(), use_bin_type=True))
+                                                         for e in version.entries]  # fmt: skip
+
+
+def test_entries_listed_again_are_decoded_once() -> None:
+    # The next version lists most entries of the last one byte for byte: the same validated Entry, its leaf hashed already.
+    one = first(entries=(entry("a.txt"), entry("b.txt")))
+    two = sign_version(ALICE, "photos", 2, one.root, (entry("a.txt"), entry("b.txt", b"new")), (ALICE.public_key,))
+    decoded_one, decoded_two = decode_version(encode_version(one)), decode_version(encode_version(two))
+    assert decoded_one.entries[0] is decoded_two.entries[0]
+    assert decoded_one.entries[1] is not decoded_two.entries[1] and decoded_two.entries[1] == two.entries[1]
+    assert decoded_two.root == two.root
+    data = encode_version(two)
+    assert encode_version(decode_version(data)) is data  # what was received is sent on (a tracker to its watchers) as it came
+
+
+def test_decoding_refuses_trailing_bytes_and_a_bad_entry_seen_again() -> None:
+    data = encode_version(first())
+    with pytest.raises(ValidationError):
+        decode_version(data + b"\x00")
+    good = msgpack.unpackb(data, raw=False)
+    bad = [*good[:3], [[*good[3][0][:5], 1, *good[3][0][6:]]], *good[4:]]  # deleted as 1, not False
+    for _ in range(2):  # a refusal is not remembered as an entry
+        with pytest.raises(ValidationError):
+            decode_version(msgpack.packb(bad, use_bin_type=True))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 from common.chunkset import ChunkSet
 from common.errors import IntegrityError, StorageError
 from common.manifest import build_manifest
-from peer.storage.chunk_io import direct_aligned, hash_chunks, read_chunk, verify_and_write
+from peer.storage import manifest_cache
+from peer.storage.chunk_io import direct_aligned, hash_chunks, hash_range, read_chunk, verify_and_write
+from peer.storage.fs import memory_backed
 from peer.storage.library import expand_paths, open_published
 from peer.storage.manifest_cache import ManifestCache
 from peer.storage.part_file import PartFile, place_file
@@ -303,3 +306,36 @@ def test_without_verify_nothing_is_read_back_nor_kept(tmp_path: pathlib.Path) ->
         assert all(len(buffer) == 0 for buffer in released)  # type: ignore[arg-type]  # no chunk's bytes were held
     finally:
         part.close()
+
+
+def test_a_large_file_is_hashed_in_slices_to_the_same_manifest(tmp_path: pathlib.Path, source: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_cache, "PARALLEL_HASH_BYTES", 4 * CHUNK)  # the source (10 chunks and a bit) is "large"
+    done: list[int] = []
+    manifest, _signature, cached = ManifestCache(tmp_path / "state").manifest_for(source, CHUNK, progress=done.append)
+    assert not cached and manifest == build_manifest(source, CHUNK)
+    assert sum(done) == source.stat().st_size and len(done) == manifest.chunk_count
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        assert hash_range(fd, manifest.size, CHUNK, 3, 11) == list(manifest.chunk_hashes[3:11])  # up to the short last chunk
+        with pytest.raises(StorageError):
+            hash_range(fd, manifest.size + CHUNK, CHUNK, 11, 12)  # the file is shorter than said
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK), reason="no writable tmpfs at /dev/shm")
+def test_a_part_file_on_tmpfs_is_not_preallocated(tmp_path: pathlib.Path, source: pathlib.Path) -> None:
+    # posix_fallocate on tmpfs zeroes every page up front (costs more than it saves); on a disk it reserves the blocks.
+    manifest = build_manifest(source, CHUNK)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        fd = os.open(shm, os.O_RDONLY)
+        try:
+            assert memory_backed(fd)
+        finally:
+            os.close(fd)
+        part = PartFile(manifest, pathlib.Path(shm) / "out.bin")
+        part.open()
+        try:
+            assert os.fstat(part.fd).st_size == manifest.size and os.fstat(part.fd).st_blocks == 0  # sparse: nothing reserved
+        finally:
+            part.close()

@@ -155,3 +155,11 @@ def test_a_signed_version_naming_a_path_outside_is_refused(hostile: str) -> None
         decode_version(data)
     with pytest.raises(ValidationError):  # and were it ever taken, no write would be made there
         Folders(Root(pathlib.Path("/nonexistent-root"))).parent(hostile)
+
+
+def test_remove_batch_keeps_the_folders_written_into_meanwhile(tmp_path: pathlib.Path) -> None:
+    # An apply removes while it writes: a folder a fetched file is about to land in is not pruned under it.
+    root = tmp_path
+    stats = {path: _write(root / path, b"x") for path in ("d/one.txt", "e/two.txt")}
+    assert remove_batch(Root(root), [(path, stat) for path, stat in stats.items()], keep=frozenset({"d"})) == [None, None]
+    assert sorted(str(path.relative_to(root)) for path in root.rglob("*")) == ["d"]

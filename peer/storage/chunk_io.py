@@ -19,7 +19,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common.errors import StorageError
 from common.manifest import Manifest
@@ -31,6 +31,7 @@ __all__ = [
     "read_chunk_into",
     "verify_and_write",
     "hash_chunks",
+    "hash_range",
     "open_direct",
     "direct_aligned",
     "advise",
@@ -153,6 +154,24 @@ def hash_chunks(manifest: Manifest, fd: int, indexes: Sequence[int], direct_fd: 
         if got == length and hashlib.sha256(view[:length]).digest() == manifest.chunk_hashes[index]:
             good.append(index)
     return good
+
+
+def hash_range(fd: int, size: int, chunk_size: int, first: int, stop: int, progress: Callable[[int], None] | None = None) -> list[bytes]:
+    """The SHA-256 of chunks ``first`` to ``stop - 1`` of the file of ``size`` bytes open at ``fd`` (blocking).
+
+    One slice of a file hashed by several threads at once (hashlib releases the
+    GIL on large buffers); a file shorter than ``size`` is a :class:`StorageError`.
+    """
+    view = _thread_buffer(chunk_size)
+    hashes = []
+    for index in range(first, stop):
+        offset = index * chunk_size
+        length = min(chunk_size, size - offset)
+        read_chunk_into(fd, offset, view[:length])
+        hashes.append(hashlib.sha256(view[:length]).digest())
+        if progress is not None:
+            progress(length)
+    return hashes
 
 
 #: ``posix_fadvise`` is POSIX but absent on macOS and Windows: there the page cache is left alone.

@@ -6,13 +6,16 @@ here, once (:func:`storage_error`), with the reason a user can act on.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import pathlib
+import sys
 
 from common.errors import StorageError
 
-__all__ = ["storage_error", "atomic_write", "close_fd", "file_signature"]
+__all__ = ["storage_error", "atomic_write", "close_fd", "file_signature", "memory_backed"]
 
 
 def storage_error(action: str, path: os.PathLike[str] | str, exc: OSError) -> StorageError:
@@ -54,3 +57,34 @@ def file_signature(path: pathlib.Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+#: ``statfs`` magic numbers of the file systems whose blocks are memory (linux/magic.h): TMPFS_MAGIC, RAMFS_MAGIC.
+_MEMORY_FS = {0x01021994, 0x858458F6}
+
+
+def memory_backed(fd: int) -> bool:
+    """True if ``fd``'s file lives on tmpfs or ramfs (Linux; False where that cannot be told).
+
+    There ``posix_fallocate`` reserves nothing worth having: it zeroes every
+    page of the file up front, which costs more than the writes it precedes.
+    """
+    if sys.platform != "linux":
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    # struct statfs begins with f_type, a native long (__fsword_t); 256 bytes covers the whole struct.
+    buffer = ctypes.create_string_buffer(256)
+    if libc.fstatfs(fd, buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in _MEMORY_FS
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library's symbols, loaded in the process already (``dlopen(NULL)``)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None

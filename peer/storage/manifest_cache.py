@@ -6,17 +6,57 @@ import hashlib
 import logging
 import os
 import pathlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import msgpack
 
 from common.errors import IntegrityError, StorageError, ValidationError
-from common.manifest import Manifest, ProgressCallback, build_manifest, chunk_size_for, hash_fd
+from common.manifest import MAX_CHUNKS, Manifest, ProgressCallback, build_manifest, chunk_count_for, chunk_size_for, hash_fd
+from peer.storage.chunk_io import hash_range
 from peer.storage.fs import atomic_write, file_signature, storage_error
 
-__all__ = ["ManifestCache"]
+__all__ = ["ManifestCache", "PARALLEL_HASH_BYTES"]
 
 logger = logging.getLogger(__name__)
+
+#: Files from this size on are hashed by two threads at once, each over half of the chunks
+#: (hashlib releases the GIL): a 1 GiB file on tmpfs took 1.2-1.5 s in one thread, 0.54-0.85 s in two.
+PARALLEL_HASH_BYTES = 32 * 1024 * 1024
+_HASH_THREADS = 2
+
+
+def _hash_in_parallel(path: pathlib.Path, size: int, chunk_size: int, progress: ProgressCallback | None) -> Manifest:
+    """The manifest of the ``size`` bytes of ``path``, its chunk range split between threads (blocking)."""
+    count = chunk_count_for(size, chunk_size)
+    if count > MAX_CHUNKS:
+        raise ValidationError(f"{path.name!r} needs {count} chunks of {chunk_size} bytes; the limit is {MAX_CHUNKS}: use a larger chunk size")
+    if progress is not None:
+        lock = threading.Lock()
+        unlocked = progress
+
+        def progress(nbytes: int) -> None:  # the callback is called from one thread at a time, as from build_manifest
+            with lock:
+                unlocked(nbytes)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hashes = _hash_open_in_parallel(fd, size, chunk_size, count, progress)
+    finally:
+        os.close(fd)
+    return Manifest.from_hashes(path.name, size, chunk_size, hashes)
+
+
+def _hash_open_in_parallel(fd: int, size: int, chunk_size: int, count: int, progress: ProgressCallback | None = None) -> list[bytes]:
+    """The ``count`` chunk hashes of the ``size`` bytes open at ``fd``, the range split between threads (blocking)."""
+    bounds = [count * part // _HASH_THREADS for part in range(_HASH_THREADS + 1)]
+    with ThreadPoolExecutor(_HASH_THREADS - 1, thread_name_prefix="hash") as pool:
+        others = [pool.submit(hash_range, fd, size, chunk_size, bounds[i], bounds[i + 1], progress) for i in range(1, _HASH_THREADS)]
+        hashes = hash_range(fd, size, chunk_size, bounds[0], bounds[1], progress)
+        for other in others:
+            hashes += other.result()
+    return hashes
 
 
 @attrs.define(eq=False)
@@ -69,7 +109,10 @@ class ManifestCache:
         if cached is not None:
             return cached, signature, True
         try:
-            manifest = build_manifest(path, chunk_size, progress=progress)
+            if signature[0] >= PARALLEL_HASH_BYTES:
+                manifest = _hash_in_parallel(path, signature[0], chunk_size, progress)
+            else:
+                manifest = build_manifest(path, chunk_size, progress=progress)
         except OSError as exc:
             raise storage_error("read", path, exc) from None
         after = file_signature(path)
@@ -89,7 +132,10 @@ class ManifestCache:
         if cached is not None:
             return cached, signature, True
         try:
-            size, hashes = hash_fd(fd, chunk_size)
+            if signature[0] >= PARALLEL_HASH_BYTES and (count := chunk_count_for(signature[0], chunk_size)) <= MAX_CHUNKS:
+                size, hashes = signature[0], _hash_open_in_parallel(fd, signature[0], chunk_size, count)
+            else:
+                size, hashes = hash_fd(fd, chunk_size)
         except OSError as exc:
             raise storage_error("read", path, exc) from None
         after = os.fstat(fd)

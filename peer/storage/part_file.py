@@ -21,7 +21,7 @@ from common.chunkset import ChunkSet
 from common.errors import StorageError, ValidationError
 from common.manifest import Manifest
 from peer.storage.chunk_io import advise, hash_chunks, open_direct
-from peer.storage.fs import atomic_write, close_fd, storage_error
+from peer.storage.fs import atomic_write, close_fd, memory_backed, storage_error
 
 __all__ = ["PartFile", "same_content", "place_file", "PART_SUFFIX", "STATE_SUFFIX"]
 
@@ -85,8 +85,9 @@ class PartFile:
                 raise OSError(errno.ENOSPC, f"disk full: {needed} bytes needed, {free} free")
             if size != self.manifest.size:
                 os.ftruncate(self.fd, self.manifest.size)
-            if hasattr(os, "posix_fallocate") and self.manifest.size:
-                # Reserve the blocks (and measured faster writes than into a sparse file).
+            if hasattr(os, "posix_fallocate") and self.manifest.size and not memory_backed(self.fd):
+                # Reserve the blocks (and measured faster writes than into a sparse file); not on
+                # tmpfs, where it zeroes every page first, which costs more than it saves.
                 try:
                     os.posix_fallocate(self.fd, 0, self.manifest.size)
                 except OSError as exc:

@@ -1,10 +1,10 @@
 """Others' changes into this node's folder: a :class:`~common.sync_merge.Plan` carried out, every write atomic and checked.
 
 In this order: conflict losers set aside (renamed to their conflict copy);
-tombstones (the file removed if it is still what the index recorded); files
-whose content is here already (a rename, a copy, a conflict copy: copied
-locally, nothing downloaded); small files fetched in bulk
-(``peer/sync/fetch.py``); larger files downloaded by the
+files whose content is here already (a rename, a copy, a conflict copy: copied
+locally, nothing downloaded); then, at once, tombstones (the file removed if it
+is still what the index recorded), small files fetched in bulk
+(``peer/sync/fetch.py``) and larger files downloaded by the
 :class:`~peer.download.Downloader` into ``.chunkswarm/staging`` and renamed into
 place. Every write goes through ``peer/sync/fsops.py``: a path that leads
 outside the folder is refused, and a file changed here since the last scan is
@@ -153,22 +153,26 @@ class Applier:
                 small[file_id] = (first.size, first.modified_by)
             else:
                 large.append(first)
-        if small:
-            failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
-            left += sum(len(by_content[file_id]) for file_id in failed)
-        if large:
-            limiter = trio.Semaphore(_PARALLEL_DOWNLOADS)
-            results: list[int] = []
-            async with open_nursery() as nursery:
+        results: list[int] = []
+        async with open_nursery() as nursery:
+            if deletions or plan.drop:
+                # Removed while the rest is fetched (nothing fetched is read from a path removed: copies are
+                # done), in a worker thread of its own; a folder files are written into is not pruned meanwhile.
+                writing = frozenset(entry.path.rpartition("/")[0] for entries in by_content.values() for entry in entries)
+                nursery.start_soon(self._remove, deletions, plan.drop, writing, results)
+            if large:
+                limiter = trio.Semaphore(_PARALLEL_DOWNLOADS)
                 for entry in large:
                     nursery.start_soon(self._download, entry, by_content[entry.file_id], limiter, results)
-            left += sum(results)
+            if small:
+                failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
+                left += sum(len(by_content[file_id]) for file_id in failed)
+        left += sum(results)
+        if large:
             here = index.content_paths()
             for entry in large:
                 for other in by_content[entry.file_id][1:]:
                     left += await self._copy(other, here[entry.file_id][0]) if entry.file_id in here else 1
-        if deletions or plan.drop:
-            left += await self._remove(deletions, plan.drop)
         if self.taken:
             taken, self.taken = self.taken, []
             if self.nursery is not None:
@@ -194,8 +198,8 @@ class Applier:
         else:
             logger.warning("%s: not synced: %s", path, exc)
 
-    async def _remove(self, deletions: list[Entry], drops: tuple[str, ...]) -> int:
-        """Tombstones taken and paths dropped, in one worker-thread call; how many were kept (changed here, or refused)."""
+    async def _remove(self, deletions: list[Entry], drops: tuple[str, ...], keep: frozenset[str], left_out: list[int]) -> None:
+        """Tombstones taken and paths dropped, in one worker-thread call; adds to ``left_out`` how many were kept (changed here, or refused)."""
         index = self.local.index
         for entry in deletions:
             self._release(entry.path)
@@ -203,7 +207,7 @@ class Applier:
         marked = self._start_writing(paths)
         left = 0
         try:
-            results = await trio.to_thread.run_sync(remove_batch, self.local.folder, [(path, index.stats.get(path)) for path in paths])
+            results = await trio.to_thread.run_sync(remove_batch, self.local.folder, [(path, index.stats.get(path)) for path in paths], keep)
             for at, (path, exc) in enumerate(zip(paths, results, strict=True)):
                 if exc is not None:
                     self._note(path, exc)
@@ -214,7 +218,7 @@ class Applier:
                     index.forget(path)
         finally:
             self._done_writing(marked)
-        return left
+        left_out.append(left)
 
     def _expected(self, path: str) -> Stat | None:
         entry = self.local.index.entries.get(path)

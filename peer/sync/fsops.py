@@ -295,10 +295,11 @@ def remove_file(root: Root, relative: str, expected: Stat | None) -> None:
         raise result
 
 
-def remove_batch(root: Root, jobs: list[tuple[str, Stat | None]]) -> list[Exception | None]:
+def remove_batch(root: Root, jobs: list[tuple[str, Stat | None]], keep: frozenset[str] = frozenset()) -> list[Exception | None]:
     """:func:`remove_file` for each (relative path, expected) in one call; per path None, or why it was kept.
 
-    Folders are opened once each, and those left empty are removed once, at the end, deepest first.
+    Folders are opened once each, and those left empty are removed once, at the end, deepest first,
+    except those in ``keep`` (relative paths: files are being written into them meanwhile).
     """
     out: list[Exception | None] = []
     emptied: set[str] = set()
@@ -311,7 +312,7 @@ def remove_batch(root: Root, jobs: list[tuple[str, Stat | None]]) -> list[Except
                 out.append(exc)
                 continue
             out.append(None)
-        for folder in sorted(emptied, key=lambda folder: folder.count("/"), reverse=True):
+        for folder in sorted(emptied - keep, key=lambda folder: folder.count("/"), reverse=True):
             _prune(folders, folder)
     return out
 
