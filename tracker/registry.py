@@ -41,6 +41,7 @@ from common.chunkset import Ranges
 from common.errors import TrackerError
 from common.framing import ErrorCode
 from common.manifest import Manifest
+from tracker.holders import holder_window
 from tracker.index import CatalogueIndex
 from tracker.limits import AddressBook, distinct_window
 from tracker.records import FileRecord, FileSummary, Peer, Replica, bits_mask, check_manifest, chunk_mask, conflict_message
@@ -337,28 +338,7 @@ class Registry:
         if self.addresses.crowded and others:
             # Some address is claimed by several peer ids: hand each address out once.
             return record, distinct_window(record.holders, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
-        if others <= limit:
-            # All of them, rotated from a random start: every downloader sees its own
-            # first holders, so a swarm of a few dozen does not all pick the same few
-            # (issue 16: half the downloaders never uploaded). One random number, as below.
-            start = self.rng.randrange(count) if count else 0
-            return record, [i for i in itertools.chain(range(start, count), range(start)) if i != mine]
-        # A window of consecutive slots from a random start, as opentracker answers: the
-        # slots are a random permutation of the holders (_link puts each newcomer at a
-        # random slot), so every other holder is equally likely to be in the answer, and
-        # choosing costs one random number instead of ``limit`` (a sample was the
-        # largest part of a WHO_HAS). One slot more is taken in case the asker is in it.
-        start = self.rng.randrange(count)
-        stop = start + limit + (mine >= 0)
-        if stop <= count and not start < mine < stop - 1:  # one run of slots (WHO_HAS: one slice)
-            return record, range(start + (mine == start), stop - (mine >= 0 and mine != start))
-        window = [*range(start, min(stop, count)), *range(max(0, stop - count))]
-        if mine >= 0:
-            if mine in window:
-                window.remove(mine)
-            else:
-                window.pop()
-        return record, window
+        return record, holder_window(count, limit, mine, self.rng)
 
     def _link(self, peer: Peer, record: FileRecord, mask: int) -> int:
         # Returns its slot, a random one (its occupant moves to the end): the holder list
