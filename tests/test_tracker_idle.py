@@ -17,20 +17,23 @@ from typing import Final
 
 import pytest
 import trio
+import trio.testing
 
 from common.codec import encode_message
-from common.messages import Hello, Register
+from common.messages import GetManifest, Hello, Publish, Published, Register
+from tests.tracker_client_helper import make_manifest, open_client
 from tracker.config import TrackerConfig
 from tracker.service import RunningTracker, serve_tracker
 
 CONNECTIONS: Final = 300
-#: ~5.7 KB measured: the task's frames (5 coroutines: trio's handler, serve_socket,
-#: serve_connection, HubConnection.run and trio's wait), the task and its idle scope
-#: (~1.3 KB), trio's socket stream (~0.6 KB), the connection and its codec, the
-#: HELLO it keeps, the peer registered (~0.5 KB). Was ~6.6 KB: a read's frame and
-#: the hub's under the wait, the closure cancelling it, the last bytes read and the
+#: ~4.8 KB measured: the task's frames (5 coroutines: trio's handler, serve_socket,
+#: serve_connection, HubConnection.run and trio's wait) and the task (~2 KB), trio's
+#: socket stream (~0.6 KB), the connection and its codec, the HELLO it keeps, the
+#: peer registered (~0.5 KB). Was ~6.6 KB: a read's frame and the hub's under the
+#: wait, the closure cancelling it, an idle cancel scope (~0.8 KB with its status
+#: and sets; the hub times parked tasks out instead), the last bytes read and the
 #: formatted address, kept by every idle connection.
-BYTES_PER_IDLE_CONNECTION: Final = 6_000
+BYTES_PER_IDLE_CONNECTION: Final = 5_500
 
 
 async def _settle(running: RunningTracker, clients: list[socket.socket]) -> None:
@@ -50,8 +53,11 @@ async def _settle(running: RunningTracker, clients: list[socket.socket]) -> None
     await trio.testing.wait_all_tasks_blocked()
 
 
-@pytest.mark.skipif(not hasattr(select, "epoll"), reason="the fast path needs epoll (Linux)")
-async def test_an_idle_registered_connection_costs_under_6_kb(nursery: trio.Nursery) -> None:
+needs_epoll = pytest.mark.skipif(not hasattr(select, "epoll"), reason="the fast path needs epoll (Linux)")
+
+
+@needs_epoll
+async def test_an_idle_registered_connection_costs_under_5_5_kb(nursery: trio.Nursery) -> None:
     caps = CONNECTIONS + 16
     config = TrackerConfig(port=0, io="epoll", max_connections=caps, max_connections_per_ip=caps, max_peers_per_ip=caps)
     running: RunningTracker = await nursery.start(serve_tracker, config)
@@ -78,3 +84,29 @@ async def test_an_idle_registered_connection_costs_under_6_kb(nursery: trio.Nurs
     finally:
         for client in clients:
             client.close()
+
+
+@needs_epoll
+async def test_a_client_that_never_reads_its_replies_is_dropped_at_the_idle_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The hub's connections have no idle scope: a send the client does not take is bounded on its own.
+    autojump_clock.autojump_threshold = 0.5  # real seconds with every task blocked: not while a socket delivers
+    config = TrackerConfig(port=0, io="epoll", idle_timeout=60.0)
+    running: RunningTracker = await nursery.start(serve_tracker, config)
+    publisher = await open_client(running.host, running.port)
+    await publisher.register()
+    manifest = make_manifest("large.iso", chunks=1 << 17)  # a 4 MiB frame
+    assert await publisher.request(Publish(manifest)) == Published(manifest.file_id)
+    await publisher.aclose()
+    reader = socket.create_connection((running.host, running.port))
+    reader.sendall(encode_message(Hello(bytes(20), 0)) + encode_message(GetManifest(manifest.file_id)) * 8)  # and reads nothing
+    try:
+        with trio.fail_after(3 * config.idle_timeout):
+            while running.service.unsent == 0:  # its replies have filled the socket
+                await trio.sleep(0.01)
+            while running.stats()["connections"]:
+                await trio.sleep(config.idle_timeout / 8)
+        assert running.service.unsent == 0
+    finally:
+        reader.close()

@@ -191,8 +191,10 @@ class Connection:
     _held: Message | LargeFrame | None = attrs.field(init=False, default=None)
     #: Whether a request was answered since the idle deadline last moved.
     _answered: bool = attrs.field(init=False, default=False)
-    #: The scope whose deadline is the idle timeout, moved on as requests are answered.
-    _idle_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    #: When the connection times out unless it completes a request: moved on as requests are answered.
+    idle_deadline: float = attrs.field(init=False, default=0.0)
+    #: The scope that enforces it on the generic path (:meth:`run`); the hub's connections have none.
+    _idle_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # A large frame (a PUBLISH of a big manifest: up to ~0.7 s to decode) comes out
@@ -205,14 +207,15 @@ class Connection:
         codec = self.codec
         # One scope for the connection's life whose deadline moves on with every
         # answered request: cheaper than a fresh scope around every read.
-        self._idle_scope.deadline = trio.current_time() + idle
+        self.idle_deadline = trio.current_time() + idle
+        self._idle_scope = scope = trio.CancelScope(deadline=self.idle_deadline)
         # The loop is here, not in a coroutine of its own: each coroutine waiting is
         # a frame that every idle connection keeps (issue 16). So is every local:
         # the bytes read go to the codec without one.
-        with self._idle_scope:
+        with scope:
             while not await self._answer_all():
                 codec.receive_data(await self._receive())
-        if self._idle_scope.cancelled_caught:
+        if scope.cancelled_caught:
             raise PeerTimeout(f"no request for {idle:g}s")
 
     async def _answer_all(self) -> bool:
@@ -350,8 +353,10 @@ class Connection:
             self._answered = False
             idle = self.service.config.idle_timeout
             deadline = trio.current_time() + idle
-            if deadline - self._idle_scope.deadline > idle / 16:
-                self._idle_scope.deadline = deadline
+            if deadline - self.idle_deadline > idle / 16:
+                self.idle_deadline = deadline
+                if self._idle_scope is not None:
+                    self._idle_scope.deadline = deadline
 
     def _account(self) -> None:
         """Keep the service's total of buffered input; refuse a large frame that would pass ``max_buffered``.
