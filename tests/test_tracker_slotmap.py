@@ -34,8 +34,11 @@ def test_missing_keys_and_values_that_do_not_fit() -> None:
         del slots[2]
     with pytest.raises(OverflowError):
         slots[5] = 2**32
-    with pytest.raises(OverflowError):  # a key would spill past 64 bits: refused, not mixed with another
+    with pytest.raises(OverflowError):
+        slots[1] = -1
+    with pytest.raises(OverflowError):  # refused, not mixed with another key
         slots[2**32] = 1
+    assert list(slots.items()) == [(3, 2**32 - 1)]  # as it was
     for key, _ in slots.items():  # over a copy: changing the map meanwhile is safe
         del slots[key]
     assert len(slots) == 0 and slots.get(3) is None
