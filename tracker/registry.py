@@ -22,7 +22,7 @@ peers x 100 files answers tens of thousands of requests a second:
   token, so releasing it when the connection closes is one look-up;
 * no object per replica (issue 16): a file keeps its holders and their chunks (in wire
   form, complete ones sharing one object) in two lists, slot for slot, and each peer
-  the slot of each file it holds in a sorted array (``tracker/slotmap.py``, 8 bytes an
+  the slot of each file it holds in two arrays, keys sorted (``tracker/slotmap.py``, 8 bytes an
   entry where a dict took 46): ~33 bytes a replica, plus its bitfield when partial.
   A WHO_HAS joins a slice of the file's heads and bits, interleaved, encoding nothing;
 * a look-up is O(log files + matches) (``tracker/index.py``); peers are counted per

@@ -1,4 +1,4 @@
-"""A peer's slots in the files it holds, as two sorted arrays of machine words rather than a dict (issue 16).
+"""A peer's slots in the files it holds, as two arrays of machine words (keys sorted) rather than a dict (issue 16).
 
 A tracker keeps, for every peer, the slot it has in the holder list of each
 file it holds (``tracker.registry``): with 100 files a peer, a dict of file
