@@ -26,11 +26,12 @@ from tracker.registry import Registry
 PEERS: Final = 100
 FILES: Final = 100
 CHUNKS: Final = 1000
-#: The registry's share of an idle peer: ~15.9 KB measured (100 complete files
-#: share their file's bits; 50 partial bitfields of 125 bytes are 8 KB of it), was
-#: 47.7 KB (a Replica, a ChunkSet, a mask, a slot int and a cached wire entry each).
-#: Its connection (trio task, socket, codec) takes ~4 KB more.
-REGISTRY_BYTES_PER_PEER: Final = 16_500
+#: The registry's share of an idle peer: ~12.1 KB measured (100 complete files
+#: share their file's bits; 50 partial bitfields of 125 bytes are 8 KB of it, the
+#: files' holder lists 2.6 KB, its slots 0.9 KB), was 15.9 KB with a dict of slots
+#: per peer (4.6 KB), and 47.7 KB before that (a Replica, a ChunkSet, a mask, a
+#: slot int and a cached wire entry each). Its connection: test_tracker_idle.py.
+REGISTRY_BYTES_PER_PEER: Final = 12_500
 
 
 def _manifests() -> list[Manifest]:
@@ -61,7 +62,7 @@ def _ask_for_everything(registry: Registry, manifests: list[Manifest]) -> None:
             who_has(connection, WhoHas(manifest.file_id, 50))
 
 
-def test_an_idle_peer_holding_100_files_costs_the_registry_under_16_5_kb() -> None:
+def test_an_idle_peer_holding_100_files_costs_the_registry_under_12_5_kb() -> None:
     rng = random.Random(1)
     manifests = _manifests()
     registry = Registry(peer_timeout=90.0, clock=lambda: 0.0, rng=rng)

@@ -268,12 +268,11 @@ def test_holders_join_at_random_slots(registry: Registry) -> None:
 
 def _consistent(record: FileRecord) -> bool:
     """Every holder's slot names it, and the counts match the bits."""
-    file_id = record.manifest.file_id
     heads, bits = record.parts[::2], record.parts[1::2]
     complete = sum(b is record.full_bits for b in bits)
     return (
         len(record.holders) == len(heads) == len(bits)
-        and all(peer.slots[file_id] == slot and heads[slot] is peer.head for slot, peer in enumerate(record.holders))
+        and all(peer.slots[record.seq] == slot and heads[slot] is peer.head for slot, peer in enumerate(record.holders))
         and complete == record.complete_copies
         and all(b is record.full_bits or 0 < bits_mask(b) < record.full_mask for b in bits)  # every full one shared
     )
@@ -317,7 +316,7 @@ def test_withdrawing_part_then_all_of_a_replica(registry: Registry, clock: FakeC
     assert registry.withdraw(a, manifest.file_id, ((0, 10),)) is None  # nothing left: the replica goes
     assert _counts(registry) == (1, 0, 1, 4)
     assert [r.peer.peer_id for r in registry.holders(manifest.file_id, limit=50)[1]] == [B]
-    assert a.slots == {} and registry.get_peer(A) is a  # still registered, holding nothing
+    assert len(a.slots) == 0 and registry.get_peer(A) is a  # still registered, holding nothing
     assert registry.withdraw(a, manifest.file_id, ((0, 1),)) is None  # withdrawing again is harmless
     registry.announce(a, manifest.file_id, ((3, 4),))  # and it may hold chunks again later
     assert _counts(registry) == (2, 0, 2, 5)

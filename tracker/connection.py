@@ -91,11 +91,11 @@ async def serve_connection(
 ) -> None:
     """Serve one connection of ``kind`` from ``remote`` until it closes, misbehaves or idles; always closes ``stream``."""
     host, port = observed_host(remote[0]), remote[1]
-    where = format_address(host, port)
+    # The address is formatted for a log line only: kept for the connection's life, its text was 128 bytes per idle connection.
     network = ip_group(host)
     full = _full(service, network)
     if full:
-        log.warning("refusing %s: %s", where, full)
+        log.warning("refusing %s: %s", format_address(host, port), full)
         try:
             await _farewell(stream, Error(ErrorCode.TOO_MANY_CONNECTIONS, f"{full}; retry later"))
         finally:
@@ -110,18 +110,18 @@ async def serve_connection(
         finally:
             connection.release()  # at once, before any farewell: on every path, in this task
     except RemoteProtocolError as exc:
-        log.warning("closing %s: %s", where, exc.reason)
+        log.warning("closing %s: %s", format_address(host, port), exc.reason)
         code = exc.error_code if exc.error_code is not None else ErrorCode.BAD_REQUEST
         await _farewell(stream, Error(code, exc.reason[:1024]), connection.pending)
     except PeerTimeout:
-        log.debug("closing %s: idle for %gs", where, service.config.idle_timeout)
+        log.debug("closing %s: idle for %gs", format_address(host, port), service.config.idle_timeout)
         await _farewell(stream, Error(ErrorCode.TIMEOUT, f"idle for {service.config.idle_timeout:g}s"))
     except ConnectionClosed:
-        log.debug("%s went away", where)
+        log.debug("%s went away", format_address(host, port))
     except Exception:
         # A bug on our side: log it whole (an ExceptionGroup with every member and
         # its traceback), drop this connection, keep serving the rest.
-        log.exception("internal error on the connection from %s", where)
+        log.exception("internal error on the connection from %s", format_address(host, port))
         await _farewell(stream, Error(ErrorCode.INTERNAL, "internal tracker error"))
     finally:
         service.connections -= 1
@@ -153,7 +153,7 @@ async def _farewell(stream: trio.abc.Stream, error: Error, pending: list[Buffer]
 class Connection:
     """One client's connection over a generic stream; :meth:`run` serves it until it ends.
 
-    Subclasses replace the I/O (:meth:`_receive`, :meth:`_send`) and nothing else.
+    Subclasses replace the I/O (:meth:`run`'s wait for input, :meth:`_receive`, :meth:`_send`) and nothing else.
     """
 
     service: TrackerService
@@ -191,8 +191,10 @@ class Connection:
     _held: Message | LargeFrame | None = attrs.field(init=False, default=None)
     #: Whether a request was answered since the idle deadline last moved.
     _answered: bool = attrs.field(init=False, default=False)
-    #: The scope whose deadline is the idle timeout, moved on as requests are answered.
-    _idle_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    #: When the connection times out unless it completes a request: moved on as requests are answered.
+    idle_deadline: float = attrs.field(init=False, default=0.0)
+    #: The scope that enforces it on the generic path (:meth:`run`); the hub's connections have none.
+    _idle_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # A large frame (a PUBLISH of a big manifest: up to ~0.7 s to decode) comes out
@@ -205,27 +207,16 @@ class Connection:
         codec = self.codec
         # One scope for the connection's life whose deadline moves on with every
         # answered request: cheaper than a fresh scope around every read.
-        self._idle_scope.deadline = trio.current_time() + idle
-        # The loop is here, not in a coroutine of its own, and a subclass hooks in
-        # through _opened/_closed rather than wrapping run: each coroutine waiting
-        # is a frame that every idle connection keeps (issue 16).
-        self._opened()
-        try:
-            with self._idle_scope:
-                while not await self._answer_all():
-                    data = await self._receive()
-                    if data is not None:  # None: the hub's fast path has fed the codec
-                        codec.receive_data(data)
-        finally:
-            self._closed()
-        if self._idle_scope.cancelled_caught:
+        self.idle_deadline = trio.current_time() + idle
+        self._idle_scope = scope = trio.CancelScope(deadline=self.idle_deadline)
+        # The loop is here, not in a coroutine of its own: each coroutine waiting is
+        # a frame that every idle connection keeps (issue 16). So is every local:
+        # the bytes read go to the codec without one.
+        with scope:
+            while not await self._answer_all():
+                codec.receive_data(await self._receive())
+        if scope.cancelled_caught:
             raise PeerTimeout(f"no request for {idle:g}s")
-
-    def _opened(self) -> None:
-        """Before the first read (a subclass's I/O set-up)."""
-
-    def _closed(self) -> None:
-        """Once :meth:`run` ends, however it ends, before the stream is closed."""
 
     async def _answer_all(self) -> bool:
         """Answer every whole request the codec holds, replies sent in batches; True once the client has closed.
@@ -362,8 +353,10 @@ class Connection:
             self._answered = False
             idle = self.service.config.idle_timeout
             deadline = trio.current_time() + idle
-            if deadline - self._idle_scope.deadline > idle / 16:
-                self._idle_scope.deadline = deadline
+            if deadline - self.idle_deadline > idle / 16:
+                self.idle_deadline = deadline
+                if self._idle_scope is not None:
+                    self._idle_scope.deadline = deadline
 
     def _account(self) -> None:
         """Keep the service's total of buffered input; refuse a large frame that would pass ``max_buffered``.
@@ -383,8 +376,8 @@ class Connection:
             )
 
     # -- the trio boundary: the generic stream path ------------------------------------
-    async def _receive(self) -> bytes | bytearray | None:
-        """The next bytes from the client (``b""`` at its end); None when they are already in the codec."""
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the client (``b""`` at its end)."""
         try:
             return await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

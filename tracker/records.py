@@ -16,6 +16,7 @@ from common.errors import IntegrityError, TrackerError, ValidationError
 from common.framing import ErrorCode
 from common.identity import short_id
 from common.manifest import Manifest, check_publishable_name
+from tracker.slotmap import SlotMap
 
 __all__ = ["Peer", "Replica", "FileRecord", "FileSummary", "wire_bits", "bits_mask", "holder_head", "check_manifest", "chunk_mask", "conflict_message"]
 
@@ -100,8 +101,8 @@ class Peer:
     #: The node id proven by the connection that registered it (capability identity, PROTOCOL.md §8.6): then
     #: only a connection proving the same key may act as this peer. None: registered without identity.
     node: bytes | None = None
-    #: File id -> its slot in that file's ``holders`` and ``parts``: the files it holds chunks of.
-    slots: dict[bytes, int] = attrs.field(factory=dict, repr=False)
+    #: ``FileRecord.seq`` -> its slot in that file's ``holders`` and ``parts``: the files it holds chunks of.
+    slots: SlotMap = attrs.field(factory=SlotMap, repr=False)
     #: The port of its HTTP gateway at ``host`` (capability gateway, PROTOCOL.md §8.10); None: none known.
     http_port: int | None = None
     #: The start of its entries in HOLDERS replies (:func:`holder_head`), shared by every file it holds.

@@ -22,7 +22,8 @@ peers x 100 files answers tens of thousands of requests a second:
   token, so releasing it when the connection closes is one look-up;
 * no object per replica (issue 16): a file keeps its holders and their chunks (in wire
   form, complete ones sharing one object) in two lists, slot for slot, and each peer
-  the slot of each file it holds: ~70 bytes a replica, plus its bitfield when partial.
+  the slot of each file it holds in two arrays, keys sorted (``tracker/slotmap.py``, 8 bytes an
+  entry where a dict took 46): ~33 bytes a replica, plus its bitfield when partial.
   A WHO_HAS joins a slice of the file's heads and bits, interleaved, encoding nothing;
 * a look-up is O(log files + matches) (``tracker/index.py``); peers are counted per
   network and address in O(1) (``tracker/limits.py``).
@@ -41,6 +42,7 @@ from common.chunkset import Ranges
 from common.errors import TrackerError
 from common.framing import ErrorCode
 from common.manifest import Manifest
+from tracker.holders import holder_window
 from tracker.index import CatalogueIndex
 from tracker.limits import AddressBook, distinct_window
 from tracker.records import FileRecord, FileSummary, Peer, Replica, bits_mask, check_manifest, chunk_mask, conflict_message
@@ -72,10 +74,10 @@ class Registry:
     _seq: int = attrs.field(init=False, default=0)
     _peers: OrderedDict[bytes, Peer] = attrs.field(init=False, factory=OrderedDict)  # least recently seen first
     _files: dict[bytes, FileRecord] = attrs.field(init=False, factory=dict)  # publish order
+    #: The same records by ``seq``, the key of a peer's ``slots``.
+    _by_seq: dict[int, FileRecord] = attrs.field(init=False, factory=dict, repr=False)
     replica_count: int = attrs.field(init=False, default=0)
     chunk_replica_count: int = attrs.field(init=False, default=0)
-    #: ``_ints[i] == i``: slot numbers stored as these shared objects rather than one int object per replica.
-    _ints: list[int] = attrs.field(init=False, factory=list, repr=False)
 
     # -- peers -----------------------------------------------------------------
     def register(
@@ -103,8 +105,8 @@ class Registry:
                 self.addresses.leave(peer.host, peer.port)
                 self.addresses.join(host, port)
                 peer.move(host, port)
-                for file_id, slot in peer.slots.items():
-                    self._files[file_id].parts[2 * slot] = peer.head
+                for seq, slot in peer.slots.items():
+                    self._by_seq[seq].parts[2 * slot] = peer.head
             peer.connection = connection  # the latest registration decides
             peer.http_port = http_port
             self._touch(peer, now)
@@ -192,8 +194,8 @@ class Registry:
     def _remove_peer(self, peer: Peer) -> None:
         del self._peers[peer.peer_id]
         self.addresses.leave(peer.host, peer.port)
-        for file_id, slot in peer.slots.items():
-            self._unlink(self._files[file_id], slot)
+        for seq, slot in peer.slots.items():
+            self._unlink(self._by_seq[seq], slot)
         peer.slots.clear()
 
     # -- files -----------------------------------------------------------------
@@ -209,7 +211,7 @@ class Registry:
         if not checked:
             check_manifest(manifest)
         self._seq += 1
-        self._files[manifest.file_id] = record = FileRecord(manifest, manifest.name.casefold(), self._seq)
+        self._files[manifest.file_id] = self._by_seq[self._seq] = record = FileRecord(manifest, manifest.name.casefold(), self._seq)
         self.index.add(record)
         return True
 
@@ -226,7 +228,7 @@ class Registry:
         for file_id in file_ids:
             record = self._files.get(file_id)
             if record is not None and not record.holders:
-                del self._files[file_id]
+                del self._files[file_id], self._by_seq[record.seq]
                 self.index.remove(record)
                 dropped.append(record.manifest)
         return dropped
@@ -236,9 +238,10 @@ class Registry:
         record = self._files.pop(file_id, None)
         if record is None:
             return None
+        del self._by_seq[record.seq]
         self.index.remove(record)
         for slot in reversed(range(len(record.holders))):  # from the last: nothing moves
-            del record.holders[slot].slots[file_id]
+            del record.holders[slot].slots[record.seq]
             self._unlink(record, slot)
         return record.manifest
 
@@ -280,7 +283,7 @@ class Registry:
         """
         record = self.record(file_id)
         mask = chunk_mask(record, ranges, "announcement")
-        slot = peer.slots.get(file_id)
+        slot = peer.slots.get(record.seq)
         if slot is None:
             if not mask and record.manifest.chunk_count:
                 return None
@@ -305,14 +308,14 @@ class Registry:
         """
         record = self.record(file_id)
         mask = chunk_mask(record, ranges, "withdrawal")
-        slot = peer.slots.get(file_id)
+        slot = peer.slots.get(record.seq)
         if slot is None:
             return None
         bits = record.parts[2 * slot + 1]
         held = bits_mask(bits)
         left = held & ~mask
         if not left:
-            del peer.slots[file_id]
+            del peer.slots[record.seq]
             self._unlink(record, slot)
             return None
         if left != held:
@@ -332,46 +335,23 @@ class Registry:
         record = self.record(file_id)
         count = len(record.holders)
         asker = self._peers.get(exclude) if exclude is not None else None
-        mine = -1 if asker is None else asker.slots.get(file_id, -1)
+        mine = -1 if asker is None else asker.slots.get(record.seq, -1)
         others = count - (mine >= 0)
         if self.addresses.crowded and others:
             # Some address is claimed by several peer ids: hand each address out once.
             return record, distinct_window(record.holders, self.rng.randrange(count), limit, mine, self.addresses.ids_at, self.rng)
-        if others <= limit:
-            # All of them, rotated from a random start: every downloader sees its own
-            # first holders, so a swarm of a few dozen does not all pick the same few
-            # (issue 16: half the downloaders never uploaded). One random number, as below.
-            start = self.rng.randrange(count) if count else 0
-            return record, [i for i in itertools.chain(range(start, count), range(start)) if i != mine]
-        # A window of consecutive slots from a random start, as opentracker answers: the
-        # slots are a random permutation of the holders (_link puts each newcomer at a
-        # random slot), so every other holder is equally likely to be in the answer, and
-        # choosing costs one random number instead of ``limit`` (a sample was the
-        # largest part of a WHO_HAS). One slot more is taken in case the asker is in it.
-        start = self.rng.randrange(count)
-        stop = start + limit + (mine >= 0)
-        if stop <= count and not start < mine < stop - 1:  # one run of slots (WHO_HAS: one slice)
-            return record, range(start + (mine == start), stop - (mine >= 0 and mine != start))
-        window = [*range(start, min(stop, count)), *range(max(0, stop - count))]
-        if mine >= 0:
-            if mine in window:
-                window.remove(mine)
-            else:
-                window.pop()
-        return record, window
+        return record, holder_window(count, limit, mine, self.rng)
 
     def _link(self, peer: Peer, record: FileRecord, mask: int) -> int:
         # Returns its slot, a random one (its occupant moves to the end): the holder list
         # stays a random permutation, which the windows of holder_slots rely on.
-        holders, parts, ints = record.holders, record.parts, self._ints
+        holders, parts = record.holders, record.parts
         count = len(holders)
-        if count >= len(ints) - 1:
-            ints.extend(range(len(ints), 2 * count + 16))
-        slot = ints[self.rng.randrange(count + 1)]
+        slot = self.rng.randrange(count + 1)
         wire = record.wire(mask)
         if slot < count:
             moved = holders[slot]
-            moved.slots[record.manifest.file_id] = ints[count]
+            moved.slots[record.seq] = count
             holders.append(moved)
             parts += parts[2 * slot : 2 * slot + 2]
             holders[slot] = peer
@@ -379,7 +359,7 @@ class Registry:
         else:
             holders.append(peer)
             parts += (peer.head, wire)
-        peer.slots[record.manifest.file_id] = slot
+        peer.slots[record.seq] = slot
         if wire is record.full_bits:
             record.complete_copies += 1
         self.replica_count += 1
@@ -395,7 +375,7 @@ class Registry:
         if slot < len(holders):
             holders[slot] = last
             parts[2 * slot : 2 * slot + 2] = last_parts
-            last.slots[record.manifest.file_id] = self._ints[slot]
+            last.slots[record.seq] = slot
         if gone is record.full_bits:
             record.complete_copies -= 1
             self.chunk_replica_count -= record.manifest.chunk_count

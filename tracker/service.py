@@ -221,6 +221,8 @@ async def serve_tracker(
             async with trio.open_nursery() as nursery:
                 if hub is not None:
                     nursery.start_soon(hub.run)
+                    # The idle timeout of the connections parked in the hub, within 1/16 of it.
+                    nursery.start_soon(hub.expire_idle, config.idle_timeout / 16)
                 nursery.start_soon(service.expiry_loop)
                 nursery.start_soon(service.stats_loop)
                 nursery.start_soon(retention_loop, service)

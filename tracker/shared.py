@@ -287,7 +287,7 @@ class Replicator:
         record = registry.record(file_id)
         count = record.manifest.chunk_count
         wanted = -1 if mask_bytes is None else int.from_bytes(mask_bytes, "little")
-        slot = peer.slots.get(file_id)
+        slot = peer.slots.get(record.seq)
         held = -1 if slot is None else bits_mask(record.parts[2 * slot + 1])
         if wanted == held:
             return

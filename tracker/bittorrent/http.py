@@ -16,9 +16,10 @@ and the connection serves on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import ClassVar, Final
 
 import attrs
 import trio
@@ -151,6 +152,8 @@ class HubHttpConnection:
     #: passes rather than moved per request (moving a trio deadline costs more than an answer).
     last_active: float = attrs.field(factory=trio.current_time)
     _fd: int = attrs.field(init=False)
+    #: Never timed out by the hub (``HubClient``): :meth:`run` bounds its own wait.
+    idle_deadline: ClassVar[float] = math.inf
 
     def __attrs_post_init__(self) -> None:
         self._fd = self.stream.socket.fileno()
@@ -159,7 +162,7 @@ class HubHttpConnection:
         hub = self.server.hub
         assert hub is not None
         idle = self.server.front.config.idle_timeout
-        hub.register(self._fd, self._serve_ready)
+        hub.register(self._fd, self)
         try:
             while True:
                 with trio.move_on_at(self.last_active + idle) as scope:
@@ -170,7 +173,7 @@ class HubHttpConnection:
                     log.debug("closing HTTP announce connection from %s: idle for %gs", self.where, idle)
                     return
                 if woken is None:  # readable while the task was not parked: served here
-                    woken = self._serve_ready()
+                    woken = self.serve_ready()
                 while True:
                     if self.unsent:
                         await self.stream.send_all(b"".join(self.unsent))
@@ -180,11 +183,11 @@ class HubHttpConnection:
                     if not self.more:
                         break
                     await trio.lowlevel.checkpoint()  # the others' turn before this client's next
-                    woken = self._serve_ready()
+                    woken = self.serve_ready()
         finally:
             hub.unregister(self._fd)
 
-    def _serve_ready(self) -> object:
+    def serve_ready(self) -> object:
         """Read what arrived, answer it and write; None when the task may stay parked."""
         server, fd, reader = self.server, self._fd, self.reader
         must_read_on = server.hub.must_read_on if server.hub is not None else (lambda fd: False)
