@@ -167,9 +167,9 @@ class Sources:
         group = ip_group(address[0])
         return group == freed and address not in self._connected and self._per_ip[group] <= self.max_per_ip and self._retry_at.get(address, 0.0) <= now
 
-    def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
+    def candidates(self, rare: int = 0) -> list[tuple[Address, bytes, ChunkSet]]:
         """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, then those
-        never connected to first, in random order.
+        holding chunks of ``rare`` (missing, and held by no source), then those never connected to, in random order.
 
         Ports are cheap and IP addresses are not: a client with many ids on a few
         hosts gets a turn per host, not per id, so an honest holder alone on its
@@ -179,17 +179,20 @@ class Sources:
         downloader's list, and at one new source a second it was first asked
         8 s into a 10 s download. As libtorrent ranks its connect candidates
         (never connected, then connected longest ago; a per-pair random rank),
-        every waiting holder gets an even chance at each free place.
+        every waiting holder gets an even chance at each free place. A holder with
+        chunks no source has comes first: the seeder, which refuses all but its
+        slots, is asked again (every ``base_delay``) and its slots go round
+        (``peer/slots.py``), instead of staying with the first 8 asked.
         """
         by_group: dict[str, list[tuple[Address, bytes, ChunkSet]]] = {}
         for address, (peer_id, chunks) in self._candidates.items():
             by_group.setdefault(ip_group(address[0]), []).append((address, peer_id, chunks))
         tried, rank = self._retry_at, self.rng.random
         for members in by_group.values():
-            members.sort(key=lambda member: (member[0] in tried, rank()))
+            members.sort(key=lambda member: (not member[2].mask & rare, member[0] in tried, rank()))
         shuffled = list(by_group.items())
         self.rng.shuffle(shuffled)
-        groups = sorted(shuffled, key=lambda item: (self._per_ip[item[0]], item[1][0][0] in tried))
+        groups = sorted(shuffled, key=lambda item: (self._per_ip[item[0]], not item[1][0][2].mask & rare, item[1][0][0] in tried))
         rounds = itertools.zip_longest(*(members for _, members in groups))
         return [candidate for turn in rounds for candidate in turn if candidate is not None]
 

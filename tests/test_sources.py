@@ -140,3 +140,16 @@ def test_holders_never_connected_to_come_before_those_tried_before() -> None:
     sources.offer_all([*tried, *fresh])
     order = [address for address, _, _ in sources.candidates()]
     assert set(order[:4]) == {address for address, _, _ in fresh}
+
+
+def test_a_holder_with_chunks_no_source_has_comes_first_even_if_tried_before() -> None:
+    """Issue 16: the seeder refused all but 8 of 16 downloaders and, tried once, was behind every other holder;
+    the others never got a chunk from it and held only what the rest had (they uploaded 2-4 times less)."""
+    sources = Sources(max_per_ip=8, base_delay=0.0, max_delay=0.0, rng=random.Random(1))
+    seeder = (("10.0.0.1", 7000), b"S" * 20, ChunkSet.full(4))
+    sources.connect(seeder[0])
+    sources.ended(seeder[0], 0.0, delivered=True)  # it said BUSY
+    fresh = [((f"10.0.{n}.1", 7000), bytes([n]) * 20, ChunkSet.from_indexes(4, [0, 1])) for n in range(10, 14)]
+    sources.offer_all([seeder, *fresh])
+    assert sources.candidates(rare=0b1100)[0][0] == seeder[0]  # chunks 2 and 3: our sources have none
+    assert sources.candidates(rare=0)[-1][0] == seeder[0]  # nothing rare: those not tried yet first
