@@ -289,7 +289,7 @@ class Downloader:
         placed = len(delivering) + sum(1 for session in self._sources.values() if not session.delivered and now - session.since < grace)
         for extra in delivering[config.max_download_peers :]:
             extra.scope.cancel()  # more trials delivered than there are places: the latest go (retried as any other)
-        for address, peer_id, chunks in places.candidates():
+        for address, peer_id, chunks in places.candidates(rare=self._picker.unavailable_mask()):
             if placed >= config.max_download_peers or len(self._sources) >= _TRIAL_FACTOR * config.max_download_peers:
                 break
             if peer_id in self._sources or self._picker.is_banned(peer_id) or not chunks.mask & missing or not places.may_connect(address, now):

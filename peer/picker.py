@@ -193,10 +193,14 @@ class Picker(Generic[PeerKey]):
 
     def unavailable(self) -> list[int]:
         """Missing chunks that no known peer holds."""
+        return mask_indexes(self.unavailable_mask())
+
+    def unavailable_mask(self) -> int:
+        """:meth:`unavailable` as a mask."""
         held = 0
         for state in self._peers.values():
             held |= state.chunks
-        return mask_indexes(self._missing_mask() & ~held)
+        return self._missing_mask() & ~held
 
     # -- picking -----------------------------------------------------------
     def pick(self, key: PeerKey, *, limit: int | None = None, endgame: bool = True, now: float = 0.0) -> int | None:

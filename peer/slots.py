@@ -11,6 +11,13 @@ seeder's only peer, is never refused. When all are taken:
   to us far less;
 * a newcomer takes the slot of a connection that has **asked for nothing**
   for ``idle_after`` seconds (it holds a slot and takes no upload);
+* a newcomer takes the slot of one that **has had its turn** (been sent
+  ``quota`` bytes on its connection) and uploads to us no more than the
+  newcomer does: round robin, as libtorrent's seeds choke
+  (``seeding_piece_quota``). A seeder is uploaded nothing, so before this its
+  slots stayed with the first 8 of 16 downloaders (one more every
+  ``optimistic_interval``): the 4-5 others got no chunk from it, held only
+  chunks others had, and uploaded 2-4 times less than the mean;
 * every ``optimistic_interval`` one newcomer takes a slot whatever it gives
   (the **optimistic** slot, which it keeps for that long): newcomers have
   least, and this is how a peer that has nothing to give yet gets in;
@@ -88,6 +95,8 @@ class Choker:
     slots: int
     optimistic_interval: float = 2.0
     idle_after: float = 5.0
+    #: Bytes sent on a connection after which it gives way to a newcomer that uploads to us as much (its turn is over).
+    quota: int = 16 << 20
     reciprocity: Reciprocity = attrs.field(factory=Reciprocity)
     _next_optimistic: float = attrs.field(init=False, default=-math.inf)
 
@@ -104,6 +113,8 @@ class Choker:
         """True if ``newcomer`` takes the slot of ``victim`` (every slot being taken): see the module docstring."""
         gives, victim_gives = self.reciprocity.score(newcomer.peer, now), self.reciprocity.score(victim.peer, now)
         if not self._interested(victim, now) or gives > 2 * victim_gives:
+            return True
+        if victim.sent >= self.quota and gives >= victim_gives:
             return True
         if now >= self._next_optimistic:
             self._next_optimistic = newcomer.optimistic_until = now + self.optimistic_interval

@@ -16,7 +16,9 @@ answering in one fixed order, half a swarm of 16 never uploaded): the new
 holders of each answer are offered in random order, and every
 ``rotate_interval`` the source that delivered fewest chunks makes room for a
 waiting holder (:meth:`Sources.rotate`), so a holder serving many delivers
-slowly to each and loses downloaders to one that serves few.
+slowly to each and loses downloaders to one that serves few; that holder is
+a random one of those waiting, never-connected ones first
+(:meth:`Sources.candidates`), not the first listed.
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ class Sources:
     _per_ip: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _failures: dict[Address, int] = attrs.field(init=False, factory=dict)
     _retry_at: dict[Address, float] = attrs.field(init=False, factory=dict)
-    #: Holders not connected to yet, from this and earlier answers, in the order first listed: a
-    #: tracker answers with a random few of many holders, and one seen once is tried in its turn
-    #: (not pushed back by those listed again and again).
+    #: Holders not connected to yet, from this and earlier answers, in the order first listed (the
+    #: oldest are forgotten first): a tracker answers with a random few of many holders, and one
+    #: seen once keeps its chance (:meth:`candidates` draws at random, not by order).
     _candidates: dict[Address, tuple[bytes, ChunkSet]] = attrs.field(init=False, factory=dict)
     rng: random.Random = attrs.field(factory=random.Random)
     _rotate_at: float = attrs.field(init=False, default=0.0)
@@ -165,17 +167,32 @@ class Sources:
         group = ip_group(address[0])
         return group == freed and address not in self._connected and self._per_ip[group] <= self.max_per_ip and self._retry_at.get(address, 0.0) <= now
 
-    def candidates(self) -> list[tuple[Address, bytes, ChunkSet]]:
-        """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, the first listed first.
+    def candidates(self, rare: int = 0) -> list[tuple[Address, bytes, ChunkSet]]:
+        """Holders to try: one address per IP (one IPv6 /64) in turn, IPs with fewer sources first, then those
+        holding chunks of ``rare`` (missing, and held by no source), then those never connected to, in random order.
 
         Ports are cheap and IP addresses are not: a client with many ids on a few
         hosts gets a turn per host, not per id, so an honest holder alone on its
         address is tried within the first rounds however many fakes are listed.
+        Not the first listed first (issue 16): a holder that registers a moment
+        after a downloader's first answer was behind all of that answer in every
+        downloader's list, and at one new source a second it was first asked
+        8 s into a 10 s download. As libtorrent ranks its connect candidates
+        (never connected, then connected longest ago; a per-pair random rank),
+        every waiting holder gets an even chance at each free place. A holder with
+        chunks no source has comes first: the seeder, which refuses all but its
+        slots, is asked again (every ``base_delay``) and its slots go round
+        (``peer/slots.py``), instead of staying with the first 8 asked.
         """
         by_group: dict[str, list[tuple[Address, bytes, ChunkSet]]] = {}
         for address, (peer_id, chunks) in self._candidates.items():
             by_group.setdefault(ip_group(address[0]), []).append((address, peer_id, chunks))
-        groups = sorted(by_group.items(), key=lambda item: self._per_ip[item[0]])  # stable: first listed first
+        tried, rank = self._retry_at, self.rng.random
+        for members in by_group.values():
+            members.sort(key=lambda member: (not member[2].mask & rare, member[0] in tried, rank()))
+        shuffled = list(by_group.items())
+        self.rng.shuffle(shuffled)
+        groups = sorted(shuffled, key=lambda item: (self._per_ip[item[0]], not item[1][0][2].mask & rare, item[1][0][0] in tried))
         rounds = itertools.zip_longest(*(members for _, members in groups))
         return [candidate for turn in rounds for candidate in turn if candidate is not None]
 

@@ -110,3 +110,46 @@ def test_a_source_makes_room_at_its_ip_when_the_cap_is_full() -> None:
     sources.offer_all([(("127.0.0.1", 3), b"w" * 20, ChunkSet.full(4))])
     assert not sources.may_connect(("127.0.0.1", 3), 0.0)
     assert sources.rotate(running, 0.0, interval=1.0, places=2, wanted=0b1111) is running[1]
+
+
+def test_a_holder_listed_after_the_first_answer_is_not_behind_all_of_it() -> None:
+    """Issue 16: a holder that registered a moment after the downloaders' first answer was last in every
+    downloader's list, first asked 8 s into a 10 s download, and served 1% of the bytes."""
+    late = (("10.0.99.1", 7000), b"L" * 20, ChunkSet.full(4))
+    ranks = []
+    for seed in range(200):  # 200 downloaders: 16 holders in the first answer, one more in the next
+        sources = Sources(max_per_ip=8, base_delay=2.0, max_delay=60.0, rng=random.Random(seed))
+        sources.offer_all(_holders(16))
+        for address, _, _ in sources.candidates()[:8]:  # the first places are taken
+            sources.connect(address)
+        sources.offer_all([late])
+        ranks.append([address for address, _, _ in sources.candidates()].index(late[0]))
+    # Nine wait for the next free place: the late one is first for about one in nine (the first listed first: never).
+    assert 10 <= ranks.count(0) <= 50
+    assert sum(ranks) / len(ranks) < 6
+
+
+def test_holders_never_connected_to_come_before_those_tried_before() -> None:
+    """As libtorrent's connect candidates: a holder we left (or that refused us) waits behind those not yet tried."""
+    sources = Sources(max_per_ip=8, base_delay=0.0, max_delay=0.0, rng=random.Random(1))
+    tried = _holders(4)
+    for address, _, _ in tried:
+        sources.connect(address)
+        sources.ended(address, 0.0, delivered=True)
+    fresh = [((f"10.0.{n}.1", 7000), bytes([n]) * 20, ChunkSet.full(4)) for n in range(10, 14)]
+    sources.offer_all([*tried, *fresh])
+    order = [address for address, _, _ in sources.candidates()]
+    assert set(order[:4]) == {address for address, _, _ in fresh}
+
+
+def test_a_holder_with_chunks_no_source_has_comes_first_even_if_tried_before() -> None:
+    """Issue 16: the seeder refused all but 8 of 16 downloaders and, tried once, was behind every other holder;
+    the others never got a chunk from it and held only what the rest had (they uploaded 2-4 times less)."""
+    sources = Sources(max_per_ip=8, base_delay=0.0, max_delay=0.0, rng=random.Random(1))
+    seeder = (("10.0.0.1", 7000), b"S" * 20, ChunkSet.full(4))
+    sources.connect(seeder[0])
+    sources.ended(seeder[0], 0.0, delivered=True)  # it said BUSY
+    fresh = [((f"10.0.{n}.1", 7000), bytes([n]) * 20, ChunkSet.from_indexes(4, [0, 1])) for n in range(10, 14)]
+    sources.offer_all([seeder, *fresh])
+    assert sources.candidates(rare=0b1100)[0][0] == seeder[0]  # chunks 2 and 3: our sources have none
+    assert sources.candidates(rare=0)[-1][0] == seeder[0]  # nothing rare: those not tried yet first

@@ -176,3 +176,40 @@ async def test_a_downloader_made_to_leave_gets_the_end_of_the_stream_and_its_lat
             await first.receive()
         assert await still_served(second, manifest)
         nursery.cancel_scope.cancel()
+
+
+def test_a_seeder_s_slots_go_round_every_downloader() -> None:
+    """Issue 16: a seeder is uploaded nothing, so its 8 slots stayed with the same 8 of 16 downloaders (one more
+    every optimistic interval); those left out got no chunk from it and uploaded 2-4 times less than the mean."""
+    choker = Choker(slots=8, optimistic_interval=2.0)
+    held: list[Claim] = []
+    served: set[object] = set()
+    retry_at = {(HERE, f"d{n}".encode()): 0.0 for n in range(16)}
+    for step in range(80):  # 10 s of a seeder sending each slot 8 MiB a second
+        now = step / 8
+        for slot in held:
+            slot.sent, slot.last_request, slot.asking = slot.sent + (1 << 20), now, True
+        for peer, due in retry_at.items():
+            if due > now or any(slot.peer == peer for slot in held):
+                continue
+            retry_at[peer] = now + 2.0  # told BUSY, or made to leave later: it asks again 2 s on (peer_retry_delay)
+            newcomer = Claim(peer, now)
+            if choker.contended(len(held)):
+                victim = choker.victim(held, now)
+                if victim is None or not choker.admits(newcomer, victim, now):
+                    continue
+                held.remove(victim)
+                retry_at[victim.peer] = now + 2.0
+            held.append(newcomer)
+            served.add(peer)
+    assert len(served) == 16  # before: 9 (the 8 first, and the optimistic slot passed between two others)
+
+
+def test_a_downloader_that_uploads_to_us_keeps_its_slot_past_its_quota() -> None:
+    reciprocity = Reciprocity()
+    choker = Choker(slots=1, optimistic_interval=2.0, quota=1 << 20, reciprocity=reciprocity)
+    giver = claim("giver", 0.0, sent=8 << 20, asked=1.0)
+    reciprocity.record(giver.peer, 1 << 20, 1.0)
+    choker.admits(claim("early", 1.0), giver, 1.0)  # the optimistic rotation is used up
+    assert not choker.admits(claim("taker", 1.5), giver, 1.5)  # tit for tat: a turn over is no reason to drop a giver
+    assert choker.admits(claim("taker", 1.5), claim("rider", 0.0, sent=8 << 20, asked=1.0), 1.5)
