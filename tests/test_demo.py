@@ -52,22 +52,26 @@ ROW = re.compile(r"│ (peer-\d+) +│ (uploader|downloader) +│ \S+ +│ +(\d+
 
 
 async def test_the_downloaders_trade_with_each_other(tmp_path: pathlib.Path) -> None:
-    # Over real runs: in every one, the downloaders take chunks from each other as well as from the uploaders.
+    # Over real runs: every one is right, and the downloaders take chunks from each other as well as from the
+    # uploaders. Whether they do in one run is timing: a downloader hears of the other's chunks from the
+    # tracker (up to ~0.6 s late), and on a loaded machine about one run in 15 finishes from the uploaders
+    # alone. So each run's counts must agree, and the trade must show in at least one of three runs.
+    trades = []
     for _ in range(3):
         result = await run_demo(tmp_path)
         text = output(result)
         assert result.returncode == 0, text
         rows = {peer: (role, int(up), int(down), sources) for peer, role, up, down, sources in ROW.findall(result.stderr.decode())}
         assert set(rows) == {"peer-1", "peer-2", "peer-3", "peer-4"}, text
-        assert rows["peer-3"][1] + rows["peer-4"][1] > 0, text  # chunks up
-        assert "peer-4: " in rows["peer-3"][3] or "peer-3: " in rows["peer-4"][3], text
         traded = re.search(r"the downloaders traded (\d+) chunks? with each other", text)
         # What each took from the other, as its row says; a chunk sent twice near the end (a duplicate
         # request, its copy in flight when the first arrived) counts as sent, not as taken.
         taken = sum(int(n) for row, other in (("peer-3", "peer-4"), ("peer-4", "peer-3"))
                     for n in re.findall(rf"{other}: (\d+)", rows[row][3]))  # fmt: skip
-        assert traded and int(traded.group(1)) == taken > 0, text
+        assert traded and int(traded.group(1)) == taken, text
         assert taken <= rows["peer-3"][1] + rows["peer-4"][1], text
+        trades.append(taken)
+    assert max(trades) > 0, f"the downloaders traded no chunk in 3 runs: {trades}"
 
 
 def test_chunk_lines_go_above_the_bars() -> None:
