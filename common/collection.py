@@ -32,7 +32,7 @@ import msgpack
 from common.errors import NotAnOwner, NotASuccessor, ValidationError
 from common.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, verify_signature
 from common.manifest import HASH_SIZE, ZERO_HASH, check_publishable_name, merkle_proof, merkle_root, sha256, verify_proof
-from common.version_vector import SHORT_NODE_SIZE, VersionVector, check_vector, vv_bump, vv_compare, vv_merge
+from common.version_vector import SHORT_NODE_SIZE, VersionVector, check_vector, fixed_bytes, vv_bump, vv_compare, vv_merge
 
 __all__ = [
     "SHORT_NODE_SIZE", "MAX_PATH_BYTES", "MAX_ENTRIES", "MAX_OWNERS", "MAX_VERSION_BYTES", "VersionVector", "Entry",
@@ -56,14 +56,6 @@ def _integer(value: object, what: str, low: int, high: int) -> int:
         raise ValidationError(f"{what} must be an integer, got {type(value).__name__}")
     if not low <= value <= high:
         raise ValidationError(f"{what} must be in {low}..{high}, got {value}")
-    return value
-
-
-def _bytes(value: object, what: str, size: int) -> bytes:
-    if type(value) is not bytes:
-        raise ValidationError(f"{what} must be bytes, got {type(value).__name__}")
-    if len(value) != size:
-        raise ValidationError(f"{what} must be {size} bytes, got {len(value)}")
     return value
 
 
@@ -95,7 +87,7 @@ def _check_text_path(path: str) -> str:
 def _check_entry(entry: Entry) -> None:
     check_path(entry.path)
     _integer(entry.size, "an entry's size", 0, _INT_MAX)
-    _bytes(entry.file_id, "an entry's file id", HASH_SIZE)
+    fixed_bytes(entry.file_id, "an entry's file id", HASH_SIZE)
     _integer(entry.mode, "an entry's mode", 0, 0o7777)
     _integer(entry.mtime_ns, "an entry's mtime_ns", _INT_MIN, _INT_MAX)
     if type(entry.deleted) is not bool:
@@ -177,7 +169,7 @@ def _check_version(version: CollectionVersion) -> None:
     except ValidationError as exc:
         raise ValidationError(f"collection name: {exc}") from None
     _integer(version.sequence, "a collection's sequence", 1, _INT_MAX)
-    _bytes(version.parent, "a collection's parent", HASH_SIZE)
+    fixed_bytes(version.parent, "a collection's parent", HASH_SIZE)
     if version.sequence == 1 and version.parent != ZERO_HASH:
         raise ValidationError("the first version of a collection has the all-zero parent")
     if type(version.entries) is not tuple or len(version.entries) > MAX_ENTRIES:
@@ -192,11 +184,11 @@ def _check_version(version: CollectionVersion) -> None:
     if type(version.owners) is not tuple or not 1 <= len(version.owners) <= MAX_OWNERS:
         raise ValidationError(f"a collection has 1 to {MAX_OWNERS} owners")
     for owner in version.owners:
-        _bytes(owner, "an owner's public key", PUBLIC_KEY_SIZE)
+        fixed_bytes(owner, "an owner's public key", PUBLIC_KEY_SIZE)
     if len(set(version.owners)) != len(version.owners):
         raise ValidationError("a collection names each owner once")
-    _bytes(version.signer, "a collection's signer", PUBLIC_KEY_SIZE)
-    _bytes(version.signature, "a collection's signature", SIGNATURE_SIZE)
+    fixed_bytes(version.signer, "a collection's signer", PUBLIC_KEY_SIZE)
+    fixed_bytes(version.signature, "a collection's signature", SIGNATURE_SIZE)
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 from common.errors import ValidationError
 
-__all__ = ["SHORT_NODE_SIZE", "VersionVector", "check_vector", "vv_bump", "vv_merge", "vv_compare"]
+__all__ = ["SHORT_NODE_SIZE", "VersionVector", "check_vector", "fixed_bytes", "vv_bump", "vv_merge", "vv_compare"]
 
 #: A node in a version vector or ``modified_by``: the first 8 bytes of its node id.
 SHORT_NODE_SIZE: Final = 8
@@ -18,12 +18,17 @@ _INT_MAX: Final = (1 << 63) - 1
 VersionVector = tuple[tuple[bytes, int], ...]
 
 
-def _node(value: object) -> bytes:
+def fixed_bytes(value: object, what: str, size: int) -> bytes:
+    """Check that ``value`` is ``size`` bytes (as it came off the wire); return it."""
     if type(value) is not bytes:
-        raise ValidationError(f"a version vector's node must be bytes, got {type(value).__name__}")
-    if len(value) != SHORT_NODE_SIZE:
-        raise ValidationError(f"a version vector's node must be {SHORT_NODE_SIZE} bytes, got {len(value)}")
+        raise ValidationError(f"{what} must be bytes, got {type(value).__name__}")
+    if len(value) != size:
+        raise ValidationError(f"{what} must be {size} bytes, got {len(value)}")
     return value
+
+
+def _node(value: object) -> bytes:
+    return fixed_bytes(value, "a version vector's node", SHORT_NODE_SIZE)
 
 
 def check_vector(vv: object) -> VersionVector:

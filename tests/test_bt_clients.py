@@ -115,4 +115,4 @@ async def test_a_real_swarm_completes_through_our_tracker(
 
 
 if sys.platform != "linux":  # pragma: no cover
-    pytestmark = pytest.mark.skip("the real clients are Debian's")
+    pytestmark = pytest.mark.skip("the real BitTorrent clients (libtorrent, aria2, opentracker) come from Debian's packages: Linux only")
