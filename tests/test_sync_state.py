@@ -28,6 +28,7 @@ from peer.config import PeerConfig
 from peer.node import Peer, open_peer
 from peer.storage import fs
 from peer.storage.fs import atomic_write
+from peer.storage.manifest_cache import ManifestCache
 from peer.sync.beneath import Root
 from peer.sync.engine import SyncConfig, SyncFolder
 from peer.sync.state import StateFolder
@@ -195,3 +196,28 @@ def test_sync_status_does_not_read_through_a_link(tmp_path: pathlib.Path) -> Non
     (root / STATE_FOLDER).symlink_to(outside)
     result = CliRunner().invoke(cli, ["sync", "status", str(root), "--once"])
     assert result.exit_code != 0 and "is a symbolic link" in result.output and "elsewhere" not in result.output
+
+
+async def test_the_manifest_cache_is_written_beneath_the_folder_too(nursery: trio.Nursery, tmp_path: pathlib.Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    running = await nursery.start(serve_tracker, TrackerConfig(port=0))
+    root, outside = tmp_path / "a", tmp_path / "outside"
+    (root / STATE_FOLDER).mkdir(parents=True)
+    outside.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(1_200_000))  # (files up to 1 MiB are not cached: hashed at once)
+    (root / STATE_FOLDER / "manifests").symlink_to(outside)
+    async with open_peer(_config(tmp_path, "a", (running.host, running.port))) as peer:
+        await peer.connect()
+        folder = SyncFolder(peer, SyncConfig(root, "shared", fsync=False))
+        await _run_one_cycle(peer, folder, lambda: folder.cycles >= 1)
+        assert "big.bin" in folder.index.entries  # hashed and published, only not cached
+    assert "cannot cache the manifest" in caplog.text and "manifests is a symbolic link" in caplog.text
+    assert list(outside.iterdir()) == []  # the old code cached the manifest there
+    (root / STATE_FOLDER / "manifests").unlink()
+    state = StateFolder(Root(root))
+    cache = ManifestCache(state.path / "manifests", state.sub("manifests"))
+    manifest, signature, cached = cache.manifest_for(root / "big.bin", 65536)
+    assert not cached and cache.get(root / "big.bin", signature, 65536) == manifest
+    assert len(list((root / STATE_FOLDER / "manifests").iterdir())) == 1
+    state.close()
+    state.root.close()

@@ -129,7 +129,7 @@ class SyncFolder:
         self.state = StateFolder(Root(root))
         self.state.check()  # (refuses a .chunkswarm that is a link, or not a folder)
         self.index = Index.read(self.state)
-        cache = ManifestCache(self.state.path / "manifests")
+        cache = ManifestCache(self.state.path / "manifests", self.state.sub("manifests"))
         self.local = LocalSide(self.peer, root, self.index, self.me, cache)
         self.applier = Applier(self.local, fsync=self.config.fsync)
         try:
@@ -187,7 +187,7 @@ class SyncFolder:
 
     async def cycle(self) -> None:
         """Scan if due, merge the current version, apply, publish."""
-        # Its manifests and staging folders are used by path: not through a .chunkswarm swapped for a link.
+        # Its staging folder is used by path (by downloads): not through a .chunkswarm swapped for a link.
         await trio.to_thread.run_sync(self.state.check)
         if self._scan_due:
             self._scan_due = False

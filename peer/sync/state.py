@@ -13,10 +13,11 @@ Before each use the state folder's name is looked at again:
 a folder removed and made again is opened anew, a link or a file is refused
 with a :class:`~common.errors.StorageError` that says so.
 
-``manifests/`` and ``staging/`` below it are still handed to code that works
-by path (the manifest cache, the downloader); :meth:`StateFolder.check` makes
-the cycle refuse a swapped state folder before they are used, which narrows,
-but does not close, the gap for those two.
+The manifest cache below it (``manifests/``) goes the same way
+(:meth:`StateFolder.sub`). ``staging/``, where downloads are written, is still
+handed to code that works by path (the downloader): :meth:`StateFolder.check`
+makes the cycle refuse a swapped state folder before a download starts, which
+narrows, but does not close, the gap for that one.
 """
 
 from __future__ import annotations
@@ -43,16 +44,34 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @attrs.define(eq=False)
 class StateFolder:
-    """``STATE_FOLDER`` of the folder ``root`` holds open, itself held open; closed with :meth:`close` (opened again on use)."""
+    """Folder ``name`` in ``parent`` (the synced folder held open, or a state folder: :meth:`sub`), itself held open.
 
-    root: Root
-    _fd: int = -1
+    Closed with :meth:`close` (opened again on use). A folder and its
+    subfolders share one lock: a subfolder is opened from its parent's
+    descriptor, which must not be closed meanwhile.
+    """
+
+    parent: Root | StateFolder
+    name: str = STATE_FOLDER
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _fd: int = -1
+    _subs: list[StateFolder] = attrs.field(factory=list)
+
+    @property
+    def root(self) -> Root:
+        """The synced folder this one is in."""
+        return self.parent if isinstance(self.parent, Root) else self.parent.root
 
     @property
     def path(self) -> pathlib.Path:
         """Its path, for messages and for the code that still works by path (see the module docstring)."""
-        return self.root.path / STATE_FOLDER
+        return self.parent.path / self.name
+
+    def sub(self, name: str) -> StateFolder:
+        """Folder ``name`` in this one, read and written the same way (made on first write); closed with this one."""
+        folder = StateFolder(self, name, self._lock)
+        self._subs.append(folder)
+        return folder
 
     def _folder(self, *, create: bool = True) -> int | None:
         """The state folder's descriptor: the one held while its name still leads to it, else opened (or made) again.
@@ -64,8 +83,11 @@ class StateFolder:
         the system has given to another file meanwhile). The writes are few and
         small; serialising them costs nothing worth measuring.
         """
-        root = self.root.fd
-        st = lstat_at(root, STATE_FOLDER)
+        parent = self.parent.fd if isinstance(self.parent, Root) else self.parent._folder(create=create)
+        if parent is None:
+            return None
+        name = self.name
+        st = lstat_at(parent, name)
         if self._fd >= 0:
             held = os.fstat(self._fd)
             if st is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
@@ -78,16 +100,16 @@ class StateFolder:
             if not create:
                 return None
             try:
-                os.mkdir(STATE_FOLDER, 0o777, dir_fd=root)
+                os.mkdir(name, 0o777, dir_fd=parent)
             except FileExistsError:
                 pass  # made meanwhile (a link made meanwhile: the open refuses it)
             except OSError as exc:
                 raise StorageError(f"cannot make the state folder {self.path}: {exc.strerror}") from None
         try:
-            self._fd = os.open(STATE_FOLDER, _DIRECTORY, dir_fd=root)
+            self._fd = os.open(name, _DIRECTORY, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                self._refuse(lstat_at(root, STATE_FOLDER))
+                self._refuse(lstat_at(parent, name))
             raise StorageError(f"cannot open the state folder {self.path}: {exc.strerror}") from None
         return self._fd
 
@@ -154,7 +176,9 @@ class StateFolder:
             raise StorageError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
+        """Close it, and its subfolders (each opened again on use)."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            for folder in [self, *self._subs]:
+                if folder._fd >= 0:
+                    os.close(folder._fd)
+                    folder._fd = -1
