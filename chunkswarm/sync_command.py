@@ -133,8 +133,7 @@ def _read_status(folder: pathlib.Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     finally:
-        state.close()
-        state.root.close()
+        state.close(root=True)
     return data if isinstance(data, dict) else None
 
 

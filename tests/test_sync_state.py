@@ -148,8 +148,7 @@ async def test_a_state_folder_swapped_for_a_link_is_not_written_through(nursery:
         await folder._save_status()  # (logged)
         with pytest.raises(StorageError, match="is a symbolic link"):
             folder.state.read("index")
-        folder.state.close()
-        folder.state.root.close()
+        folder.state.close(root=True)
         folder.local.folder.close()
     assert list(outside.iterdir()) == []  # the old code wrote index, version and status.json there
 
@@ -169,8 +168,7 @@ def test_a_state_folder_made_again_is_used(tmp_path: pathlib.Path) -> None:
     for thread in threads:
         thread.join()
     assert sorted(p.name for p in (tmp_path / STATE_FOLDER).iterdir()) == ["index", "status.json"]
-    state.close()
-    state.root.close()
+    state.close(root=True)
 
 
 async def test_an_index_that_is_a_link_is_not_followed(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -183,8 +181,7 @@ async def test_an_index_that_is_a_link_is_not_followed(tmp_path: pathlib.Path, c
         folder = SyncFolder(peer, SyncConfig(root, "shared", fsync=False))
         assert folder.index.entries == {} and "cannot read the sync index" in caplog.text
         await folder._save()  # the link replaced, its target untouched
-        folder.state.close()
-        folder.state.root.close()
+        folder.state.close(root=True)
     assert (outside / "index").read_bytes() == b"not ours" and not (root / STATE_FOLDER / "index").is_symlink()
 
 
@@ -198,26 +195,39 @@ def test_sync_status_does_not_read_through_a_link(tmp_path: pathlib.Path) -> Non
     assert result.exit_code != 0 and "is a symbolic link" in result.output and "elsewhere" not in result.output
 
 
-async def test_the_manifest_cache_is_written_beneath_the_folder_too(nursery: trio.Nursery, tmp_path: pathlib.Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    running = await nursery.start(serve_tracker, TrackerConfig(port=0))
+async def test_the_manifest_cache_is_written_beneath_the_folder_too(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     root, outside = tmp_path / "a", tmp_path / "outside"
     (root / STATE_FOLDER).mkdir(parents=True)
     outside.mkdir()
     (root / "big.bin").write_bytes(os.urandom(1_200_000))  # (files up to 1 MiB are not cached: hashed at once)
     (root / STATE_FOLDER / "manifests").symlink_to(outside)
-    async with open_peer(_config(tmp_path, "a", (running.host, running.port))) as peer:
-        await peer.connect()
+    async with open_peer(_config(tmp_path, "a")) as peer:
         folder = SyncFolder(peer, SyncConfig(root, "shared", fsync=False))
-        await _run_one_cycle(peer, folder, lambda: folder.cycles >= 1)
-        assert "big.bin" in folder.index.entries  # hashed and published, only not cached
-    assert "cannot cache the manifest" in caplog.text and "manifests is a symbolic link" in caplog.text
-    assert list(outside.iterdir()) == []  # the old code cached the manifest there
+        with pytest.raises(StorageError, match="manifests is a symbolic link"):
+            await folder.cycle()  # (on 1cde9e2 the cycle cached big.bin's manifest in outside/)
+        # The cache alone, asked meanwhile: not cached, never written through the link.
+        manifest, signature, cached = folder.local.cache.manifest_for(root / "big.bin", 65536)
+        assert not cached and "cannot cache the manifest" in caplog.text
+        folder.state.close(root=True)
+    assert list(outside.iterdir()) == []
     (root / STATE_FOLDER / "manifests").unlink()
     state = StateFolder(Root(root))
     cache = ManifestCache(state.path / "manifests", state.sub("manifests"))
-    manifest, signature, cached = cache.manifest_for(root / "big.bin", 65536)
-    assert not cached and cache.get(root / "big.bin", signature, 65536) == manifest
+    assert cache.manifest_for(root / "big.bin", 65536) == (manifest, signature, False)
+    assert cache.get(root / "big.bin", signature, 65536) == manifest
     assert len(list((root / STATE_FOLDER / "manifests").iterdir())) == 1
-    state.close()
-    state.root.close()
+    state.close(root=True)
+
+
+async def test_a_staging_folder_that_is_a_link_stops_the_cycle(tmp_path: pathlib.Path) -> None:
+    """Downloads are written into .chunkswarm/staging by path: the cycle refuses a link there before any download."""
+    root, outside = tmp_path / "a", tmp_path / "outside"
+    (root / STATE_FOLDER).mkdir(parents=True)
+    outside.mkdir()
+    (root / STATE_FOLDER / "staging").symlink_to(outside)
+    async with open_peer(_config(tmp_path, "a")) as peer:
+        folder = SyncFolder(peer, SyncConfig(root, "shared", fsync=False))
+        with pytest.raises(StorageError, match="staging is a symbolic link"):
+            await folder.cycle()
+        folder.state.close(root=True)
+    assert list(outside.iterdir()) == []

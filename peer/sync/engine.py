@@ -130,6 +130,7 @@ class SyncFolder:
         self.state.check()  # (refuses a .chunkswarm that is a link, or not a folder)
         self.index = Index.read(self.state)
         cache = ManifestCache(self.state.path / "manifests", self.state.sub("manifests"))
+        self.state.sub("staging")  # (checked before each cycle: downloads are written there by path, in apply.py)
         self.local = LocalSide(self.peer, root, self.index, self.me, cache)
         self.applier = Applier(self.local, fsync=self.config.fsync)
         try:
@@ -170,8 +171,7 @@ class SyncFolder:
                 except ChunkswarmError as exc:  # (not raised over the cancellation: the next run rescans)
                     logger.warning("%s: cannot save the sync index: %s", self.config.root, exc)
             self.local.folder.close()  # (opened again if this folder is run again)
-            self.state.close()
-            self.state.root.close()
+            self.state.close(root=True)
 
     # -- the worker ------------------------------------------------------------
     async def _worker(self) -> None:
@@ -187,8 +187,7 @@ class SyncFolder:
 
     async def cycle(self) -> None:
         """Scan if due, merge the current version, apply, publish."""
-        # Its staging folder is used by path (by downloads): not through a .chunkswarm swapped for a link.
-        await trio.to_thread.run_sync(self.state.check)
+        await trio.to_thread.run_sync(self.state.check)  # (staging/ is used by path: not through a link)
         if self._scan_due:
             self._scan_due = False
             self.applier.changed_locally = False

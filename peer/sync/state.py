@@ -16,8 +16,8 @@ with a :class:`~common.errors.StorageError` that says so.
 The manifest cache below it (``manifests/``) goes the same way
 (:meth:`StateFolder.sub`). ``staging/``, where downloads are written, is still
 handed to code that works by path (the downloader): :meth:`StateFolder.check`
-makes the cycle refuse a swapped state folder before a download starts, which
-narrows, but does not close, the gap for that one.
+makes each cycle refuse a state folder or a staging folder swapped for a link
+before a download starts, which narrows, but does not close, the gap for that one.
 """
 
 from __future__ import annotations
@@ -119,9 +119,10 @@ class StateFolder:
                            f"remove it (a folder is made in its place) and start the sync again")  # fmt: skip
 
     def check(self) -> None:
-        """Raise :class:`StorageError` unless the state folder is a folder (made if missing): before its by-path users run."""
+        """Raise :class:`StorageError` unless this folder and its subfolders are folders (made if missing): before by-path users run."""
         with self._lock:
-            self._folder()
+            for folder in [self, *self._subs]:
+                folder._folder()
 
     def read(self, name: str) -> bytes | None:
         """The content of the state file ``name``; None if there is none (nor a state folder: none is made)."""
@@ -175,10 +176,12 @@ class StateFolder:
                 pass
             raise StorageError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
 
-    def close(self) -> None:
-        """Close it, and its subfolders (each opened again on use)."""
+    def close(self, *, root: bool = False) -> None:
+        """Close it, and its subfolders (each opened again on use); with ``root``, the synced folder's descriptor too."""
         with self._lock:
             for folder in [self, *self._subs]:
                 if folder._fd >= 0:
                     os.close(folder._fd)
                     folder._fd = -1
+        if root:
+            self.root.close()
