@@ -20,6 +20,7 @@ import click
 
 from common.errors import ValidationError
 from common.identity import NodeKey, short_id
+from peer.storage.fs import temporary_name
 
 __all__ = ["KEY_FILE", "load_or_create_key", "claim_node_key", "write_private_once"]
 
@@ -89,7 +90,9 @@ def _create(path: pathlib.Path) -> NodeKey:
 
 def write_private_once(path: pathlib.Path, data: bytes, what: str) -> bool:
     """Write ``data`` to ``path`` (mode 0600, complete or not at all) unless it exists; False if it did. A click error naming ``what``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A temporary of this write's own (not only this process's): two threads making the key at once would
+    # otherwise share one, and the loser's clean-up would unlink the winner's before its link.
+    temporary = path.with_name(temporary_name(path.name))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -26,13 +26,17 @@ from chunkswarm.console import setup_logging
 from chunkswarm.node_key import KEY_FILE, claim_node_key, load_or_create_key
 from chunkswarm.peer_options import _config, _peer_options, _run, _serve_until_signalled
 from common.address import format_address
+from common.errors import ChunkswarmError
 from common.identity import format_node_id
 from common.manifest import validate_name
 from common.sync_rules import STATE_FOLDER, short_node
 from common.wording import format_size
 from peer.config import PeerConfig
 from peer.node import open_peer
+from peer.sync.beneath import Root
 from peer.sync.engine import SyncConfig, SyncFolder
+from peer.sync.state import StateFolder
+from peer.sync.status import STATUS_FILE
 
 __all__ = ["sync"]
 
@@ -120,10 +124,16 @@ async def _sync(config: PeerConfig, sync_config: SyncConfig) -> None:
 
 # -- status ---------------------------------------------------------------------------
 def _read_status(folder: pathlib.Path) -> dict[str, Any] | None:
+    state = StateFolder(Root(folder))  # (read beneath the folder, as the sync writes it: never through a link)
     try:
-        data = json.loads((folder / STATE_FOLDER / "status.json").read_text())
-    except (OSError, ValueError):
+        text = state.read(STATUS_FILE)
+        data = json.loads(text) if text is not None else None
+    except ChunkswarmError as exc:  # (a .chunkswarm that is a link: said, not read through)
+        raise click.ClickException(str(exc)) from None
+    except ValueError:
         return None
+    finally:
+        state.close(root=True)
     return data if isinstance(data, dict) else None
 
 

@@ -78,12 +78,14 @@ class IntegrityError(ChunkswarmError):
 class TrackerError(ChunkswarmError):
     """The tracker answered a request with an error reply.
 
-    ``code`` is the :class:`common.messages.ErrorCode` it sent.
+    ``code`` is the :class:`common.messages.ErrorCode` it sent; ``sequence``
+    the collection version it names (``ERROR.sequence``, PROTOCOL.md §8.11), 0 for none.
     """
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(self, message: str, *, code: int | None = None, sequence: int = 0) -> None:
         super().__init__(message)
         self.code = code
+        self.sequence = sequence
 
 
 class ConnectionClosed(ChunkswarmError):
@@ -162,7 +164,7 @@ class CollectionConflict(TrackerError):
     """
 
     def __init__(self, message: str, current_sequence: int, *, code: int | None = None) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, sequence=current_sequence)
         self.current_sequence = current_sequence
 
 

@@ -352,8 +352,12 @@ class Error(Record):
     """Either way: a typed error. From a server it answers the last request, or precedes a close."""
 
     OPCODE: ClassVar[Opcode] = Opcode.ERROR
+    REQUIRED: ClassVar[int] = 2  # sequence came later (PROTOCOL.md §8.11)
     code: int = attrs.field(validator=u16)
     message: str = attrs.field(default="", validator=text_of(MAX_TEXT))
+    #: The collection version the error names (PROTOCOL.md §8.11: the current one for COLLECTION_CONFLICT, the
+    #: oldest kept for VERSION_PRUNED), so that no client reads it out of ``message``; 0 (then left out): none.
+    sequence: int = attrs.field(default=0, validator=int_in(0, 2**63 - 1))
 
     @property
     def code_name(self) -> str:

@@ -131,8 +131,8 @@ async def fetch_following(
         number = numbers.stop
         for asked, reply in zip(numbers, replies, strict=True):
             if isinstance(reply, Error) and reply.code == ErrorCode.VERSION_PRUNED:
-                # Worded otherwise, the current version is the only one known to be kept.
-                number = chain.pruned(asked, _number_after(reply.message, " keeps versions from ", " ", current.sequence))
+                # No number given (nor worded as expected): the current version is the only one known to be kept.
+                number = chain.pruned(asked, _named_sequence(reply, " keeps versions from ", " ", current.sequence))
                 break
             version = _version_of(reply, name)
             if version is None or version.sequence != asked:
@@ -182,12 +182,16 @@ class _Chain:
         self.previous = version
 
 
-def _number_after(message: str, marker: str, end: str, default: int) -> int:
-    """The number after ``marker`` (up to ``end``) in a tracker's error message; ``default`` when it says it otherwise.
+def _named_sequence(reply: Error, marker: str, end: str, default: int) -> int:
+    """The version a refusal names: its ``sequence`` field (PROTOCOL.md §8.11); else, from a tracker that does not send it, read in its message.
 
-    The tracker writes "collection 'NAME' keeps versions from N on: ..." and "collection 'NAME' is at version N: ..."
-    (tracker/collections.py); a tracker that words it otherwise still refused, and the caller's guess stands.
+    Such a tracker writes "collection 'NAME' keeps versions from N on: ..." and "collection 'NAME' is at version N: ..."
+    (the number after ``marker``, up to ``end``); worded otherwise, it still refused, and the caller's guess
+    ``default`` stands.
     """
+    if reply.sequence:
+        return reply.sequence
+    message = reply.message
     at = message.find(marker)
     if at >= 0:
         digits = message[at + len(marker) :].split(end, 1)[0].strip()
@@ -204,7 +208,7 @@ def collection_request(version: CollectionVersion) -> PublishCollection:
 def check_publish_reply(reply: Message, version: CollectionVersion) -> None:
     """OK, else the error: :class:`CollectionConflict` (with the current sequence) for a version that came too late."""
     if isinstance(reply, Error) and reply.code == ErrorCode.COLLECTION_CONFLICT:  # (worded otherwise: the one before ours)
-        raise CollectionConflict(f"tracker error COLLECTION_CONFLICT: {reply.message}", _number_after(reply.message, " is at version ", ":", version.sequence - 1),
+        raise CollectionConflict(f"tracker error COLLECTION_CONFLICT: {reply.message}", _named_sequence(reply, " is at version ", ":", version.sequence - 1),
                                  code=reply.code)  # fmt: skip
     check_reply(reply, Ok)
 

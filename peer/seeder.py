@@ -35,7 +35,7 @@ __all__ = ["Seeder"]
 logger = logging.getLogger(__name__)
 
 #: Files chunkswarm itself writes next to the files it shares: a download's part file, its
-#: resume state and lock, and the temporary files of atomic writes (``.NAME.PID.tmp``).
+#: resume state and lock, and the temporary files of atomic writes (``.NAME.PID.N.tmp``).
 _OWN_FILES = re.compile(r"\.part(\.state|\.lock)?$|^\..+\.\d+\.tmp$")
 
 

@@ -217,7 +217,7 @@ def check_reply(reply: Message, expect: type[M]) -> M:
     if isinstance(reply, expect):
         return reply
     if isinstance(reply, Error):
-        raise TrackerError(f"tracker error {reply.code_name}: {reply.message}", code=reply.code)
+        raise TrackerError(f"tracker error {reply.code_name}: {reply.message}", code=reply.code, sequence=reply.sequence)
     raise RemoteProtocolError(f"tracker sent {type(reply).__name__}, expected {expect.__name__}")
 
 

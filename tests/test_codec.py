@@ -173,7 +173,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.ChunkData: st.builds(m.ChunkData, file_ids, chunk_indexes, chunk_bytes),
     m.ChunkError: st.builds(m.ChunkError, file_ids, u32, u16, texts(1024)),
     m.CancelChunk: st.builds(m.CancelChunk, file_ids, chunk_indexes),
-    m.Error: st.builds(m.Error, u16, texts(1024)),
+    m.Error: st.builds(m.Error, u16, texts(1024), st.one_of(st.just(0), st.integers(1, 2**63 - 1))),
     m.PublishCollection: st.builds(m.PublishCollection, collection_versions),
     m.GetCollection: st.builds(m.GetCollection, st.sampled_from(["photos", "a b", "Ünï"])),
     m.WatchCollection: st.builds(m.WatchCollection, st.sampled_from(["photos", "x"]), st.sampled_from([b"", b"r" * 32]), seconds),

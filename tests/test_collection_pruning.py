@@ -141,6 +141,7 @@ async def test_a_peer_behind_the_pruned_range_follows_from_a_trusted_version(tmp
         link = await _link(nursery, await _tracker(nursery, db), None)
         (reply,) = await link.request_many([GetCollection("p", 3)], timeout=10)
         assert isinstance(reply, Error) and reply.code == ErrorCode.VERSION_PRUNED and "keeps versions from 8 on" in reply.message
+        assert reply.sequence == 8  # the oldest kept, as a number (PROTOCOL.md §8.11)
         # Kept version 2 (owner ALICE): 8 and 9 are BOB's, whom 2 does not know; 10 is ALICE's: followed from it.
         assert await fetch_following(link, "p", versions[1]) == versions[9]
         assert "versions 3 to 7 were pruned on the tracker; version 10 is signed by" in caplog.text

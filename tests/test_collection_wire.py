@@ -113,7 +113,7 @@ async def test_only_owners_change_a_collection_and_stale_parents_conflict(tmp_pa
         late = sign_version(ALICE, "set", 2, v1.root, _entries(manifests[2:]), [ALICE.public_key])
         with pytest.raises(CollectionConflict) as conflict:
             await publish_collection(link, late)
-        assert conflict.value.current_sequence == 2 and conflict.value.code == ErrorCode.COLLECTION_CONFLICT
+        assert conflict.value.current_sequence == 2 and conflict.value.code == ErrorCode.COLLECTION_CONFLICT and conflict.value.sequence == 2
         # Bob, added by v2, may sign v3; an unlisted file is refused.
         unlisted = Entry("ghost", 1, b"g" * 32, 0o644, 0)
         with pytest.raises(TrackerError) as refused:

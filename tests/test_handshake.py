@@ -146,8 +146,8 @@ def test_the_collections_vectors_are_the_encoding() -> None:
     assert version.root.hex().startswith("d895dec7") and client_key.public_key.hex().startswith("a7f6")
     messages: list[Message] = [
         GetCollection("photos"), WatchCollection("photos", F, 25), CollectionReply(None), PublishCollection(version),
-        Error(ErrorCode.COLLECTION_CONFLICT, "collection 'photos' is at version 2"), GetCollection("photos", 3),
-        Error(ErrorCode.VERSION_PRUNED, "collection 'photos' keeps versions from 8 on: version 3 was pruned"),
+        Error(ErrorCode.COLLECTION_CONFLICT, "collection 'photos' is at version 2", 2), GetCollection("photos", 3),
+        Error(ErrorCode.VERSION_PRUNED, "collection 'photos' keeps versions from 8 on: version 3 was pruned", 8),
     ]
     _check_capability_vectors("8.11", COLLECTIONS, messages)
     check_successor(None, version)

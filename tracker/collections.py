@@ -201,7 +201,8 @@ class CollectionBook:
                 if previous is None:
                     raise TrackerError(str(exc), code=ErrorCode.BAD_REQUEST) from None
                 raise TrackerError(
-                    f"collection {version.name!r} is at version {previous.sequence}: {exc}", code=ErrorCode.COLLECTION_CONFLICT
+                    f"collection {version.name!r} is at version {previous.sequence}: {exc}", code=ErrorCode.COLLECTION_CONFLICT,
+                    sequence=previous.sequence,
                 ) from None
             for entry in version.entries:
                 if not entry.deleted and not listed(entry.file_id):
@@ -260,7 +261,7 @@ async def get_collection(connection: Connection, request: GetCollection) -> byte
     if older is None and 0 < request.sequence < oldest:
         # PROTOCOL.md §8.11: the message names the oldest version kept, where a client walks on from.
         raise TrackerError(f"collection {request.name!r} keeps versions from {oldest} on: version {request.sequence} was pruned",
-                           code=ErrorCode.VERSION_PRUNED)  # fmt: skip
+                           code=ErrorCode.VERSION_PRUNED, sequence=oldest)  # fmt: skip
     if older is None:
         raise TrackerError(f"collection {request.name!r} has no version {request.sequence}", code=ErrorCode.UNKNOWN_COLLECTION)
     return encode_message(CollectionReply(older))

@@ -113,7 +113,7 @@ class Handlers:
 def refusal(request: Message, exc: TrackerError) -> bytes:
     """The ERROR reply to a request the registry refused; the connection stays open."""
     log.debug("%s refused: %s", request.OPCODE.name, exc)
-    return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024]))
+    return encode_message(Error(exc.code or ErrorCode.BAD_REQUEST, str(exc)[:1024], exc.sequence))
 
 
 def unexpected(connection: Connection, request: Message) -> RemoteProtocolError:

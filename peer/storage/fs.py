@@ -9,13 +9,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import itertools
 import os
 import pathlib
 import sys
 
 from common.errors import StorageError
 
-__all__ = ["storage_error", "atomic_write", "close_fd", "file_signature", "memory_backed"]
+__all__ = ["storage_error", "atomic_write", "temporary_name", "close_fd", "file_signature", "memory_backed"]
 
 
 def storage_error(action: str, path: os.PathLike[str] | str, exc: OSError) -> StorageError:
@@ -27,9 +28,24 @@ def storage_error(action: str, path: os.PathLike[str] | str, exc: OSError) -> St
     return StorageError(f"cannot {action} {os.fspath(path)}: {reason}")
 
 
+#: Numbers the temporaries of :func:`atomic_write` (``next`` on it is atomic under the GIL).
+_writes = itertools.count()
+
+
+def temporary_name(name: str) -> str:
+    """A temporary's name beside ``name``, unique to this write.
+
+    The process id keeps processes sharing a folder apart, the count the
+    writes of one process: with the process id alone, two threads writing the
+    same file at once share one temporary, and one renames the other's away
+    (``FileNotFoundError`` at the second rename, or half of one write in place).
+    """
+    return f".{name}.{os.getpid()}.{next(_writes)}.tmp"
+
+
 def atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old content or the new, never half of it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` with ``data``: readers see the old content or the new, never half of it (safe from several threads)."""
+    temporary = path.with_name(temporary_name(path.name))
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)

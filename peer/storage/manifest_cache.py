@@ -8,6 +8,7 @@ import os
 import pathlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import attrs
 import msgpack
@@ -17,7 +18,7 @@ from common.manifest import MAX_CHUNKS, Manifest, ProgressCallback, build_manife
 from peer.storage.chunk_io import hash_range
 from peer.storage.fs import atomic_write, file_signature, storage_error
 
-__all__ = ["ManifestCache", "PARALLEL_HASH_BYTES"]
+__all__ = ["ManifestCache", "EntryFolder", "PARALLEL_HASH_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +60,26 @@ def _hash_open_in_parallel(fd: int, size: int, chunk_size: int, count: int, prog
     return hashes
 
 
+class EntryFolder(Protocol):
+    """Where a cache keeps its entries when not by path: ``read`` (None: no such entry) and atomic ``write`` of one entry."""
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+
 @attrs.define(eq=False)
 class ManifestCache:
     """Manifests of published files, keyed by absolute path, size, mtime and chunk size.
 
     One small MessagePack file per entry under ``state_dir/manifests``, written
     atomically, so peers sharing a state directory never see half an entry.
+    With ``folder`` the entries are read and written through it instead of by
+    path (a synced folder's cache: ``peer/sync/state.py``, beneath the folder).
     """
 
     directory: pathlib.Path
+    folder: EntryFolder | None = None
 
     @staticmethod
     def _key(path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> str:
@@ -76,20 +88,27 @@ class ManifestCache:
         return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     def get(self, path: pathlib.Path, signature: tuple[int, int], chunk_size: int) -> Manifest | None:
-        entry = self.directory / self._key(path, signature, chunk_size)
+        key = self._key(path, signature, chunk_size)
         try:
-            manifest = Manifest.from_record(msgpack.unpackb(entry.read_bytes(), raw=False))
+            data = (self.directory / key).read_bytes() if self.folder is None else self.folder.read(key)
+            if data is None:
+                return None
+            manifest = Manifest.from_record(msgpack.unpackb(data, raw=False))
             manifest.verify()
-        except (OSError, ValueError, TypeError, ValidationError, IntegrityError, msgpack.UnpackException):
+        except (OSError, ValueError, TypeError, ValidationError, IntegrityError, StorageError, msgpack.UnpackException):
             return None
         return manifest
 
     def put(self, path: pathlib.Path, signature: tuple[int, int], manifest: Manifest) -> None:
-        entry = self.directory / self._key(path, signature, manifest.chunk_size)
+        key = self._key(path, signature, manifest.chunk_size)
+        data = msgpack.packb(manifest.record(), use_bin_type=True)
         try:
+            if self.folder is not None:
+                self.folder.write(key, data)
+                return
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(entry, msgpack.packb(manifest.record(), use_bin_type=True))
-        except OSError as exc:
+            atomic_write(self.directory / key, data)
+        except (OSError, StorageError) as exc:
             logger.warning("cannot cache the manifest of %s: %s", path, exc)
 
     def manifest_for(

@@ -21,9 +21,7 @@ node published first) it fetches, merges and tries again.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import pathlib
 import time
 
@@ -38,14 +36,15 @@ from common.identity import node_id
 from common.manifest import ZERO_HASH
 from common.messages import Hello, Holders, WhoHas
 from common.sync_merge import Plan, expire_tombstones, reconcile
-from common.sync_rules import STATE_FOLDER
 from peer.collections import fetch_following, publish_collection, watch_collection
 from peer.node import Peer
-from peer.storage.fs import atomic_write
 from peer.storage.manifest_cache import ManifestCache
 from peer.sync.apply import Applier
-from peer.sync.index import Index
+from peer.sync.beneath import Root
+from peer.sync.index import INDEX_FILE, Index
 from peer.sync.local import LocalSide
+from peer.sync.state import StateFolder
+from peer.sync.status import STATUS_FILE, status_encoder
 from peer.sync.watch import watch_folder
 from peer.tracker_client import open_query_link
 
@@ -65,6 +64,8 @@ _FIRST_SCAN_STEP = 1000
 _LAST_SCAN_STEP = 4000
 #: Bound on the index's save when the node stops.
 _SAVE_ON_STOP = 10.0
+#: The version last merged, in the state folder.
+_VERSION_FILE = "version"
 
 
 def short_node_of(public_key: bytes) -> bytes:
@@ -92,6 +93,8 @@ class SyncFolder:
 
     peer: Peer
     config: SyncConfig
+    #: ``.chunkswarm`` in the folder, written beneath it (``peer/sync/state.py``).
+    state: StateFolder = attrs.field(init=False)
     index: Index = attrs.field(init=False)
     local: LocalSide = attrs.field(init=False)
     applier: Applier = attrs.field(init=False)
@@ -116,19 +119,23 @@ class SyncFolder:
     _scan_step: int = _FIRST_SCAN_STEP
     #: Set when the tracker refused this node's version: it is not an owner (yet); it only takes others' changes.
     refused: str = ""
+    #: Status files are written one at a time, in the order their snapshots were taken.
+    _status_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def __attrs_post_init__(self) -> None:
         self.me = short_node_of(self.peer.config.node_key.public_key)
         root = self.config.root
-        (root / STATE_FOLDER).mkdir(parents=True, exist_ok=True)
-        self.index = Index.load(root)
-        cache = ManifestCache(root / STATE_FOLDER / "manifests")
+        root.mkdir(parents=True, exist_ok=True)  # (the folder is the user's path; what is below it is opened beneath it)
+        self.state = StateFolder(Root(root))
+        self.state.check()  # (refuses a .chunkswarm that is a link, or not a folder)
+        self.index = Index.read(self.state)
+        cache = ManifestCache(self.state.path / "manifests", self.state.sub("manifests"))
+        self.state.sub("staging")  # (checked before each cycle: downloads are written there by path, in apply.py)
         self.local = LocalSide(self.peer, root, self.index, self.me, cache)
         self.applier = Applier(self.local, fsync=self.config.fsync)
         try:
-            self.kept = decode_version((root / STATE_FOLDER / "version").read_bytes())
-        except FileNotFoundError:
-            pass
+            kept = self.state.read(_VERSION_FILE)
+            self.kept = decode_version(kept) if kept is not None else None
         except ChunkswarmError as exc:
             logger.warning("%s: the version kept is unreadable (%s); the chain is checked from its first version", root, exc)
         if self.kept is not None and (self.kept.name != self.config.collection or self.kept.root != self.index.root):
@@ -160,10 +167,11 @@ class SyncFolder:
             with trio.move_on_after(_SAVE_ON_STOP) as scope:
                 scope.shield = True
                 try:
-                    await trio.to_thread.run_sync(self._save)
-                except OSError as exc:  # (not raised over the cancellation: the next run rescans)
+                    await self._save()
+                except ChunkswarmError as exc:  # (not raised over the cancellation: the next run rescans)
                     logger.warning("%s: cannot save the sync index: %s", self.config.root, exc)
             self.local.folder.close()  # (opened again if this folder is run again)
+            self.state.close(root=True)
 
     # -- the worker ------------------------------------------------------------
     async def _worker(self) -> None:
@@ -179,6 +187,7 @@ class SyncFolder:
 
     async def cycle(self) -> None:
         """Scan if due, merge the current version, apply, publish."""
+        await trio.to_thread.run_sync(self.state.check)  # (staging/ is used by path: not through a link)
         if self._scan_due:
             self._scan_due = False
             self.applier.changed_locally = False
@@ -219,7 +228,7 @@ class SyncFolder:
                 break
             remote = await self._fetch()
         self.cycles += 1
-        await trio.to_thread.run_sync(self._save)
+        await self._save()
         if self._scan_due:
             self._wake.set()
 
@@ -366,9 +375,9 @@ class SyncFolder:
                     await self.check_presence()
                 except ChunkswarmError as exc:
                     logger.debug("presence: %s", exc)
-                await trio.to_thread.run_sync(self._save_status)
+                await self._save_status()
             elif self.applier.transfers:
-                await trio.to_thread.run_sync(self._save_status)
+                await self._save_status()
             await trio.sleep(0.5)
 
     async def check_presence(self) -> None:
@@ -386,31 +395,24 @@ class SyncFolder:
             self.nodes[node] = now
 
     # -- state on disk -------------------------------------------------------------
-    def _save(self) -> None:
-        self.index.save(self.config.root)
-        if self.kept is not None:
-            atomic_write(self.config.root / STATE_FOLDER / "version", encode_version(self.kept))
-        self._save_status()
+    async def _save(self) -> None:
+        """The index and the version kept, then the status: snapshots taken here, written by a worker thread."""
+        encode, kept = self.index.encoder(), self.kept
 
-    def _save_status(self) -> None:
+        def save() -> None:
+            self.state.write(INDEX_FILE, encode())
+            if kept is not None:
+                self.state.write(_VERSION_FILE, encode_version(kept))
+
+        await trio.to_thread.run_sync(save)
+        await self._save_status()
+
+    async def _save_status(self) -> None:
         """``.chunkswarm/status.json``, read by ``chunkswarm sync status``."""
-        files = [
-            {"path": e.path, "size": e.size, "deleted": e.deleted, "mtime_ns": e.mtime_ns, "by": e.modified_by.hex()}
-            for e in sorted(self.index.entries.values(), key=lambda e: e.mtime_ns, reverse=True)[:1000]
-        ]
-        status = {
-            "collection": self.config.collection,
-            "me": self.me.hex(),
-            "pid": os.getpid(),
-            "written": time.time(),
-            "sequence": self.index.sequence,
-            "refused": self.refused,
-            "files_total": sum(1 for e in self.index.entries.values() if not e.deleted),
-            "nodes": [{"id": node.hex(), "online": node in self.online, "last_seen": seen} for node, seen in self.nodes.items()],
-            "files": files,
-            "transfers": [{"path": t.path, "size": t.size, "done": t.done} for t in self.applier.transfers.values()],
-        }
-        try:
-            atomic_write(self.config.root / STATE_FOLDER / "status.json", json.dumps(status).encode())
-        except OSError as exc:
-            logger.warning("%s: cannot write the status file: %s", self.config.root, exc)
+        async with self._status_lock:  # (else an older snapshot, written last, could replace a newer one)
+            encode = status_encoder(self.config.collection, self.me, self.index, self.refused, self.nodes, self.online,
+                                    self.applier.transfers.values())  # fmt: skip
+            try:
+                await trio.to_thread.run_sync(lambda: self.state.write(STATUS_FILE, encode()))
+            except ChunkswarmError as exc:
+                logger.warning("%s: cannot write the status file: %s", self.config.root, exc)

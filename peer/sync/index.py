@@ -16,26 +16,29 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import msgpack
 
 from common.collection import Entry
-from common.errors import ValidationError
+from common.errors import StorageError, ValidationError
 from common.sync_rules import STATE_FOLDER
-from peer.storage.fs import atomic_write
 from peer.sync.fsops import Stat
+from peer.sync.state import StateFolder
 
-__all__ = ["Index", "index_path"]
+__all__ = ["Index", "INDEX_FILE", "index_path"]
 
 logger = logging.getLogger(__name__)
 
 _FORMAT = 1
+#: Its name in the state folder.
+INDEX_FILE = "index"
 
 
 def index_path(root: pathlib.Path) -> pathlib.Path:
-    return root / STATE_FOLDER / "index"
+    return root / STATE_FOLDER / INDEX_FILE
 
 
 def _entry_record(entry: Entry) -> list[Any]:
@@ -84,32 +87,68 @@ class Index:
                 out.setdefault(entry.file_id, []).append(path)
         return out
 
-    def save(self, folder: pathlib.Path) -> None:
-        data = {
-            "format": _FORMAT,
-            "root": self.root,
-            "sequence": self.sequence,
-            "entries": [_entry_record(entry) for entry in self.entries.values()],
-            "stats": {path: [s.size, s.mtime_ns, s.mode, s.ino] for path, s in self.stats.items()},
-            "dirty": sorted(self.dirty),
-        }
-        path = index_path(folder)
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, msgpack.packb(data, use_bin_type=True))
+    def encoder(self) -> Callable[[], bytes]:
+        """What the index holds now, to be encoded by the function returned (in a worker thread).
+
+        The copies are taken here, on the event loop, which goes on changing
+        the index while a thread encodes: iterating the live dicts there could
+        fail ("dictionary changed size during iteration") or mix two moments.
+        Shallow copies of the containers are enough (entries and stats are frozen).
+        """
+        entries, stats, dirty = list(self.entries.values()), dict(self.stats), list(self.dirty)
+        root, sequence = self.root, self.sequence
+
+        def encode() -> bytes:
+            data = {
+                "format": _FORMAT,
+                "root": root,
+                "sequence": sequence,
+                "entries": [_entry_record(entry) for entry in entries],
+                "stats": {path: [s.size, s.mtime_ns, s.mode, s.ino] for path, s in stats.items()},
+                "dirty": sorted(dirty),
+            }
+            return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+
+        return encode
+
+    @classmethod
+    def decode(cls, data: bytes | None, where: object) -> Index:
+        """The index saved as ``data`` (None: none saved); an empty one if it cannot be read (a rescan rebuilds it)."""
+        if data is None:
+            return cls()
+        try:
+            saved = msgpack.unpackb(data, raw=False)
+            if saved.get("format") != _FORMAT:
+                raise ValidationError(f"unknown index format {saved.get('format')!r}")
+            entries = {entry.path: entry for entry in map(_entry_of, saved["entries"])}
+            stats = {p: Stat(*s) for p, s in saved["stats"].items()}
+            return cls(entries, stats, set(saved["dirty"]), bytes(saved["root"]), int(saved["sequence"]))
+        except (AttributeError, ValueError, TypeError, KeyError, ValidationError, msgpack.UnpackException) as exc:
+            logger.warning("%s: cannot read the sync index (%s); the folder is scanned from scratch", where, exc)
+            return cls()
+
+    @classmethod
+    def read(cls, state: StateFolder) -> Index:
+        """The index saved in ``state`` (read beneath the synced folder); an empty one if there is none or it cannot be read."""
+        try:
+            data = state.read(INDEX_FILE)
+        except StorageError as exc:  # (a link, say: never followed, and replaced by the first save)
+            logger.warning("%s: cannot read the sync index (%s); the folder is scanned from scratch", state.path, exc)
+            data = None
+        return cls.decode(data, state.path / INDEX_FILE)
 
     @classmethod
     def load(cls, folder: pathlib.Path) -> Index:
-        """The saved index of ``folder``; an empty one if there is none (or it cannot be read: a rescan rebuilds it)."""
+        """The index saved in the synced folder ``folder``, read by path: for a stopped node's folder (tests, tools).
+
+        A running sync reads and writes it beneath the folder (``peer/sync/state.py``).
+        """
         path = index_path(folder)
         try:
-            data = msgpack.unpackb(path.read_bytes(), raw=False)
-            if data.get("format") != _FORMAT:
-                raise ValidationError(f"unknown index format {data.get('format')!r}")
-            entries = {entry.path: entry for entry in map(_entry_of, data["entries"])}
-            stats = {p: Stat(*s) for p, s in data["stats"].items()}
-            return cls(entries, stats, set(data["dirty"]), bytes(data["root"]), int(data["sequence"]))
+            data: bytes | None = path.read_bytes()
         except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError, TypeError, KeyError, ValidationError, msgpack.UnpackException) as exc:
+            data = None
+        except OSError as exc:
             logger.warning("%s: cannot read the sync index (%s); the folder is scanned from scratch", path, exc)
-            return cls()
+            data = None
+        return cls.decode(data, path)
