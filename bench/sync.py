@@ -115,11 +115,30 @@ def identical(a: pathlib.Path, b: pathlib.Path, skip: str) -> bool:
     return True
 
 
+def names(root: pathlib.Path, skip: str) -> set[str]:
+    """The relative paths :func:`listing` would list, without a ``stat`` each (a few ms for 10,000 files)."""
+    out = set()
+    for folder, dirs, files in os.walk(root):
+        if pathlib.Path(folder) == root:
+            dirs[:] = [d for d in dirs if d != skip]
+        dirs[:] = [d for d in dirs if not d.startswith(".syncthing.")]
+        out.update(os.path.relpath(os.path.join(folder, name), root) for name in files
+                   if not (name.startswith(".syncthing.") or name == skip or ".chunkswarm-tmp-" in name))  # fmt: skip
+    return out
+
+
 def wait_identical(a: pathlib.Path, b: pathlib.Path, skip: str, start: float, timeout: float) -> float:
-    """Seconds from ``start`` until B is identical to A (the cheap listing first, then every byte)."""
+    """Seconds from ``start`` until B is identical to A (the names first, then sizes, then every byte).
+
+    A does not change once the change is made: it is listed once. B is polled by names alone until
+    they match, then with sizes: listing both with a ``stat`` per file every 20 ms kept one of the
+    machine's two cores busy for the whole measurement, away from the systems measured.
+    """
     deadline = start + timeout
+    want = listing(a, skip)
+    want_names = set(want)
     while time.monotonic() < deadline:
-        if listing(a, skip) == listing(b, skip):
+        if names(b, skip) == want_names and listing(b, skip) == want:
             done = time.monotonic()
             if identical(a, b, skip):
                 return done - start
