@@ -25,6 +25,10 @@ global/local discovery, relays, NAT traversal and usage reports off, one
 send-receive folder, file-system watching off (scans are triggered). The last
 line printed is one JSON object: seconds per workload and system, CPU seconds
 per process, and the machine's load averages before and after.
+
+Environment: ``SYNC_BENCH_LOG=DEBUG`` sets the nodes' log level (their logs in
+the work folder, kept with ``--keep``); ``SYNC_BENCH_PROFILE=1`` runs the
+tracker and both nodes under cProfile (``tracker.prof``, ``a.prof``, ``b.prof``).
 """
 
 from __future__ import annotations
@@ -205,8 +209,9 @@ class Chunkswarm:
         env = {**os.environ, "PYTHONPATH": str(self.root), "COLUMNS": "250"}
         self.logs = {label: open(work / f"{label}.log", "w") for label in ("tracker", "a", "b")}  # noqa: SIM115
         port = free_port()
+        profile = ["-m", "cProfile", "-o", str(work / "tracker.prof")] if os.environ.get("SYNC_BENCH_PROFILE") else []
         self.procs = {"tracker": subprocess.Popen(
-            [sys.executable, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
+            [sys.executable, *profile, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
              "--max-files-per-publisher", "1000000", "--log-level", "WARNING"],
             stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env, cwd=self.root)}  # fmt: skip
         time.sleep(1.0)

@@ -21,6 +21,7 @@ node published first) it fetches, merges and tries again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -373,7 +374,7 @@ class SyncFolder:
 
     async def check_presence(self) -> None:
         """Which nodes the tracker lists as holders of the collection's files now."""
-        ids = [entry.file_id for entry in self.index.entries.values() if not entry.deleted][:8]
+        ids = list(itertools.islice((entry.file_id for entry in self.index.entries.values() if not entry.deleted), 8))  # not all 10,000
         online: set[bytes] = {self.me}
         if ids:
             replies = await self.peer.tracker.request_many([WhoHas(file_id, max_peers=50) for file_id in ids])
