@@ -136,9 +136,9 @@ class SyncFolder:
             self.kept = None  # kept for another collection, or not the one the index reflects
         self.current = self.kept
 
-    def wake(self, *, scan: bool = False) -> None:
+    def wake(self, *, scan: bool = False, paths: set[str] | None = None) -> None:
         if scan:
-            self.local.stale()  # the folder changed: listed again, not taken up where the last scan stopped
+            self.local.stale(paths)  # the folder changed (at paths, if known): listed again, not taken up where the last scan stopped
         self._scan_due = self._scan_due or scan
         self._wake.set()
 
@@ -325,7 +325,7 @@ class SyncFolder:
 
     # -- the watchers ------------------------------------------------------------
     async def _watcher(self) -> None:
-        await watch_folder(self.config.root, self.config.debounce, self.index, self.applier, lambda: self.wake(scan=True))
+        await watch_folder(self.config.root, self.config.debounce, self.index, self.applier, lambda paths: self.wake(scan=True, paths=paths))
 
     async def _rescanner(self) -> None:
         while True:
