@@ -24,6 +24,7 @@ folder is ignored too.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import time
 import unicodedata
@@ -95,12 +96,17 @@ def portability_problems(path: str) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=1 << 17)  # every scan folds the same paths again
+def _folded(path: str) -> str:
+    return unicodedata.normalize("NFC", path).casefold()
+
+
 def case_collisions(paths: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs of paths that differ only in case (or Unicode normalization): one file on macOS and Windows."""
     seen: dict[str, str] = {}
     pairs = []
     for path in paths:
-        key = unicodedata.normalize("NFC", path).casefold()
+        key = _folded(path)
         if key in seen and seen[key] != path:
             pairs.append((seen[key], path))
         else:
@@ -173,16 +179,24 @@ class IgnoreRules:
         """True if ``path`` (relative, POSIX), or a folder above it, matches a pattern; the state folder always is."""
         if path == STATE_FOLDER or path.startswith(STATE_FOLDER + "/"):
             return True
+        if not self.rules:
+            return False
         segments = path.split("/")
         for depth in range(1, len(segments) + 1):
-            prefix = "/".join(segments[:depth])
-            folder = depth < len(segments) or is_dir
-            for rule in self.rules:
-                if rule.folders_only and not folder:
-                    continue
-                subject = prefix if rule.anchored else segments[depth - 1]
-                if rule.regex.match(subject):
-                    return True
+            if self.matches("/".join(segments[:depth]), segments[depth - 1], is_dir=depth < len(segments) or is_dir):
+                return True
+        return False
+
+    def matches(self, path: str, name: str, *, is_dir: bool) -> bool:
+        """True if a pattern matches ``path`` itself (``name`` is its last segment), its folders not looked at.
+
+        A scan asks this of each entry of a folder it did not find ignored: one test, not one per folder above.
+        """
+        for rule in self.rules:
+            if rule.folders_only and not is_dir:
+                continue
+            if rule.regex.match(path if rule.anchored else name):
+                return True
         return False
 
 

@@ -18,6 +18,8 @@ announcements. A file served again by then is not withdrawn.
 from __future__ import annotations
 
 import logging
+import pathlib
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -117,7 +119,27 @@ class Withdrawals:
             watched = [held for held in library.files.values() if held.signature is not None and not held.withdrawn]
             if not watched:
                 continue
+            withdrawn = []
             for held in await trio.to_thread.run_sync(changed_files, watched):
                 if library.get(held.manifest.file_id) is held:  # not replaced meanwhile
-                    logger.warning("%s changed on disk: no longer serving it", held.path)
+                    withdrawn.append(held.path)
                     held.withdraw()
+            _tell_changed(withdrawn)
+
+
+#: Files named one line each when a sweep finds this many changed at most; one line for all above it.
+_NAMED = 3
+
+
+def _tell_changed(paths: Sequence[pathlib.Path]) -> None:
+    """One warning per file changed on disk, or one for all of a sweep's when there are many.
+
+    A synced folder's user deleting 1,000 files is not 1,000 events worth a line each (nor the
+    milliseconds of writing them).
+    """
+    if len(paths) <= _NAMED:
+        for path in paths:
+            logger.warning("%s changed on disk: no longer serving it", path)
+    else:
+        names = ", ".join(str(path) for path in paths[:_NAMED])
+        logger.warning("%d files changed on disk: no longer serving them (%s and %d more)", len(paths), names, len(paths) - _NAMED)

@@ -7,6 +7,7 @@ Waits are bounded with ``trio.fail_after``; nothing is timed beyond that.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +24,7 @@ from common.manifest import build_manifest
 from common.messages import Announce, ChunkError, Hello, Holders, Message, Ok, RequestChunk, Welcome, WhoHas, Withdraw
 from peer.connection import Connection
 from peer.node import Peer
+from peer.storage.fs import file_signature
 from peer.storage.library import HeldFile, Library
 from peer.withdrawals import Withdrawals
 from tests.test_peer_swarm import CHUNK, Swarm, offer, source, swarm, tracker  # noqa: F401  (fixtures)
@@ -231,3 +233,33 @@ async def test_withdrawals_wait_for_a_link_that_speaks_withdraw(tmp_path: pathli
 def _again(held: HeldFile) -> HeldFile:
     """Another entry for the file ``held`` serves, as a new publish or download of it makes."""
     return HeldFile(held.manifest, held.path, os.open(held.path, os.O_RDONLY), held.have.copy())
+
+
+async def test_a_sweep_names_a_few_changed_files_and_counts_many(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A synced folder's user deleting 1,000 files got 1,000 warning lines; a sweep now says it in one.
+    library = Library()
+    withdrawals = Withdrawals(library, FakeTracker(), check_interval=0.01)  # type: ignore[arg-type]
+    library.on_withdraw = withdrawals.note
+    files = [_held(tmp_path, f"f{i}", 1) for i in range(12)]
+    for held in files:
+        held.signature = file_signature(held.path)
+        library.add(held)
+
+    async def sweep_until_withdrawn(changed: list[HeldFile]) -> list[str]:
+        caplog.clear()
+        for held in changed:
+            held.path.unlink()
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(withdrawals.sweep)
+                while not all(held.withdrawn for held in changed):
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        return [r.getMessage() for r in caplog.records if "changed on disk" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="peer.withdrawals"):
+        assert await sweep_until_withdrawn(files[:2]) == [f"{files[0].path} changed on disk: no longer serving it",
+                                                          f"{files[1].path} changed on disk: no longer serving it"]  # fmt: skip
+        (line,) = await sweep_until_withdrawn(files[2:])
+    assert line.startswith("10 files changed on disk: no longer serving them (") and line.endswith(" and 7 more)")
+    library.close()

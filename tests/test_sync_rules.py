@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pathlib
+import tempfile
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from common.errors import ValidationError
 from common.sync_rules import (
+    IGNORE_FILE,
     IgnoreRules,
     case_collisions,
     check_relative_path,
@@ -14,6 +20,7 @@ from common.sync_rules import (
     portability_problems,
     short_node,
 )
+from peer.sync.scan import scan_folder
 
 
 @pytest.mark.parametrize("path", ["a.txt", "docs/a.txt", "a/b/c/d.bin", ".profile", "x..y", "ünï/cödé"])
@@ -68,3 +75,27 @@ def test_conflict_names_as_syncthing_writes_them() -> None:
     assert conflict_name("a.tar.gz", when, node).startswith("a.tar.sync-conflict-") and conflict_name("a.tar.gz", when, node).endswith(".gz")
     assert is_conflict_copy(conflict_name("docs/report.txt", when, node)) and not is_conflict_copy("docs/report.txt")
     assert len(short_node(node)) == 7
+
+
+_RULES = "*.tmp\nbuild/\n/top.txt\ndocs/**/*.pdf\ncache\n"
+_SEGMENTS = ["a", "b", "build", "cache", "docs", "x.tmp", "top.txt", "k.pdf"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=4), min_size=1, max_size=12))
+def test_a_scan_keeps_exactly_the_files_not_ignored(tmp_path: pathlib.Path, trees: list[list[str]]) -> None:
+    # The scan tests each entry alone (its folders were tested as it walked into them): the same answer as
+    # IgnoreRules.ignored over the whole path, for every file of a random tree.
+    root = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+    (root / IGNORE_FILE).write_text(_RULES)
+    rules = IgnoreRules.parse(_RULES)
+    written = set()
+    for segments in trees:
+        path = "/".join(segments)
+        if any(other == path or other.startswith(path + "/") or path.startswith(other + "/") for other in written):
+            continue  # a file where a folder is, or the reverse
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"x")
+        written.add(path)
+    expected = {path for path in written if not rules.ignored(path)} | {IGNORE_FILE}
+    assert set(scan_folder(root).files) == expected

@@ -21,6 +21,7 @@ node published first) it fetches, merges and tries again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pathlib
 import time
@@ -142,9 +143,9 @@ class SyncFolder:
             self.kept = None  # kept for another collection, or not the one the index reflects
         self.current = self.kept
 
-    def wake(self, *, scan: bool = False) -> None:
+    def wake(self, *, scan: bool = False, paths: set[str] | None = None) -> None:
         if scan:
-            self.local.stale()  # the folder changed: listed again, not taken up where the last scan stopped
+            self.local.stale(paths)  # the folder changed (at paths, if known): listed again, not taken up where the last scan stopped
         self._scan_due = self._scan_due or scan
         self._wake.set()
 
@@ -333,7 +334,7 @@ class SyncFolder:
 
     # -- the watchers ------------------------------------------------------------
     async def _watcher(self) -> None:
-        await watch_folder(self.config.root, self.config.debounce, self.index, self.applier, lambda: self.wake(scan=True))
+        await watch_folder(self.config.root, self.config.debounce, self.index, self.applier, lambda paths: self.wake(scan=True, paths=paths))
 
     async def _rescanner(self) -> None:
         while True:
@@ -382,7 +383,7 @@ class SyncFolder:
 
     async def check_presence(self) -> None:
         """Which nodes the tracker lists as holders of the collection's files now."""
-        ids = [entry.file_id for entry in self.index.entries.values() if not entry.deleted][:8]
+        ids = list(itertools.islice((entry.file_id for entry in self.index.entries.values() if not entry.deleted), 8))  # not all 10,000
         online: set[bytes] = {self.me}
         if ids:
             replies = await self.peer.tracker.request_many([WhoHas(file_id, max_peers=50) for file_id in ids])

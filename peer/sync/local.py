@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import time
+from collections.abc import Iterable
 
 import attrs
 import trio
@@ -33,7 +34,7 @@ from peer.sync.beneath import Folders, Root, open_file
 from peer.sync.fetch import SMALL_FILE, sync_chunk_size
 from peer.sync.fsops import Stat
 from peer.sync.index import Index
-from peer.sync.scan import scan_folder
+from peer.sync.scan import holds_any, scan_folder, scan_paths
 from peer.tasks import open_nursery
 
 __all__ = ["LocalSide", "single_chunk_manifest"]
@@ -126,9 +127,21 @@ class LocalSide:
     #: next scan takes up without listing the folder again (unless :meth:`stale` said the folder changed since).
     _rest: list[tuple[str, Stat]] | None = None
     _gone: list[tuple[str, Stat | None]] = attrs.field(factory=list)
+    #: The paths changed since the last listing, as the watcher reported them, which the next scan looks at
+    #: alone; unless ``_full``: a change not of those paths only (a rescan, a listing in steps cut short).
+    _hint: set[str] = attrs.field(factory=set)
+    _full: bool = False
 
-    def stale(self) -> None:
-        """The folder changed since the last listing (an event, a rescan): the next scan lists it again."""
+    def stale(self, paths: Iterable[str] | None = None) -> None:
+        """The folder changed since the last listing (at ``paths`` if given: an event): the next scan lists it again.
+
+        With ``paths``, the next scan looks at those alone (Syncthing scans the folders that changed):
+        a folder of 10,000 files with one edited is one ``stat``, not 10,000.
+        """
+        if paths is None or self._rest is not None:
+            self._full = True
+        else:
+            self._hint.update(paths)
         self._rest = None
 
     async def scan(self, limit: int | None = None) -> int:
@@ -143,7 +156,9 @@ class LocalSide:
         if self._rest is not None:  # the rest of the last listing: each file's stat is checked again as it is hashed
             changed, gone, self._rest = self._rest, self._gone, None
         else:
-            files, changed, gone = await self._list()
+            hint, full, self._hint, self._full = self._hint, self._full, set(), False  # later events: for the next scan
+            listed = await self._list_some(hint) if hint and not full and self.started else None
+            files, changed, gone = listed if listed is not None else await self._list()
         if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
             self.started = True
             for path, stat in files.items():
@@ -200,14 +215,30 @@ class LocalSide:
     async def _list(self) -> tuple[dict[str, Stat], list[tuple[str, Stat]], list[tuple[str, Stat | None]]]:
         """The folder listed: its files, those whose stat differs from the index's, and the paths of the index gone from it."""
         found = await trio.to_thread.run_sync(scan_folder, self.root)
-        for problem in found.problems:
-            if problem not in self.told:
-                self.told.add(problem)
-                logger.warning("%s", problem)
+        self._tell(found.problems)
         index = self.index
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
                    or index.entries[path].deleted]  # fmt: skip
         gone = [(path, index.stats.get(path)) for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
+        return found.files, changed, gone
+
+    def _tell(self, problems: Iterable[str]) -> None:
+        for problem in problems:
+            if problem not in self.told:
+                self.told.add(problem)
+                logger.warning("%s", problem)
+
+    async def _list_some(self, paths: set[str]) -> tuple[dict[str, Stat], list[tuple[str, Stat]], list[tuple[str, Stat | None]]] | None:
+        """As :meth:`_list` for ``paths`` alone; None if the whole folder must be listed (a folder among them)."""
+        found = await trio.to_thread.run_sync(scan_paths, self.root, paths)
+        index = self.index
+        if found is None or holds_any(index.stats, [path for path in paths if path not in found.files and path not in index.entries]):
+            return None  # a folder made, moved in, or removed with files of the index in it
+        self._tell(found.problems)
+        changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
+                   or index.entries[path].deleted]  # fmt: skip
+        gone = [(path, index.stats.get(path)) for path in paths if path not in found.files and path in index.entries
+                and not index.entries[path].deleted]  # fmt: skip
         return found.files, changed, gone
 
     def serve(self, path: str, manifest: Manifest, stat: Stat, fd: int | None = None) -> None:

@@ -14,9 +14,11 @@ stats with its index (``peer/sync/index.py``): only those are hashed again.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import stat as stat_module
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -25,7 +27,7 @@ from common.manifest import check_publishable_name
 from common.sync_rules import IGNORE_FILE, STATE_FOLDER, IgnoreRules, case_collisions, check_relative_path, portability_problems
 from peer.sync.fsops import Stat, is_temporary
 
-__all__ = ["Scan", "load_ignore_rules", "scan_folder"]
+__all__ = ["Scan", "holds_any", "load_ignore_rules", "scan_folder", "scan_paths"]
 
 
 @attrs.frozen
@@ -34,6 +36,26 @@ class Scan:
 
     files: dict[str, Stat]
     problems: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _refusal(relative: str, name: str) -> str | None:
+    """Why ``relative`` (whose last segment is ``name``) cannot be synced, or None.
+
+    Pure in its arguments, and every scan meets the same paths again: a folder of 10,000 files
+    rescanned spent 0.15 s of its 0.23 s on these checks (per-character Unicode look-ups).
+    """
+    try:
+        check_relative_path(relative)
+        check_publishable_name(name)
+    except ValidationError as exc:
+        return f"{relative!r} is not synced: {exc}"
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _portability(path: str) -> tuple[str, ...]:
+    return tuple(f"{path}: {problem}" for problem in portability_problems(path))
 
 
 def load_ignore_rules(root: pathlib.Path) -> IgnoreRules:
@@ -68,22 +90,89 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
             except OSError:
                 continue  # gone since the listing
             is_dir = stat_module.S_ISDIR(st.st_mode)
-            if rules.ignored(relative, is_dir=is_dir):
+            if rules.matches(relative, entry.name, is_dir=is_dir):  # its folders are not ignored: the walk is in them
                 continue
             if stat_module.S_ISLNK(st.st_mode):
                 problems.append(f"{relative}: a symbolic link, not synced")
                 continue
-            try:
-                check_relative_path(relative)
-                check_publishable_name(entry.name)
-            except ValidationError as exc:
-                problems.append(f"{relative!r} is not synced: {exc}")
+            refusal = _refusal(relative, entry.name)
+            if refusal is not None:
+                problems.append(refusal)
                 continue
             if is_dir:
                 stack.append((relative + "/", pathlib.Path(entry.path)))
             elif stat_module.S_ISREG(st.st_mode):
                 files[relative] = Stat.of(st)
     for path in files:
-        problems += (f"{path}: {problem}" for problem in portability_problems(path))
+        problems += _portability(path)
     problems += (f"{a} and {b} differ only in case: one file on Windows and macOS" for a, b in case_collisions(sorted(files)))
     return Scan(files, tuple(problems))
+
+
+def scan_paths(root: pathlib.Path, paths: Iterable[str], rules: IgnoreRules | None = None) -> Scan | None:
+    """The files among ``paths`` (relative, as the watcher reported them) that :func:`scan_folder` would list.
+
+    None when only a listing of the whole folder can answer: a folder among them (moved in, or
+    made), or the ignore file changed. A path not in :attr:`Scan.files` is not a synced file (gone,
+    ignored, a link ...). Case collisions are found by the whole folder's scans alone.
+    """
+    if rules is None:
+        rules = load_ignore_rules(root)
+    files: dict[str, Stat] = {}
+    problems: list[str] = []
+    folders: dict[str, bool] = {}  # a folder's relative path -> whether it is one the walk of scan_folder enters
+    for relative in paths:
+        if relative == IGNORE_FILE:
+            return None
+        segments = relative.split("/")
+        if not all(_entered(root, "/".join(segments[:depth]), folders, rules) for depth in range(1, len(segments))):
+            continue
+        name = segments[-1]
+        if relative == STATE_FOLDER or is_temporary(name):
+            continue
+        try:
+            st = os.lstat(root / relative)
+        except OSError:
+            continue  # gone (or its folder is): not a file
+        is_dir = stat_module.S_ISDIR(st.st_mode)
+        if rules.matches(relative, name, is_dir=is_dir):
+            continue
+        if is_dir:
+            return None
+        if stat_module.S_ISLNK(st.st_mode):
+            problems.append(f"{relative}: a symbolic link, not synced")
+        elif (refusal := _refusal(relative, name)) is not None:
+            problems.append(refusal)
+        elif stat_module.S_ISREG(st.st_mode):
+            files[relative] = Stat.of(st)
+            problems += _portability(relative)
+    return Scan(files, tuple(problems))
+
+
+def _entered(root: pathlib.Path, folder: str, known: dict[str, bool], rules: IgnoreRules) -> bool:
+    """Whether :func:`scan_folder`'s walk enters ``folder`` (its parents are asked first): a real folder, not ignored."""
+    if folder not in known:
+        name = folder.rpartition("/")[2]
+        entered = not (folder == STATE_FOLDER or is_temporary(name) or _refusal(folder, name) is not None)
+        if entered:
+            try:
+                entered = stat_module.S_ISDIR(os.lstat(root / folder).st_mode)  # a link to a folder is not one
+            except OSError:
+                entered = False
+            entered = entered and not rules.matches(folder, name, is_dir=True)
+        known[folder] = entered
+    return known[folder]
+
+
+def holds_any(stats: Mapping[str, Stat], gone: list[str]) -> bool:
+    """Whether any of the paths ``gone`` is a folder holding files of ``stats`` (a folder of the index removed)."""
+    if not gone:
+        return False
+    folders = {folder for known in stats for folder in _parents(known)}
+    return any(relative in folders for relative in gone)
+
+
+def _parents(relative: str) -> Iterable[str]:
+    while "/" in relative:
+        relative = relative.rpartition("/")[0]
+        yield relative

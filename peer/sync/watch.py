@@ -28,12 +28,17 @@ from common.sync_rules import STATE_FOLDER
 from peer.sync.apply import Applier
 from peer.sync.fsops import Stat, is_temporary
 from peer.sync.index import Index
+from peer.sync.scan import holds_any
 
 __all__ = ["examine", "holds_any", "needs_scan", "relative_of", "watch_folder"]
 
 
-async def watch_folder(folder: pathlib.Path, debounce: float, index: Index, applier: Applier, wake: Callable[[], None]) -> None:
-    """Call ``wake`` after file-system events (``watchfiles``, debounced) that change the folder, until cancelled."""
+async def watch_folder(folder: pathlib.Path, debounce: float, index: Index, applier: Applier,
+                       wake: Callable[[set[str] | None], None]) -> None:  # fmt: skip
+    """Call ``wake`` with the relative paths of file-system events (``watchfiles``, debounced) that change the folder.
+
+    None instead of the paths when an event is not for a path below the folder (the folder itself).
+    """
     root = str(folder)
     state = os.path.join(root, STATE_FOLDER)
 
@@ -54,7 +59,7 @@ async def watch_folder(folder: pathlib.Path, debounce: float, index: Index, appl
             if not changed or batches == applier.batches:
                 break
         if changed:
-            wake()
+            wake(relatives if len(relatives) == len(paths) else None)
 
 
 def relative_of(root: str, path: str) -> str | None:
@@ -100,20 +105,6 @@ def examine(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str])
         elif not stat_module.S_ISDIR(st.st_mode) or _folder_differs(pathlib.Path(path), relative, stats):
             return True, gone
     return False, gone
-
-
-def holds_any(stats: Mapping[str, Stat], gone: list[str]) -> bool:
-    """Whether any of the paths ``gone`` is a folder holding files of ``stats`` (a folder of the index removed)."""
-    if not gone:
-        return False
-    folders = {folder for known in stats for folder in _parents(known)}
-    return any(relative in folders for relative in gone)
-
-
-def _parents(relative: str) -> Iterable[str]:
-    while "/" in relative:
-        relative = relative.rpartition("/")[0]
-        yield relative
 
 
 def _folder_differs(folder: pathlib.Path, relative: str, stats: Mapping[str, Stat]) -> bool:
