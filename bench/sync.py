@@ -186,14 +186,15 @@ class Chunkswarm:
         env = {**os.environ, "PYTHONPATH": str(self.root), "COLUMNS": "250"}
         self.logs = {label: open(work / f"{label}.log", "w") for label in ("tracker", "a", "b")}  # noqa: SIM115
         port = free_port()
+        profiled = bool(os.environ.get("SYNC_BENCH_PROFILE"))
         self.procs = {"tracker": subprocess.Popen(
-            [sys.executable, "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
+            [sys.executable, *(["-m", "cProfile", "-o", str(work / "tracker.prof")] if profiled else []), "-m", "chunkswarm", "tracker", "--port", str(port), "--db", str(work / "t.db"),
              "--max-files-per-publisher", "1000000", "--log-level", "WARNING"],
             stderr=self.logs["tracker"], stdout=subprocess.DEVNULL, env=env, cwd=self.root)}  # fmt: skip
         time.sleep(1.0)
         key_b = load_or_create_key(self._state("b") / KEY_FILE).public_key.hex()
         for label, extra in (("a", ["--owner", key_b]), ("b", [])):
-            profile = ["-m", "cProfile", "-o", str(work / f"{label}.prof")] if os.environ.get("SYNC_BENCH_PROFILE") else []
+            profile = ["-m", "cProfile", "-o", str(work / f"{label}.prof")] if profiled else []
             self.procs[label] = subprocess.Popen(
                 [sys.executable, *profile, "-m", "chunkswarm", "sync", str(work / label), "--collection", "bench", "--tracker", f"127.0.0.1:{port}",
                  "--state-dir", str(self._state(label)), "--label", label, "--log-level", os.environ.get("SYNC_BENCH_LOG", "INFO"), *extra],
