@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, cast
 
@@ -69,3 +70,22 @@ async def test_a_path_gone_from_the_listing_but_written_since_is_not_deleted(tmp
     local.index.record(entry, stat, dirty=False)
     await local.scan(limit=256)
     assert not local.more and not local.index.entries["f299.txt"].deleted
+
+
+async def test_a_restarted_node_serves_its_files_unchanged_since_the_last_run(tmp_path: pathlib.Path) -> None:
+    contents = {f"d{i % 3}/f{i:03d}.txt": f"file {i}".encode() for i in range(300)}
+    for path, data in contents.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    first = local_side(tmp_path)
+    await first.scan()
+    first.index.save(tmp_path)
+    again = local_side(tmp_path)
+    again.index = Index.load(tmp_path)  # the next run: nothing changed, so nothing is hashed
+    assert await again.scan() == 0
+    library = again.peer.library
+    assert len(library.files) == len(contents)
+    for path, data in contents.items():
+        held = library.get(again.index.entries[path].file_id)
+        assert held is not None and held.path == tmp_path / path
+        assert os.pread(held.fd, len(data) + 1, 0) == data  # served from a descriptor on that file
