@@ -20,6 +20,7 @@ import stat as stat_module
 
 import attrs
 
+from common.collection import check_path
 from common.errors import ValidationError
 from common.manifest import check_publishable_name
 from common.sync_rules import IGNORE_FILE, STATE_FOLDER, IgnoreRules, case_collisions, check_relative_path, portability_problems
@@ -76,6 +77,8 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
             try:
                 check_relative_path(relative)
                 check_publishable_name(entry.name)
+                if not is_dir:
+                    check_path(relative)  # an entry's rule, checked here, once: the Entry made of it finds it checked (cached)
             except ValidationError as exc:
                 problems.append(f"{relative!r} is not synced: {exc}")
                 continue
