@@ -108,3 +108,23 @@ async def test_a_file_changed_on_disk_is_left_out_of_its_run_answered_not_held_a
         assert isinstance(error, ChunkError) and error.code == ErrorCode.NOT_HELD
     held = library.get(gone.file_id)
     assert held is None or held.withdrawn
+
+
+def test_a_file_removed_while_its_run_is_read_is_closed_once_the_run_is_over(tmp_path: pathlib.Path) -> None:
+    library = Library()
+    small, data = publish(library, tmp_path / "small.bin", 2 * CHUNK, CHUNK)
+    held = library.get(small.file_id)
+    assert held is not None
+    queue = RequestQueue()
+    queue.put((small.file_id, 1))
+    run = collect_run(library, (small.file_id, 0), queue, Codec())
+    assert run is not None
+    library.remove(small.file_id)  # meanwhile, on the event loop: its descriptor must not be closed (nor reused) under the read
+    assert held.fd >= 0 and held.withdrawn
+    codec = Codec()
+    try:
+        frames = run.read()
+    finally:
+        run.close()
+    assert held.fd == -1  # closed by the run's end
+    assert frames == b"".join(codec.send(ChunkData(small.file_id, i, data[i * CHUNK : (i + 1) * CHUNK])) for i in (0, 1))
