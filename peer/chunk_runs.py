@@ -92,7 +92,7 @@ def _small(library: Library, key: Key) -> HeldFile | None:
 
     Whether the file changed on disk is checked as the run is read, in its worker thread."""
     held = library.get(key[0])
-    if held is None or held.withdrawn or key[1] >= held.manifest.chunk_count or key[1] not in held.have:
+    if held is None or key[1] >= held.manifest.chunk_count or not held.may_serve(key[1]):
         return None
     return held if held.manifest.chunk_length(key[1]) <= SMALL_CHUNK else None
 

@@ -54,13 +54,17 @@ class HeldFile:
 
     def offers(self, index: int) -> bool:
         """True if chunk ``index`` may be served now (re-checks the file on disk)."""
-        if self.withdrawn or index not in self.have:
+        if not self.may_serve(index):
             return False
         if self.changed():
             logger.warning("%s changed on disk: no longer serving it", self.path)
             self.withdraw()
             return False
         return True
+
+    def may_serve(self, index: int) -> bool:
+        """:meth:`offers` without its check of the file on disk (a ``stat``, which a caller may make in a worker thread)."""
+        return not self.withdrawn and index in self.have
 
     def changed(self) -> bool:
         """Blocking (a ``stat``): whether the file on disk is no longer the one verified (always False without a signature)."""
