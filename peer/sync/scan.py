@@ -76,9 +76,10 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
                 continue
             try:
                 check_relative_path(relative)
-                check_publishable_name(entry.name)
-                if not is_dir:
-                    check_path(relative)  # an entry's rule, checked here, once: the Entry made of it finds it checked (cached)
+                if is_dir:
+                    check_publishable_name(entry.name)
+                else:  # the rule of an entry's path (its name too), checked once: the Entry made of it finds it in the cache
+                    check_path(relative)
             except ValidationError as exc:
                 problems.append(f"{relative!r} is not synced: {exc}")
                 continue
