@@ -48,6 +48,9 @@ MAX_VERSION_BYTES: Final = 16 * 1024 * 1024 - 4096
 _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 _ENTRY_TAG: Final = b"chunkswarm-entry\x00"
+#: Entries by their msgpack (:func:`_decoded_entry`), at most _KNOWN_ENTRIES_MAX.
+_KNOWN_ENTRIES: dict[bytes, Entry] = {}
+_KNOWN_ENTRIES_MAX: Final = 1 << 17
 _VERSION_TAG: Final = b"chunkswarm-collection-v1\x00"
 
 
@@ -235,6 +238,8 @@ def sign_version(key: NodeKey, name: str, sequence: int, parent: bytes, entries:
     version = CollectionVersion(name, sequence, parent, ordered, owners, key.public_key, bytes(SIGNATURE_SIZE))
     # Not attrs.evolve, which would check the entries and hash the leaves again: the signature is in neither.
     object.__setattr__(version, "signature", key.sign(signed_message(name, sequence, parent, version.root, owners)))
+    for entry in ordered:  # this version, back from the tracker (the signer's own watch), is decoded without building them again
+        _remember(_packed(entry), entry)
     return version
 
 
@@ -361,10 +366,21 @@ def _unpack(data: bytes, *, max_array_len: int) -> Any:
     return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext, max_array_len=max_array_len)
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _decoded_entry(packed: bytes) -> Entry:
-    """The entry whose msgpack is ``packed``, validated once: the next versions list most entries again, byte for byte."""
-    return Entry.from_fields(_unpack(packed, max_array_len=MAX_ENTRIES))
+    """The entry whose msgpack is ``packed``, validated once: the next versions list most entries again, byte for byte,
+    and a node's own entries come back in the versions it signed (:func:`sign_version` remembers them)."""
+    entry = _KNOWN_ENTRIES.get(packed)
+    if entry is None:
+        entry = Entry.from_fields(_unpack(packed, max_array_len=MAX_ENTRIES))
+        _remember(packed, entry)
+    return entry
+
+
+def _remember(packed: bytes, entry: Entry) -> None:
+    if len(_KNOWN_ENTRIES) >= _KNOWN_ENTRIES_MAX:
+        # Emptied at once, not one at a time: versions are decoded in worker threads too, and a clear is one atomic step.
+        _KNOWN_ENTRIES.clear()
+    _KNOWN_ENTRIES[packed] = entry
 
 
 def decode_version(data: bytes) -> CollectionVersion:

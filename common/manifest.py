@@ -169,10 +169,18 @@ def validate_name(name: str) -> str:
         raise ValidationError(f"file name longer than {MAX_NAME_BYTES} bytes")
     if name in (".", ".."):
         raise ValidationError(f"file name {name!r} is reserved")
+    if _plain(name):
+        return name
     for char in name:
         if char in "/\\" or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
             raise ValidationError(f"file name {name!r} contains a separator or control character")
     return name
+
+
+def _plain(name: str) -> bool:
+    """Printable ASCII without a separator: no control (Cc), format (Cf) or other refused character, so no
+    look-up per character is needed (most names; 10,000 files synced are 20,000 name checks)."""
+    return name.isascii() and name.isprintable() and "/" not in name and "\\" not in name
 
 
 def _invisible(char: str) -> bool:
@@ -191,6 +199,8 @@ def check_publishable_name(name: str) -> str:
     (:func:`validate_name`) and shown through :func:`shown_name`.
     """
     validate_name(name)
+    if _plain(name):
+        return name
     for char in name:
         if _invisible(char):
             raise ValidationError(f"file name '{shown_name(name)}' contains the invisible or reordering character U+{ord(char):04X}")

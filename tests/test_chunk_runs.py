@@ -84,3 +84,47 @@ def test_a_run_takes_small_chunks_up_to_its_bound_and_leaves_the_rest(tmp_path: 
     assert run is not None
     run.close()
     assert run.lengths == [CHUNK] and len(queue) == 2  # stops at the large one: answers keep their order
+
+
+async def test_a_file_changed_on_disk_is_left_out_of_its_run_answered_not_held_and_withdrawn(tmp_path: pathlib.Path) -> None:
+    library = Library()
+    kept, data = publish(library, tmp_path / "kept.bin", 4 * CHUNK, CHUNK)
+    gone, _ = publish(library, tmp_path / "gone.bin", 4 * CHUNK, CHUNK)
+    (tmp_path / "gone.bin").write_bytes(os.urandom(3 * CHUNK))  # changed under the server's feet
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ChunkServer(library, PEER_ID).handle_stream, server_stream)
+        conn = Connection(client_stream)
+        await handshake(conn)
+        requests = [RequestChunk(fid, i) for i in range(4) for fid in (kept.file_id, gone.file_id)]
+        await conn.send_many(requests)
+        replies = [await conn.receive() for _ in requests]
+        await conn.aclose()
+    got = {(r.file_id, r.index): r for r in replies}
+    assert len(got) == len(requests)
+    for i in range(4):
+        assert got[kept.file_id, i] == ChunkData(kept.file_id, i, data[i * CHUNK : (i + 1) * CHUNK])
+        error = got[gone.file_id, i]
+        assert isinstance(error, ChunkError) and error.code == ErrorCode.NOT_HELD
+    held = library.get(gone.file_id)
+    assert held is None or held.withdrawn
+
+
+def test_a_file_removed_while_its_run_is_read_is_closed_once_the_run_is_over(tmp_path: pathlib.Path) -> None:
+    library = Library()
+    small, data = publish(library, tmp_path / "small.bin", 2 * CHUNK, CHUNK)
+    held = library.get(small.file_id)
+    assert held is not None
+    queue = RequestQueue()
+    queue.put((small.file_id, 1))
+    run = collect_run(library, (small.file_id, 0), queue, Codec())
+    assert run is not None
+    library.remove(small.file_id)  # meanwhile, on the event loop: its descriptor must not be closed (nor reused) under the read
+    assert held.fd >= 0 and held.withdrawn
+    codec = Codec()
+    try:
+        frames = run.read()
+    finally:
+        run.close()
+    assert held.fd == -1  # closed by the run's end
+    assert frames == b"".join(codec.send(ChunkData(small.file_id, i, data[i * CHUNK : (i + 1) * CHUNK])) for i in (0, 1))

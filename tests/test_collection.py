@@ -276,6 +276,14 @@ def test_encode_decode_round_trip(items: list[Entry], sequence: int) -> None:
     assert encode_version(decoded) == encode_version(version)
 
 
+def test_a_version_decoded_reuses_the_entries_this_node_encoded() -> None:
+    # A node's own version comes back from the tracker (its watch): its entries are not built and checked again.
+    mine = tuple(entry(f"dir/mine-{i}.txt", bytes([i])) for i in range(5))
+    version = sign_version(ALICE, "set", 1, ZERO, mine, (ALICE.public_key,))
+    decoded = decode_version(encode_version(version))
+    assert decoded == version and all(a is b for a, b in zip(decoded.entries, mine, strict=True))
+
+
 @settings(max_examples=200)
 @given(st.binary(max_size=200))
 def test_garbage_never_decodes_to_anything_but_a_validation_error(data: bytes) -> None:

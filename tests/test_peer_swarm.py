@@ -80,11 +80,11 @@ class ServeOnce(HeldFile):
 
     served: set[int] = attrs.field(factory=set)
 
-    def offers(self, index: int) -> bool:
+    def may_serve(self, index: int) -> bool:  # (asked by offers, and by chunk runs, which check the disk in their thread)
         if index in self.served:
             return False
         self.served.add(index)
-        return super().offers(index)
+        return super().may_serve(index)
 
 
 async def test_publish_then_download(swarm: Swarm, source: pathlib.Path, tmp_path: pathlib.Path) -> None:

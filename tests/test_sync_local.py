@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 from typing import Any, cast
@@ -15,7 +16,7 @@ from peer.storage.library import Library
 from peer.storage.manifest_cache import ManifestCache
 from peer.sync import local as local_module
 from peer.sync.fsops import stat_of
-from peer.sync.index import Index
+from peer.sync.index import Index, index_path
 from peer.sync.local import LocalSide
 from peer.sync.scan import Scan, scan_folder
 
@@ -142,3 +143,22 @@ async def test_a_folder_among_the_events_lists_the_whole_folder(tmp_path: pathli
     local.stale()  # a rescan meanwhile: the whole folder
     await local.scan()
     assert len(listings) == 4
+
+
+async def test_a_restarted_node_serves_its_files_unchanged_since_the_last_run(tmp_path: pathlib.Path) -> None:
+    contents = {f"d{i % 3}/f{i:03d}.txt": f"file {i}".encode() for i in range(300)}
+    for path, data in contents.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    first = local_side(tmp_path)
+    await first.scan()
+    index_path(tmp_path).write_bytes(first.index.encoder()())  # as a stopping node saves it
+    again = local_side(tmp_path)
+    again.index = Index.load(tmp_path)  # the next run: nothing changed, so nothing is hashed
+    assert await again.scan() == 0
+    library = again.peer.library
+    assert len(library.files) == len(contents)
+    for path, data in contents.items():
+        held = library.get(again.index.entries[path].file_id)
+        assert held is not None and held.path == tmp_path / path
+        assert os.pread(held.fd, len(data) + 1, 0) == data  # served from a descriptor on that file

@@ -265,7 +265,7 @@ async def publish(connection: Connection, request: Publish) -> bytes:
         new = registry.publish(manifest, checked=True)
         if manifest.chunk_count <= INLINE_CHECK_CHUNKS:
             staging.stage(connection, manifest, publisher, listed=new)
-        if new:
+        if new and log.isEnabledFor(logging.INFO):  # (its arguments are ~5% of a small PUBLISH's answer)
             log.info("file %r published (%s, %s, %s)", manifest.name, manifest.hex_id[:16], format_size(manifest.size),
                      plural(manifest.chunk_count, "chunk"))  # fmt: skip
     except StorageError as exc:

@@ -48,16 +48,23 @@ class HeldFile:
     direct_fd: int = -1
     #: The ``on_withdraw`` of the library the file is in, if any.
     on_withdraw: OnWithdraw | None = attrs.field(default=None, repr=False)
+    #: Worker-thread reads of ``fd`` under way (:meth:`borrow`): a :meth:`close` meanwhile waits for the last to end.
+    readers: int = attrs.field(default=0, repr=False)
+    _close_when_read: bool = attrs.field(default=False, repr=False)
 
     def offers(self, index: int) -> bool:
         """True if chunk ``index`` may be served now (re-checks the file on disk)."""
-        if self.withdrawn or index not in self.have:
+        if not self.may_serve(index):
             return False
         if self.changed():
             logger.warning("%s changed on disk: no longer serving it", self.path)
             self.withdraw()
             return False
         return True
+
+    def may_serve(self, index: int) -> bool:
+        """:meth:`offers` without its check of the file on disk (a ``stat``, which a caller may make in a worker thread)."""
+        return not self.withdrawn and index in self.have
 
     def changed(self) -> bool:
         """Blocking (a ``stat``): whether the file on disk is no longer the one verified (always False without a signature)."""
@@ -71,7 +78,23 @@ class HeldFile:
         if self.on_withdraw is not None:
             self.on_withdraw(self)
 
+    def borrow(self) -> None:
+        """``fd`` is read in a worker thread until :meth:`give_back` (both on the event loop): it stays open till then.
+
+        Instead of an ``os.dup`` per read: a descriptor closed meanwhile could come to name another file, whose
+        bytes the thread would read, and a dup and its close cost two system calls on the event loop."""
+        self.readers += 1
+
+    def give_back(self) -> None:
+        self.readers -= 1
+        if not self.readers and self._close_when_read:
+            self._close_when_read = False
+            self.close()
+
     def close(self) -> None:
+        if self.readers:
+            self._close_when_read = True  # the last reader's give_back closes it
+            return
         self.fd = close_fd(self.fd)
         self.direct_fd = close_fd(self.direct_fd)
 

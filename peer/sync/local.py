@@ -104,6 +104,29 @@ def _hash_batch(cache: ManifestCache, root: Root, batch: list[tuple[str, Stat]])
         return [_hash_one(cache, folders, path, stat) for path, stat in batch]
 
 
+def _open_batch(root: Root, batch: list[tuple[str, Stat]]) -> list[int | None]:
+    """A descriptor to serve each file of ``batch`` from, if it is still its stat; None otherwise (the next scan sees why)."""
+    fds: list[int | None] = []
+    with Folders(root) as folders:  # each folder opened once for the batch
+        for path, stat in batch:
+            try:
+                fd = open_file(folders, path)
+            except (OSError, StorageError) as exc:
+                logger.info("%s: cannot serve it: %s", path, exc)
+                fds.append(None)
+                continue
+            try:
+                after = os.fstat(fd)
+            except OSError:
+                after = None
+            if after is None or (after.st_size, after.st_mtime_ns) != (stat.size, stat.mtime_ns):
+                os.close(fd)
+                fds.append(None)
+            else:
+                fds.append(fd)
+    return fds
+
+
 @attrs.define(eq=False)
 class LocalSide:
     """Scans, hashes, records and serves this node's files of the folder at ``root``."""
@@ -161,16 +184,16 @@ class LocalSide:
             files, changed, gone = listed if listed is not None else await self._list()
         if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
             self.started = True
+            unchanged: list[tuple[str, Stat]] = []
             for path, stat in files.items():
                 entry = index.entries.get(path)
                 if entry is None or entry.deleted or index.stats.get(path) != stat:
                     continue
                 if entry.size <= SMALL_FILE:
-                    known = single_chunk_manifest(path, entry.size, entry.file_id)
-                    self.serve(path, known, stat)
-                    manifests.append(known)
+                    unchanged.append((path, stat))
                 else:
                     changed.append((path, stat))
+            manifests = await self._serve_unchanged(unchanged)
         count = 0
         hashed = 0
         async with open_nursery() as nursery:
@@ -181,7 +204,7 @@ class LocalSide:
                 results = await trio.to_thread.run_sync(_hash_batch, self.cache, self.folder, batch)
                 fresh: list[Manifest] = []
                 for (path, stat), (manifest, fd) in zip(batch, results, strict=True):
-                    if manifest is None:
+                    if manifest is None or fd is None:
                         continue
                     previous = index.entries.get(path)
                     if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
@@ -241,21 +264,28 @@ class LocalSide:
                 and not index.entries[path].deleted]  # fmt: skip
         return found.files, changed, gone
 
-    def serve(self, path: str, manifest: Manifest, stat: Stat, fd: int | None = None) -> None:
-        """Serve ``path``'s file (``manifest``) from the folder (from ``fd`` if given), unless its content is served already."""
+    async def _serve_unchanged(self, unchanged: list[tuple[str, Stat]]) -> list[Manifest]:
+        """Serve the small files unchanged since the last run (their ids are in the index: not read), opened in batches
+        in a worker thread as hashed files are; their manifests, to publish."""
+        manifests: list[Manifest] = []
+        for start in range(0, len(unchanged), _HASH_BATCH):
+            batch = unchanged[start : start + _HASH_BATCH]
+            known = [single_chunk_manifest(path, self.index.entries[path].size, self.index.entries[path].file_id) for path, _stat in batch]
+            fds = await trio.to_thread.run_sync(_open_batch, self.folder, batch)
+            for (path, stat), manifest, fd in zip(batch, known, fds, strict=True):
+                if fd is None:
+                    continue  # changed or gone since the listing: the next scan sees it
+                self.serve(path, manifest, stat, fd)
+                manifests.append(manifest)
+        return manifests
+
+    def serve(self, path: str, manifest: Manifest, stat: Stat, fd: int) -> None:
+        """Serve ``path``'s file (``manifest``) from ``fd``, a descriptor on it (this takes it), unless its content is served already."""
         library = self.peer.library
         held = library.get(manifest.file_id)
         if held is not None and not held.withdrawn and held.path.exists() and not held.changed():
-            if fd is not None:
-                os.close(fd)
+            os.close(fd)
             return  # served from another path of the folder with the same content
-        if fd is None:
-            try:
-                fd = self._open(path)
-            except (OSError, StorageError) as exc:
-                logger.info("%s: cannot serve it: %s", path, exc)
-                return
-            return
         library.add(HeldFile(manifest, self.root / path, fd, ChunkSet.full(manifest.chunk_count), (stat.size, stat.mtime_ns)))
 
     def unserve_missing(self) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from common.collection import check_path
 from common.errors import ValidationError
 from common.manifest import check_publishable_name
 from common.sync_rules import IGNORE_FILE, STATE_FOLDER, IgnoreRules, case_collisions, check_relative_path, portability_problems
@@ -39,7 +40,7 @@ class Scan:
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _refusal(relative: str, name: str) -> str | None:
+def _refusal(relative: str, name: str, is_dir: bool) -> str | None:
     """Why ``relative`` (whose last segment is ``name``) cannot be synced, or None.
 
     Pure in its arguments, and every scan meets the same paths again: a folder of 10,000 files
@@ -47,7 +48,10 @@ def _refusal(relative: str, name: str) -> str | None:
     """
     try:
         check_relative_path(relative)
-        check_publishable_name(name)
+        if is_dir:
+            check_publishable_name(name)
+        else:  # the rule of an entry's path (its name too), checked once: the Entry made of it finds it in check_path's cache
+            check_path(relative)
     except ValidationError as exc:
         return f"{relative!r} is not synced: {exc}"
     return None
@@ -95,7 +99,7 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
             if stat_module.S_ISLNK(st.st_mode):
                 problems.append(f"{relative}: a symbolic link, not synced")
                 continue
-            refusal = _refusal(relative, entry.name)
+            refusal = _refusal(relative, entry.name, is_dir)
             if refusal is not None:
                 problems.append(refusal)
                 continue
@@ -141,7 +145,7 @@ def scan_paths(root: pathlib.Path, paths: Iterable[str], rules: IgnoreRules | No
             return None
         if stat_module.S_ISLNK(st.st_mode):
             problems.append(f"{relative}: a symbolic link, not synced")
-        elif (refusal := _refusal(relative, name)) is not None:
+        elif (refusal := _refusal(relative, name, False)) is not None:
             problems.append(refusal)
         elif stat_module.S_ISREG(st.st_mode):
             files[relative] = Stat.of(st)
@@ -153,7 +157,7 @@ def _entered(root: pathlib.Path, folder: str, known: dict[str, bool], rules: Ign
     """Whether :func:`scan_folder`'s walk enters ``folder`` (its parents are asked first): a real folder, not ignored."""
     if folder not in known:
         name = folder.rpartition("/")[2]
-        entered = not (folder == STATE_FOLDER or is_temporary(name) or _refusal(folder, name) is not None)
+        entered = not (folder == STATE_FOLDER or is_temporary(name) or _refusal(folder, name, True) is not None)
         if entered:
             try:
                 entered = stat_module.S_ISDIR(os.lstat(root / folder).st_mode)  # a link to a folder is not one
