@@ -264,6 +264,7 @@ class SyncFolder:
 
     def _merged(self, version: CollectionVersion) -> None:
         self.kept = version
+        self.applier.ahead.merged(version.sequence)
         if self.current is None or version.sequence >= self.current.sequence:
             self.current = version  # (not a newer one the listener brought meanwhile: that one is merged next)
         self.index.root = version.root
@@ -349,6 +350,7 @@ class SyncFolder:
                         version = await watch_collection(link, self.config.collection, known, timeout=_WATCH_TIMEOUT)
                         if version is not None and (self.current is None or version.sequence > self.current.sequence):
                             self.current = version
+                            self.applier.fetch_ahead(version)  # its new files on their way while a cycle still runs
                             self.wake()
             except (ChunkswarmError, OSError) as exc:
                 logger.debug("watching %s: %s", self.config.collection, exc)

@@ -91,7 +91,7 @@ async def _authors(peer: Peer, by_author: dict[bytes, list[bytes]]) -> dict[byte
     return found
 
 
-async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], deliver: Deliver) -> set[bytes]:
+async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], deliver: Deliver, *, connections: int = _CONNECTIONS) -> set[bytes]:
     """Fetch the single-chunk files ``wanted`` (file id -> (size, its author's short node id)); the file ids not fetched.
 
     The author of a change holds its content (it published it before the version that lists it): one
@@ -99,7 +99,7 @@ async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], 
     WHO_HAS per file first (10,000 files: five sequential batches of 2,000 round trips before the first
     request). What the author does not serve (gone, replaced since, a wrong content) and the files of
     authors not found are looked up file by file and fetched from the holders listed, the author
-    excluded. ``deliver`` gets verified contents in batches.
+    excluded. ``deliver`` gets verified contents in batches; ``connections``: to each holder at most.
     """
     started = trio.current_time()
     by_author: dict[bytes, list[bytes]] = {}
@@ -115,19 +115,19 @@ async def fetch_small_files(peer: Peer, wanted: dict[bytes, tuple[int, bytes]], 
     retry: set[bytes] = set()
     async with open_nursery() as nursery:
         for holder, file_ids in direct.items():
-            nursery.start_soon(_from_holder, peer, holder, file_ids, wanted, deliver, retry)
+            nursery.start_soon(_from_holder, peer, holder, file_ids, wanted, deliver, retry, connections)
         if rest:
-            nursery.start_soon(_via_tracker, peer, rest, wanted, deliver, failed, frozenset())
+            nursery.start_soon(_via_tracker, peer, rest, wanted, deliver, failed, frozenset(), connections)
     if retry:
         logger.debug("%s: %d small files not had from their authors: looked up", peer.name, len(retry))
-        await _via_tracker(peer, sorted(retry), wanted, deliver, failed, frozenset(holder[0] for holder in direct))
+        await _via_tracker(peer, sorted(retry), wanted, deliver, failed, frozenset(holder[0] for holder in direct), connections)
     logger.debug("%s: %d small files fetched in %.2f s, %d failed", peer.name, len(wanted) - len(failed), trio.current_time() - started,
                  len(failed))
     return failed
 
 
 async def _via_tracker(peer: Peer, file_ids: list[bytes], wanted: dict[bytes, tuple[int, bytes]], deliver: Deliver, failed: set[bytes],
-                       exclude: frozenset[bytes]) -> None:  # fmt: skip
+                       exclude: frozenset[bytes], connections: int) -> None:  # fmt: skip
     """``file_ids`` from the holders the tracker lists (each file from one: its author if listed); adds to ``failed`` those not had."""
     holders = await _holders(peer, file_ids, exclude)
     by_holder: dict[Source, list[bytes]] = {}
@@ -143,13 +143,13 @@ async def _via_tracker(peer: Peer, file_ids: list[bytes], wanted: dict[bytes, tu
                  len(file_ids) - sum(map(len, by_holder.values())))  # fmt: skip
     async with open_nursery() as nursery:
         for holder, ids in by_holder.items():
-            nursery.start_soon(_from_holder, peer, holder, ids, wanted, deliver, failed)
+            nursery.start_soon(_from_holder, peer, holder, ids, wanted, deliver, failed, connections)
 
 
 async def _from_holder(peer: Peer, holder: Source, file_ids: list[bytes], wanted: dict[bytes, tuple[int, bytes]],
-                       deliver: Deliver, failed: set[bytes]) -> None:  # fmt: skip
+                       deliver: Deliver, failed: set[bytes], connections: int) -> None:  # fmt: skip
     queue = list(reversed(file_ids))
-    connections = min(_CONNECTIONS, 1 + len(file_ids) // 64)
+    connections = min(connections, 1 + len(file_ids) // 64)
     async with open_nursery() as nursery:
         for _ in range(connections):
             nursery.start_soon(_one_connection, peer, holder, queue, wanted, deliver, failed)
