@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Connections to each holder per version fetched ahead (a cycle.s own fetch has up to 6: a holder serves 8 at once).
 _CONNECTIONS = 2
+#: ... when nothing else is fetched.
+_ALONE = 6
 #: Bytes of contents held at most (a version's files beyond that are fetched by its cycle).
 _MAX_BYTES = 256 << 20
 
@@ -70,14 +72,16 @@ class Ahead:
         self.sequence = max(self.sequence, version.sequence)
         if wanted:
             done = trio.Event()
+            # Alone, as many connections as a cycle's fetch; beside another fetch, a couple (a holder serves 8 at once).
+            connections = _CONNECTIONS if self.asked else _ALONE
             self.asked.update(wanted)
             self.fetching_bytes += sum(size for size, _author in wanted.values())
             self.running.append((frozenset(wanted), done))
-            nursery.start_soon(self._fetch, wanted, done)
+            nursery.start_soon(self._fetch, wanted, done, connections)
 
-    async def _fetch(self, wanted: dict[bytes, tuple[int, bytes]], done: trio.Event) -> None:
+    async def _fetch(self, wanted: dict[bytes, tuple[int, bytes]], done: trio.Event, connections: int) -> None:
         try:
-            await fetch_small_files(self.peer, wanted, self._keep, connections=_CONNECTIONS)
+            await fetch_small_files(self.peer, wanted, self._keep, connections=connections)
         except ChunkswarmError as exc:  # (the cycle fetches what is missing)
             logger.debug("fetching ahead: %s", exc)
         finally:
