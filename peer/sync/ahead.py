@@ -4,9 +4,9 @@ A node that publishes many new files does so in versions of growing steps
 (``peer/sync/engine.py``): without this, a receiving node fetches the files
 of one version only once it has applied the one before, one cycle after the
 other, and ends a whole cycle after the last version. Here the new small
-files of each version the listener sees are fetched at once, on a couple of
-connections of their own (beside the cycle's: the holder's upload slots are
-few), and kept in memory by file id, their content verified. Nothing is
+files of each version the listener sees are fetched at once (on fewer
+connections beside another fetch: a holder's upload slots are few), and
+kept in memory by file id, their content verified. Nothing is
 written here: the cycle that merges the version takes them
 (:meth:`Ahead.take`) and writes them as if it had fetched them, with every
 check of ``peer/sync/apply.py`` (a local change is never overwritten, a
@@ -31,9 +31,9 @@ __all__ = ["Ahead"]
 
 logger = logging.getLogger(__name__)
 
-#: Connections to each holder per version fetched ahead (a cycle.s own fetch has up to 6: a holder serves 8 at once).
+#: Connections to each holder per version fetched ahead beside another fetch (a holder serves 8 at once) ...
 _CONNECTIONS = 2
-#: ... when nothing else is fetched.
+#: ... and when nothing else is fetched (as many as a cycle's own fetch).
 _ALONE = 6
 #: Bytes of contents held at most (a version's files beyond that are fetched by its cycle).
 _MAX_BYTES = 256 << 20
