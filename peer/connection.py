@@ -57,6 +57,9 @@ class Connection:
         #: Where addresses are read: the socket, or the one under TLS (``peer/secure.py``).
         self._address_socket: Any = self._socket or getattr(getattr(stream, "transport_stream", None), "socket", None)
         self._tls = stream if isinstance(stream, TLSStream) else None
+        #: Bytes asked for between frames: a connection that receives many small frames at once (sync's bulk
+        #: fetch) asks for more, so that one read takes several frames.
+        self.frame_start_size = FRAME_START_SIZE
         #: Under TLS, what chunks are read into to be encrypted (grown to the largest chunk sent, then reused).
         self._chunk_buffer = bytearray()
         self.closed = False
@@ -120,7 +123,7 @@ class Connection:
             else:
                 # Between frames: a small read, so that the body of a large frame that
                 # follows is received in place (recv_into) rather than copied.
-                data = await self.stream.receive_some(FRAME_START_SIZE)
+                data = await self.stream.receive_some(self.frame_start_size)
                 self.received += len(data)
                 codec.receive_data(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import pathlib
+import unicodedata
 
 import pytest
 import trio
@@ -112,3 +113,16 @@ async def test_a_peer_refuses_to_publish_such_a_name_before_sending(tmp_path: pa
             with pytest.raises(ValidationError, match=r"cannot publish .*victim\\u200b\.bin: .*U\+200B"):
                 await peer.publish([path])
             assert not peer.library.files
+
+
+@pytest.mark.parametrize("char", [chr(code) for code in range(128)])
+def test_an_ascii_name_is_checked_as_by_its_unicode_categories(char: str) -> None:
+    # ASCII names take a path without a category look-up per character: the same verdicts as with them.
+    name = f"a{char}b"
+    refused = char in "/\\" or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp", "Cf")
+    for check in (validate_name, check_publishable_name):
+        if refused:
+            with pytest.raises(ValidationError):
+                check(name)
+        else:
+            assert check(name) == name

@@ -10,6 +10,8 @@ from typing import Any, cast
 import attrs
 import pytest
 
+from common.errors import ConnectionClosed
+from common.manifest import sha256
 from common.sync_rules import STATE_FOLDER
 from peer.node import Peer
 from peer.storage.library import Library
@@ -17,7 +19,7 @@ from peer.storage.manifest_cache import ManifestCache
 from peer.sync import local as local_module
 from peer.sync.fsops import stat_of
 from peer.sync.index import Index, index_path
-from peer.sync.local import LocalSide
+from peer.sync.local import LocalSide, single_chunk_manifest
 from peer.sync.scan import Scan, scan_folder
 
 ME = b"m" * 8
@@ -30,6 +32,7 @@ class OfflinePeer:
     library: Library = attrs.field(factory=Library)
     connected: bool = False
     name: str = "test"
+    tracker: object = None
 
 
 def local_side(root: pathlib.Path) -> LocalSide:
@@ -162,3 +165,21 @@ async def test_a_restarted_node_serves_its_files_unchanged_since_the_last_run(tm
         held = library.get(again.index.entries[path].file_id)
         assert held is not None and held.path == tmp_path / path
         assert os.pread(held.fd, len(data) + 1, 0) == data  # served from a descriptor on that file
+
+
+@attrs.define
+class LostTracker:
+    """A tracker link that fails every request, as one lost mid-request does."""
+
+    async def request_many(self, messages: list[object]) -> list[object]:
+        raise ConnectionClosed("tracker connection closed")
+
+
+async def test_announcing_files_taken_survives_a_tracker_lost_meanwhile(tmp_path: pathlib.Path) -> None:
+    # It runs in the engine's nursery: the ConnectionClosed it let through ended the whole sync.
+    local = local_side(tmp_path)
+    peer = cast(OfflinePeer, local.peer)
+    peer.connected, peer.tracker = True, LostTracker()
+    manifest = single_chunk_manifest("a.txt", 5, sha256(b"hello"))
+    await local.announce_held([manifest])
+    assert manifest.file_id not in local.published  # announced by the reconnection instead

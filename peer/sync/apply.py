@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from common.chunkset import ChunkSet
-from common.collection import Entry
+from common.collection import CollectionVersion, Entry
 from common.errors import ChunkswarmError, ValidationError
 from common.manifest import Manifest
 from common.sync_merge import Plan
@@ -34,6 +34,7 @@ from common.sync_rules import STATE_FOLDER
 from peer.download import Downloader
 from peer.progress import ProgressSink
 from peer.storage.library import HeldFile
+from peer.sync.ahead import Ahead
 from peer.sync.fetch import SMALL_FILE, fetch_small_files
 from peer.sync.fsops import ChangedLocally, Stat, copy_atomic, place, remove_batch, set_aside, write_atomic, write_batch
 from peer.sync.local import LocalSide, single_chunk_manifest
@@ -93,6 +94,11 @@ class Applier:
     #: Batches started so far: a check of events that overlapped a new one is made again.
     batches: int = 0
     _written: trio.Event = attrs.field(factory=trio.Event)
+    #: Small files of versions not merged yet, fetched ahead (started by :meth:`fetch_ahead`).
+    ahead: Ahead = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.ahead = Ahead(self.local.peer)
 
     async def settled(self, paths: set[str]) -> None:
         """Return once none of ``paths`` (relative) is being written by a batch."""
@@ -165,7 +171,7 @@ class Applier:
                 for entry in large:
                     nursery.start_soon(self._download, entry, by_content[entry.file_id], limiter, results)
             if small:
-                failed = await fetch_small_files(self.local.peer, small, lambda batch: self._write_fetched(batch, by_content))
+                failed = await self._fetch_small(small, by_content)
                 left += sum(len(by_content[file_id]) for file_id in failed)
         left += sum(results)
         if large:
@@ -180,6 +186,38 @@ class Applier:
             else:
                 await self.local.announce_held(taken)
         return left
+
+    def fetch_ahead(self, version: CollectionVersion) -> None:
+        """Start fetching the small files of ``version`` (not merged yet) that are not here (``peer/sync/ahead.py``)."""
+        if self.nursery is not None:
+            self.ahead.start(self.nursery, version, self.local.index.content_paths())
+
+    async def _fetch_small(self, small: dict[bytes, tuple[int, bytes]], by_content: dict[bytes, list[Entry]]) -> set[bytes]:
+        """The small files fetched (those fetched ahead taken, waited for if on their way); the file ids not had."""
+        peer, ahead = self.local.peer, self.ahead
+
+        async def deliver(batch: list[tuple[bytes, bytes]]) -> None:
+            await self._write_fetched(batch, by_content)
+
+        mine = {file_id: wanted for file_id, wanted in small.items() if not ahead.has(file_id)}
+        failed: set[bytes] = set()
+
+        async def own() -> None:
+            ahead.asked.update(mine)  # (not fetched ahead meanwhile for the next version)
+            try:
+                failed.update(await fetch_small_files(peer, mine, deliver))
+            finally:
+                ahead.asked.difference_update(mine)
+
+        async with open_nursery() as nursery:
+            if mine:
+                nursery.start_soon(own)
+            # Written as they arrive, beside this cycle's own fetch.
+            written = await ahead.take([file_id for file_id in small if file_id not in mine], deliver)
+        missed = {file_id: small[file_id] for file_id in small.keys() - mine.keys() - written}
+        if missed:  # fetching ahead did not get them
+            failed.update(await fetch_small_files(peer, missed, deliver))
+        return failed
 
     def _release(self, path: str) -> None:
         """Stop serving the content at ``path`` from there: it is about to be replaced (the tracker is told)."""

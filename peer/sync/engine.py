@@ -21,7 +21,6 @@ node published first) it fetches, merges and tries again.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import pathlib
 import time
@@ -35,7 +34,7 @@ from common.errors import ChunkswarmError, CollectionConflict, CollectionRefused
 from common.framing import ErrorCode
 from common.identity import node_id
 from common.manifest import ZERO_HASH
-from common.messages import Hello, Holders, WhoHas
+from common.messages import Hello
 from common.sync_merge import Plan, expire_tombstones, reconcile
 from peer.collections import fetch_following, publish_collection, watch_collection
 from peer.node import Peer
@@ -45,7 +44,7 @@ from peer.sync.beneath import Root
 from peer.sync.index import INDEX_FILE, Index
 from peer.sync.local import LocalSide
 from peer.sync.state import StateFolder
-from peer.sync.status import STATUS_FILE, status_encoder
+from peer.sync.status import STATUS_FILE, holders_now, status_encoder
 from peer.sync.watch import watch_folder
 from peer.tracker_client import open_query_link
 
@@ -274,6 +273,7 @@ class SyncFolder:
 
     def _merged(self, version: CollectionVersion) -> None:
         self.kept = version
+        self.applier.ahead.merged(version.sequence)
         if self.current is None or version.sequence >= self.current.sequence:
             self.current = version  # (not a newer one the listener brought meanwhile: that one is merged next)
         self.index.root = version.root
@@ -359,6 +359,7 @@ class SyncFolder:
                         version = await watch_collection(link, self.config.collection, known, timeout=_WATCH_TIMEOUT)
                         if version is not None and (self.current is None or version.sequence > self.current.sequence):
                             self.current = version
+                            self.applier.fetch_ahead(version)  # its new files on their way while a cycle still runs
                             self.wake()
             except (ChunkswarmError, OSError) as exc:
                 logger.debug("watching %s: %s", self.config.collection, exc)
@@ -383,13 +384,7 @@ class SyncFolder:
 
     async def check_presence(self) -> None:
         """Which nodes the tracker lists as holders of the collection's files now."""
-        ids = list(itertools.islice((entry.file_id for entry in self.index.entries.values() if not entry.deleted), 8))  # not all 10,000
-        online: set[bytes] = {self.me}
-        if ids:
-            replies = await self.peer.tracker.request_many([WhoHas(file_id, max_peers=50) for file_id in ids])
-            for reply in replies:
-                if isinstance(reply, Holders):
-                    online.update(holder.peer_id[:8] for holder in reply.holders)
+        online = await holders_now(self.peer.tracker, self.index) | {self.me}
         now = time.time()
         self.online = {node for node in online if node in self.nodes or node == self.me}
         for node in self.online:

@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from common.chunkset import ChunkSet
-from common.errors import StorageError
+from common.errors import ChunkswarmError, StorageError
 from common.manifest import Manifest, sha256
 from common.messages import Announce, Error, Message, Publish
 from common.sync_merge import local_change, local_deletion
@@ -320,7 +320,13 @@ class LocalSide:
         unlisted = []
         for start in range(0, len(held), 2 * _PUBLISH_BATCH):
             batch = held[start : start + 2 * _PUBLISH_BATCH]
-            replies = await self.peer.tracker.request_many([Announce(m.file_id, ChunkSet.full(m.chunk_count).ranges()) for m in batch])
+            try:
+                replies = await self.peer.tracker.request_many([Announce(m.file_id, ChunkSet.full(m.chunk_count).ranges()) for m in batch])
+            except ChunkswarmError as exc:
+                # Run in the background (the engine's nursery): a tracker lost meanwhile must not end the sync.
+                # The reconnection announces every file the library holds.
+                logger.debug("%s: announcing %d files taken failed (%s); the reconnection announces them", self.peer.name, len(held), exc)
+                return
             unlisted += [m for m, reply in zip(batch, replies, strict=True) if isinstance(reply, Error)]
         self.published.update(fresh)
         if unlisted:  # not listed (a new tracker): published then

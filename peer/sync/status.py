@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from common.messages import Holders, WhoHas
 from peer.sync.index import Index
+from peer.tracker_client import TrackerClient
 
-__all__ = ["STATUS_FILE", "status_encoder"]
+__all__ = ["STATUS_FILE", "holders_now", "status_encoder"]
 
 STATUS_FILE = "status.json"
 #: The latest changes the file lists.
@@ -48,3 +51,13 @@ def status_encoder(collection: str, me: bytes, index: Index, refused: str, nodes
         return json.dumps(status).encode()
 
     return encode
+
+
+async def holders_now(tracker: TrackerClient, index: Index) -> set[bytes]:
+    """The nodes (short ids) the tracker lists as holders of a few of the collection's files now: the ones online."""
+    ids = list(itertools.islice((entry.file_id for entry in index.entries.values() if not entry.deleted), 8))  # not all 10,000
+    found: set[bytes] = set()
+    for reply in await tracker.request_many([WhoHas(file_id, max_peers=50) for file_id in ids]) if ids else ():
+        if isinstance(reply, Holders):
+            found.update(holder.peer_id[:8] for holder in reply.holders)
+    return found
