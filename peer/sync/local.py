@@ -176,9 +176,13 @@ class LocalSide:
         index = self.index
         manifests: list[Manifest] = []
         files: dict[str, Stat] = {}
-        if self._rest is not None:  # the rest of the last listing: each file's stat is checked again as it is hashed
-            changed, gone, self._rest = self._rest, self._gone, None
+        rest, self._rest = self._rest, None
+        if rest is not None and not self._hint and not self._full:  # the rest of the last listing: each stat checked as it is hashed
+            changed, gone = rest, self._gone
         else:
+            # Events since that listing (stale() during the scan that made it, before it kept this rest) are not its
+            # files' only changes: the rest is in no index yet, so the folder is listed whole, not those paths alone.
+            self._full = self._full or rest is not None
             hint, full, self._hint, self._full = self._hint, self._full, set(), False  # later events: for the next scan
             listed = await self._list_some(hint) if hint and not full and self.started else None
             files, changed, gone = listed if listed is not None else await self._list()
@@ -255,7 +259,10 @@ class LocalSide:
         """As :meth:`_list` for ``paths`` alone; None if the whole folder must be listed (a folder among them)."""
         found = await trio.to_thread.run_sync(scan_paths, self.root, paths)
         index = self.index
-        if found is None or holds_any(index.stats, [path for path in paths if path not in found.files and path not in index.entries]):
+        # A path with files of the index below it that is no folder now (gone, or a file or link in its place, a
+        # tombstone at its name): those files are gone, but only a listing finds them. (A path with a file of the index
+        # holds none below it: an edited file costs no look at the index's folders.)
+        if found is None or holds_any(index.stats, [path for path in paths if path not in index.stats]):
             return None  # a folder made, moved in, or removed with files of the index in it
         self._tell(found.problems)
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
