@@ -214,3 +214,28 @@ async def test_an_event_while_a_scan_in_steps_runs_is_not_lost(tmp_path: pathlib
         if not local.more:
             break
     assert "late.txt" in local.index.entries and len(_live(local)) == 601
+
+
+async def test_a_file_not_hashed_for_an_error_is_tried_again_by_a_scan_of_events(tmp_path: pathlib.Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    (tmp_path / "keep.txt").write_text("keep")
+    local = local_side(tmp_path)
+    await local.scan()
+    (tmp_path / "a.txt").write_text("a")
+    failed = []
+    opened = local_module.open_file
+
+    def failing_once(folders: Any, relative: str) -> int:
+        if relative == "a.txt" and not failed:
+            failed.append(relative)
+            raise OSError(24, "Too many open files")  # transient: no event follows when it passes
+        return opened(folders, relative)
+
+    monkeypatch.setattr(local_module, "open_file", failing_once)
+    local.stale({"a.txt"})
+    await local.scan()
+    assert failed and "a.txt" not in local.index.entries
+    (tmp_path / "b.txt").write_text("b")
+    local.stale({"b.txt"})  # the next event, for another path: the next scan tries a.txt again, as its log line says
+    await local.scan()
+    assert _live(local) == {"keep.txt", "a.txt", "b.txt"}

@@ -154,6 +154,9 @@ class LocalSide:
     #: alone; unless ``_full``: a change not of those paths only (a rescan, a listing in steps cut short).
     _hint: set[str] = attrs.field(factory=set)
     _full: bool = False
+    #: Paths listed as changed but not hashed (an error opening or reading them): a scan of events looks at them
+    #: again, as a listing of the whole folder would (their stat still differs from the index's).
+    _retry: set[str] = attrs.field(factory=set)
 
     def stale(self, paths: Iterable[str] | None = None) -> None:
         """The folder changed since the last listing (at ``paths`` if given: an event): the next scan lists it again.
@@ -183,7 +186,8 @@ class LocalSide:
             # Events since that listing (stale() during the scan that made it, before it kept this rest) are not its
             # files' only changes: the rest is in no index yet, so the folder is listed whole, not those paths alone.
             self._full = self._full or rest is not None
-            hint, full, self._hint, self._full = self._hint, self._full, set(), False  # later events: for the next scan
+            hint, full, self._hint, self._full = self._hint | self._retry, self._full, set(), False  # later events: for the next scan
+            self._retry = set()
             listed = await self._list_some(hint) if hint and not full and self.started else None
             files, changed, gone = listed if listed is not None else await self._list()
         if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
@@ -209,6 +213,7 @@ class LocalSide:
                 fresh: list[Manifest] = []
                 for (path, stat), (manifest, fd) in zip(batch, results, strict=True):
                     if manifest is None or fd is None:
+                        self._retry.add(path)  # (changed meanwhile, or an error: "the next scan tries again")
                         continue
                     previous = index.entries.get(path)
                     if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
