@@ -61,3 +61,12 @@ def test_a_folder_of_the_index_moved_out_and_made_again_needs_a_scan(tmp_path: p
     os.rename(tmp_path.parent / f"{tmp_path.name}-away", tmp_path / "d")
     os.rename(tmp_path / "d" / "e", tmp_path.parent / f"{tmp_path.name}-e")
     assert needs_scan(tmp_path, stats, [f"{root}/d"])
+
+
+def test_a_file_of_the_index_replaced_by_an_empty_folder_needs_a_scan(tmp_path: pathlib.Path) -> None:
+    # rm f; mkdir f: one batch, one path; nothing below the folder, but the file the index holds is gone.
+    (tmp_path / "f").write_text("f")
+    stats = recorded(tmp_path, "f")
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").mkdir()
+    assert needs_scan(tmp_path, stats, [f"{tmp_path}/f"])

@@ -106,6 +106,8 @@ def examine(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str])
             if stats.get(relative) != Stat.of(st):
                 return True, gone, seen
             continue
+        if relative in stats:
+            return True, gone, seen  # a file the index holds, a folder now (removed, and a folder made at its name)
         found = _folder_files(pathlib.Path(path), relative, stats) if stat_module.S_ISDIR(st.st_mode) else None
         if found is None:
             return True, gone, seen
