@@ -183,3 +183,80 @@ async def test_announcing_files_taken_survives_a_tracker_lost_meanwhile(tmp_path
     manifest = single_chunk_manifest("a.txt", 5, sha256(b"hello"))
     await local.announce_held([manifest])
     assert manifest.file_id not in local.published  # announced by the reconnection instead
+
+
+async def test_a_folder_replaced_by_a_file_of_its_name_takes_its_files_away(tmp_path: pathlib.Path) -> None:
+    # A folder moved out of the synced folder is one event, for its name; a file made there is a second event for
+    # the same name. The files the folder held are gone (else they stay in the index until the periodic rescan).
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    (tmp_path / "keep.txt").write_text("keep")
+    local = local_side(tmp_path)
+    await local.scan()
+    away = tmp_path.parent / f"{tmp_path.name}-away"
+    (tmp_path / "d").rename(away)
+    (tmp_path / "d").write_text("a file now")
+    local.stale({"d"})
+    await local.scan()
+    assert _live(local) == {"keep.txt", "d"}
+    # The same with a tombstone at the folder's name (a file d once, deleted): the folder's files go too.
+    (tmp_path / "d").unlink()
+    local.stale({"d"})
+    await local.scan()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "y.txt").write_text("y")
+    local.stale({"d"})
+    await local.scan()
+    assert _live(local) == {"keep.txt", "d/y.txt"} and local.index.entries["d"].deleted
+    (tmp_path / "d").rename(tmp_path.parent / f"{tmp_path.name}-away2")
+    local.stale({"d"})
+    await local.scan()
+    assert _live(local) == {"keep.txt"}
+
+
+async def test_an_event_while_a_scan_in_steps_runs_is_not_lost(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(600):
+        (tmp_path / f"f{i:03d}.txt").write_text(f"file {i}")
+    local = local_side(tmp_path)
+    listed = LocalSide._list
+    calls = []
+
+    async def list_then_event(self: LocalSide) -> Any:
+        result = await listed(self)
+        if not calls:  # a file made while the scan hashes: its event reaches the engine (stale) during the scan
+            (tmp_path / "late.txt").write_text("made while the first step hashes")
+            self.stale({"late.txt"})
+        calls.append(1)
+        return result
+
+    monkeypatch.setattr(LocalSide, "_list", list_then_event)
+    while True:  # as the engine scans: again while there is more
+        await local.scan(limit=256)
+        if not local.more:
+            break
+    assert "late.txt" in local.index.entries and len(_live(local)) == 601
+
+
+async def test_a_file_not_hashed_for_an_error_is_tried_again_by_a_scan_of_events(tmp_path: pathlib.Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    (tmp_path / "keep.txt").write_text("keep")
+    local = local_side(tmp_path)
+    await local.scan()
+    (tmp_path / "a.txt").write_text("a")
+    failed = []
+    opened = local_module.open_file
+
+    def failing_once(folders: Any, relative: str) -> int:
+        if relative == "a.txt" and not failed:
+            failed.append(relative)
+            raise OSError(24, "Too many open files")  # transient: no event follows when it passes
+        return opened(folders, relative)
+
+    monkeypatch.setattr(local_module, "open_file", failing_once)
+    local.stale({"a.txt"})
+    await local.scan()
+    assert failed and "a.txt" not in local.index.entries
+    (tmp_path / "b.txt").write_text("b")
+    local.stale({"b.txt"})  # the next event, for another path: the next scan tries a.txt again, as its log line says
+    await local.scan()
+    assert _live(local) == {"keep.txt", "a.txt", "b.txt"}

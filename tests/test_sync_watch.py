@@ -44,3 +44,29 @@ def test_relative_of() -> None:
     assert relative_of("/r", "/r/a/b") == "a/b"
     assert relative_of("/r", "/r") is None
     assert relative_of("/r", "/rx/a") is None
+
+
+def test_a_folder_of_the_index_moved_out_and_made_again_needs_a_scan(tmp_path: pathlib.Path) -> None:
+    # One event, for the folder's name: what is found below it is as recorded, but not all that is recorded.
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    for name in ("d/a.txt", "d/e/b.txt", "other.txt"):
+        (tmp_path / name).write_text(name)
+    stats = recorded(tmp_path, "d/a.txt", "d/e/b.txt", "other.txt")
+    root = str(tmp_path)
+    assert not needs_scan(tmp_path, stats, [f"{root}/d"])
+    os.rename(tmp_path / "d", tmp_path.parent / f"{tmp_path.name}-away")
+    (tmp_path / "d").mkdir()
+    assert needs_scan(tmp_path, stats, [f"{root}/d"])
+    (tmp_path / "d").rmdir()
+    os.rename(tmp_path.parent / f"{tmp_path.name}-away", tmp_path / "d")
+    os.rename(tmp_path / "d" / "e", tmp_path.parent / f"{tmp_path.name}-e")
+    assert needs_scan(tmp_path, stats, [f"{root}/d"])
+
+
+def test_a_file_of_the_index_replaced_by_an_empty_folder_needs_a_scan(tmp_path: pathlib.Path) -> None:
+    # rm f; mkdir f: one batch, one path; nothing below the folder, but the file the index holds is gone.
+    (tmp_path / "f").write_text("f")
+    stats = recorded(tmp_path, "f")
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").mkdir()
+    assert needs_scan(tmp_path, stats, [f"{tmp_path}/f"])

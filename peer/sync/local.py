@@ -154,6 +154,9 @@ class LocalSide:
     #: alone; unless ``_full``: a change not of those paths only (a rescan, a listing in steps cut short).
     _hint: set[str] = attrs.field(factory=set)
     _full: bool = False
+    #: Paths listed as changed but not hashed (an error opening or reading them): a scan of events looks at them
+    #: again, as a listing of the whole folder would (their stat still differs from the index's).
+    _retry: set[str] = attrs.field(factory=set)
 
     def stale(self, paths: Iterable[str] | None = None) -> None:
         """The folder changed since the last listing (at ``paths`` if given: an event): the next scan lists it again.
@@ -176,10 +179,15 @@ class LocalSide:
         index = self.index
         manifests: list[Manifest] = []
         files: dict[str, Stat] = {}
-        if self._rest is not None:  # the rest of the last listing: each file's stat is checked again as it is hashed
-            changed, gone, self._rest = self._rest, self._gone, None
+        rest, self._rest = self._rest, None
+        if rest is not None and not self._hint and not self._full:  # the rest of the last listing: each stat checked as it is hashed
+            changed, gone = rest, self._gone
         else:
-            hint, full, self._hint, self._full = self._hint, self._full, set(), False  # later events: for the next scan
+            # Events since that listing (stale() during the scan that made it, before it kept this rest) are not its
+            # files' only changes: the rest is in no index yet, so the folder is listed whole, not those paths alone.
+            self._full = self._full or rest is not None
+            hint, full, self._hint, self._full = self._hint | self._retry, self._full, set(), False  # later events: for the next scan
+            self._retry = set()
             listed = await self._list_some(hint) if hint and not full and self.started else None
             files, changed, gone = listed if listed is not None else await self._list()
         if not self.started:  # unchanged since the last run: served again, hashed only if large (then cached)
@@ -205,6 +213,7 @@ class LocalSide:
                 fresh: list[Manifest] = []
                 for (path, stat), (manifest, fd) in zip(batch, results, strict=True):
                     if manifest is None or fd is None:
+                        self._retry.add(path)  # (changed meanwhile, or an error: "the next scan tries again")
                         continue
                     previous = index.entries.get(path)
                     if previous is not None and not previous.deleted and previous.file_id == manifest.file_id and previous.mode == stat.mode:
@@ -255,7 +264,10 @@ class LocalSide:
         """As :meth:`_list` for ``paths`` alone; None if the whole folder must be listed (a folder among them)."""
         found = await trio.to_thread.run_sync(scan_paths, self.root, paths)
         index = self.index
-        if found is None or holds_any(index.stats, [path for path in paths if path not in found.files and path not in index.entries]):
+        # A path with files of the index below it that is no folder now (gone, or a file or link in its place, a
+        # tombstone at its name): those files are gone, but only a listing finds them. (A path with a file of the index
+        # holds none below it: an edited file costs no look at the index's folders.)
+        if found is None or holds_any(index.stats, [path for path in paths if path not in index.stats]):
             return None  # a folder made, moved in, or removed with files of the index in it
         self._tell(found.problems)
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries

@@ -30,7 +30,7 @@ from peer.sync.fsops import Stat, is_temporary
 from peer.sync.index import Index
 from peer.sync.scan import holds_any
 
-__all__ = ["examine", "holds_any", "needs_scan", "relative_of", "watch_folder"]
+__all__ = ["examine", "holds_any", "holds_more", "needs_scan", "relative_of", "watch_folder"]
 
 
 async def watch_folder(folder: pathlib.Path, debounce: float, index: Index, applier: Applier,
@@ -54,8 +54,8 @@ async def watch_folder(folder: pathlib.Path, debounce: float, index: Index, appl
         for _ in range(3):  # again if a batch of writes started meanwhile (its files are not recorded yet)
             await applier.settled(relatives)
             batches = applier.batches
-            changed, gone = await trio.to_thread.run_sync(examine, folder, index.stats, paths)
-            changed = changed or holds_any(index.stats, gone)
+            changed, gone, seen = await trio.to_thread.run_sync(examine, folder, index.stats, paths)
+            changed = changed or holds_any(index.stats, gone) or holds_more(index.stats, seen)
             if not changed or batches == applier.batches:
                 break
         if changed:
@@ -75,40 +75,67 @@ def needs_scan(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[st
 
     :func:`examine` and :func:`holds_any` in one call: for a ``stats`` nobody changes meanwhile.
     """
-    changed, gone = examine(root, stats, paths)
-    return changed or holds_any(stats, gone)
+    changed, gone, seen = examine(root, stats, paths)
+    return changed or holds_any(stats, gone) or holds_more(stats, seen)
 
 
-def examine(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str]) -> tuple[bool, list[str]]:
-    """Whether a path differs from ``stats``, and the paths gone that ``stats`` holds no file at (folders of it, perhaps).
+def examine(root: pathlib.Path, stats: Mapping[str, Stat], paths: Iterable[str]) -> tuple[bool, list[str], dict[str, int]]:
+    """Whether a path differs from ``stats``; the paths gone that ``stats`` holds no file at (folders of it, perhaps);
+    and for each folder among the paths, the number of files found below it, each as ``stats`` records it.
 
     It only looks paths up in ``stats``, never iterates it: a worker thread may run it on the index the
-    event loop keeps changing; :func:`holds_any` (on the loop) says whether those gone paths were folders of it.
+    event loop keeps changing; :func:`holds_any` and :func:`holds_more` (on the loop) say whether those gone
+    paths were folders of it, and whether those folders lack files it records (a folder moved out, another made).
     """
     gone: list[str] = []
+    seen: dict[str, int] = {}
     for path in paths:
         relative = relative_of(str(root), path)
         if relative is None:
-            return True, gone
+            return True, gone, seen
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             if relative in stats:
-                return True, gone  # a file the index holds is gone
+                return True, gone, seen  # a file the index holds is gone
             gone.append(relative)
             continue
         except OSError:
-            return True, gone
+            return True, gone, seen
         if stat_module.S_ISREG(st.st_mode):
             if stats.get(relative) != Stat.of(st):
-                return True, gone
-        elif not stat_module.S_ISDIR(st.st_mode) or _folder_differs(pathlib.Path(path), relative, stats):
-            return True, gone
-    return False, gone
+                return True, gone, seen
+            continue
+        if relative in stats:
+            return True, gone, seen  # a file the index holds, a folder now (removed, and a folder made at its name)
+        found = _folder_files(pathlib.Path(path), relative, stats) if stat_module.S_ISDIR(st.st_mode) else None
+        if found is None:
+            return True, gone, seen
+        seen[relative] = found
+    return False, gone, seen
 
 
-def _folder_differs(folder: pathlib.Path, relative: str, stats: Mapping[str, Stat]) -> bool:
-    """Whether anything below ``folder`` is not as recorded (temporary files of writes in progress aside)."""
+def holds_more(stats: Mapping[str, Stat], seen: Mapping[str, int]) -> bool:
+    """Whether ``stats`` records more files below any folder of ``seen`` than were found there (:func:`examine`).
+
+    A folder of the index moved out and another (or an empty one) made at its name is one event, for the
+    folder: every file found below it is as recorded, but some recorded are not there.
+    """
+    if not seen:
+        return False
+    counts = dict.fromkeys(seen, 0)
+    for known in stats:
+        folder = known
+        while "/" in folder:
+            folder = folder.rpartition("/")[0]
+            if folder in counts:
+                counts[folder] += 1
+    return any(counts[folder] > found for folder, found in seen.items())
+
+
+def _folder_files(folder: pathlib.Path, relative: str, stats: Mapping[str, Stat]) -> int | None:
+    """The number of files below ``folder``, if each is as recorded (temporary files of writes in progress aside); else None."""
+    files = 0
     stack = [(folder, relative)]
     while stack:
         here, prefix = stack.pop()
@@ -117,7 +144,7 @@ def _folder_differs(folder: pathlib.Path, relative: str, stats: Mapping[str, Sta
         try:
             entries = list(os.scandir(here))
         except OSError:
-            return True
+            return None
         for entry in entries:
             if is_temporary(entry.name):
                 continue
@@ -127,9 +154,11 @@ def _folder_differs(folder: pathlib.Path, relative: str, stats: Mapping[str, Sta
             except FileNotFoundError:
                 continue  # gone since the listing: its own event follows
             except OSError:
-                return True
+                return None
             if stat_module.S_ISDIR(st.st_mode):
                 stack.append((pathlib.Path(entry.path), name))
             elif not stat_module.S_ISREG(st.st_mode) or stats.get(name) != Stat.of(st):
-                return True
-    return False
+                return None
+            else:
+                files += 1
+    return files
