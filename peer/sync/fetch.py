@@ -18,7 +18,7 @@ import trio
 
 from common.codec import Codec
 from common.errors import ChunkswarmError
-from common.manifest import MIN_CHUNK_SIZE, chunk_count_for, chunk_size_for, sha256
+from common.manifest import MIN_CHUNK_SIZE, chunk_size_for, sha256
 from common.messages import ChunkData, ChunkError, Holders, RequestChunk, WhoHas
 from peer.greeting import connect_tcp, open_greeted
 from peer.node import Peer
@@ -31,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: Files up to this size are one chunk when a sync node publishes them.
 SMALL_FILE = 1024 * 1024
-#: Larger files are cut into at most this many chunks while chunks stay at most :data:`_LARGE_CHUNK_CAP` (then
-#: ``chunk_size_for``): a 1 GiB file is 256 chunks of 4 MiB, not 1,024 of 1 MiB. Each chunk costs both ends Python on
-#: their event loops (a request, its frame, a check and a write handed to a thread): in bench/sync.py's 1 GiB workload
-#: A's and B's loops spent 0.69 and 0.93 s in Python with 1 MiB chunks, 0.36 and 0.39 s with 4 MiB (perf, one loaded
-#: run each). Files up to 256 MiB keep 1 MiB chunks, and the ids they had.
-_LARGE_CHUNKS = 256
-#: The cap: a download holds each chunk in a buffer from its arrival until it is written, and the nodes of a collection
-#: get fewer pieces to trade; 16 MiB chunks measured no better than 4 MiB.
-_LARGE_CHUNK_CAP = 4 * SMALL_FILE
 #: WHO_HAS requests per pipelined batch to the tracker.
 _WHO_HAS_BATCH = 2000
 #: Requests in flight per connection: the chunk server queues up to ``max_queued_requests`` (16) per connection.
@@ -54,14 +45,10 @@ Deliver = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
 
 
 def sync_chunk_size(size: int) -> int:
-    """A sync node's chunk size for a file of ``size`` bytes: one chunk up to :data:`SMALL_FILE`; above, see :data:`_LARGE_CHUNKS`.
-
-    Every node computes it from the size alone, so the same content gets the same file id on each.
-    """
+    """A sync node's chunk size for a file of ``size`` bytes: one chunk up to :data:`SMALL_FILE`, ``chunk_size_for`` above (at least 1 MiB chunks)."""
     if size <= SMALL_FILE:
         return max(MIN_CHUNK_SIZE, 1 << max(size - 1, 0).bit_length())
-    spread = 1 << max(chunk_count_for(size, _LARGE_CHUNKS) - 1, 0).bit_length()  # the power of two that keeps to _LARGE_CHUNKS
-    return max(chunk_size_for(size), SMALL_FILE, min(spread, _LARGE_CHUNK_CAP))
+    return max(chunk_size_for(size), SMALL_FILE)
 
 
 def _wrong_contents(batch: list[tuple[bytes, bytes]]) -> set[bytes]:
