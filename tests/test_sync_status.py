@@ -9,7 +9,11 @@ import time
 from click.testing import CliRunner
 
 from chunkswarm.cli import cli
+from common.collection import Entry
+from common.manifest import sha256
+from common.sync_merge import Plan
 from common.sync_rules import short_node
+from peer.sync.status import taken_line
 
 
 def test_status_shows_nodes_changes_and_transfers(tmp_path: pathlib.Path) -> None:
@@ -44,3 +48,14 @@ def test_sync_needs_a_collection(tmp_path: pathlib.Path) -> None:
     assert result.exit_code != 0 and "--collection" in result.output
     result = CliRunner().invoke(cli, ["sync", str(tmp_path), "--collection", "x", "--owner", "nothex"])
     assert result.exit_code != 0 and "not a node's public key" in result.output
+
+
+def test_the_receiving_node_says_what_it_took() -> None:
+    # Others' changes written here were logged at DEBUG only: a user watching the receiving node saw nothing.
+    def entry(path: str, deleted: bool = False) -> Entry:
+        return Entry(path, 0 if deleted else 5, bytes(32) if deleted else sha256(path.encode()), 0o644, 1, deleted=deleted)
+
+    plan = Plan(take=(entry("a"), entry("b"), entry("c", deleted=True)), drop=("d",))
+    assert taken_line(plan, 0.5, 0) == "took 4 changes from other nodes (2 written, 2 deleted) in 0.50 s"
+    assert taken_line(Plan(take=(entry("a"),)), 1.234, 1) == "took 1 change from other nodes (1 written) in 1.23 s; 1 left for the next try"
+    assert taken_line(Plan(), 0.1, 0) is None

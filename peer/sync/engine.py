@@ -44,7 +44,7 @@ from peer.sync.beneath import Root
 from peer.sync.index import INDEX_FILE, Index
 from peer.sync.local import LocalSide
 from peer.sync.state import StateFolder
-from peer.sync.status import STATUS_FILE, holders_now, status_encoder
+from peer.sync.status import STATUS_FILE, holders_now, status_encoder, taken_line
 from peer.sync.watch import watch_folder
 from peer.tracker_client import open_query_link
 
@@ -210,7 +210,8 @@ class SyncFolder:
                 logger.warning("conflict: %s", note)
             started = trio.current_time()
             left = await self.applier.apply(plan)
-            logger.debug("applied %d takes, %d drops in %.2f s (%d left)", len(plan.take), len(plan.drop), trio.current_time() - started, left)
+            if (line := taken_line(plan, trio.current_time() - started, left)) is not None:
+                logger.info("%s: %s", self.config.collection, line)
             if not left:
                 self._resolved(plan)
             if remote is not None:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from common.messages import Holders, WhoHas
+from common.sync_merge import Plan
 from peer.sync.index import Index
 from peer.tracker_client import TrackerClient
 
-__all__ = ["STATUS_FILE", "holders_now", "status_encoder"]
+__all__ = ["STATUS_FILE", "holders_now", "status_encoder", "taken_line"]
 
 STATUS_FILE = "status.json"
 #: The latest changes the file lists.
@@ -61,3 +62,14 @@ async def holders_now(tracker: TrackerClient, index: Index) -> set[bytes]:
         if isinstance(reply, Holders):
             found.update(holder.peer_id[:8] for holder in reply.holders)
     return found
+
+
+def taken_line(plan: Plan, seconds: float, left: int) -> str | None:
+    """What the user is told of others' changes applied here (None if there were none): the receiving node said nothing."""
+    deleted = sum(1 for entry in plan.take if entry.deleted) + len(plan.drop)
+    written = len(plan.take) + len(plan.drop) - deleted
+    if not written and not deleted:
+        return None
+    done = ", ".join(f"{count:,} {what}" for count, what in ((written, "written"), (deleted, "deleted")) if count)
+    later = f"; {left:,} left for the next try" if left else ""
+    return f"took {written + deleted:,} change{'' if written + deleted == 1 else 's'} from other nodes ({done}) in {seconds:.2f} s{later}"
