@@ -10,7 +10,7 @@ from typing import Any, cast
 import attrs
 import pytest
 
-from common.errors import ConnectionClosed
+from common.errors import ConnectionClosed, StorageError
 from common.manifest import sha256
 from common.sync_rules import STATE_FOLDER
 from peer.node import Peer
@@ -260,3 +260,58 @@ async def test_a_file_not_hashed_for_an_error_is_tried_again_by_a_scan_of_events
     local.stale({"b.txt"})  # the next event, for another path: the next scan tries a.txt again, as its log line says
     await local.scan()
     assert _live(local) == {"keep.txt", "a.txt", "b.txt"}
+
+
+async def test_a_folder_that_cannot_be_read_deletes_nothing(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder the scan could not read (a chmod 000, a failing disk) listed no file, so the index's files there were
+    # deleted here, and the deletions went to every other node. (Root reads any folder: the refusal is simulated.)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    (tmp_path / "keep.txt").write_text("keep")
+    local = local_side(tmp_path)
+    await local.scan()
+    unreadable: set[pathlib.Path] = set()
+    scandir, lstat = os.scandir, os.lstat
+
+    def refused(path: Any) -> None:
+        if pathlib.Path(path) in unreadable or pathlib.Path(path).parent in unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", lambda path: refused(path) or scandir(path))
+    monkeypatch.setattr(os, "lstat", lambda path, **kw: refused(path) or lstat(path, **kw))
+    unreadable.add(tmp_path / "d")
+    local.stale()
+    await local.scan()
+    local.stale({"d/x.txt"})  # an event there too: its path cannot be looked at either
+    await local.scan()
+    assert _live(local) == {"d/x.txt", "keep.txt"}
+    assert any("d: cannot read the folder (Permission denied)" in problem for problem in local.told)
+    unreadable.add(tmp_path)  # the whole folder (a drive gone bad under it)
+    local.stale()
+    await local.scan()
+    assert _live(local) == {"d/x.txt", "keep.txt"}
+    unreadable.clear()
+    (tmp_path / "d" / "x.txt").unlink()  # readable again: a file really gone is gone
+    local.stale()
+    await local.scan()
+    assert _live(local) == {"keep.txt"}
+
+
+async def test_a_synced_folder_replaced_while_syncing_deletes_nothing(tmp_path: pathlib.Path) -> None:
+    # Removed and made again (or a drive unmounted under it), the path lists as an empty folder: every file
+    # counted as deleted, and the deletions went to every other node.
+    root = tmp_path / "synced"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+    local = local_side(root)
+    await local.scan()
+    root.rename(tmp_path / "moved-away")
+    local.stale()
+    with pytest.raises(StorageError, match=r"removed or replaced.*path is gone"):
+        await local.scan()
+    root.mkdir()  # an empty folder at its path
+    for paths in (None, {"a.txt"}):
+        local.stale(paths)
+        with pytest.raises(StorageError, match=r"removed or replaced.*another folder now"):
+            await local.scan()
+    assert _live(local) == {"a.txt"}

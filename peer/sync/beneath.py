@@ -62,6 +62,24 @@ class Root:
                         raise StorageError(f"{self.path}: cannot open the synced folder: {exc.strerror}") from None
         return self._fd
 
+    def check_same(self) -> None:
+        """Blocking: raise StorageError unless :attr:`path` is still the folder held open.
+
+        Removed and made again, or a drive unmounted under it, the path is an empty folder: listed, every
+        file would count as deleted, and the deletions would reach every other node (Syncthing keeps a
+        marker folder in each synced folder for this).
+        """
+        try:
+            now = os.stat(self.path)
+        except OSError as exc:
+            now = None
+            why = exc.strerror
+        held = os.fstat(self.fd)
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            gone = f"gone ({why})" if now is None else "another folder now"
+            raise StorageError(f"{self.path}: the synced folder was removed or replaced, or its drive unmounted, while syncing "
+                               f"(the path is {gone}); nothing is scanned or deleted until the sync is started again")  # fmt: skip
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:

@@ -17,7 +17,8 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import attrs
 import trio
@@ -125,6 +126,14 @@ def _open_batch(root: Root, batch: list[tuple[str, Stat]]) -> list[int | None]:
             else:
                 fds.append(fd)
     return fds
+
+
+T = TypeVar("T")
+
+
+def _checked(folder: Root, scan: Callable[..., T], *args: object) -> T:
+    folder.check_same()  # (a folder replaced under the path lists as empty: everything deleted)
+    return scan(*args)
 
 
 @attrs.define(eq=False)
@@ -246,12 +255,13 @@ class LocalSide:
 
     async def _list(self) -> tuple[dict[str, Stat], list[tuple[str, Stat]], list[tuple[str, Stat | None]]]:
         """The folder listed: its files, those whose stat differs from the index's, and the paths of the index gone from it."""
-        found = await trio.to_thread.run_sync(scan_folder, self.root)
+        found = await trio.to_thread.run_sync(_checked, self.folder, scan_folder, self.root)
         self._tell(found.problems)
         index = self.index
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
                    or index.entries[path].deleted]  # fmt: skip
-        gone = [(path, index.stats.get(path)) for path, entry in index.entries.items() if not entry.deleted and path not in found.files]
+        gone = [(path, index.stats.get(path)) for path, entry in index.entries.items()
+                if not entry.deleted and path not in found.files and not found.hides(path)]  # fmt: skip
         return found.files, changed, gone
 
     def _tell(self, problems: Iterable[str]) -> None:
@@ -262,7 +272,7 @@ class LocalSide:
 
     async def _list_some(self, paths: set[str]) -> tuple[dict[str, Stat], list[tuple[str, Stat]], list[tuple[str, Stat | None]]] | None:
         """As :meth:`_list` for ``paths`` alone; None if the whole folder must be listed (a folder among them)."""
-        found = await trio.to_thread.run_sync(scan_paths, self.root, paths)
+        found = await trio.to_thread.run_sync(_checked, self.folder, scan_paths, self.root, paths)
         index = self.index
         # A path with files of the index below it that is no folder now (gone, or a file or link in its place, a
         # tombstone at its name): those files are gone, but only a listing finds them. (A path with a file of the index

@@ -37,6 +37,14 @@ class Scan:
 
     files: dict[str, Stat]
     problems: tuple[str, ...] = ()
+    #: Paths (folders, or "" for the whole folder) that could not be read (a permission, an I/O error): what the
+    #: index holds there is not known to be gone. Taken for deletions, a ``chmod 000`` or a failing disk would
+    #: delete those files on every other node.
+    unknown: tuple[str, ...] = ()
+
+    def hides(self, path: str) -> bool:
+        """Whether ``path`` is at or below a path that could not be read (so its absence says nothing)."""
+        return any(not folder or path == folder or path.startswith(folder + "/") for folder in self.unknown)
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -77,13 +85,15 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
         rules = load_ignore_rules(root)
     files: dict[str, Stat] = {}
     problems: list[str] = []
+    unknown: list[str] = []
     stack = [("", root)]
     while stack:
         prefix, folder = stack.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            problems.append(f"{prefix or '.'}: cannot read the folder ({exc.strerror})")
+            unknown.append(prefix.rstrip("/"))
+            problems.append(f"{unknown[-1] or '.'}: cannot read the folder ({exc.strerror}); its files are kept as they were")
             continue
         for entry in entries:
             relative = f"{prefix}{entry.name}"
@@ -91,8 +101,12 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # gone since the listing
+            except OSError as exc:
+                problems.append(f"{relative}: cannot look at it ({exc.strerror}); kept as it was")
+                unknown.append(relative)
+                continue
             is_dir = stat_module.S_ISDIR(st.st_mode)
             if rules.matches(relative, entry.name, is_dir=is_dir):  # its folders are not ignored: the walk is in them
                 continue
@@ -110,7 +124,7 @@ def scan_folder(root: pathlib.Path, rules: IgnoreRules | None = None) -> Scan:
     for path in files:
         problems += _portability(path)
     problems += (f"{a} and {b} differ only in case: one file on Windows and macOS" for a, b in case_collisions(sorted(files)))
-    return Scan(files, tuple(problems))
+    return Scan(files, tuple(problems), tuple(unknown))
 
 
 def scan_paths(root: pathlib.Path, paths: Iterable[str], rules: IgnoreRules | None = None) -> Scan | None:
@@ -136,8 +150,10 @@ def scan_paths(root: pathlib.Path, paths: Iterable[str], rules: IgnoreRules | No
             continue
         try:
             st = os.lstat(root / relative)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             continue  # gone (or its folder is): not a file
+        except OSError:
+            return None  # not readable now: the listing of the whole folder says what is not known
         is_dir = stat_module.S_ISDIR(st.st_mode)
         if rules.matches(relative, name, is_dir=is_dir):
             continue
@@ -161,8 +177,10 @@ def _entered(root: pathlib.Path, folder: str, known: dict[str, bool], rules: Ign
         if entered:
             try:
                 entered = stat_module.S_ISDIR(os.lstat(root / folder).st_mode)  # a link to a folder is not one
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 entered = False
+            except OSError:
+                return True  # not readable now: the path's own look fails the same way, and asks for a listing
             entered = entered and not rules.matches(folder, name, is_dir=True)
         known[folder] = entered
     return known[folder]
