@@ -315,3 +315,25 @@ async def test_a_synced_folder_replaced_while_syncing_deletes_nothing(tmp_path: 
         with pytest.raises(StorageError, match=r"removed or replaced.*another folder now"):
             await local.scan()
     assert _live(local) == {"a.txt"}
+
+
+async def test_an_unchanged_file_not_opened_after_a_restart_is_served_by_the_next_scan(tmp_path: pathlib.Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Its stat is the index's, so no scan hashed it again: a transient error opening it (EMFILE) left it
+    # unserved and unpublished for the whole run.
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(name)
+    first = local_side(tmp_path)
+    await first.scan()
+    index_path(tmp_path).write_bytes(first.index.encoder()())
+    again = local_side(tmp_path)
+    again.index = Index.load(tmp_path)
+    opened = local_module._open_batch
+    monkeypatch.setattr(local_module, "_open_batch", lambda root, batch: [None if path == "a.txt" else fd for (path, _), fd
+                                                                          in zip(batch, opened(root, batch), strict=True)])  # fmt: skip
+    await again.scan()
+    served = lambda: {held.path.name for held in again.peer.library.files.values()}  # noqa: E731
+    assert served() == {"b.txt"}
+    monkeypatch.undo()
+    again.stale({"b.txt"})  # any event
+    assert await again.scan() == 0 and served() == {"a.txt", "b.txt"}

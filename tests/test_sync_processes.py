@@ -38,7 +38,10 @@ def contents(root: pathlib.Path) -> dict[str, bytes]:
             if name.endswith(".tmp"):
                 continue
             path = pathlib.Path(folder, name)
-            out[path.relative_to(root).as_posix()] = path.read_bytes()
+            try:
+                out[path.relative_to(root).as_posix()] = path.read_bytes()
+            except FileNotFoundError:  # removed or renamed while listed: the callers look again
+                continue
     return out
 
 

@@ -166,6 +166,9 @@ class LocalSide:
     #: Paths listed as changed but not hashed (an error opening or reading them): a scan of events looks at them
     #: again, as a listing of the whole folder would (their stat still differs from the index's).
     _retry: set[str] = attrs.field(factory=set)
+    #: Files as the index records them that could not be opened to be served (a restart's unchanged files, an
+    #: error such as EMFILE): the next scan hashes them again, which serves them.
+    _unserved: set[str] = attrs.field(factory=set)
 
     def stale(self, paths: Iterable[str] | None = None) -> None:
         """The folder changed since the last listing (at ``paths`` if given: an event): the next scan lists it again.
@@ -195,7 +198,7 @@ class LocalSide:
             # Events since that listing (stale() during the scan that made it, before it kept this rest) are not its
             # files' only changes: the rest is in no index yet, so the folder is listed whole, not those paths alone.
             self._full = self._full or rest is not None
-            hint, full, self._hint, self._full = self._hint | self._retry, self._full, set(), False  # later events: for the next scan
+            hint, full, self._hint, self._full = self._hint | self._retry | self._unserved, self._full, set(), False  # later events: the next scan's
             self._retry = set()
             listed = await self._list_some(hint) if hint and not full and self.started else None
             files, changed, gone = listed if listed is not None else await self._list()
@@ -232,6 +235,7 @@ class LocalSide:
                                              mtime_ns=stat.mtime_ns, me=self.me)  # fmt: skip
                         index.record(entry, stat, dirty=True)
                         count += 1
+                    self._unserved.discard(path)
                     self.serve(path, manifest, stat, fd)
                     fresh.append(manifest)
                 hashed += len(fresh)
@@ -259,7 +263,7 @@ class LocalSide:
         self._tell(found.problems)
         index = self.index
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
-                   or index.entries[path].deleted]  # fmt: skip
+                   or index.entries[path].deleted or path in self._unserved]  # fmt: skip
         gone = [(path, index.stats.get(path)) for path, entry in index.entries.items()
                 if not entry.deleted and path not in found.files and not found.hides(path)]  # fmt: skip
         return found.files, changed, gone
@@ -281,7 +285,7 @@ class LocalSide:
             return None  # a folder made, moved in, or removed with files of the index in it
         self._tell(found.problems)
         changed = [(path, stat) for path, stat in found.files.items() if index.stats.get(path) != stat or path not in index.entries
-                   or index.entries[path].deleted]  # fmt: skip
+                   or index.entries[path].deleted or path in self._unserved]  # fmt: skip
         gone = [(path, index.stats.get(path)) for path in paths if path not in found.files and path in index.entries
                 and not index.entries[path].deleted]  # fmt: skip
         return found.files, changed, gone
@@ -296,7 +300,8 @@ class LocalSide:
             fds = await trio.to_thread.run_sync(_open_batch, self.folder, batch)
             for (path, stat), manifest, fd in zip(batch, known, fds, strict=True):
                 if fd is None:
-                    continue  # changed or gone since the listing: the next scan sees it
+                    self._unserved.add(path)  # changed or gone since the listing, or an error: the next scan sees it
+                    continue
                 self.serve(path, manifest, stat, fd)
                 manifests.append(manifest)
         return manifests
