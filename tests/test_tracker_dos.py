@@ -211,25 +211,27 @@ async def _flood(running: RunningTracker, flood: str, io: IoPath) -> None:
     worst = max(round_trips)
     print(f"\n[400 pipelined {flood}, --io {io}] probe round trips: {len(round_trips)}, worst {worst * 1000:.1f} ms; "
           f"longest step of any task {steps.longest * 1000:.1f} ms")  # fmt: skip
-    # The loop is held ~5-25 ms at a time; the bounds are generous for a loaded machine
-    # (before: 7 s with no round trip in between on epoll).
-    assert len(round_trips) > 10 and worst < 0.5
+    # The probe is answered again and again during the flood (before: 7 s with no round trip in between on
+    # epoll), and no task step does more than ~5-25 ms of work. Work, not wall time: counted in the thread's CPU
+    # time, which a loaded machine descheduling this process does not stretch (a wall-clock bound failed there,
+    # on the code before too).
+    assert len(round_trips) > 10
     assert steps.longest < 0.25
 
 
 class LongestStep(trio.abc.Instrument):
-    """The longest a task ran without yielding: how long it held the event loop."""
+    """The most CPU time one task step took without yielding: how much work it held the event loop for."""
 
     def __init__(self) -> None:
         self.longest = 0.0
         self._began = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._began = time.perf_counter()
+        self._began = time.thread_time()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._began:  # not the step that added this instrument
-            self.longest = max(self.longest, time.perf_counter() - self._began)
+            self.longest = max(self.longest, time.thread_time() - self._began)
         self._began = 0.0
 
 
