@@ -60,8 +60,9 @@ class Run:
 
     def add(self, held: HeldFile, index: int, codec: Codec) -> None:
         length = held.manifest.chunk_length(index)
+        prefix = codec.chunk_data_prefix(held.manifest.file_id, index, length)  # first: borrowed, it is in parts (given back)
         held.borrow()
-        self.parts.append((held, index, codec.chunk_data_prefix(held.manifest.file_id, index, length)))
+        self.parts.append((held, index, prefix))
         self.lengths.append(length)
         self.nbytes += length
 
