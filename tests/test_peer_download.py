@@ -36,6 +36,7 @@ from peer.session import Session
 from peer.status import Transfers
 from peer.storage.chunk_io import Buffer
 from peer.storage.library import HeldFile, Library
+from tests.clocks import thread_aware_clock
 
 CHUNK = 1024
 CHUNKS = 32
@@ -45,12 +46,9 @@ Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    # Chunks are hashed and written in worker threads. A clock that jumps as soon as every task
-    # is blocked (autojump_threshold=0) also jumps while a thread runs, to the next deadline:
-    # a peer would be late by a whole request_timeout while its chunk is being written. This
-    # one jumps after 20 ms of real quiet, far longer than a 1 KiB chunk takes.
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    # Chunks are hashed and written in worker threads (see tests/clocks.py).
+    return thread_aware_clock(monkeypatch)
 
 
 @pytest.fixture

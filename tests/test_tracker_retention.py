@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from common.messages import Announce, Deregister, FileList, ListFiles, Ok, Publish, Published
+from tests.clocks import thread_aware_clock
 from tests.tracker_client_helper import TrackerTestClient, make_manifest
 from tracker.config import TrackerConfig
 from tracker.retention import retention_loop, sweep, sweep_interval
@@ -113,10 +114,9 @@ def test_the_sweep_interval(retention: float, interval: float) -> None:
 
 
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    # The sweep talks to the store in worker threads; a clock that jumps as soon as every task
-    # waits (threshold 0) would also jump while one runs. 20 ms of real idleness first.
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    # Worker threads are used here: the clock holds still while one runs (see tests/clocks.py).
+    return thread_aware_clock(monkeypatch)
 
 
 async def test_the_loop_waits_a_peer_timeout_before_its_first_sweep(clock: trio.testing.MockClock) -> None:

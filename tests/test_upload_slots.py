@@ -18,6 +18,7 @@ from peer.connection import Connection
 from peer.server import ChunkServer
 from peer.slots import Choker, Claim, Reciprocity
 from peer.storage.library import Library, open_published
+from tests.clocks import thread_aware_clock
 
 CHUNK = 1024
 HERE = ip_group("127.0.0.1")  # where a memory stream's peer is taken to be
@@ -77,10 +78,9 @@ def test_among_free_riders_the_one_served_most_goes_first() -> None:
 
 # -- the chunk server ------------------------------------------------------------------------
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    # Chunks are read in a worker thread: a clock that jumped as soon as every task waits would jump,
-    # while one is read, to the send's deadline (see tests/test_peer_download.py).
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    # Worker threads are used here: the clock holds still while one runs (see tests/clocks.py).
+    return thread_aware_clock(monkeypatch)
 
 
 @pytest.fixture
